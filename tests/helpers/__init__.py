@@ -1,0 +1,1 @@
+"""Tiny model / datamodule fixtures shared by the tests."""
