@@ -1,0 +1,269 @@
+"""One training job from a composed Hydra config: data, model, module, callbacks, trainer; fit, test, report.
+
+``scripts/train.py`` is a thin ``@hydra.main`` wrapper around :func:`train`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lit_tricks.config_checks import check_config
+from lit_tricks.functional.atomic import atomic_write_bytes
+
+__all__ = ["build_callbacks", "build_datamodule", "build_loggers", "build_model", "build_module", "run_dir", "train"]
+
+log = logging.getLogger(__name__)
+
+#: The model constructor keywords filled from the DataModule when the target accepts them.
+MODEL_FILL = ("num_classes", "in_channels", "image_size")
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """This job's output directory (Hydra's run dir when running under Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except (ValueError, ImportError):
+        return Path(str(OmegaConf.select(cfg, "paths.output_dir", default=os.getcwd())))
+
+
+def _accepted_kwargs(target: Any) -> set[str] | None:
+    """Names a callable accepts, or None when it takes ``**kwargs``."""
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def _maybe_instantiate(node: Any, **kwargs: Any) -> Any:
+    if node is None or (isinstance(node, DictConfig) and "_target_" not in node):
+        return None
+    return instantiate(node, **kwargs)
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    """Instantiate ``cfg.data`` with the augmentation pipeline of ``cfg.augment``, then set it up for fitting."""
+    transform = _maybe_instantiate(cfg.get("augment"))
+    dm = instantiate(cfg.data, train_transform=transform) if transform is not None else instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def build_model(cfg: DictConfig, dm: Any) -> torch.nn.Module:
+    """Instantiate ``cfg.model``, filling num_classes / in_channels / image_size from the DataModule."""
+    values = {"num_classes": dm.num_classes, "in_channels": dm.dims[0], "image_size": tuple(dm.dims[1:])}
+    accepted = _accepted_kwargs(get_object(cfg.model._target_))
+    fill = {k: v for k, v in values.items() if (accepted is None or k in accepted) and k not in cfg.model}
+    return instantiate(cfg.model, **fill)
+
+
+def build_module(cfg: DictConfig, model: torch.nn.Module, dm: Any) -> pl.LightningModule:
+    """Instantiate ``cfg.module`` around ``model`` with the optimizer/scheduler partials and the data preprocessor."""
+    kwargs: dict[str, Any] = {"model": model}
+    accepted = _accepted_kwargs(get_object(cfg.module._target_))
+    if accepted is None or "preprocess" in accepted:
+        kwargs["preprocess"] = getattr(dm, "preprocessor", None)
+    if cfg.get("optimizer") is not None:
+        kwargs["optimizer"] = instantiate(cfg.optimizer)
+    scheduler = _maybe_instantiate(cfg.get("scheduler"))
+    if scheduler is not None:
+        kwargs["scheduler"] = scheduler
+    return instantiate(cfg.module, **kwargs)
+
+
+def _instantiate_dict(node: Any) -> list[Any]:
+    if not node:
+        return []
+    return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]
+
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """Instantiate every entry of the ``callbacks`` dict (null entries are off)."""
+    return _instantiate_dict(cfg.get("callbacks"))
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """Instantiate every entry of the ``logger`` dict; an empty dict means no logger."""
+    return _instantiate_dict(cfg.get("logger"))
+
+
+def _build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
+    try:
+        from lit_tricks.sweeps.ddp import build_trainer
+    except ImportError:  # pragma: no cover - the sweeps package ships with lit_tricks
+        kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "_target_"}
+        return pl.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False)
+    return build_trainer(cfg, callbacks, loggers or False)
+
+
+def _resume_path(cfg: DictConfig, out: Path) -> str | None:
+    resume = cfg.get("resume")
+    if resume in (None, "", "none", "null"):
+        return None
+    if resume == "auto":
+        from lit_tricks.fault.resume import find_resume_checkpoint
+
+        found = find_resume_checkpoint(out)
+        log.info("resume=auto: %s", found or "no checkpoint found, starting fresh")
+        return found
+    if not Path(str(resume)).is_file():
+        raise FileNotFoundError(f"resume={resume!r}: no such checkpoint file; pass a .ckpt path, 'auto' or null")
+    return str(resume)
+
+
+def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in trainer.callback_metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            out[key] = float(value)
+        elif isinstance(value, int | float):
+            out[key] = float(value)
+    return out
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write_bytes(json.dumps(payload, indent=2, sort_keys=True, default=str).encode(), path)
+
+
+def _overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ValueError, ImportError):
+        return []
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ValueError, ImportError):
+        return False
+
+
+def _fit_once(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test one model; returns the metrics dict written to ``metrics.json``."""
+    out = run_dir(cfg)
+    pl.seed_everything(int(cfg.seed), workers=True)
+    dm = build_datamodule(cfg)
+    model = build_model(cfg, dm)
+    module = build_module(cfg, model, dm)
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg)
+    trainer = _build_trainer(cfg, callbacks, loggers)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(OmegaConf.to_yaml(resolved).encode(), out / "config_resolved.yaml")
+    for lg in trainer.loggers:
+        lg.log_hyperparams(_flatten(resolved))  # type: ignore[arg-type]
+    trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg, out))
+    metrics = _scalar_metrics(trainer)
+    ckpt_cb = trainer.checkpoint_callback
+    best = getattr(ckpt_cb, "best_model_path", "") or ""
+    if cfg.get("test", True) and not trainer.interrupted:
+        trainer.test(module, datamodule=dm, ckpt_path="best" if best else None, verbose=False)
+        metrics.update({k: v for k, v in _scalar_metrics(trainer).items() if k.startswith("test/")})
+    return {"metrics": metrics, "best_ckpt": best, "run_dir": str(out),
+            "interrupted": bool(trainer.interrupted), "is_global_zero": trainer.is_global_zero}
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            flat.update(_flatten(v, f"{prefix}{k}/"))
+    else:
+        flat[prefix.rstrip("/")] = d if isinstance(d, int | float | str | bool) or d is None else str(d)
+    return flat
+
+
+def _objective(metrics: dict[str, float], monitor: str) -> float:
+    if monitor not in metrics:
+        raise KeyError(f"monitor={monitor!r} was not logged; logged metrics: {sorted(metrics)}")
+    return metrics[monitor]
+
+
+def _cross_validate(cfg: DictConfig, fit: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any]:
+    """Run every fold of ``data.num_folds`` inside this job; the objective is the mean over folds."""
+    num_folds = int(OmegaConf.select(cfg, "data.num_folds", default=5))
+    per_fold: list[dict[str, Any]] = []
+    for fold in range(num_folds):
+        fold_cfg = cfg.copy()
+        with open_dict(fold_cfg):
+            fold_cfg.data.fold = fold
+            fold_cfg.paths.output_dir = str(run_dir(cfg) / f"fold{fold}")
+        log.info("cross-validation: fold %d/%d", fold + 1, num_folds)
+        per_fold.append(fit(fold_cfg))
+    keys = set.intersection(*(set(r["metrics"]) for r in per_fold))
+    metrics: dict[str, float] = {}
+    for key in sorted(keys):
+        values = [r["metrics"][key] for r in per_fold]
+        metrics[key] = statistics.fmean(values)
+        metrics[f"{key}_std"] = statistics.pstdev(values)
+    last = per_fold[-1]
+    return {**last, "metrics": metrics, "folds": [r["metrics"] for r in per_fold],
+            "best_ckpt": [r["best_ckpt"] for r in per_fold]}
+
+
+def train(cfg: DictConfig) -> float:
+    """Validate, fit, test; write ``metrics.json`` into the run directory; return the monitored metric.
+
+    In a multirun (sweep), a job that raises is recorded as failed (status and error line in ``metrics.json``) and
+    returns nan, so the sweep goes on; a single run re-raises.
+    """
+    check_config(cfg)
+    out = run_dir(cfg)
+    monitor = str(cfg.get("monitor", "val/acc"))
+    record: dict[str, Any] = {"monitor": monitor, "overrides": _overrides(), "status": "ok", "error": None}
+    try:
+        from lit_tricks.sweeps.ddp import job_guard
+    except ImportError:  # pragma: no cover
+        from contextlib import nullcontext as job_guard  # type: ignore[assignment]
+    try:
+        with job_guard(cfg):
+            result = _cross_validate(cfg, _fit_once) if cfg.get("cv", False) else _fit_once(cfg)
+            record.update(result)
+            record["objective"] = _objective(result["metrics"], monitor)
+    except Exception as err:
+        record.update(status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0], objective=math.nan)
+        if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:
+            _write_json(out / "metrics.json", record)
+        if not _is_multirun():
+            raise
+        log.error("job failed, the sweep goes on: %s", record["error"])
+        return math.nan
+    if record.get("is_global_zero", True):
+        _write_json(out / "metrics.json", record)
+        _print_summary(record)
+    return float(record["objective"])
+
+
+def _print_summary(record: dict[str, Any]) -> None:
+    m = record["metrics"]
+    parts = [f"{k}={m[k]:.4f}" for k in ("val/acc", "val/acc_ema", "test/acc", "test/acc_ema") if k in m]
+    print("lit_tricks: " + ("  ".join(parts) or "no accuracy logged"))
+    print(f"lit_tricks: objective {record['monitor']}={record['objective']:.4f}")
+    print(f"lit_tricks: checkpoint {record.get('best_ckpt') or '(none)'}")
+    print(f"lit_tricks: run directory {record.get('run_dir')}")
