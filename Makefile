@@ -1,5 +1,8 @@
 # The two commands of the README. Everything else is a helper target.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip prints a warning per package for this machine's local indexes; hide those lines only.
+QUIET := 2>&1 | { grep -v "WARNING: Location" || true; }
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
@@ -12,9 +15,9 @@ $(PY):
 	python3 -m venv $(VENV)
 
 $(STAMP): $(PY) pyproject.toml
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q -e '.[all]' $(TORCH_PINS)
+	$(PIP) install -q --upgrade pip $(QUIET)
+	$(PIP) install -q $(TORCH_PINS) $(QUIET)
+	$(PIP) install -q -e '.[all]' $(TORCH_PINS) $(QUIET)
 	touch $(STAMP)
 
 setup: $(STAMP)

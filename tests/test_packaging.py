@@ -1,0 +1,49 @@
+"""Packaging promises: light imports, typed package, configs on Hydra's search path for any app."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lit_tricks
+
+
+def test_version_and_py_typed() -> None:
+    assert lit_tricks.__version__.count(".") == 2
+    assert (Path(lit_tricks.__file__).parent / "py.typed").is_file()
+
+
+@pytest.mark.timeout(120)
+def test_callbacks_and_modules_do_not_import_sklearn_or_matplotlib() -> None:
+    code = (
+        "import sys, lit_tricks.callbacks, lit_tricks.modules, lit_tricks.functional\n"
+        "heavy = sorted(m for m in ('sklearn', 'matplotlib') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"importing lit_tricks pulled in: {out.stdout.strip()}"
+
+
+def test_conf_is_shipped_inside_the_package() -> None:
+    import importlib.resources
+
+    conf = importlib.resources.files("lit_tricks.conf")
+    assert conf.joinpath("train.yaml").is_file()
+    assert conf.joinpath("optimizer").is_dir()
+
+
+def test_foreign_hydra_app_composes_lit_tricks_groups(tmp_path: Path) -> None:
+    """A user's own Hydra app (its own config dir) can pick our groups by name through the search-path plugin."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    (tmp_path / "app.yaml").write_text("defaults:\n  - logger: csv\n  - _self_\nmine: 1\n")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        cfg = compose("app", overrides=["+callbacks=model_checkpoint"])
+    assert cfg.mine == 1
+    assert cfg.logger.csv._target_ == "lightning.pytorch.loggers.CSVLogger"
+    assert cfg.callbacks.model_checkpoint._target_.endswith("ModelCheckpoint")
