@@ -1,0 +1,95 @@
+"""scripts/train.py end to end: a real subprocess run, bad input, every experiment under fast_dev_run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from lit_tricks.run import train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def run_script(tmp_path: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LIT_TRICKS_LOG_DIR": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_one_epoch_run_writes_metrics_checkpoint_config_and_summary(tmp_path: Path) -> None:
+    proc = run_script(tmp_path, "trainer.max_epochs=1", "seed=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["status"] == "ok" and record["monitor"] == "val/acc"
+    assert 0.0 <= record["objective"] <= 1.0
+    assert record["objective"] == record["metrics"]["val/acc"]
+    assert "test/acc" in record["metrics"]
+    assert Path(record["best_ckpt"]).is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config_resolved.yaml").is_file() and (run / ".hydra" / "config.yaml").is_file()
+    assert list(run.glob("csv/version_*/metrics.csv")) and list(run.glob("csv/version_*/hparams.yaml"))
+    # the summary names val/test accuracy, the checkpoint and the run directory
+    assert "val/acc=" in proc.stdout and "test/acc=" in proc.stdout
+    assert f"checkpoint {record['best_ckpt']}" in proc.stdout and f"run directory {run}" in proc.stdout
+    # every checkpoint of the run loads without unpickling code
+    ckpt = torch.load(record["best_ckpt"], weights_only=True, map_location="cpu")
+    assert "state_dict" in ckpt
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_bad_values_fail_before_training_with_one_short_message(tmp_path: Path) -> None:
+    proc = run_script(tmp_path, "optimizer.lr=-1", "data.batch_size=0", "module.dropout=1.5")
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith("lit_tricks: invalid config (3 problems)")
+    assert any("optimizer.lr=-1" in ln for ln in lines)
+    assert any("data.batch_size=0" in ln for ln in lines)
+    assert any("module.dropout=1.5" in ln for ln in lines)
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "logs" / "train" / "runs").exists() or not list(
+        (tmp_path / "logs" / "train" / "runs").glob("*/checkpoints")
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_unknown_group_option_lists_the_valid_ones(tmp_path: Path) -> None:
+    proc = run_script(tmp_path, "optimizer=sgdd")
+    assert proc.returncode != 0
+    assert "Could not find 'optimizer/sgdd'" in proc.stderr and "sgd" in proc.stderr
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.timeout(180)
+def test_experiment_runs_with_fast_dev_run(tmp_path: Path, experiment: str) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            f"experiment={experiment}", "trainer.fast_dev_run=true", f"paths.output_dir={tmp_path}",
+            f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path}/data", "logger=none",
+        ])
+    objective = train(cfg)
+    assert math.isfinite(objective)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "ok" and "test/acc" in record["metrics"]
