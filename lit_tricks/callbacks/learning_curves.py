@@ -1,0 +1,215 @@
+"""LearningCurves: per-epoch train vs val curves (raw and EMA-smoothed) to PNG, and a bias/variance diagnosis."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_tricks.functional.atomic import atomic_write_bytes
+from lit_tricks.functional.diagnosis import Diagnosis, diagnose, ema_smooth
+
+__all__ = ["HISTORY_KEYS", "LearningCurves", "diagnose_history", "plot_learning_curves"]
+
+#: The per-epoch series a history holds (nan where a value was not logged that epoch).
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc")
+
+
+def _last_finite(values: Sequence[float]) -> float:
+    for v in reversed(values):
+        if math.isfinite(v):
+            return v
+    return math.nan
+
+
+def diagnose_history(
+    history: Mapping[str, Sequence[float]],
+    target_error: float | None = None,
+    *,
+    smoothing: float = 0.6,
+    bias_tolerance: float = 0.02,
+    variance_tolerance: float = 0.02,
+) -> Diagnosis | None:
+    """Diagnose the last EMA-smoothed epoch of a history; None when nothing comparable was logged.
+
+    With ``train_acc`` and ``val_acc`` the errors ``1 - acc`` are compared with ``target_error``. Otherwise the
+    losses are compared (variance only: the bias needs a target in loss units, pass it as ``target_error``; without
+    one the training loss is taken as its own target). The training numbers come from the training epoch
+    (dropout and augmentation on), so they overstate the clean training error a little.
+    """
+    kwargs = {"bias_tolerance": bias_tolerance, "variance_tolerance": variance_tolerance}
+    tr_acc = _last_finite(ema_smooth(history.get("train_acc", []), smoothing))
+    va_acc = _last_finite(ema_smooth(history.get("val_acc", []), smoothing))
+    if math.isfinite(tr_acc) and math.isfinite(va_acc):
+        return diagnose(1.0 - tr_acc, 1.0 - va_acc, target_error, **kwargs)
+    tr = _last_finite(ema_smooth(history.get("train_loss", []), smoothing))
+    va = _last_finite(ema_smooth(history.get("val_loss", []), smoothing))
+    if math.isfinite(tr) and math.isfinite(va):
+        return diagnose(tr, va, tr if target_error is None else target_error, **kwargs)
+    return None
+
+
+def plot_learning_curves(history: Mapping[str, Sequence[float]], path: str | Path, smoothing: float = 0.6,
+                         title: str | None = None) -> Path:
+    """Write a PNG of train vs val loss (and accuracy when logged) per epoch, raw (thin) and EMA-smoothed (bold)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = list(history.get("epoch", []))
+    panels = [("loss", "train_loss", "val_loss")]
+    if any(math.isfinite(v) for v in [*history.get("train_acc", []), *history.get("val_acc", [])]):
+        panels.append(("accuracy", "train_acc", "val_acc"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (label, tr_key, va_key) in zip(axes[0], panels):
+        for key, color, name in ((tr_key, "tab:blue", "train"), (va_key, "tab:orange", "val")):
+            values = list(history.get(key, []))
+            if not any(math.isfinite(v) for v in values):
+                continue
+            xs = epochs if len(epochs) == len(values) else list(range(len(values)))
+            ax.plot(xs, values, color=color, alpha=0.3, linewidth=1, marker=".", label=f"{name} (raw)")
+            ax.plot(xs, ema_smooth(values, smoothing), color=color, linewidth=2, label=f"{name} (EMA {smoothing})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    out = Path(path)
+    atomic_write_bytes(buffer.getvalue(), out)
+    return out
+
+
+class LearningCurves(pl.Callback):
+    """Record per-epoch train/val loss and accuracy; at fit end write a PNG and diagnose bias vs variance.
+
+    The training loss is the mean of ``training_step``'s losses over the epoch (computed here, whatever the module
+    logs); the other values are read from ``trainer.callback_metrics`` under the given keys. ``target_error``: the
+    human-level / Bayes error (default 0). ``dirpath``: where the PNG goes (default ``trainer.log_dir``).
+    Diagnosis rules: :func:`lit_tricks.functional.diagnosis.diagnose` (Ng's bias/variance analysis).
+    """
+
+    def __init__(
+        self,
+        target_error: float | None = None,
+        smoothing: float = 0.6,
+        bias_tolerance: float = 0.02,
+        variance_tolerance: float = 0.02,
+        val_loss_key: str = "val/loss",
+        train_acc_key: str = "train/acc",
+        val_acc_key: str = "val/acc",
+        dirpath: str | None = None,
+        filename: str = "learning_curves.png",
+        plot: bool = True,
+    ) -> None:
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        if target_error is not None and not 0.0 <= target_error:
+            raise ValueError(f"target_error must be >= 0 or None, got {target_error}")
+        self.target_error = target_error
+        self.smoothing = smoothing
+        self.bias_tolerance = bias_tolerance
+        self.variance_tolerance = variance_tolerance
+        self.val_loss_key = val_loss_key
+        self.train_acc_key = train_acc_key
+        self.val_acc_key = val_acc_key
+        self.dirpath = dirpath
+        self.filename = filename
+        self.plot = plot
+        self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+        self.diagnosis: Diagnosis | None = None
+        self.png_path: Path | None = None
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+        self._val: dict[str, float] = {}
+        self._epoch = -1
+        self._pending: dict[str, Any] | None = None  # an epoch in progress restored from a checkpoint
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(val_loss_key=self.val_loss_key, val_acc_key=self.val_acc_key,
+                                        filename=self.filename)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._loss_sum, self._loss_count, self._val = None, 0, {}
+        self._epoch = trainer.current_epoch
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if int(pending["epoch"]) == trainer.current_epoch:  # resumed inside this epoch: keep accumulating
+            self._loss_sum = torch.tensor(pending["loss_sum"]) if pending["loss_count"] else None
+            self._loss_count = int(pending["loss_count"])
+            self._val = {k: float(pending[k]) for k in ("val_loss", "val_acc") if k in pending}
+        else:  # the checkpoint was written at the end of that epoch, before its row was recorded
+            self._append_row(pending)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            loss = loss.detach().float().reshape(())
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_count += 1
+
+    @staticmethod
+    def _metric(trainer: pl.Trainer, key: str) -> float:
+        value = trainer.callback_metrics.get(key)
+        if value is None:
+            value = trainer.callback_metrics.get(f"{key}_epoch")
+        return float(value) if value is not None else math.nan
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._val = {"val_loss": self._metric(trainer, self.val_loss_key),
+                     "val_acc": self._metric(trainer, self.val_acc_key),
+                     "train_acc": self._metric(trainer, self.train_acc_key)}
+
+    def _train_loss(self) -> float:
+        count = self._loss_count
+        return float(self._loss_sum) / count if self._loss_sum is not None and count else math.nan
+
+    def _append_row(self, row: Mapping[str, Any]) -> None:
+        for key in HISTORY_KEYS:
+            self.history[key].append(float(row.get(key, math.nan)))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._append_row({"epoch": float(trainer.current_epoch), "train_loss": self._train_loss(),
+                          "train_acc": self._metric(trainer, self.train_acc_key), **self._val})
+        self._epoch = -1
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.diagnosis = diagnose_history(self.history, self.target_error, smoothing=self.smoothing,
+                                          bias_tolerance=self.bias_tolerance,
+                                          variance_tolerance=self.variance_tolerance)
+        if self.diagnosis is not None:
+            rank_zero_info(f"LearningCurves: {self.diagnosis.message()}")
+        if self.plot and trainer.is_global_zero and self.history["epoch"]:
+            root = self.dirpath or trainer.log_dir or trainer.default_root_dir
+            title = self.diagnosis.kind.replace("_", " ") if self.diagnosis else None
+            self.png_path = plot_learning_curves(self.history, Path(root) / self.filename, self.smoothing, title)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"version": 1, "history": {k: list(v) for k, v in self.history.items()}}
+        if self._epoch >= 0:  # saved inside an epoch (or at its validation end): keep what it has accumulated
+            state["pending"] = {"epoch": float(self._epoch), "train_loss": self._train_loss(),
+                                "loss_sum": float(self._loss_sum) if self._loss_sum is not None else 0.0,
+                                "loss_count": self._loss_count, **self._val}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        history = state_dict.get("history", {})
+        self.history = {k: [float(v) for v in history.get(k, [])] for k in HISTORY_KEYS}
+        pending = state_dict.get("pending")
+        self._pending = dict(pending) if pending else None
