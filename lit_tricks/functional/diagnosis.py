@@ -125,7 +125,7 @@ def dead_fraction(activation: torch.Tensor, channel_dim: int = 1) -> float:
     if activation.dim() < 2:
         return float((activation == 0).all())
     alive = (activation != 0).transpose(0, channel_dim).reshape(activation.shape[channel_dim], -1).any(dim=1)
-    return float(1.0 - alive.float().mean())
+    return int((~alive).sum()) / alive.numel()
 
 
 @torch.no_grad()
