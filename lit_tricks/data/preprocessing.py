@@ -1,0 +1,189 @@
+"""Preprocessing modules whose statistics are buffers, so a checkpoint carries them (fit on the training split only).
+
+The LightningModule applies the preprocessor to raw inputs (``forward(x) = model(preprocess(x))``), so predict on raw
+images after a reload gives the same outputs. Every module is constructible without statistics (empty buffers) and
+loads buffers of any shape from a state dict, e.g. a PCA with a different number of components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_tricks.functional.preprocessing import (
+    fit_channel_minmax,
+    fit_channel_stats,
+    fit_pca,
+    fit_zca,
+    minmax_scale,
+    pca_project,
+    standardize,
+    zca_whiten,
+)
+
+__all__ = [
+    "PREPROCESSING",
+    "FittedPreprocessor",
+    "MinMaxScale",
+    "NoPreprocessing",
+    "PCAProject",
+    "Standardize",
+    "ZCAWhiten",
+    "build_preprocessor",
+    "fit_preprocessor",
+]
+
+
+class FittedPreprocessor(nn.Module):
+    """Base class: named float buffers (empty until fit) that load from a state dict whatever their shape."""
+
+    buffer_names: tuple[str, ...] = ()
+
+    def __init__(self, **stats: Tensor | None) -> None:
+        super().__init__()
+        unknown = sorted(set(stats) - set(self.buffer_names))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown statistics {unknown}; expected {list(self.buffer_names)}")
+        for name in self.buffer_names:
+            value = stats.get(name)
+            self.register_buffer(name, torch.empty(0) if value is None else value.detach().clone().float())
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in self.buffer_names:
+            incoming = state_dict.get(prefix + name)
+            current = self._buffers.get(name)
+            if isinstance(incoming, Tensor) and current is not None and incoming.shape != current.shape:
+                self._buffers[name] = torch.empty(incoming.shape, dtype=current.dtype, device=current.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the statistics are set (all buffers non-empty)."""
+        return all(isinstance(b, Tensor) and b.numel() > 0 for b in (self._buffers.get(n) for n in self.buffer_names))
+
+    def _check_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(f"{type(self).__name__} has no statistics: fit it or load a state dict first")
+
+    def output_dims(self, dims: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Shape of one preprocessed sample given the raw ``(C, H, W)``."""
+        return dims
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{n}={tuple(self._buffers[n].shape)}" for n in self.buffer_names)  # type: ignore[union-attr]
+
+
+class NoPreprocessing(FittedPreprocessor):
+    """Identity (``preprocessing="none"``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class Standardize(FittedPreprocessor):
+    """``(x - mean[c]) / std[c]`` with per-channel statistics of the training split."""
+
+    buffer_names = ("mean", "std")
+    mean: Tensor
+    std: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_fitted()
+        return standardize(x, self.mean, self.std)
+
+
+class MinMaxScale(FittedPreprocessor):
+    """Maps the per-channel training range ``[lo, hi]`` to ``[-1, 1]``."""
+
+    buffer_names = ("lo", "hi")
+    lo: Tensor
+    hi: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_fitted()
+        return minmax_scale(x, self.lo, self.hi)
+
+
+class PCAProject(FittedPreprocessor):
+    """Projection on the top-k principal components of the training split; outputs a flat ``(N, k)`` vector.
+
+    Models after it must accept flat inputs (e.g. ``MLP``); the DataModule's ``model_dims`` is ``(k, 1, 1)``.
+    """
+
+    buffer_names = ("mean", "components", "explained_variance")
+    mean: Tensor
+    components: Tensor
+    explained_variance: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_fitted()
+        return pca_project(x, self.mean, self.components)
+
+    def output_dims(self, dims: tuple[int, int, int]) -> tuple[int, int, int]:
+        return (int(self.components.shape[0]), 1, 1)
+
+
+class ZCAWhiten(FittedPreprocessor):
+    """ZCA whitening ``(x - mean) W`` of the flattened image; keeps the image shape."""
+
+    buffer_names = ("mean", "whitening")
+    mean: Tensor
+    whitening: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_fitted()
+        return zca_whiten(x, self.mean, self.whitening)
+
+
+def _fit_none(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
+    return NoPreprocessing()
+
+
+def _fit_standardize(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
+    mean, std = fit_channel_stats(images)
+    return Standardize(mean=mean, std=std)
+
+
+def _fit_minmax(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
+    lo, hi = fit_channel_minmax(images)
+    return MinMaxScale(lo=lo, hi=hi)
+
+
+def _fit_pca(images: Iterable[Tensor] | Tensor, pca_components: int | float = 0.99, **_: Any) -> FittedPreprocessor:
+    mean, components, variance = fit_pca(images, pca_components)
+    return PCAProject(mean=mean, components=components, explained_variance=variance)
+
+
+def _fit_zca(images: Iterable[Tensor] | Tensor, zca_epsilon: float = 0.1, **_: Any) -> FittedPreprocessor:
+    mean, whitening = fit_zca(images, zca_epsilon)
+    return ZCAWhiten(mean=mean, whitening=whitening)
+
+
+#: name -> (module class, fit function taking the training images and the options pca_components / zca_epsilon).
+PREPROCESSING: dict[str, tuple[type[FittedPreprocessor], Callable[..., FittedPreprocessor]]] = {
+    "none": (NoPreprocessing, _fit_none),
+    "standardize": (Standardize, _fit_standardize),
+    "minmax": (MinMaxScale, _fit_minmax),
+    "pca": (PCAProject, _fit_pca),
+    "zca": (ZCAWhiten, _fit_zca),
+}
+
+
+def _entry(kind: str) -> tuple[type[FittedPreprocessor], Callable[..., FittedPreprocessor]]:
+    if kind not in PREPROCESSING:
+        raise ValueError(f"preprocessing: expected one of {sorted(PREPROCESSING)}, got {kind!r}")
+    return PREPROCESSING[kind]
+
+
+def build_preprocessor(kind: str) -> FittedPreprocessor:
+    """An unfitted preprocessor of ``kind`` (statistics come from ``load_state_dict``, e.g. a checkpoint)."""
+    return _entry(kind)[0]()
+
+
+def fit_preprocessor(kind: str, images: Iterable[Tensor] | Tensor, *, pca_components: int | float = 0.99,
+                     zca_epsilon: float = 0.1) -> FittedPreprocessor:
+    """Fit the ``kind`` preprocessor on ``images`` (the training split, raw, un-augmented; a tensor or chunks)."""
+    return _entry(kind)[1](images, pca_components=pca_components, zca_epsilon=zca_epsilon)
