@@ -1,0 +1,134 @@
+"""Gradient clipping kernels: global norm, value, adaptive (unit-wise) and percentile (AutoClip).
+
+All functions work in place on ``p.grad`` with ``torch._foreach_*`` kernels grouped by (device, dtype), return tensors
+(never Python numbers) and so never synchronise with the host: a caller that wants a float for logging asks for it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CLIP_MODES",
+    "adaptive_clip_grad_",
+    "autoclip_threshold",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "grad_norm",
+    "grads_of",
+    "push_history_",
+    "unitwise_norm",
+]
+
+#: The modes of :class:`lit_tricks.callbacks.clipping.GradientClipping` and what each one clips.
+CLIP_MODES: dict[str, str] = {
+    "norm": "rescale all gradients so that their global p-norm is at most max_norm",
+    "value": "clamp every gradient entry to [-max_value, max_value]",
+    "agc": "adaptive gradient clipping: per output unit, ||g|| <= agc_factor * max(||w||, eps) (Brock et al. 2021)",
+    "auto": "AutoClip: clip the global norm at the p-th percentile of the grad-norm history (Seetharaman et al. 2020)",
+}
+
+
+def grads_of(parameters: Tensor | Iterable[Tensor]) -> list[Tensor]:
+    """The ``.grad`` tensors of ``parameters`` that have one (a single tensor is accepted too)."""
+    params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+    return [p.grad for p in params if p.grad is not None]
+
+
+def _grouped(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
+    for t in tensors:
+        groups[(t.device, t.dtype)].append(t)
+    return groups
+
+
+def grad_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
+    """Global ``norm_type``-norm of all tensors in ``grads`` as a 0-d float32 tensor (0 when ``grads`` is empty).
+
+    Per-tensor norms come from one ``torch._foreach_norm`` per (device, dtype) group, then the norm of those norms
+    (the same reduction as ``torch.nn.utils.get_total_norm``).
+    """
+    if not grads:
+        return torch.zeros(())
+    norm_type = float(norm_type)
+    first_device = grads[0].device
+    norms: list[Tensor] = []
+    for (device, _), group in _grouped(grads).items():
+        per_tensor = torch._foreach_norm(group, norm_type)
+        norms.extend(n.to(first_device) if device != first_device else n for n in per_tensor)
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), norm_type)
+
+
+def clip_grad_norm_(
+    parameters: Tensor | Iterable[Tensor], max_norm: float | Tensor, norm_type: float = 2.0, eps: float = 1e-6
+) -> Tensor:
+    """Scale gradients in place so that their global norm is at most ``max_norm``; returns the norm before clipping.
+
+    ``g <- g * min(1, max_norm / (||g|| + eps))``, as ``torch.nn.utils.clip_grad_norm_(foreach=True)``. ``max_norm``
+    may be a tensor (AutoClip's percentile), so the whole computation stays on the device.
+    """
+    grads = grads_of(parameters)
+    total = grad_norm(grads, norm_type)
+    if not grads:
+        return total
+    coef = torch.clamp(max_norm / (total + eps), max=1.0)
+    for (device, _), group in _grouped(grads).items():
+        torch._foreach_mul_(group, coef.to(device))
+    return total
+
+
+def clip_grad_value_(parameters: Tensor | Iterable[Tensor], max_value: float) -> None:
+    """Clamp every gradient entry to ``[-max_value, max_value]`` in place (``torch.nn.utils.clip_grad_value_``)."""
+    if max_value <= 0:
+        raise ValueError(f"max_value must be > 0, got {max_value!r}")
+    for group in _grouped(grads_of(parameters)).values():
+        torch._foreach_clamp_min_(group, -max_value)
+        torch._foreach_clamp_max_(group, max_value)
+
+
+def unitwise_norm(x: Tensor) -> Tensor:
+    """L2 norm per output unit: over the whole tensor for scalars/vectors, over all dims but the first otherwise."""
+    if x.ndim <= 1:
+        return torch.linalg.vector_norm(x)
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
+
+
+def adaptive_clip_grad_(
+    parameters: Tensor | Iterable[Tensor], clip_factor: float = 0.01, eps: float = 1e-3
+) -> None:
+    """Adaptive gradient clipping (AGC), unit-wise, in place.
+
+    For each output unit i of each weight W: if ``||G_i|| > clip_factor * max(||W_i||, eps)`` then
+    ``G_i <- G_i * clip_factor * max(||W_i||, eps) / ||G_i||`` (Brock et al. 2021, "High-Performance Large-Scale Image
+    Recognition Without Normalization", eq. 3; same rule as ``timm.utils.adaptive_clip_grad``).
+    """
+    if clip_factor <= 0:
+        raise ValueError(f"clip_factor (agc_factor) must be > 0, got {clip_factor!r}")
+    params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+    with torch.no_grad():
+        for p in params:
+            if p.grad is None:
+                continue
+            g = p.grad
+            max_norm = unitwise_norm(p.detach()).clamp_min_(eps).mul_(clip_factor)
+            g_norm = unitwise_norm(g)
+            scale = (max_norm / g_norm.clamp_min(1e-6)).clamp_max_(1.0)
+            g.mul_(scale.to(g.dtype))
+
+
+def push_history_(history: Tensor, count: int, value: Tensor) -> None:
+    """Write ``value`` into the ring buffer ``history`` at slot ``count % len(history)`` (no host sync)."""
+    history[count % history.numel()] = value.to(history.dtype)
+
+
+def autoclip_threshold(history: Tensor, count: int, percentile: float) -> Tensor:
+    """The ``percentile``-th percentile (linear interpolation, as ``numpy.percentile``) of the filled part of the ring
+    buffer ``history`` holding ``count`` values pushed so far (AutoClip, Seetharaman et al. 2020)."""
+    if count <= 0:
+        raise ValueError(f"count must be > 0 (push a value first), got {count!r}")
+    filled = history[: min(count, history.numel())]
+    return torch.quantile(filled, percentile / 100.0)

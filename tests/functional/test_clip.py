@@ -1,0 +1,112 @@
+"""lit_tricks.functional.clip against torch's clip_grad_norm_/clip_grad_value_, timm's AGC and numpy.percentile."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lit_tricks.functional.clip import (
+    adaptive_clip_grad_,
+    autoclip_threshold,
+    clip_grad_norm_,
+    clip_grad_value_,
+    grad_norm,
+    push_history_,
+    unitwise_norm,
+)
+
+
+def params_with_grads(seed: int = 0, scale: float = 3.0) -> list[nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(4, 3, 3, 3), (4,), (10, 4), (10,), (2, 2, 5)]
+    params = [nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * scale
+    params.append(nn.Parameter(torch.zeros(3)))  # no grad: ignored
+    return params
+
+
+def clone(params: list[nn.Parameter]) -> list[nn.Parameter]:
+    out = []
+    for p in params:
+        q = nn.Parameter(p.detach().clone())
+        q.grad = None if p.grad is None else p.grad.clone()
+        out.append(q)
+    return out
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_grad_norm_matches_torch(norm_type: float, max_norm: float) -> None:
+    ours, ref = params_with_grads(), params_with_grads()
+    total = clip_grad_norm_(ours, max_norm, norm_type)
+    ref_total = torch.nn.utils.clip_grad_norm_(ref, max_norm, norm_type, foreach=True)
+    torch.testing.assert_close(total, ref_total, rtol=1e-6, atol=0)
+    for p, q in zip(ours, ref):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
+    after = grad_norm([p.grad for p in ours if p.grad is not None], norm_type)
+    assert float(after) <= max(max_norm, float(total)) * (1 + 1e-5)
+
+
+def test_clip_grad_norm_tensor_threshold_and_empty() -> None:
+    params = params_with_grads()
+    total = clip_grad_norm_(params, torch.tensor(1.0))
+    assert float(total) > 1.0
+    assert abs(float(grad_norm([p.grad for p in params if p.grad is not None])) - 1.0) < 1e-4
+    assert float(clip_grad_norm_([nn.Parameter(torch.ones(2))], 1.0)) == 0.0
+
+
+def test_mixed_dtypes_are_grouped() -> None:
+    a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(4, dtype=torch.float64))
+    a.grad, b.grad = torch.full((3,), 2.0), torch.full((4,), 2.0, dtype=torch.float64)
+    total = clip_grad_norm_([a, b], 1.0)
+    torch.testing.assert_close(total, torch.tensor(math.sqrt(7 * 4.0)))
+    assert a.grad.dtype == torch.float32 and b.grad.dtype == torch.float64
+    torch.testing.assert_close(grad_norm([a.grad, b.grad]), torch.tensor(1.0), rtol=1e-5, atol=0)
+
+
+def test_clip_grad_value_matches_torch() -> None:
+    ours, ref = params_with_grads(), params_with_grads()
+    clip_grad_value_(ours, 0.7)
+    torch.nn.utils.clip_grad_value_(ref, 0.7)
+    for p, q in zip(ours, ref):
+        if p.grad is not None:
+            assert torch.equal(p.grad, q.grad)
+    with pytest.raises(ValueError, match="max_value"):
+        clip_grad_value_(ours, 0.0)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 3.0])
+def test_agc_matches_timm(scale: float) -> None:
+    from timm.utils.agc import adaptive_clip_grad
+
+    ours, ref = params_with_grads(scale=scale), params_with_grads(scale=scale)
+    adaptive_clip_grad_(ours, 0.01, 1e-3)
+    adaptive_clip_grad(ref, 0.01, 1e-3)
+    for p, q in zip(ours, ref):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-8)
+    # the rule itself: every unit's grad norm <= factor * max(||w_unit||, eps)
+    for p in ours:
+        if p.grad is not None:
+            bound = unitwise_norm(p.detach()).clamp_min(1e-3) * 0.01
+            assert bool((unitwise_norm(p.grad) <= bound * (1 + 1e-5)).all())
+    with pytest.raises(ValueError, match="clip_factor"):
+        adaptive_clip_grad_(ours, 0.0)
+
+
+def test_autoclip_percentile_matches_numpy_over_ring_buffer() -> None:
+    values = torch.rand(25, generator=torch.Generator().manual_seed(3)) * 10
+    history = torch.zeros(10)
+    for i, v in enumerate(values):
+        push_history_(history, i, v)
+        got = autoclip_threshold(history, i + 1, 10.0)
+        window = values[max(0, i + 1 - 10): i + 1].numpy()
+        assert abs(float(got) - float(np.percentile(window, 10.0))) < 1e-5
+    with pytest.raises(ValueError, match="count"):
+        autoclip_threshold(history, 0, 10.0)
