@@ -1,0 +1,11 @@
+"""Optimizers beyond torch.optim: second-order methods for small full-batch problems."""
+
+from lit_tricks.optim.second_order import (
+    DEFAULT_MAX_PARAMS,
+    GaussNewton,
+    LevenbergMarquardt,
+    Newton,
+    check_full_batch,
+)
+
+__all__ = ["DEFAULT_MAX_PARAMS", "GaussNewton", "LevenbergMarquardt", "Newton", "check_full_batch"]
