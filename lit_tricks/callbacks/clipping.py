@@ -1,0 +1,186 @@
+"""GradientClipping: norm / value / adaptive (AGC) / percentile (AutoClip) clipping as a callback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from lit_tricks.functional.clip import (
+    CLIP_MODES,
+    adaptive_clip_grad_,
+    autoclip_threshold,
+    clip_grad_norm_,
+    clip_grad_value_,
+    grad_norm,
+    grads_of,
+    push_history_,
+)
+
+__all__ = ["GradientClipping"]
+
+_STATE_VERSION = 1
+
+
+class GradientClipping(Callback):
+    """Clip gradients before every optimizer step, after Lightning has unscaled them under AMP.
+
+    Modes (see :data:`lit_tricks.functional.clip.CLIP_MODES`): ``norm`` (global ``norm_type``-norm <= ``max_norm``),
+    ``value`` (entries clamped to ``±max_value``), ``agc`` (unit-wise ``||G_i|| <= agc_factor * ||W_i||``, Brock et al.
+    2021), ``auto`` (global norm clipped at the ``percentile``-th percentile of the last ``history`` pre-clip norms,
+    AutoClip, Seetharaman et al. 2020).
+
+    Logs ``<log_prefix>/grad_norm`` (pre-clip global norm) and ``<log_prefix>/clipped_fraction`` (fraction of steps
+    so far whose gradients were changed) every step when ``log=True``; both are tensors, so logging causes no host
+    sync beyond Lightning's own. The norm history and counters are callback state, so resume is exact. Hook:
+    ``on_before_optimizer_step``, which Lightning's precision plugin calls after ``scaler.unscale_``. For manual
+    optimization call :meth:`clip_` (or the functions of :mod:`lit_tricks.functional.clip`) yourself.
+    """
+
+    def __init__(
+        self,
+        mode: str = "norm",
+        *,
+        max_norm: float = 5.0,
+        norm_type: float = 2.0,
+        max_value: float | None = None,
+        agc_factor: float = 0.01,
+        percentile: float = 10.0,
+        history: int = 1000,
+        agc_eps: float = 1e-3,
+        log: bool = True,
+        log_prefix: str = "grad",
+    ) -> None:
+        if mode not in CLIP_MODES:
+            raise ValueError(f"mode must be one of {sorted(CLIP_MODES)}, got {mode!r}")
+        if mode == "norm" and not max_norm > 0:
+            raise ValueError(f"max_norm must be > 0 for mode='norm', got {max_norm!r}")
+        if mode == "value" and (max_value is None or not max_value > 0):
+            raise ValueError(f"max_value must be a number > 0 for mode='value', got {max_value!r}")
+        if mode == "agc" and not agc_factor > 0:
+            raise ValueError(f"agc_factor must be > 0 for mode='agc', got {agc_factor!r}")
+        if not 0.0 <= percentile <= 100.0:
+            raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
+        if int(history) < 1:
+            raise ValueError(f"history must be an int >= 1, got {history!r}")
+        if float(norm_type) <= 0:
+            raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type!r}")
+        self.mode = mode
+        self.max_norm = float(max_norm)
+        self.norm_type = float(norm_type)
+        self.max_value = None if max_value is None else float(max_value)
+        self.agc_factor = float(agc_factor)
+        self.agc_eps = float(agc_eps)
+        self.percentile = float(percentile)
+        self.history = int(history)
+        self.log = log
+        self.log_prefix = log_prefix
+        # state (all restored by load_state_dict)
+        self.norm_history = torch.zeros(self.history, dtype=torch.float32)
+        self.steps = 0  # optimizer steps seen (Python int: known on the host without a sync)
+        self.clipped_steps = torch.zeros((), dtype=torch.float32)  # stays on the device of the grads
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            mode=self.mode, max_norm=self.max_norm, norm_type=self.norm_type, max_value=self.max_value,
+            agc_factor=self.agc_factor, percentile=self.percentile, history=self.history,
+        )
+
+    # ------------------------------------------------------------------ the clipping itself
+    def clip_(self, parameters: Iterable[Tensor]) -> Tensor:
+        """Clip the gradients of ``parameters`` in place with this callback's mode; returns the pre-clip global norm.
+
+        Updates the history and counters (so it is also the entry point under manual optimization).
+        """
+        params = [p for p in parameters if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        device = grads[0].device
+        if self.norm_history.device != device:
+            self.norm_history = self.norm_history.to(device)
+        if self.clipped_steps.device != device:
+            self.clipped_steps = self.clipped_steps.to(device)
+        if self.mode == "norm":
+            norm = clip_grad_norm_(params, self.max_norm, self.norm_type)
+            clipped = norm > self.max_norm
+        elif self.mode == "auto":
+            norm = grad_norm(grads, self.norm_type)
+            push_history_(self.norm_history, self.steps, norm)
+            threshold = autoclip_threshold(self.norm_history, self.steps + 1, self.percentile)
+            clip_grad_norm_(params, threshold, self.norm_type)
+            clipped = norm > threshold
+        elif self.mode == "value":
+            max_value = float(self.max_value or 0.0)  # not None: checked in __init__
+            norm = grad_norm(grads, self.norm_type)
+            clipped = grad_norm(grads, float("inf")) > max_value
+            clip_grad_value_(params, max_value)
+        else:  # agc
+            norm = grad_norm(grads, self.norm_type)
+            adaptive_clip_grad_(params, self.agc_factor, self.agc_eps)
+            clipped = grad_norm(grads, self.norm_type) < norm
+        if self.mode != "auto":
+            push_history_(self.norm_history, self.steps, norm)
+        self.clipped_steps += clipped.to(self.clipped_steps.dtype)
+        self.steps += 1
+        return norm
+
+    @property
+    def clipped_fraction(self) -> Tensor:
+        """Fraction of the optimizer steps so far whose gradients were changed by clipping (0-d tensor)."""
+        return self.clipped_steps / max(self.steps, 1)
+
+    def filled_history(self) -> Tensor:
+        """The pre-clip norms of the last ``min(steps, history)`` steps, oldest first."""
+        n = min(self.steps, self.history)
+        if self.steps <= self.history:
+            return self.norm_history[:n].clone()
+        start = self.steps % self.history
+        return torch.cat([self.norm_history[start:], self.norm_history[:start]])
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if getattr(trainer, "gradient_clip_val", None):
+            raise ValueError(
+                "GradientClipping callback and Trainer(gradient_clip_val="
+                f"{trainer.gradient_clip_val!r}) both clip gradients: set gradient_clip_val=None (or 0), "
+                "or remove the GradientClipping callback"
+            )
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if not grads_of(params):
+            return
+        norm = self.clip_(params)
+        if self.log:
+            pl_module.log(f"{self.log_prefix}/grad_norm", norm.detach(), on_step=True, on_epoch=False)
+            pl_module.log(f"{self.log_prefix}/clipped_fraction", self.clipped_fraction, on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "mode": self.mode,
+            "norm_history": self.norm_history.detach().cpu().clone(),
+            "steps": self.steps,
+            "clipped_steps": self.clipped_steps.detach().cpu().clone(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        history = state_dict.get("norm_history")
+        if history is not None:
+            history = torch.as_tensor(history, dtype=torch.float32)
+            if history.numel() != self.history:  # history length changed between runs: keep the newest values
+                kept = torch.zeros(self.history, dtype=torch.float32)
+                n = min(self.history, history.numel())
+                kept[:n] = history[:n]
+                history = kept
+            self.norm_history = history.clone()
+        self.steps = int(state_dict.get("steps", 0))
+        self.clipped_steps = torch.as_tensor(state_dict.get("clipped_steps", 0.0), dtype=torch.float32).clone()
