@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_tricks.config_checks import check_config
 from lit_tricks.functional.atomic import atomic_write_bytes
+from lit_tricks.sweeps.ddp import build_trainer, job_guard
 
 __all__ = ["build_callbacks", "build_datamodule", "build_loggers", "build_model", "build_module", "run_dir", "train"]
 
@@ -105,15 +106,6 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return _instantiate_dict(cfg.get("logger"))
 
 
-def _build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
-    try:
-        from lit_tricks.sweeps.ddp import build_trainer
-    except ImportError:  # pragma: no cover - the sweeps package ships with lit_tricks
-        kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "_target_"}
-        return pl.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False)
-    return build_trainer(cfg, callbacks, loggers or False)
-
-
 def _resume_path(cfg: DictConfig, out: Path) -> str | None:
     resume = cfg.get("resume")
     if resume in (None, "", "none", "null"):
@@ -171,7 +163,7 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, model, dm)
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
-    trainer = _build_trainer(cfg, callbacks, loggers)
+    trainer = build_trainer(cfg, callbacks, loggers or False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
@@ -237,10 +229,6 @@ def train(cfg: DictConfig) -> float:
     out = run_dir(cfg)
     monitor = str(cfg.get("monitor", "val/acc"))
     record: dict[str, Any] = {"monitor": monitor, "overrides": _overrides(), "status": "ok", "error": None}
-    try:
-        from lit_tricks.sweeps.ddp import job_guard
-    except ImportError:  # pragma: no cover
-        from contextlib import nullcontext as job_guard  # type: ignore[assignment]
     try:
         with job_guard(cfg):
             result = _cross_validate(cfg, _fit_once) if cfg.get("cv", False) else _fit_once(cfg)

@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from lit_tricks.config_checks import ConfigError  # noqa: E402
-from lit_tricks.run import train  # noqa: E402
+from lit_tricks.config_checks import ConfigError
+from lit_tricks.run import train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

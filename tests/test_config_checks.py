@@ -46,7 +46,7 @@ def test_non_numeric_number_is_named() -> None:
 
 
 def test_decay_in_optimizer_is_refused() -> None:
-    with pytest.raises(ConfigError, match="module.weight_decay instead"):
+    with pytest.raises(ConfigError, match=r"module\.weight_decay instead"):
         check_config(OmegaConf.merge(GOOD, {"optimizer": {"weight_decay": 0.01}}))
 
 
