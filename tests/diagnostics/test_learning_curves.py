@@ -110,3 +110,26 @@ def test_pending_epoch_state_is_restored_not_duplicated() -> None:
     assert again.history["epoch"] == [] and again._loss_count == 2 and again._train_loss() == 1.5
     with pytest.raises(ValueError, match="smoothing"):
         LearningCurves(smoothing=1.5)
+
+
+def test_script_reads_csv_logger_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    tiny_trainer(tmp_path, max_epochs=2, logger=CSVLogger(str(tmp_path), name="csv"), log_every_n_steps=1,
+                 enable_checkpointing=False).fit(TinyClassifier(), datamodule=BlobsDataModule())
+    spec = importlib.util.spec_from_file_location("lc_script", Path(__file__).parents[2] / "scripts" /
+                                                  "learning_curves.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    csv_path = script.find_metrics_csv(tmp_path)
+    history = script.history_from_csv(csv_path, {"train_loss": "train/loss", "val_loss": "val/loss",
+                                                 "train_acc": "train/acc", "val_acc": "val/acc"})
+    assert history["epoch"] == [0.0, 1.0]
+    assert all(math.isfinite(v) for v in history["train_loss"] + history["val_loss"] + history["val_acc"])
+    assert script.main([str(tmp_path), "--out", str(tmp_path / "lc.png")]) == 0
+    assert (tmp_path / "lc.png").read_bytes()[:4] == b"\x89PNG"
+    assert "remedies:" in capsys.readouterr().out
