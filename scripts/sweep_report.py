@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from lit_tricks.sweeps.report import build_report, write_report  # noqa: E402
+from lit_tricks.sweeps.report import build_report, write_report
 
 
 def latest_sweep(root: Path) -> Path:
