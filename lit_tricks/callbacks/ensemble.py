@@ -1,0 +1,423 @@
+"""CheckpointEnsemble: snapshot / top-k / cycle-end / given-checkpoint ensembles of any LightningModule."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import Tensor, nn
+
+from lit_tricks.functional.atomic import atomic_torch_save
+from lit_tricks.functional.ensemble import (
+    COMBINERS,
+    EnsembleModule,
+    average_state_dicts,
+    export_ensemble,
+    recalibrate_bn_,
+)
+
+__all__ = ["CheckpointEnsemble", "load_member_state_dict"]
+
+log = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+_MODES = ("min", "max")
+_PREFIXES = ("_orig_mod.", "module.")
+
+
+def _strip_prefixes(state_dict: dict[str, Tensor], reference_keys: Iterable[str]) -> dict[str, Tensor]:
+    """Drop ``_orig_mod.``/``module.`` key prefixes (torch.compile / DDP wrappers) that ``reference_keys`` lack."""
+    ref = set(reference_keys)
+    if set(state_dict) == ref:
+        return state_dict
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        changed = True
+        while changed and new not in ref:
+            changed = False
+            for prefix in _PREFIXES:
+                if new.startswith(prefix):
+                    new, changed = new[len(prefix):], True
+        out[new] = value
+    return out
+
+
+def load_member_state_dict(path: str | os.PathLike[str], trusted: bool = False) -> dict[str, Tensor]:
+    """The model ``state_dict`` stored in a member file or a Lightning checkpoint (its ``"state_dict"`` entry).
+
+    Loaded with ``weights_only=True``; ``trusted=True`` (files the user named) falls back to a full unpickle when a
+    Lightning checkpoint holds non-plain hyper-parameters.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        if not trusted:
+            raise
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        return payload["state_dict"]
+    if isinstance(payload, dict) and all(isinstance(v, Tensor) for v in payload.values()):
+        return payload
+    raise ValueError(f"{path} holds neither a Lightning checkpoint nor a state_dict")
+
+
+class CheckpointEnsemble(Callback):
+    """Collect ensemble members during training and evaluate their average at test time.
+
+    Members come from any mix of: every ``every_n_epochs`` epochs (snapshot ensemble, Huang et al. 2017), the
+    ``top_k`` epochs by ``monitor`` (``mode`` min/max; with ``monitor=None`` the ``best_k_models`` of the Trainer's
+    ModelCheckpoint are used at fit end), the end of each warm-restart cycle (``at_cycle_ends``: the LR scheduler's
+    ``cycle_ends()`` method, step indices = ``trainer.global_step`` right after a cycle's last optimizer step), and
+    the files in ``checkpoint_paths`` (Lightning checkpoints or state dicts, e.g. the best checkpoint of each job of
+    a multirun). Captured at train epoch end (after validation, so ModelCheckpoint's ``last.ckpt`` of that epoch
+    already lists them) or at the optimizer step ending a cycle.
+
+    Members are files ``<dirpath>/member-epochEEE-stepSSSSSS.pt`` written atomically by rank 0 (``dirpath`` defaults
+    to ``<default_root_dir>/ensemble``), or kept inside the callback state with ``keep_inline=True``. The callback
+    state lists them (path, score, epoch, step, why), so resume is exact; under DDP rank 0 decides and broadcasts.
+
+    Test: logs ``test/acc_ensemble`` and ``test/loss_ensemble`` (NLL of the ensemble probabilities) next to the
+    module's own ``test/acc``, for batches ``(x, y, ...)``. ``combine``: ``mean_prob`` (mean softmax, default),
+    ``mean_logit``, ``vote``. ``use_vmap``: None = loop on CPU, ``torch.func.vmap`` on accelerators.
+    """
+
+    def __init__(
+        self,
+        *,
+        every_n_epochs: int | None = None,
+        top_k: int | None = None,
+        monitor: str | None = None,
+        mode: str = "min",
+        at_cycle_ends: bool = False,
+        checkpoint_paths: list[str] | None = None,
+        combine: str = "mean_prob",
+        dirpath: str | None = None,
+        keep_inline: bool = False,
+        use_vmap: bool | None = None,
+        log_test: bool = True,
+        log_prefix: str = "test",
+    ) -> None:
+        if every_n_epochs is not None and (not isinstance(every_n_epochs, int) or every_n_epochs < 1):
+            raise ValueError(f"every_n_epochs must be None or an int >= 1, got {every_n_epochs!r}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {list(_MODES)}, got {mode!r}")
+        if combine not in COMBINERS:
+            raise ValueError(f"combine must be one of {sorted(COMBINERS)}, got {combine!r}")
+        if monitor is not None and top_k is None:
+            raise ValueError(f"monitor={monitor!r} is only used with top_k; set top_k (e.g. 3) or monitor=None")
+        paths = [str(p) for p in (checkpoint_paths or [])]
+        if every_n_epochs is None and top_k is None and not at_cycle_ends and not paths:
+            raise ValueError(
+                "CheckpointEnsemble needs a member source: every_n_epochs, top_k, at_cycle_ends=True or "
+                "checkpoint_paths; got none"
+            )
+        self.every_n_epochs = every_n_epochs
+        self.top_k = top_k
+        self.monitor = monitor
+        self.mode = mode
+        self.at_cycle_ends = at_cycle_ends
+        self.checkpoint_paths = paths
+        self.combine = combine
+        self.dirpath = dirpath
+        self.keep_inline = keep_inline
+        self.use_vmap = use_vmap
+        self.log_test = log_test
+        self.log_prefix = log_prefix
+        # state: one record per member, in the order captured
+        self.members: list[dict[str, Any]] = [
+            {"path": p, "score": None, "epoch": -1, "step": -1, "tags": ["path"]} for p in paths
+        ]
+        self.inline: dict[str, dict[str, Tensor]] = {}
+        # runtime only
+        self._cycle_ends: set[int] = set()
+        self._ensemble: EnsembleModule | None = None
+        self._ensemble_key: tuple[Any, ...] | None = None
+        self._keep_members_on_load = False
+        self._warned_batch = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            every_n_epochs=self.every_n_epochs, top_k=self.top_k, monitor=self.monitor, mode=self.mode,
+            at_cycle_ends=self.at_cycle_ends,
+        )
+
+    # ------------------------------------------------------------------ members
+    def _dirpath(self, trainer: pl.Trainer) -> Path:
+        return Path(self.dirpath) if self.dirpath is not None else Path(trainer.default_root_dir) / "ensemble"
+
+    def member_paths(self) -> list[str]:
+        """Paths (or inline keys) of the current members, in capture order."""
+        return [m["path"] for m in self.members]
+
+    def _find(self, epoch: int, step: int) -> dict[str, Any] | None:
+        for m in self.members:
+            if m["epoch"] == epoch and m["step"] == step and "path" not in m["tags"]:
+                return m
+        return None
+
+    def _capture(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str, score: float | None
+    ) -> dict[str, Any]:
+        """Add ``tag`` to the member of the current (epoch, step), writing its weights if it is new."""
+        epoch, step = int(trainer.current_epoch), int(trainer.global_step)
+        record = self._find(epoch, step)
+        if record is None:
+            name = f"member-epoch{epoch:03d}-step{step:06d}.pt"
+            if self.keep_inline:
+                path = f"inline:{name}"
+                self.inline[path] = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+            else:
+                path = str(self._dirpath(trainer) / name)
+                if trainer.is_global_zero:
+                    state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
+                    atomic_torch_save(
+                        {"state_dict": state, "epoch": epoch, "global_step": step, "version": _STATE_VERSION}, path
+                    )
+            record = {"path": path, "score": score, "epoch": epoch, "step": step, "tags": []}
+            self.members.append(record)
+        if tag not in record["tags"]:
+            record["tags"].append(tag)
+        if score is not None:
+            record["score"] = score
+        return record
+
+    def _drop_tag(self, trainer: pl.Trainer, record: dict[str, Any], tag: str) -> None:
+        if tag in record["tags"]:
+            record["tags"].remove(tag)
+        if record["tags"]:
+            return
+        self.members.remove(record)
+        self.inline.pop(record["path"], None)
+        path = record["path"]
+        if trainer.is_global_zero and not path.startswith("inline:"):
+            try:
+                if Path(path).parent == self._dirpath(trainer):
+                    os.remove(path)
+            except FileNotFoundError:
+                pass
+
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self.mode == "min" else a > b
+
+    def _update_top_k(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.monitor is None or self.top_k is None:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise ValueError(
+                f"CheckpointEnsemble(monitor={self.monitor!r}) found no such metric at epoch end; logged metrics: "
+                f"{sorted(trainer.callback_metrics)}"
+            )
+        score = float(value)
+        ranked = [m for m in self.members if "top_k" in m["tags"]]
+        if len(ranked) >= self.top_k:
+            worst = ranked[0]
+            for m in ranked[1:]:
+                if self._better(worst["score"], m["score"]):
+                    worst = m
+            if not self._better(score, worst["score"]):
+                return
+            self._drop_tag(trainer, worst, "top_k")
+        self._capture(trainer, pl_module, "top_k", score)
+
+    def _sync(self, trainer: pl.Trainer) -> None:
+        """Rank 0's member list wins (scores may differ across ranks when not synced); wait for its files."""
+        if trainer.world_size > 1:
+            self.members = trainer.strategy.broadcast(self.members, src=0)
+            trainer.strategy.barrier("lit_tricks_ensemble_capture")
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._keep_members_on_load = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._cycle_ends = set()
+        if not self.at_cycle_ends:
+            return
+        found = []
+        for config in trainer.lr_scheduler_configs:
+            fn = getattr(config.scheduler, "cycle_ends", None)
+            found.append(type(config.scheduler).__name__)
+            if callable(fn):
+                self._cycle_ends.update(int(s) for s in fn())
+        if not any(callable(getattr(c.scheduler, "cycle_ends", None)) for c in trainer.lr_scheduler_configs):
+            raise ValueError(
+                "CheckpointEnsemble(at_cycle_ends=True) needs an LR scheduler with a cycle_ends() method "
+                f"(e.g. lit_tricks' SGDR schedules); the Trainer has: {found or 'no LR scheduler'}"
+            )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = int(trainer.global_step)
+        if step not in self._cycle_ends:
+            return
+        record = self._find(int(trainer.current_epoch), step)
+        if record is None or "cycle" not in record["tags"]:  # once per step (gradient accumulation repeats it)
+            self._capture(trainer, pl_module, "cycle", None)
+            self._sync(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        changed = False
+        if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._capture(trainer, pl_module, "epoch", None)
+            changed = True
+        if self.top_k is not None and self.monitor is not None:
+            self._update_top_k(trainer, pl_module)
+            changed = True
+        if changed:
+            self._sync(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.top_k is None or self.monitor is not None:
+            return
+        ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+        if ckpt is None or not ckpt.best_k_models:
+            log.warning("CheckpointEnsemble(top_k, monitor=None): no ModelCheckpoint with a monitor and best_k_models")
+            return
+        reverse = ckpt.mode == "max"
+        best = sorted(ckpt.best_k_models.items(), key=lambda kv: float(kv[1]), reverse=reverse)[: self.top_k]
+        self.members = [m for m in self.members if "checkpoint_top_k" not in m["tags"]]
+        for path, score in best:
+            self.members.append(
+                {"path": str(path), "score": float(score), "epoch": -1, "step": -1, "tags": ["checkpoint_top_k"]}
+            )
+
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self.log_test or not self.members:
+            return
+        if not (isinstance(batch, (list, tuple)) and len(batch) >= 2 and isinstance(batch[1], Tensor)):
+            if not self._warned_batch:
+                log.warning("CheckpointEnsemble: test batches are not (x, y, ...); no ensemble metrics logged")
+                self._warned_batch = True
+            return
+        x, y = batch[0], batch[1]
+        probs = self.predict_proba(x, pl_module)
+        acc = (probs.argmax(-1) == y).float().mean()
+        nll = nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y)
+        n = int(y.shape[0])
+        pl_module.log(f"{self.log_prefix}/acc_ensemble", acc, on_step=False, on_epoch=True, batch_size=n,
+                      sync_dist=True)
+        pl_module.log(f"{self.log_prefix}/loss_ensemble", nll, on_step=False, on_epoch=True, batch_size=n,
+                      sync_dist=True)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "members": [
+                {"path": m["path"], "score": m["score"], "epoch": m["epoch"], "step": m["step"],
+                 "tags": list(m["tags"])}
+                for m in self.members
+            ],
+            "inline": {k: dict(v) for k, v in self.inline.items()},
+        }
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # test(ckpt_path="best") after fit: keep this run's full member list, load only the single model
+        self._keep_members_on_load = trainer.state.fn != "fit" and bool(self.members)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._keep_members_on_load:
+            self._keep_members_on_load = False
+            return
+        self.members = [
+            {"path": str(m["path"]), "score": None if m.get("score") is None else float(m["score"]),
+             "epoch": int(m.get("epoch", -1)), "step": int(m.get("step", -1)), "tags": list(m.get("tags", []))}
+            for m in state_dict.get("members", [])
+        ]
+        self.inline = {str(k): dict(v) for k, v in state_dict.get("inline", {}).items()}
+        self._ensemble = None
+
+    # ------------------------------------------------------------------ using the ensemble
+    def member_state_dicts(self) -> list[dict[str, Tensor]]:
+        """The members' model state dicts (CPU), in capture order."""
+        out = []
+        for m in self.members:
+            path = m["path"]
+            if path in self.inline:
+                out.append(self.inline[path])
+            else:
+                out.append(load_member_state_dict(path, trusted="path" in m["tags"] or "checkpoint_top_k" in m["tags"]))
+        return out
+
+    def members_as_modules(self, pl_module: nn.Module) -> list[nn.Module]:
+        """One frozen eval-mode copy of ``pl_module`` per member, on ``pl_module``'s device."""
+        if not self.members:
+            raise ValueError("CheckpointEnsemble has no members yet (nothing captured, no checkpoint_paths)")
+        device = next(iter(pl_module.parameters()), torch.zeros(())).device
+        modules = []
+        for sd in self.member_state_dicts():
+            member = copy.deepcopy(pl_module)
+            member.load_state_dict(_strip_prefixes(sd, member.state_dict().keys()))
+            member.to(device).eval().requires_grad_(False)
+            modules.append(member)
+        return modules
+
+    def ensemble(self, pl_module: nn.Module) -> EnsembleModule:
+        """The ensemble as an :class:`EnsembleModule` (cached until the members change)."""
+        device = next(iter(pl_module.parameters()), torch.zeros(())).device
+        key = (id(pl_module), device, tuple(self.member_paths()), self.combine)
+        if self._ensemble is None or self._ensemble_key != key:
+            use_vmap = device.type != "cpu" if self.use_vmap is None else self.use_vmap
+            self._ensemble = EnsembleModule(self.members_as_modules(pl_module), self.combine, use_vmap=use_vmap)
+            self._ensemble_key = key
+        return self._ensemble
+
+    @torch.no_grad()
+    def predict_proba(self, x: Tensor, pl_module: nn.Module) -> Tensor:
+        """Ensemble class probabilities ``[N, C]`` for a batch ``x`` (what ``pl_module(x)`` maps to logits)."""
+        return self.ensemble(pl_module)(x)
+
+    def export(self, pl_module: nn.Module, example_input: Tensor | None = None) -> nn.Module:
+        """One ``nn.Module`` (x -> ensemble probabilities) that reloads without lit_tricks; see
+        :func:`lit_tricks.functional.ensemble.export_ensemble`."""
+        return export_ensemble(self.members_as_modules(pl_module), self.combine, example_input)
+
+    def average_weights(
+        self, pl_module: pl.LightningModule, dataloader: Iterable[Any] | None = None, bn_batches: int | None = None
+    ) -> pl.LightningModule:
+        """A copy of ``pl_module`` holding the uniform average of the members' weights (model soup), with BatchNorm
+        statistics recomputed on ``bn_batches`` batches (all if None) of ``dataloader`` (default: the Trainer's train
+        dataloader, when attached)."""
+        soup = copy.deepcopy(pl_module)
+        averaged = average_state_dicts(self.member_state_dicts())
+        soup.load_state_dict(_strip_prefixes(averaged, soup.state_dict().keys()))
+        if dataloader is None:
+            trainer = pl_module._trainer
+            dataloader = getattr(trainer, "train_dataloader", None) if trainer is not None else None
+        if dataloader is not None:
+            device = next(iter(soup.parameters()), torch.zeros(())).device
+
+            def batches() -> Iterable[Any]:
+                for i, batch in enumerate(dataloader):
+                    if bn_batches is not None and i >= bn_batches:
+                        return
+                    x = batch[0] if isinstance(batch, (list, tuple)) else batch
+                    yield x.to(device)
+
+            recalibrate_bn_(soup, batches())
+        return soup.eval()

@@ -1,0 +1,264 @@
+"""CheckpointEnsemble on a real CPU Trainer: member sources, ensemble == mean of members, test metrics, export,
+soup, exact resume, DDP (2 gloo processes) and a resnet18 32x32 smoke run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from lit_tricks.callbacks.clipping import GradientClipping
+from lit_tricks.callbacks.ensemble import CheckpointEnsemble, load_member_state_dict
+from tests.helpers.tiny import BlobsDataModule, TinyClassifier, tiny_trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def no_dropout_model(seed: int = 0) -> TinyClassifier:
+    torch.manual_seed(seed)
+    model = TinyClassifier()
+    model.net[3].p = 0.0  # dropout draws from the global RNG, which a resume does not restore
+    return model
+
+
+def val_x() -> torch.Tensor:
+    dm = BlobsDataModule(shuffle=False)
+    dm.setup()
+    return dm.val_set.tensors[0]
+
+
+class MetricProbe(Callback):
+    def __init__(self, key: str) -> None:
+        self.key, self.values = key, []  # type: ignore[var-annotated]
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.values.append(float(trainer.callback_metrics[self.key]))
+
+
+def test_snapshot_members_and_ensemble_equals_mean_of_members(tmp_path: Path) -> None:
+    ens = CheckpointEnsemble(every_n_epochs=1, dirpath=str(tmp_path / "ens"))
+    model = no_dropout_model()
+    trainer = tiny_trainer(tmp_path, max_epochs=3, callbacks=[ens])
+    trainer.fit(model, BlobsDataModule(shuffle=False))
+    assert [m["epoch"] for m in ens.members] == [0, 1, 2]
+    assert [m["step"] for m in ens.members] == [8, 16, 24]
+    assert all(Path(p).is_file() and Path(p).parent == tmp_path / "ens" for p in ens.member_paths())
+    # the last member is the final model
+    for k, v in model.state_dict().items():
+        assert torch.equal(load_member_state_dict(ens.member_paths()[-1])[k], v), k
+    x = val_x()
+    one_by_one = []
+    for sd in ens.member_state_dicts():
+        m = TinyClassifier()
+        m.load_state_dict(sd)
+        with torch.no_grad():
+            one_by_one.append(m.eval()(x).softmax(-1))
+    expected = torch.stack(one_by_one).mean(0)
+    assert torch.equal(ens.predict_proba(x, model), expected)
+    # test logs single-model and ensemble metrics side by side
+    results = trainer.test(model, BlobsDataModule(shuffle=False), verbose=False)[0]
+    assert {"test/acc", "test/acc_ensemble", "test/loss_ensemble"} <= set(results)
+    dm = BlobsDataModule(shuffle=False)
+    dm.setup()
+    acc_ens = float((expected.argmax(-1) == dm.val_set.tensors[1]).float().mean())
+    assert results["test/acc_ensemble"] == pytest.approx(acc_ens, abs=1e-6)
+    # export: one module, same numbers
+    exported = ens.export(model)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), expected)
+
+
+def test_top_k_by_monitor_keeps_the_best_and_deletes_the_rest(tmp_path: Path) -> None:
+    ens = CheckpointEnsemble(top_k=2, monitor="val/loss", mode="min", dirpath=str(tmp_path / "ens"))
+    probe = MetricProbe("val/loss")
+    trainer = tiny_trainer(tmp_path, max_epochs=4, callbacks=[ens, probe])
+    model = TinyClassifier()
+    model.hparams.lr = 0.5  # noisy enough that val/loss is not monotone in 4 epochs: exercises eviction order
+    trainer.fit(model, BlobsDataModule(shuffle=False))
+    best = sorted(range(4), key=lambda e: probe.values[e])[:2]
+    assert sorted(m["epoch"] for m in ens.members) == sorted(best)
+    assert sorted(m["score"] for m in ens.members) == pytest.approx(sorted(probe.values[e] for e in best))
+    assert sorted(os.listdir(tmp_path / "ens")) == sorted(Path(p).name for p in ens.member_paths())
+    with pytest.raises(ValueError, match="monitor"):
+        CheckpointEnsemble(monitor="val/loss")
+    with pytest.raises(ValueError, match="member source"):
+        CheckpointEnsemble()
+
+
+class CyclicLR(torch.optim.lr_scheduler.LambdaLR):
+    """A minimal warm-restart schedule exposing the cycle_ends() contract: cycles of 5 optimizer steps."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total: int, period: int = 5) -> None:
+        self.total, self.period = total, period
+        super().__init__(optimizer, lambda s: 1.0 - (s % period) / period)
+
+    def cycle_ends(self) -> list[int]:
+        return list(range(self.period, self.total + 1, self.period))
+
+
+class CyclicClassifier(TinyClassifier):
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": CyclicLR(opt, total=16), "interval": "step"}}
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_members_at_cycle_ends_of_the_schedule(tmp_path: Path, accumulate: int) -> None:
+    ens = CheckpointEnsemble(at_cycle_ends=True, keep_inline=True)
+    trainer = tiny_trainer(tmp_path, max_epochs=2 * accumulate, callbacks=[ens], accumulate_grad_batches=accumulate)
+    trainer.fit(CyclicClassifier(), BlobsDataModule(shuffle=False))
+    assert [m["step"] for m in ens.members] == [5, 10, 15]
+    assert all(p.startswith("inline:") for p in ens.member_paths()) and not (tmp_path / "ensemble").exists()
+    with pytest.raises(ValueError, match="cycle_ends"):
+        tiny_trainer(tmp_path, max_epochs=1, callbacks=[CheckpointEnsemble(at_cycle_ends=True)]).fit(
+            TinyClassifier(), BlobsDataModule()
+        )
+
+
+def test_checkpoint_paths_and_soup_with_bn_recalibration(tmp_path: Path) -> None:
+    paths = []
+    for seed in (0, 1):
+        ckpt = ModelCheckpoint(dirpath=tmp_path / f"job{seed}", save_last=True)
+        tiny_trainer(tmp_path / f"job{seed}", max_epochs=1, callbacks=[ckpt]).fit(
+            no_dropout_model(seed), BlobsDataModule(shuffle=False)
+        )
+        paths.append(str(tmp_path / f"job{seed}" / "last.ckpt"))
+    ens = CheckpointEnsemble(checkpoint_paths=paths, combine="vote")
+    model = no_dropout_model(5)
+    results = tiny_trainer(tmp_path, callbacks=[ens]).test(model, BlobsDataModule(shuffle=False), verbose=False)[0]
+    assert "test/acc_ensemble" in results
+    sds = ens.member_state_dicts()
+    dm = BlobsDataModule(shuffle=False)
+    dm.setup()
+    soup = ens.average_weights(model, dm.train_dataloader())
+    torch.testing.assert_close(soup.net[0].weight, (sds[0]["net.0.weight"] + sds[1]["net.0.weight"]) / 2)
+    with torch.no_grad():
+        h = soup.net[0](dm.train_set.tensors[0])
+    torch.testing.assert_close(soup.net[1].running_mean, h.mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_test_with_best_ckpt_keeps_the_full_member_list(tmp_path: Path) -> None:
+    ens = CheckpointEnsemble(every_n_epochs=1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/loss", save_top_k=1)
+    trainer = tiny_trainer(tmp_path, max_epochs=3, callbacks=[ens, ckpt])
+    trainer.fit(no_dropout_model(), BlobsDataModule(shuffle=False))
+    trainer.test(ckpt_path="best", datamodule=BlobsDataModule(shuffle=False), verbose=False)
+    assert len(ens.members) == 3
+
+
+def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
+    def run(root: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[TinyClassifier, CheckpointEnsemble]:
+        model = no_dropout_model()
+        ens = CheckpointEnsemble(every_n_epochs=2, top_k=2, monitor="val/acc", mode="max", dirpath=str(root / "ens"))
+        ckpt = ModelCheckpoint(dirpath=root, save_last=True)
+        trainer = tiny_trainer(root, max_epochs=max_epochs, callbacks=[ens, ckpt])
+        trainer.fit(model, BlobsDataModule(shuffle=False), ckpt_path=ckpt_path)
+        return model, ens
+
+    full_model, full_ens = run(tmp_path / "full", 5)
+    run(tmp_path / "part", 3)
+    last = tmp_path / "part" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    assert any(k.startswith("CheckpointEnsemble") for k in state["callbacks"])
+    model, ens = run(tmp_path / "part", 5, ckpt_path=str(last))
+    for (name, a), b in zip(full_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    def strip(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**m, "path": Path(m["path"]).name} for m in members]
+
+    assert strip(ens.members) == strip(full_ens.members)
+    for a_sd, b_sd in zip(full_ens.member_state_dicts(), ens.member_state_dicts()):
+        assert all(torch.equal(a_sd[k], b_sd[k]) for k in a_sd)
+    x = val_x()
+    assert torch.equal(full_ens.predict_proba(x, full_model), ens.predict_proba(x, model))
+
+
+def test_resnet18_32x32_smoke(tmp_path: Path) -> None:
+    import torchvision
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class ResNetModule(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torchvision.models.resnet18(num_classes=10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def test_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("test/acc", (self(batch[0]).argmax(-1) == batch[1]).float().mean())
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g))
+    loader = DataLoader(data, batch_size=4)
+    ens, clip = CheckpointEnsemble(every_n_epochs=1), GradientClipping("agc")
+    trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=[ens, clip])
+    module = ResNetModule()
+    trainer.fit(module, loader)
+    results = trainer.test(module, loader, verbose=False)[0]
+    assert len(ens.members) == 2 and clip.steps == 4
+    assert 0.0 <= results["test/acc_ensemble"] <= 1.0
+    assert ens.predict_proba(data.tensors[0][:2], module).shape == (2, 10)
+
+
+DDP_SCRIPT = """
+import datetime, sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+import lightning.pytorch as pl
+from lightning.pytorch.strategies import DDPStrategy
+from lit_tricks.callbacks.ensemble import CheckpointEnsemble
+from tests.helpers.tiny import BlobsDataModule, TinyClassifier
+
+class RankNoisyClassifier(TinyClassifier):
+    # logs a rank-dependent val/loss without sync_dist: rank 0's top-k decision must win everywhere
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        self.log("val/noisy", self.global_rank * 10.0 + float(self.current_epoch % 2), sync_dist=False)
+
+pl.seed_everything(0)
+ens = CheckpointEnsemble(every_n_epochs=2, top_k=1, monitor="val/noisy", dirpath={ens_dir!r})
+trainer = pl.Trainer(accelerator="cpu", devices=2, max_epochs=3, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, enable_checkpointing=False, default_root_dir={tmp!r},
+                     callbacks=[ens], strategy=DDPStrategy(timeout=datetime.timedelta(seconds=60)))
+model = RankNoisyClassifier()
+trainer.fit(model, BlobsDataModule(n=128))
+x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+sds = ens.member_state_dicts()
+torch.save({{"members": ens.members, "flat": [torch.cat([v.flatten().double() for v in sd.values()]) for sd in sds],
+             "probs": ens.predict_proba(x, model)}}, {tmp!r} + f"/rank{{trainer.global_rank}}.pt")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ddp_members_identical_on_both_ranks(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_ensemble.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(root=str(ROOT), ens_dir=str(tmp_path / "ens"),
+                                                        tmp=str(tmp_path))))
+    env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=110)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["members"] == r1["members"]
+    # epoch 1 (every_n_epochs=2) and the top-1 of rank 0's val/noisy (0.0 at epochs 0 and 2: the first, epoch 0)
+    assert sorted(m["epoch"] for m in r0["members"]) == [0, 1]
+    assert all(torch.equal(a, b) for a, b in zip(r0["flat"], r1["flat"]))
+    assert torch.equal(r0["probs"], r1["probs"])
+    assert sorted(os.listdir(tmp_path / "ens")) == sorted(Path(m["path"]).name for m in r0["members"])
