@@ -1,0 +1,361 @@
+"""Model surgery usable on any ``nn.Module``: swap normalization layers, set or insert dropout, initialize weights,
+recompute BatchNorm statistics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+
+__all__ = [
+    "DROPOUT_KINDS",
+    "INIT_SCHEMES",
+    "NORM_KINDS",
+    "BatchNormNd",
+    "DropConnectLinear",
+    "GaussianDropout",
+    "find_head",
+    "init_weights",
+    "parse_norm",
+    "recalibrate_bn",
+    "set_dropout",
+    "swap_norm",
+]
+
+NORM_KINDS = ("keep", "batch", "group", "layer", "weight", "none")
+DROPOUT_KINDS = ("dropout", "dropconnect", "gaussian")
+_NORM_LAYERS: tuple[type[nn.Module], ...] = (_NormBase, nn.GroupNorm, nn.LayerNorm)
+_DROPOUT_LAYERS: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
+# ----------------------------------------------------------------------------------------------------------- norms
+class BatchNormNd(_BatchNorm):
+    """BatchNorm over dim 1 of any (N, C, *) input (what BatchNorm1d/2d/3d compute, without the rank check)."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an (N, C, *) input, got {input.dim()}D")
+
+
+def parse_norm(norm: str | Mapping[str, Any]) -> tuple[str, int]:
+    """``"group:8"`` / ``{"kind": "group", "num_groups": 8}`` / ``"layer"`` -> (kind, num_groups) with validation."""
+    if isinstance(norm, Mapping):
+        kind, groups = norm.get("kind"), norm.get("num_groups", 32)
+    elif isinstance(norm, str):
+        kind, _, rest = norm.partition(":")
+        if rest and not rest.isdigit():
+            raise ValueError(f"norm: group shorthand is 'group:<num_groups>' (e.g. group:8), got {norm!r}")
+        groups = int(rest) if rest else 32
+    else:
+        raise TypeError(f"norm must be a string or a mapping with 'kind', got {type(norm).__name__}")
+    if kind not in NORM_KINDS:
+        raise ValueError(f"norm must be one of {list(NORM_KINDS)} (or group:<n>), got {norm!r}")
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"norm: num_groups must be an integer >= 1, got {groups!r}")
+    return str(kind), groups
+
+
+def _channels(layer: nn.Module) -> int | None:
+    if isinstance(layer, _NormBase):
+        return int(layer.num_features)
+    if isinstance(layer, nn.GroupNorm):
+        return int(layer.num_channels)
+    if isinstance(layer, nn.LayerNorm):
+        shape = layer.normalized_shape
+        return int(shape[0]) if len(shape) == 1 else None
+    return None
+
+
+def _affine(layer: nn.Module) -> tuple[Tensor | None, Tensor | None]:
+    weight = getattr(layer, "weight", None)
+    bias = getattr(layer, "bias", None)
+    return (weight if isinstance(weight, Tensor) else None, bias if isinstance(bias, Tensor) else None)
+
+
+def _divisor_at_most(channels: int, n: int) -> int:
+    return max(d for d in range(1, min(n, channels) + 1) if channels % d == 0)
+
+
+def _replacement(layer: nn.Module, kind: str, num_groups: int) -> nn.Module | None:
+    """The layer ``layer`` becomes, or None to leave it alone."""
+    if kind in ("none", "weight"):
+        return nn.Identity()
+    channels = _channels(layer)
+    if channels is None:  # a LayerNorm over several trailing dims: no channel-wise equivalent
+        return None
+    eps = float(getattr(layer, "eps", 1e-5))
+    new: nn.Module
+    if kind == "batch":
+        if isinstance(layer, _BatchNorm):
+            return None
+        new = BatchNormNd(channels, eps=eps)
+    elif kind == "group":
+        groups = _divisor_at_most(channels, num_groups)
+        if isinstance(layer, nn.GroupNorm) and layer.num_groups == groups:
+            return None
+        new = nn.GroupNorm(groups, channels, eps=eps)
+    else:  # layer: normalize each sample over all of (C, *), per-channel affine (GroupNorm with one group)
+        if isinstance(layer, nn.LayerNorm) or (isinstance(layer, nn.GroupNorm) and layer.num_groups == 1):
+            return None
+        new = nn.GroupNorm(1, channels, eps=eps)
+    weight, bias = _affine(layer)
+    with torch.no_grad():
+        if weight is not None and weight.shape == new.weight.shape:
+            new.weight.copy_(weight)
+        if bias is not None and bias.shape == new.bias.shape:
+            new.bias.copy_(bias)
+    return new.to(next(iter(layer.parameters()), torch.zeros(())).device)
+
+
+def swap_norm(model: nn.Module, kind: str | Mapping[str, Any]) -> nn.Module:
+    """Replace every BatchNorm/GroupNorm/LayerNorm of ``model`` in place; returns ``model``.
+
+    ``kind``: keep | batch | group (``"group:<n>"`` or ``{"kind": "group", "num_groups": n}``; n is lowered to the
+    largest divisor of the channel count) | layer (GroupNorm with one group: statistics over (C, H, W) per sample)
+    | none (Identity) | weight (norm layers removed and every Conv/Linear weight reparametrized as
+    ``w = g * v / ||v||`` with ``torch.nn.utils.parametrizations.weight_norm``; Salimans & Kingma, 2016).
+    Affine scale/shift are copied where the shapes match. Channel-wise swaps assume channels on dim 1 (CNNs,
+    MLPs); a LayerNorm over several trailing dims is left as is.
+    """
+    norm_kind, num_groups = parse_norm(kind)
+    if norm_kind == "keep":
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, _NORM_LAYERS):
+                new = _replacement(child, norm_kind, num_groups)
+                if new is not None:
+                    parent._modules[name] = new
+    if norm_kind == "weight":
+        from torch.nn.utils.parametrizations import weight_norm
+        from torch.nn.utils.parametrize import is_parametrized
+
+        for module in list(model.modules()):
+            if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) and not is_parametrized(
+                module, "weight"
+            ):
+                weight_norm(module, name="weight", dim=0)
+    return model
+
+
+# --------------------------------------------------------------------------------------------------------- dropout
+class GaussianDropout(nn.Module):
+    """Multiplicative Gaussian noise ``x * (1 + sqrt(p / (1 - p)) * N(0, 1))`` in training, identity in eval.
+
+    Same mean and variance as inverted dropout with drop probability ``p`` (Srivastava et al., 2014, sec. 10).
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * (1.0 + math.sqrt(self.p / (1.0 - self.p)) * torch.randn_like(x))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class DropConnectLinear(nn.Linear):
+    """Linear layer whose weights (not activations) are dropped with probability ``p`` in training, rescaled by
+    ``1 / (1 - p)`` (inverted, so eval uses the weights as they are). Wan et al. (2013), "DropConnect"."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, p: float = 0.5) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.p = p
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, p: float) -> DropConnectLinear:
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, p=p)
+        new.weight = linear.weight
+        new.bias = linear.bias
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return super().forward(x)
+        mask = torch.empty_like(self.weight).bernoulli_(1.0 - self.p) / (1.0 - self.p)
+        return F.linear(x, self.weight * mask, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, p={self.p}"
+
+
+def find_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear] | None:
+    """(parent, attribute, layer) of the classifier head: the last ``nn.Linear`` registered in ``model``."""
+    found = None
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                found = (parent, name, child)
+    return found
+
+
+def _check_p(p: float) -> None:
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1), got {p!r}")
+
+
+def set_dropout(model: nn.Module, p: float, kind: str = "dropout", insert: str = "auto") -> nn.Module:
+    """Set dropout probability ``p`` in place; returns ``model``. Inverted dropout: eval needs no rescaling.
+
+    ``kind``: dropout (set ``p`` of every Dropout layer) | gaussian (every Dropout layer becomes
+    :class:`GaussianDropout`) | dropconnect (the head's weights are dropped: the head becomes a
+    :class:`DropConnectLinear` sharing its parameters; other Dropout layers are left alone).
+    ``insert`` (dropout/gaussian): auto = put a layer before the head (last ``nn.Linear``) only when ``model`` has
+    no Dropout layer | always | never.
+    """
+    _check_p(p)
+    if kind not in DROPOUT_KINDS:
+        raise ValueError(f"dropout_kind must be one of {list(DROPOUT_KINDS)}, got {kind!r}")
+    if insert not in ("auto", "always", "never"):
+        raise ValueError(f"insert must be one of ['auto', 'always', 'never'], got {insert!r}")
+    head = find_head(model)
+    if kind == "dropconnect":
+        if head is None:
+            raise ValueError("dropout_kind='dropconnect' needs an nn.Linear head, and the model has none")
+        parent, name, layer = head
+        if isinstance(layer, DropConnectLinear):
+            layer.p = p
+        else:
+            parent._modules[name] = DropConnectLinear.from_linear(layer, p)
+        return model
+    found = False
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (*_DROPOUT_LAYERS, GaussianDropout)):
+                found = True
+                if kind == "gaussian" and not isinstance(child, GaussianDropout):
+                    parent._modules[name] = GaussianDropout(p)
+                else:
+                    child.p = p
+    if insert == "always" or (insert == "auto" and not found):
+        if head is None:
+            raise ValueError("cannot insert dropout before the head: the model has no nn.Linear layer")
+        parent, name, layer = head
+        drop: nn.Module = GaussianDropout(p) if kind == "gaussian" else nn.Dropout(p)
+        parent._modules[name] = nn.Sequential(drop, layer)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------------------ init
+def _gain(nonlinearity: str) -> float:
+    return nn.init.calculate_gain(nonlinearity)  # type: ignore[arg-type]
+
+
+def _kaiming(fn: Callable[..., Tensor]) -> Callable[..., None]:
+    def init(w: Tensor, mode: str = "fan_in", nonlinearity: str = "relu", **_: Any) -> None:
+        fn(w, mode=mode, nonlinearity=nonlinearity)
+
+    return init
+
+
+def _xavier(fn: Callable[..., Tensor]) -> Callable[..., None]:
+    def init(w: Tensor, nonlinearity: str = "relu", gain: float | None = None, **_: Any) -> None:
+        fn(w, gain=gain if gain is not None else _gain(nonlinearity))
+
+    return init
+
+
+def _orthogonal(w: Tensor, nonlinearity: str = "relu", gain: float | None = None, **_: Any) -> None:
+    nn.init.orthogonal_(w, gain=gain if gain is not None else _gain(nonlinearity))
+
+
+#: scheme -> weight initializer (None = keep PyTorch's default init).
+INIT_SCHEMES: dict[str, Callable[..., None] | None] = {
+    "default": None,
+    "xavier_uniform": _xavier(nn.init.xavier_uniform_),
+    "xavier_normal": _xavier(nn.init.xavier_normal_),
+    "kaiming_uniform": _kaiming(nn.init.kaiming_uniform_),
+    "kaiming_normal": _kaiming(nn.init.kaiming_normal_),
+    "orthogonal": _orthogonal,
+}
+
+
+@torch.no_grad()
+def init_weights(
+    model: nn.Module,
+    scheme: str | Mapping[str, Any] = "default",
+    *,
+    mode: str = "fan_in",
+    nonlinearity: str = "relu",
+    gain: float | None = None,
+) -> nn.Module:
+    """Initialize every Conv/Linear weight with ``scheme`` and zero its bias (in place); returns ``model``.
+
+    ``scheme`` may be a mapping ``{"scheme": ..., "mode": ..., "nonlinearity": ..., "gain": ...}`` (YAML form).
+    kaiming_*: He et al. (2015), std ``gain / sqrt(fan)`` with ``mode`` fan_in|fan_out; xavier_*: Glorot & Bengio
+    (2010), gain from ``nonlinearity`` unless ``gain``; orthogonal: Saxe et al. (2014). ``default`` keeps PyTorch's
+    init (biases untouched too). The head is initialized like every other layer.
+    """
+    if isinstance(scheme, Mapping):
+        opts = dict(scheme)
+        name = opts.pop("scheme", None)
+        mode = opts.pop("mode", mode)
+        nonlinearity = opts.pop("nonlinearity", nonlinearity)
+        gain = opts.pop("gain", gain)
+        if opts:
+            raise ValueError(f"init: unknown keys {sorted(opts)}; allowed: scheme, mode, nonlinearity, gain")
+    else:
+        name = scheme
+    if name not in INIT_SCHEMES:
+        raise ValueError(f"init must be one of {list(INIT_SCHEMES)}, got {name!r}")
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"init: mode must be one of ['fan_in', 'fan_out'], got {mode!r}")
+    fn = INIT_SCHEMES[name]
+    if fn is None:
+        return model
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            fn(module.weight, mode=mode, nonlinearity=nonlinearity, gain=gain)
+            if module.bias is not None:
+                module.bias.zero_()
+    return model
+
+
+# -------------------------------------------------------------------------------------------------- BN statistics
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module,
+    loader: Iterable[Any],
+    num_batches: int | None = None,
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """Recompute the running mean/var of every BatchNorm in ``model`` from ``num_batches`` batches of ``loader``
+    (all when None), as a cumulative average (``momentum=None``), like ``torch.optim.swa_utils.update_bn``.
+
+    Use after swapping in averaged weights (EMA/SWA) or any weights whose statistics no longer match. Batches may
+    be tensors or ``(x, ...)`` tuples; ``model(x)`` is called, so pass a module that applies any preprocessing.
+    Training mode and momenta are restored afterwards.
+    """
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1 or None, got {num_batches!r}")
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not bns:
+        return model
+    momenta = {m: m.momentum for m in bns}
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    if device is None:
+        device = next(iter(model.parameters()), torch.zeros(())).device
+    try:
+        for i, batch in enumerate(loader):
+            if num_batches is not None and i >= num_batches:
+                break
+            x = batch[0] if isinstance(batch, list | tuple) else batch
+            model(x.to(device))
+    finally:
+        for m in bns:
+            m.momentum = momenta[m]
+        model.train(was_training)
+    return model
