@@ -235,7 +235,7 @@ def set_dropout(model: nn.Module, p: float, kind: str = "dropout", insert: str =
                 if kind == "gaussian" and not isinstance(child, GaussianDropout):
                     parent._modules[name] = GaussianDropout(p)
                 else:
-                    child.p = p
+                    setattr(child, "p", p)  # noqa: B010 - Dropout and GaussianDropout both have p
     if insert == "always" or (insert == "auto" and not found):
         if head is None:
             raise ValueError("cannot insert dropout before the head: the model has no nn.Linear layer")
