@@ -1,0 +1,175 @@
+"""EarlyStopping: Lightning's, plus ``start_from_epoch`` and ``restore_best_weights``, with exact resume."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_prefixed_message
+from torch import Tensor
+
+__all__ = ["EarlyStopping"]
+
+log = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+_WEIGHT_VARIANTS_ATTR = "lit_tricks_weight_variants"  # see lit_tricks.callbacks.ema.EMAWeights
+
+
+class EarlyStopping(_LightningEarlyStopping):
+    """Stop training when ``monitor`` stops improving; optionally restore the weights of the best check.
+
+    Same arguments, defaults and behaviour as ``lightning.pytorch.callbacks.EarlyStopping`` (stop when
+    ``patience`` checks in a row did not improve by more than ``min_delta``, or at a threshold / non-finite
+    value), plus:
+
+    Args:
+        start_from_epoch: no check before this epoch: no stop, no patience counting, no best score (Keras).
+        restore_best_weights: keep a CPU copy of the weights that produced the best score and put them back into
+            the model when fit ends (after a stop, or at ``max_epochs``). These are the weights that were
+            *evaluated*: the EMA weights when an EMA callback swapped them in for validation; with
+            ``EMAWeights(validate_both=True)`` and a monitor such as ``val/acc_ema``, the ``"ema"`` variant.
+
+    The reason for stopping is logged (INFO) and kept in ``stopping_reason_message``. The counters, best score,
+    best epoch and best weights are in ``state_dict``, so stop-and-resume equals an uninterrupted run. Under DDP
+    the decision to stop (Lightning's) and the decision to keep new best weights (rank 0's) are the same on
+    every rank.
+    """
+
+    def __init__(
+        self,
+        monitor: str,
+        min_delta: float = 0.0,
+        patience: int = 3,
+        verbose: bool = False,
+        mode: str = "min",
+        strict: bool = True,
+        check_finite: bool = True,
+        stopping_threshold: float | None = None,
+        divergence_threshold: float | None = None,
+        check_on_train_epoch_end: bool | None = None,
+        log_rank_zero_only: bool = False,
+        *,
+        start_from_epoch: int = 0,
+        restore_best_weights: bool = False,
+    ) -> None:
+        if isinstance(start_from_epoch, bool) or not isinstance(start_from_epoch, int) or start_from_epoch < 0:
+            raise ValueError(f"`start_from_epoch` must be an int >= 0, got {start_from_epoch!r}")
+        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+            raise ValueError(f"`patience` must be an int >= 0, got {patience!r}")
+        super().__init__(
+            monitor=monitor, min_delta=min_delta, patience=patience, verbose=verbose, mode=mode, strict=strict,
+            check_finite=check_finite, stopping_threshold=stopping_threshold,
+            divergence_threshold=divergence_threshold, check_on_train_epoch_end=check_on_train_epoch_end,
+            log_rank_zero_only=log_rank_zero_only,
+        )
+        self.start_from_epoch = start_from_epoch
+        self.restore_best_weights = restore_best_weights
+        self.best_epoch = -1  # epoch of the best score (-1: none yet)
+        self.best_weights: dict[str, Tensor] | None = None  # on CPU
+        self._candidate: dict[str, Tensor] | None = None  # weights of the last validation, on CPU
+        self._candidate_step = -1  # trainer.global_step when _candidate was taken
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(version=_STATE_VERSION, best_epoch=self.best_epoch, best_weights=self.best_weights)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.best_epoch = int(state_dict.get("best_epoch", -1))
+        self.best_weights = state_dict.get("best_weights")
+        self._candidate, self._candidate_step = None, -1
+
+    # ------------------------------------------------------------------ hooks
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Snapshot what is being evaluated now (EMA weights, if swapped in): the metric is only known later,
+        # after the module's own epoch-end hook, by which time another callback may have swapped weights back.
+        if not self.restore_best_weights or self._should_skip_check(trainer):
+            return
+        if trainer.current_epoch < self.start_from_epoch:
+            return
+        self._candidate = self._snapshot(pl_module, into=self._candidate)
+        self._candidate_step = trainer.global_step
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.restore_best_weights and self.best_weights is not None:
+            pl_module.load_state_dict(self.best_weights, strict=True)
+            self._log_info(
+                trainer,
+                f"EarlyStopping: restored the weights of epoch {self.best_epoch} ({self.monitor} = "
+                f"{float(self.best_score):.6g}).",
+                self.log_rank_zero_only,
+            )
+
+    def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
+        if trainer.current_epoch < self.start_from_epoch:
+            return
+        best_before = self.best_score
+        was_stopping = trainer.should_stop
+        super()._run_early_stopping_check(trainer)
+        improved = self.best_score is not best_before
+        checked = self.monitor in trainer.callback_metrics and not getattr(trainer, "fast_dev_run", False)
+        if self.restore_best_weights and checked:
+            improved = bool(trainer.strategy.broadcast(improved, src=0))
+            if improved:
+                self._keep_best(trainer)
+        if improved:
+            self.best_epoch = trainer.current_epoch
+        if trainer.should_stop and not was_stopping and self.stopping_reason_message and not self.verbose:
+            self._log_info(
+                trainer, f"EarlyStopping stopped training at epoch {trainer.current_epoch}: "
+                f"{self.stopping_reason_message}", self.log_rank_zero_only,
+            )
+
+    # ------------------------------------------------------------------ internals
+    def _keep_best(self, trainer: pl.Trainer) -> None:
+        pl_module = trainer.lightning_module
+        if self._candidate is None or self._candidate_step != trainer.global_step:
+            # the metric did not come from a validation run just now (e.g. a train metric): take current weights
+            self._candidate = self._snapshot(pl_module, into=self._candidate, use_variant=False)
+        # swap the two CPU buffers: the old best becomes the next candidate's storage (no new allocation)
+        self.best_weights, self._candidate = self._candidate, self.best_weights
+        self._candidate_step = -1
+
+    def _snapshot(
+        self, pl_module: pl.LightningModule, into: dict[str, Tensor] | None, use_variant: bool = True
+    ) -> dict[str, Tensor]:
+        """CPU copy of ``pl_module.state_dict()`` (inside the monitored weight variant, e.g. ``*_ema``)."""
+        variants = getattr(pl_module, _WEIGHT_VARIANTS_ATTR, None) or {}
+        ctx_factory = None
+        if use_variant:
+            for name, factory in variants.items():
+                if self.monitor.endswith(f"_{name}"):
+                    ctx_factory = factory
+        if ctx_factory is not None:
+            with ctx_factory():
+                return self._copy_state(pl_module, into)
+        return self._copy_state(pl_module, into)
+
+    @staticmethod
+    @torch.no_grad()
+    def _copy_state(pl_module: pl.LightningModule, into: dict[str, Tensor] | None) -> dict[str, Tensor]:
+        sd = pl_module.state_dict()
+        if into is not None and into.keys() == sd.keys() and all(
+            into[k].shape == v.shape and into[k].dtype == v.dtype for k, v in sd.items()
+        ):
+            for k, v in sd.items():
+                into[k].copy_(v)
+            return into
+        return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+
+    def _should_skip_check(self, trainer: pl.Trainer) -> bool:
+        return trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
+
+    @staticmethod
+    def _log_info(trainer: pl.Trainer, message: str, log_rank_zero_only: bool) -> None:
+        rank = trainer.global_rank if trainer.world_size > 1 else None
+        message = rank_prefixed_message(message, rank)
+        if rank is None or not log_rank_zero_only or rank == 0:
+            log.info(message)
