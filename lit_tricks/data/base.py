@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from lit_tricks.data.preprocessing import PREPROCESSING, FittedPreprocessor, fit
 from lit_tricks.data.sampling import ImageSource, SplitDataset, train_loader
 from lit_tricks.data.splits import bootstrap_indices, mix_seed, stratified_holdout, stratified_kfold
 
-__all__ = ["SplitDataModule"]
+__all__ = ["SplitDataModule", "merged_signature"]
 
 # Tags that give each random split its own stream of the split seed.
 _TEST, _VAL, _FOLDS, _SUBSAMPLE, _BOOTSTRAP = range(5)
@@ -90,7 +91,8 @@ class SplitDataModule(pl.LightningDataModule):
         self.preprocessing, self.pca_components, self.zca_epsilon = preprocessing, pca_components, zca_epsilon
         self.train_transform, self.seed, self.shuffle = train_transform, seed, shuffle
         self.drop_last, self.pin_memory, self.persistent_workers = drop_last, pin_memory, persistent_workers
-        self.save_hyperparameters({
+        # plain values only (the checkpoint stores them; it must load with weights_only=True)
+        self.hparams.update({
             "data_dir": self.data_dir, "batch_size": batch_size, "num_workers": num_workers,
             "split_seed": split_seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
             "train_size": train_size, "fold": fold, "num_folds": num_folds, "bootstrap": self.bootstrap,
@@ -235,3 +237,15 @@ class SplitDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> Any:
         return self._eval_loader("test")
+
+
+def merged_signature(cls: type) -> type:
+    """Class decorator: give ``cls.__init__`` the full signature (its own keywords plus the base class's instead of
+    ``**kwargs``), so ``inspect.signature`` and config checks see every accepted key."""
+    own = inspect.signature(cls.__init__)  # type: ignore[misc]
+    params = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    names = {p.name for p in params}
+    base = inspect.signature(SplitDataModule.__init__).parameters.values()
+    extra = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base if p.name not in names and p.name != "self"]
+    cls.__init__.__signature__ = own.replace(parameters=params + extra)  # type: ignore[misc]
+    return cls

@@ -6,12 +6,13 @@ from typing import Any
 
 import torch
 
-from lit_tricks.data.base import SplitDataModule
+from lit_tricks.data.base import SplitDataModule, merged_signature
 from lit_tricks.data.sampling import ImageSource, TensorImages
 
 __all__ = ["DigitsDataModule"]
 
 
+@merged_signature
 class DigitsDataModule(SplitDataModule):
     """``sklearn.datasets.load_digits`` as ``1x8x8`` images in [0, 1] (pixel values 0..16 divided by 16).
 

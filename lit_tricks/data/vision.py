@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_tricks.data.base import SplitDataModule
+from lit_tricks.data.base import SplitDataModule, merged_signature
 from lit_tricks.data.sampling import FileImages, ImageSource, TensorImages
 
 __all__ = ["CIFAR10DataModule", "ImageFolderDataModule", "MNISTDataModule"]
@@ -29,6 +29,7 @@ def _missing(name: str, path: Path, layout: str) -> FileNotFoundError:
     return FileNotFoundError(f"{name}: {path} not found; expected {layout} (download=False: fetch the files first)")
 
 
+@merged_signature
 class MNISTDataModule(SplitDataModule):
     """MNIST (28x28 grey, 10 classes) from torchvision's raw layout ``<data_dir>/MNIST/raw/`` (4 idx files, unzipped).
 
@@ -73,6 +74,7 @@ def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(data.copy()), torch.as_tensor(labels, dtype=torch.long)
 
 
+@merged_signature
 class CIFAR10DataModule(SplitDataModule):
     """CIFAR-10 (32x32 RGB, 10 classes) from the python pickle batches in ``<data_dir>/cifar-10-batches-py/``.
 
@@ -106,6 +108,7 @@ class CIFAR10DataModule(SplitDataModule):
         return train, TensorImages(*read_cifar_batch(folder / CIFAR10_FILES[-1]))
 
 
+@merged_signature
 class ImageFolderDataModule(SplitDataModule):
     """Images in ``<data_dir>/<class>/<image>`` (torchvision's ImageFolder layout), split like the digits.
 
