@@ -1,0 +1,338 @@
+"""Benchmarks of lit_tricks' callbacks against their peers, measured as ratios within one run; writes RESULTS.md.
+
+    python benchmarks/run_all.py            # full run (minutes), writes benchmarks/RESULTS.md
+    python benchmarks/run_all.py --quick    # seconds, tiny sizes (the smoke test runs this)
+
+Sections: EMA (ours vs Lightning's EMAWeightAveraging, AveragedModel + get_ema_multi_avg_fn, timm ModelEmaV3, and the
+bound of one ``torch._foreach_lerp_``), gradient clipping (vs ``torch.nn.utils.clip_grad_norm_(foreach=True)``),
+ensemble prediction (member loop vs ``torch.func.vmap``) and the all-four overhead on resnet18 32x32.
+A peer or one of our callbacks that cannot be imported is skipped with a note instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import (  # noqa: E402
+    HookTimer,
+    StepTimer,
+    TinyLit,
+    bench_trainer,
+    machine_info,
+    md_table,
+    median_time,
+    random_loader,
+)
+
+__all__ = ["bench_clip", "bench_ema", "bench_ensemble", "bench_overhead", "main"]
+
+Section = tuple[str, str]  # (title, markdown body)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "n/a"
+
+
+def _mlp(width: int, depth: int, num_classes: int = 10) -> nn.Module:
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(width, num_classes))
+
+
+def _try(label: str, fn: Callable[[], Any], notes: list[str]) -> Any:
+    try:
+        return fn()
+    except Exception as err:  # a missing peer or callback is reported, not fatal
+        notes.append(f"- {label}: skipped ({type(err).__name__}: {str(err).splitlines()[0][:160]})")
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------- EMA
+def bench_ema(quick: bool) -> Section:
+    width, depth, steps, batch = (128, 2, 12, 4) if quick else (2048, 4, 150, 8)
+    decay = 0.999
+    torch.manual_seed(0)
+    base = _mlp(width, depth)
+    n_params = sum(p.numel() for p in base.parameters())
+    notes: list[str] = []
+    rows: list[list[str]] = []
+    reps = 10 if quick else 100
+
+    # the bound: one foreach lerp over the same parameters
+    params = [p.detach() for p in base.parameters()]
+    ema = [p.clone() for p in params]
+    t_lerp = median_time(lambda: torch._foreach_lerp_(ema, params, 1 - decay), reps)
+
+    def trainer_run(make_cb: Callable[[], Any]) -> tuple[float, float]:
+        cb = make_cb()
+        timer = HookTimer(cb)
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = bench_trainer(tmp, [cb])
+            trainer.fit(TinyLit(copy.deepcopy(base)), random_loader((width,), 10, batch, steps))
+        return timer.per_step(), timer.once()
+
+    def ours() -> tuple[float, float]:
+        from lit_tricks.callbacks.ema import EMAWeights
+
+        return trainer_run(lambda: EMAWeights(decay=decay, save_ema_checkpoint=False, apply_at_end=False))
+
+    def lightning_ema() -> tuple[float, float]:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        return trainer_run(lambda: EMAWeightAveraging(decay=decay))
+
+    def averaged_model() -> float:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        model = copy.deepcopy(base)
+        avg = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        return median_time(lambda: avg.update_parameters(model), reps)
+
+    def timm_ema() -> float:
+        from timm.utils import ModelEmaV3
+
+        model = copy.deepcopy(base)
+        ema_model = ModelEmaV3(model, decay=decay)
+        return median_time(lambda: ema_model.update(model), reps)
+
+    rows.append(["one `torch._foreach_lerp_` (bound)", _ms(t_lerp), "1.00x", "-"])
+    ours_t = _try("lit_tricks EMAWeights", ours, notes)
+    light_t = _try("Lightning EMAWeightAveraging", lightning_ema, notes)
+    if ours_t is not None:
+        rows.append(["lit_tricks `EMAWeights` (hooks, per step)", _ms(ours_t[0]), _ratio(ours_t[0], t_lerp),
+                     _ms(ours_t[1])])
+    if light_t is not None:
+        rows.append(["Lightning `EMAWeightAveraging` (hooks, per step)", _ms(light_t[0]), _ratio(light_t[0], t_lerp),
+                     _ms(light_t[1])])
+    t_avg = _try("AveragedModel + get_ema_multi_avg_fn", averaged_model, notes)
+    if t_avg is not None:
+        rows.append(["`AveragedModel` + `get_ema_multi_avg_fn`", _ms(t_avg), _ratio(t_avg, t_lerp), "-"])
+    t_timm = _try("timm ModelEmaV3", timm_ema, notes)
+    if t_timm is not None:
+        rows.append(["timm `ModelEmaV3.update`", _ms(t_timm), _ratio(t_timm, t_lerp), "-"])
+    if ours_t is not None and light_t is not None:
+        notes.append(f"- ours / Lightning = **{_ratio(ours_t[0], light_t[0])}** (target <= 0.5x); "
+                     f"ours / foreach-lerp bound = **{_ratio(ours_t[0], t_lerp)}** (target <= 1.5x)")
+    body = (
+        f"MLP {depth}x{width} ({n_params / 1e6:.2f}M parameters), decay {decay}, {steps} training steps, "
+        f"batch {batch}. Per-step = sum of the medians of the per-batch hooks; one-off = all other hook time.\n\n"
+        + md_table(["method", "ms / step", "vs lerp bound", "one-off ms (set-up, epoch ends)"], rows)
+        + ("\n\n" + "\n".join(notes) if notes else "")
+    )
+    return "EMA weights", body
+
+
+# -------------------------------------------------------------------------------------------------------- clipping
+def _grad_params(model: nn.Module, seed: int = 0) -> list[nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+    return params
+
+
+def bench_clip(quick: bool) -> Section:
+    import torchvision
+
+    from lit_tricks.callbacks.clipping import GradientClipping
+    from lit_tricks.functional.clip import adaptive_clip_grad_, clip_grad_norm_
+
+    model = torchvision.models.resnet18(num_classes=10) if not quick else _mlp(128, 2)
+    name = "resnet18" if not quick else "MLP 2x128"
+    params = _grad_params(model)
+    n = sum(p.numel() for p in params)
+    reps = 10 if quick else 200
+    max_norm = 1e9  # nothing is clipped, so every repetition does the same work
+
+    callback_norm, callback_auto = GradientClipping("norm", max_norm=max_norm), GradientClipping("auto", history=1000)
+    cases: list[tuple[str, Callable[[], Any]]] = [
+        ("`torch.nn.utils.clip_grad_norm_(foreach=True)` (reference)",
+         lambda: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)),
+        ("lit_tricks `clip_grad_norm_`", lambda: clip_grad_norm_(params, max_norm)),
+        ("lit_tricks `GradientClipping('norm').clip_` (+ history, counters)", lambda: callback_norm.clip_(params)),
+        ("lit_tricks `GradientClipping('auto').clip_` (percentile of 1000)", lambda: callback_auto.clip_(params)),
+        ("lit_tricks `adaptive_clip_grad_` (AGC)", lambda: adaptive_clip_grad_(params, 1e9)),
+    ]
+    # interleave the cases round-robin so that machine noise hits all of them alike
+    times: dict[str, list[float]] = {label: [] for label, _ in cases}
+    import statistics
+    import time
+
+    for _ in range(2):
+        for _, fn in cases:
+            fn()
+    for _ in range(reps):
+        for label, fn in cases:
+            t0 = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ref = med[cases[0][0]]
+    rows = [[label, _ms(med[label]), _ratio(med[label], ref)] for label, _ in cases]
+    body = (
+        f"{name} gradients ({n / 1e6:.2f}M parameters), median of {reps} interleaved repetitions. "
+        "Target: the callback path <= 1.1x the reference.\n\n" + md_table(["method", "ms / call", "vs reference"], rows)
+    )
+    return "Gradient clipping", body
+
+
+# -------------------------------------------------------------------------------------------------------- ensemble
+def bench_ensemble(quick: bool) -> Section:
+    from lit_tricks.functional.ensemble import EnsembleModule
+
+    members_n, batch, reps = (3, 8, 5) if quick else (5, 64, 30)
+
+    def cnn() -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(32, 10),
+        )
+
+    members = [cnn().eval() for _ in range(members_n)]
+    x = torch.randn(batch, 3, 32, 32)
+    loop, vmapped = EnsembleModule(members), EnsembleModule(members, use_vmap=True)
+    with torch.no_grad():
+        t_loop = median_time(lambda: loop(x), reps)
+        t_vmap = median_time(lambda: vmapped(x), reps)
+    rows = [["loop over members (CPU default)", _ms(t_loop), "1.00x"],
+            ["`torch.func.vmap` over stacked weights", _ms(t_vmap), _ratio(t_loop, t_vmap)]]
+    body = (f"{members_n} small CNN members, batch {batch} of 3x32x32, mean softmax. Speed = loop time / time.\n\n"
+            + md_table(["path", "ms / batch", "speed vs loop"], rows))
+    return "Ensemble prediction", body
+
+
+# -------------------------------------------------------------------------------------------------------- overhead
+def bench_overhead(quick: bool) -> Section:
+    import torchvision
+
+    batch, steps = (4, 6) if quick else (32, 60)
+    notes: list[str] = []
+    torch.manual_seed(0)
+    base = torchvision.models.resnet18(num_classes=10)
+    params = [p.detach() for p in base.parameters()]
+    reps = 10 if quick else 100
+
+    # the unavoidable kernels: one foreach lerp (EMA) + one foreach norm and scale (clipping)
+    ema = [p.clone() for p in params]
+    grads = [torch.randn_like(p) for p in params]
+    t_lerp = median_time(lambda: torch._foreach_lerp_(ema, params, 0.001), reps)
+
+    def norm_scale() -> None:
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)))
+        torch._foreach_mul_(grads, torch.clamp(1e9 / (total + 1e-6), max=1.0))
+
+    t_clip = median_time(norm_scale, reps)
+    kernels = t_lerp + t_clip
+
+    def make_four(tmp: str) -> list[Any]:
+        cbs: list[Any] = []
+        from lit_tricks.callbacks.clipping import GradientClipping
+        from lit_tricks.callbacks.ensemble import CheckpointEnsemble
+
+        cbs += [GradientClipping(), CheckpointEnsemble(every_n_epochs=1, dirpath=f"{tmp}/ensemble")]
+        ema_cb = _try("lit_tricks EMAWeights", lambda: __import__("lit_tricks.callbacks.ema", fromlist=["x"])
+                      .EMAWeights(decay=0.999, save_ema_checkpoint=False, apply_at_end=False), notes)
+        es_cb = _try("lit_tricks EarlyStopping", lambda: __import__("lit_tricks.callbacks.early_stopping",
+                                                                     fromlist=["x"])
+                     .EarlyStopping(monitor="train/loss", patience=3, check_on_train_epoch_end=True), notes)
+        cbs += [c for c in (ema_cb, es_cb) if c is not None]
+        return cbs
+
+    def run(with_four: bool) -> tuple[float, float, int]:
+        with tempfile.TemporaryDirectory() as tmp:
+            step_timer = StepTimer()
+            four = make_four(tmp) if with_four else []
+            timers = [HookTimer(c) for c in four]
+            trainer = bench_trainer(tmp, [step_timer, *four])
+            trainer.fit(TinyLit(copy.deepcopy(base)), random_loader((3, 32, 32), 10, batch, steps))
+            return step_timer.median(), sum(t.per_step() for t in timers), len(four)
+
+    plain_step, _, _ = run(False)
+    four_step, hooks, n_cbs = run(True)
+    rows = [
+        ["one foreach lerp + one foreach norm/scale (bound)", _ms(kernels), "1.00x"],
+        [f"hooks of the {n_cbs} callbacks, per step", _ms(hooks), _ratio(hooks, kernels)],
+        ["step time without callbacks", _ms(plain_step), "-"],
+        [f"step time with the {n_cbs} callbacks", _ms(four_step), "-"],
+        ["step-time difference", _ms(four_step - plain_step), _ratio(four_step - plain_step, kernels)],
+    ]
+    body = (
+        f"torchvision resnet18, 32x32 inputs, batch {batch}, {steps} steps per run (median step). Target: overhead "
+        "<= 1.2x the bound. The step-time difference between two runs is noisier than the hook time on a shared CPU."
+        "\n\n" + md_table(["what", "ms", "vs bound"], rows) + ("\n\n" + "\n".join(notes) if notes else "")
+    )
+    return "All four callbacks on resnet18 (32x32, batch 32)" if not quick else "All four callbacks (quick)", body
+
+
+BENCHES: dict[str, Callable[[bool], Section]] = {
+    "ema": bench_ema,
+    "clip": bench_clip,
+    "ensemble": bench_ensemble,
+    "overhead": bench_overhead,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds (smoke test)")
+    parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")), help="markdown file to write")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these sections")
+    args = parser.parse_args(argv)
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    sections: list[Section] = []
+    try:
+        for name in args.only or list(BENCHES):
+            print(f"[bench] {name} ...", flush=True)
+            try:
+                sections.append(BENCHES[name](args.quick))
+            except Exception:
+                sections.append((name, "failed:\n\n```\n" + traceback.format_exc()[-2000:] + "\n```"))
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+    info = machine_info()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = [
+        "# lit_tricks benchmarks",
+        "",
+        f"Generated by `python benchmarks/run_all.py{' --quick' if args.quick else ''}` on {stamp}. "
+        "Ratios compare methods measured in the same run; absolute times depend on the machine and its load.",
+        "",
+        md_table(["machine", ""], [[k, v] for k, v in info.items()]),
+    ]
+    for title, body in sections:
+        text += ["", f"## {title}", "", body]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(text) + "\n")
+    print(f"[bench] wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
