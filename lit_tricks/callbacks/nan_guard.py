@@ -1,0 +1,230 @@
+"""NaNGuard: catch a non-finite loss or gradient before the optimizer step, and never checkpoint non-finite weights."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+__all__ = ["POLICIES", "NaNGuard", "NonFiniteCheckpointError"]
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+#: What NaNGuard does with a step whose loss or gradients are not finite.
+POLICIES: dict[str, str] = {
+    "stop": "drop the step's update, then stop training after this batch",
+    "skip_step": "drop the step's update (and the batch's BatchNorm statistics), go on with the next batch",
+    "rollback": "restore the last good in-memory snapshot of weights and optimizer, multiply the lr by lr_factor",
+}
+
+
+class NonFiniteCheckpointError(RuntimeError):
+    """A checkpoint was about to be written with NaN/inf weights or optimizer state; it was not written."""
+
+
+def _finite_flag(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """A 0-dim bool tensor: every element of every tensor is finite (one fused reduction, no host sync)."""
+    if not tensors:
+        return torch.tensor(True)
+    # x * 0 is 0 for finite x and NaN for NaN/inf: exact (a norm of large finite values could overflow to inf)
+    zeros = torch._foreach_mul([t.detach() for t in tensors], 0.0)
+    sums = [z.sum(dtype=torch.float32) for z in zeros]
+    return torch.isfinite(torch.stack([s.to(sums[0].device) for s in sums]).sum())
+
+
+class NaNGuard(Callback):
+    """Check the loss and every gradient at each optimizer step, before the step, and apply ``policy`` when one is
+    NaN/inf.
+
+    The update of a bad step is dropped by setting every gradient to ``None`` just before ``optimizer.step`` (torch
+    optimizers leave parameters without a gradient, and their optimizer state, untouched); the lr scheduler and the
+    global step still advance. Under DDP the ranks agree (any rank bad = all skip).
+
+    ``policy``: one of :data:`POLICIES`. ``lr_factor``: rollback multiplies every param group's lr (and the lr
+    schedulers' ``base_lrs``) by it. ``snapshot_every_n_steps``: how often rollback's in-memory snapshot (a copy of
+    the weights, buffers and optimizer state) is refreshed after a good step; 1 = the step just before.
+    ``max_consecutive``: stop after this many bad steps in a row (any policy). ``check_on_save``: refuse (raise
+    :class:`NonFiniteCheckpointError`) to write a checkpoint whose weights or optimizer state are not finite, so the
+    last good checkpoint is never replaced by a broken one. Lightning alone trains on after a NaN loss and its
+    ModelCheckpoint overwrites ``last.ckpt`` with NaN weights.
+    """
+
+    def __init__(
+        self,
+        policy: str = "skip_step",
+        lr_factor: float = 0.5,
+        snapshot_every_n_steps: int = 1,
+        max_consecutive: int = 10,
+        check_grads: bool = True,
+        check_on_save: bool = True,
+    ) -> None:
+        super().__init__()
+        if policy not in POLICIES:
+            raise ValueError(f"policy: expected one of {sorted(POLICIES)}, got {policy!r}")
+        if not 0.0 < lr_factor <= 1.0:
+            raise ValueError(f"lr_factor: expected a number in (0, 1], got {lr_factor!r}")
+        if int(snapshot_every_n_steps) < 1:
+            raise ValueError(f"snapshot_every_n_steps: expected an integer >= 1, got {snapshot_every_n_steps!r}")
+        if int(max_consecutive) < 1:
+            raise ValueError(f"max_consecutive: expected an integer >= 1, got {max_consecutive!r}")
+        self.policy = policy
+        self.lr_factor = float(lr_factor)
+        self.snapshot_every_n_steps = int(snapshot_every_n_steps)
+        self.max_consecutive = int(max_consecutive)
+        self.check_grads = check_grads
+        self.check_on_save = check_on_save
+        # persistent state
+        self.bad_steps: list[int] = []
+        self.rollbacks = 0
+        self.lr_scale = 1.0
+        self.consecutive = 0
+        # per-step, in memory
+        self._loss_ok: torch.Tensor | None = None
+        self._step_bad = False
+        self._buffers: list[torch.Tensor] | None = None
+        self._snapshot: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(policy=self.policy)
+
+    # ---- hooks -----------------------------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.policy == "rollback":
+            self._take_snapshot(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._step_bad = False
+        self._loss_ok = None
+        if self.policy == "skip_step":  # a bad batch's forward already moved the BatchNorm running statistics
+            buffers = [b for b in pl_module.buffers() if b.is_floating_point() or b.dtype == torch.long]
+            self._buffers = [b.detach().clone() for b in buffers]
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        ok = torch.isfinite(loss.detach()).all()
+        self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        ok = self._loss_ok if self._loss_ok is not None else torch.tensor(True)
+        if self.check_grads:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            ok = ok.to(grads[0].device) & _finite_flag(grads) if grads else ok
+        self._loss_ok = None
+        bad = not bool(ok)  # the one host sync per step: the step must be decided before it happens
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        self._step_bad = True
+        for group in optimizer.param_groups:  # drop this step's update
+            for p in group["params"]:
+                p.grad = None
+        step = trainer.global_step
+        self.bad_steps.append(step)
+        self.consecutive += 1
+        if self.policy == "stop":
+            log.error("NaNGuard: non-finite loss/gradient at step %d; update dropped, stopping", step)
+            trainer.should_stop = True
+        elif self.policy == "skip_step":
+            log.warning("NaNGuard: non-finite loss/gradient at step %d; update dropped", step)
+            self._restore_buffers(pl_module)
+        else:
+            self._rollback(trainer, pl_module, step)
+        if self.consecutive >= self.max_consecutive and not trainer.should_stop:
+            log.error("NaNGuard: %d non-finite steps in a row; stopping", self.consecutive)
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._buffers = None
+        if self._step_bad:
+            return
+        self.consecutive = 0
+        if self.policy == "rollback" and trainer.global_step % self.snapshot_every_n_steps == 0:
+            self._take_snapshot(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if not self.check_on_save:
+            return
+        bad = _non_finite_entries(checkpoint)
+        if bad:
+            raise NonFiniteCheckpointError(
+                f"NaNGuard: refusing to write a checkpoint at step {trainer.global_step} with non-finite values in "
+                f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; the previous checkpoint is kept"
+            )
+
+    # ---- state -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "bad_steps": list(self.bad_steps), "rollbacks": self.rollbacks,
+                "lr_scale": self.lr_scale, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.bad_steps = [int(s) for s in state_dict.get("bad_steps", [])]
+        self.rollbacks = int(state_dict.get("rollbacks", 0))
+        self.lr_scale = float(state_dict.get("lr_scale", 1.0))
+        self.consecutive = int(state_dict.get("consecutive", 0))
+
+    # ---- policies --------------------------------------------------------------------------------------------
+    def _restore_buffers(self, pl_module: pl.LightningModule) -> None:
+        if self._buffers is None:
+            return
+        buffers = [b for b in pl_module.buffers() if b.is_floating_point() or b.dtype == torch.long]
+        with torch.no_grad():
+            for dst, src in zip(buffers, self._buffers):
+                dst.copy_(src)
+
+    def _take_snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with torch.no_grad():
+            self._snapshot = {
+                "step": trainer.global_step,
+                "model": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+                "optimizers": [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers],
+            }
+
+    def _rollback(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        snap = self._snapshot
+        if snap is None:
+            log.error("NaNGuard: non-finite step %d and no snapshot to roll back to; update dropped", step)
+            return
+        with torch.no_grad():
+            pl_module.load_state_dict(snap["model"])
+        for opt, state in zip(trainer.optimizers, snap["optimizers"]):
+            opt.load_state_dict(copy.deepcopy(state))  # a copy: the optimizer must not alias the snapshot
+            for group in opt.param_groups:
+                group["lr"] = group["lr"] * self.lr_factor
+                if "initial_lr" in group:
+                    group["initial_lr"] = group["initial_lr"] * self.lr_factor
+        for config in trainer.lr_scheduler_configs:
+            base = getattr(config.scheduler, "base_lrs", None)
+            if isinstance(base, list):
+                config.scheduler.base_lrs = [lr * self.lr_factor for lr in base]  # type: ignore[attr-defined]
+        self.rollbacks += 1
+        self.lr_scale *= self.lr_factor
+        log.warning("NaNGuard: non-finite loss/gradient at step %d; rolled back to step %d, lr x%g (now x%g)",
+                    step, snap["step"], self.lr_factor, self.lr_scale)
+
+
+def _non_finite_entries(checkpoint: dict[str, Any]) -> list[str]:
+    """Names of the floating tensors in a checkpoint's weights and optimizer states that hold NaN/inf."""
+    named: list[tuple[str, torch.Tensor]] = [
+        (f"state_dict.{k}", v) for k, v in checkpoint.get("state_dict", {}).items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    ]
+    for i, opt in enumerate(checkpoint.get("optimizer_states", [])):
+        for pid, st in opt.get("state", {}).items():
+            named += [(f"optimizer_states[{i}].state[{pid}].{k}", v) for k, v in st.items()
+                      if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if not named:
+        return []
+    if bool(_finite_flag([v for _, v in named])):
+        return []
+    return [name for name, v in named if not bool(torch.isfinite(v).all())]

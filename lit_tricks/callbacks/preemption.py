@@ -1,0 +1,150 @@
+"""Preemption: on SIGTERM / SIGUSR1 save a checkpoint at the next safe point and exit with code 0."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+__all__ = ["Preemption"]
+
+log = logging.getLogger(__name__)
+
+
+class Preemption(Callback):
+    """Turn a preemption signal into a checkpoint at the end of the current training batch and a clean exit (code 0).
+
+    From ``on_train_start`` to the end of fit, the handlers of ``signals`` only note the signal. At the end of the
+    running training batch (after every other callback, ModelCheckpoint included, ran its ``on_train_batch_end``: the
+    same point an interval checkpoint is taken, so the resume is exact) the ranks agree (any rank signalled), every
+    rank takes part in ``trainer.save_checkpoint(<dirpath>/<filename>)``, and fit ends by raising Lightning's
+    ``SIGTERMException`` (a ``SystemExit`` with code 0). Restart with ``resume=auto`` (or ``ckpt_path``) to go on.
+
+    ``dirpath``: default the first ModelCheckpoint's directory, else ``<default_root_dir>/checkpoints``.
+    ``requeue``: ``"auto"`` requeues the SLURM job (``scontrol requeue``) when running under SLURM, ``True`` always
+    tries, ``False`` never. Lightning alone either exits on SIGTERM without a checkpoint, or (SLURM auto-requeue)
+    saves inside the signal handler, in the middle of a step.
+    """
+
+    def __init__(
+        self,
+        signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1"),
+        dirpath: str | None = None,
+        filename: str = "preempted.ckpt",
+        requeue: bool | str = "auto",
+    ) -> None:
+        super().__init__()
+        valid = {s.name for s in signal.valid_signals() if isinstance(s, signal.Signals)} - {"SIGKILL", "SIGSTOP"}
+        names = [signals] if isinstance(signals, str) else list(signals)
+        for name in names:
+            if name not in valid:
+                raise ValueError(f"signals: each must be a catchable signal name like 'SIGTERM', got {name!r}")
+        if requeue not in (True, False, "auto"):
+            raise ValueError(f"requeue: expected true, false or 'auto', got {requeue!r}")
+        if not filename.endswith(".ckpt"):
+            raise ValueError(f"filename: must end with '.ckpt' (resume=auto looks for *.ckpt), got {filename!r}")
+        self.signals = tuple(names)
+        self.dirpath = dirpath
+        self.filename = filename
+        self.requeue = requeue
+        self.received: int | None = None
+        self.saved_path: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(filename=self.filename)
+
+    # ---- signal handling -------------------------------------------------------------------------------------
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("Preemption: not in the main thread, signal handlers not installed")
+            return
+        for name in self.signals:
+            signum = getattr(signal, name)
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handler)
+
+    def _uninstall(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    # ---- hooks -----------------------------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.received = None
+        # run after every other callback at batch end (Lightning puts checkpoint callbacks last; we go after them).
+        # A new list, so the loop now iterating the old one is not disturbed.
+        trainer.callbacks = [c for c in trainer.callbacks if c is not self] + [self]  # type: ignore[attr-defined]
+        self._install()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        signalled = self.received is not None
+        if trainer.world_size > 1:
+            signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+        if not signalled:
+            return
+        path = str(Path(self._dirpath(trainer)) / self.filename)
+        log.warning("Preemption: signal %s received; saving %s at step %d and exiting",
+                    self.received, path, trainer.global_step)
+        trainer.save_checkpoint(path)
+        self.saved_path = path
+        if trainer.is_global_zero and self._should_requeue():
+            self._requeue()
+        raise SIGTERMException()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._uninstall()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._uninstall()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._uninstall()
+
+    # ---- helpers ---------------------------------------------------------------------------------------------
+    def _dirpath(self, trainer: pl.Trainer) -> str:
+        if self.dirpath is not None:
+            return self.dirpath
+        ckpt = trainer.checkpoint_callback
+        dirpath = getattr(ckpt, "dirpath", None)
+        return str(dirpath) if dirpath else os.path.join(trainer.default_root_dir, "checkpoints")
+
+    def _should_requeue(self) -> bool:
+        if self.requeue == "auto":
+            return SLURMEnvironment.detect()
+        return bool(self.requeue)
+
+    @staticmethod
+    def _requeue() -> None:
+        array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job_id = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
+        if not job_id:
+            log.warning("Preemption: requeue asked but SLURM_JOB_ID is not set; not requeued")
+            return
+        try:
+            result = subprocess.call(["scontrol", "requeue", job_id])
+        except FileNotFoundError:
+            log.warning("Preemption: scontrol not found; job %s not requeued", job_id)
+            return
+        if result == 0:
+            log.info("Preemption: requeued SLURM job %s", job_id)
+        else:
+            log.warning("Preemption: scontrol requeue %s failed with code %d", job_id, result)

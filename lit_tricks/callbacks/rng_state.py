@@ -1,0 +1,81 @@
+"""RNGState: the RNG states (torch, CUDA, numpy, python) of every rank travel in the checkpoint.
+
+With a resumable data position (``torchdata``'s ``StatefulDataLoader``), restoring them makes a mid-epoch resume draw
+the same dropout masks and augmentations as the uninterrupted run. Lightning alone saves no RNG state.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+
+from lit_tricks.fault.rng import collect_rng_states, restore_rng_states
+
+__all__ = ["RNGState"]
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+class RNGState(Callback):
+    """Save each rank's RNG states with every checkpoint and restore them when training resumes.
+
+    The states are captured when the checkpoint is written (on every rank: all ranks gather theirs, rank 0 writes
+    them) and set back at ``on_train_start`` of the resumed fit, after the dataloaders were built and restored, just
+    before the first batch is fetched. When the world size changed, rank ``r`` takes saved rank ``r % saved``.
+    ``include_cuda``: also save the CUDA generators.
+    """
+
+    def __init__(self, include_cuda: bool = True) -> None:
+        super().__init__()
+        self.include_cuda = include_cuda
+        self._pending: dict[str, Any] | None = None
+        self._rank = 0
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(include_cuda=self.include_cuda)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._rank = trainer.global_rank
+
+    def state_dict(self) -> dict[str, Any]:
+        mine = collect_rng_states(include_cuda=self.include_cuda)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, mine)
+            per_rank = [_to_cpu(s) for s in gathered]
+        else:
+            per_rank = [mine]
+        return {"version": STATE_VERSION, "per_rank": per_rank}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        per_rank = state_dict.get("per_rank", [])
+        if not per_rank:
+            return
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else self._rank
+        if rank >= len(per_rank):
+            log.warning("RNGState: checkpoint has %d rank(s), this is rank %d; using rank %d's states",
+                        len(per_rank), rank, rank % len(per_rank))
+        self._pending = per_rank[rank % len(per_rank)]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending is not None:
+            restore_rng_states(self._pending)
+            self._pending = None
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj

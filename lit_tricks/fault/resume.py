@@ -1,0 +1,78 @@
+"""``resume=auto``: find the newest intact checkpoint of a run directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from lit_tricks.functional.atomic import TMP_PREFIX
+
+__all__ = ["checkpoint_is_intact", "find_resume_checkpoint", "is_training_checkpoint", "list_checkpoints"]
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_is_intact(path: str | os.PathLike[str]) -> str | None:
+    """None when ``path`` is a complete ``torch.save`` archive, else the reason it is not (one line).
+
+    ``torch.save`` writes a zip archive with a CRC32 per entry: a truncated file has no central directory and a
+    flipped byte fails its CRC, so this catches both without unpickling anything (cost: one read of the file).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None if bad is None else f"CRC mismatch in entry {bad}"
+
+
+def is_training_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a full training state (loops and optimizer states), not only weights.
+
+    Looks for the keys in the archive's pickle stream (``data.pkl``) without unpickling it; weights-only files
+    (``save_weights_only=True``, the ``-ema`` twins of EMAWeights) have neither key.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            if name is None:
+                return False
+            head = archive.read(name)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
+    return b"loops" in head and b"optimizer_states" in head
+
+
+def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every ``*.ckpt`` file under ``run_dir`` (recursively, temp files of unfinished writes excluded), newest first."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.rglob("*.ckpt") if not p.name.startswith(TMP_PREFIX) and p.is_file()]
+    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"), reverse=True)
+
+
+def find_resume_checkpoint(
+    run_dir: str | os.PathLike[str], exclude: Iterable[str] = (), warn: bool = True
+) -> str | None:
+    """The newest intact training checkpoint in ``run_dir`` (``last.ckpt``, interval, preemption, ``hpc_ckpt_*``).
+
+    Newest = latest modification time (ties prefer ``last.ckpt``); corrupt or truncated files are skipped with a
+    warning, weights-only files silently. Returns None when there is none (a fresh start). ``exclude``: resolved
+    paths to skip.
+    """
+    skip = {str(Path(p).resolve()) for p in exclude}
+    for path in list_checkpoints(run_dir):
+        if str(path.resolve()) in skip:
+            continue
+        problem = checkpoint_is_intact(path)
+        if problem is None:
+            if is_training_checkpoint(path):
+                return str(path)
+            continue
+        if warn:
+            log.warning("resume: skipping unreadable checkpoint %s (%s)", path, problem)
+    return None
