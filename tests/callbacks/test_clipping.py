@@ -132,3 +132,31 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     assert resumed_clip.steps == full_clip.steps == 32
     assert torch.equal(resumed_clip.norm_history, full_clip.norm_history)
     assert torch.equal(resumed_clip.clipped_steps, full_clip.clipped_steps)
+
+
+class ManualClassifier(TinyClassifier):
+    """Manual optimization: Lightning still calls on_before_optimizer_step inside ``opt.step()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(torch.nn.functional.cross_entropy(self(batch[0]), batch[1]))
+        opt.step()
+
+
+def test_manual_optimization_and_boring_model(tmp_path: Path) -> None:
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    clip, probe = GradientClipping(max_norm=0.01), GradProbe()
+    tiny_trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[clip, probe]).fit(
+        ManualClassifier(), BlobsDataModule(shuffle=False)
+    )
+    assert clip.steps == len(probe.norms) == 8 and max(probe.norms) <= 0.01 * (1 + 1e-5)
+    boring_clip = GradientClipping("agc")
+    tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0,
+                 callbacks=[boring_clip]).fit(BoringModel())
+    assert boring_clip.steps == 4

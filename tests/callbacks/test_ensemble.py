@@ -87,6 +87,13 @@ def test_top_k_by_monitor_keeps_the_best_and_deletes_the_rest(tmp_path: Path) ->
     assert sorted(m["epoch"] for m in ens.members) == sorted(best)
     assert sorted(m["score"] for m in ens.members) == pytest.approx(sorted(probe.values[e] for e in best))
     assert sorted(os.listdir(tmp_path / "ens")) == sorted(Path(p).name for p in ens.member_paths())
+    # top_k without monitor: the ModelCheckpoint's best_k_models become the members at fit end
+    reuse = CheckpointEnsemble(top_k=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/loss", save_top_k=3)
+    tiny_trainer(tmp_path, max_epochs=4, callbacks=[reuse, ckpt]).fit(model, BlobsDataModule(shuffle=False))
+    best_two = sorted(ckpt.best_k_models, key=lambda p: float(ckpt.best_k_models[p]))[:2]
+    assert reuse.member_paths() == best_two
+    assert len(reuse.member_state_dicts()) == 2
     with pytest.raises(ValueError, match="monitor"):
         CheckpointEnsemble(monitor="val/loss")
     with pytest.raises(ValueError, match="member source"):
@@ -121,6 +128,22 @@ def test_members_at_cycle_ends_of_the_schedule(tmp_path: Path, accumulate: int) 
         tiny_trainer(tmp_path, max_epochs=1, callbacks=[CheckpointEnsemble(at_cycle_ends=True)]).fit(
             TinyClassifier(), BlobsDataModule()
         )
+
+
+def test_any_lightning_module_boring_model(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    ens = CheckpointEnsemble(every_n_epochs=1, keep_inline=True)
+    model = BoringModel()
+    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1, limit_test_batches=1,
+                           callbacks=[ens])
+    trainer.fit(model)
+    assert len(ens.members) == 2
+    assert ens.predict_proba(torch.randn(3, 32), model).shape == (3, 2)
+    with caplog.at_level("WARNING", logger="lit_tricks.callbacks.ensemble"):
+        results = trainer.test(model, verbose=False)[0]
+    assert "test/acc_ensemble" not in results  # batches are not (x, y): skipped, with a warning
+    assert "not (x, y" in caplog.text
 
 
 def test_checkpoint_paths_and_soup_with_bn_recalibration(tmp_path: Path) -> None:
