@@ -25,12 +25,15 @@ def _replace_first_conv(model: nn.Module, in_channels: int, small_stem: bool) ->
 
 
 def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear] | None:
-    found = None
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                found = (parent, name, child)
-    return found
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name:
+            last = name
+    if last is None:
+        return None
+    parent_name, _, attr = last.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    return parent, attr, parent.get_submodule(attr)  # type: ignore[return-value]
 
 
 def torchvision_model(

@@ -190,12 +190,15 @@ class DropConnectLinear(nn.Linear):
 
 def find_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear] | None:
     """(parent, attribute, layer) of the classifier head: the last ``nn.Linear`` registered in ``model``."""
-    found = None
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                found = (parent, name, child)
-    return found
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name:
+            last = name
+    if last is None:
+        return None
+    parent_name, _, attr = last.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    return parent, attr, parent.get_submodule(attr)  # type: ignore[return-value]
 
 
 def _check_p(p: float) -> None:

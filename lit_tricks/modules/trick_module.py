@@ -1,0 +1,455 @@
+"""TrickModule: a LightningModule wrapping any classifier (or regressor) with the notes' training tricks."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from lit_tricks.functional.losses import binned_expected_value, binned_loss, binned_point, soft_target_cross_entropy
+from lit_tricks.functional.param_groups import (
+    decoupled_weight_decay_,
+    describe_param_groups,
+    param_groups,
+    split_decay,
+)
+from lit_tricks.functional.regularization import jacobian_penalty, l1_penalty, l2_penalty
+from lit_tricks.modules.surgery import DROPOUT_KINDS, find_head, init_weights, parse_norm, set_dropout, swap_norm
+
+__all__ = ["LOSSES", "TrickModule", "callable_from_spec", "callable_to_spec"]
+
+LOSSES = ("cross_entropy", "mse", "binned")
+#: Optimizers whose own ``weight_decay`` is classic (coupled) L2: ``grad += wd * w``.
+_COUPLED_NATIVE = ("SGD", "Adam", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "ASGD")
+WEIGHT_VARIANTS_ATTR = "lit_tricks_weight_variants"
+
+
+# ----------------------------------------------------------------------------------- plain specs of the partials
+def _plain(value: Any) -> Any:
+    """``value`` as plain Python types (OmegaConf containers, tuples and tensors converted), for checkpoints."""
+    if isinstance(value, functools.partial) or (callable(value) and hasattr(value, "__qualname__")):
+        return callable_to_spec(value)
+    if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
+        return {str(k): _plain(value[k]) for k in value.keys()}  # DictConfig too
+    if isinstance(value, str | bytes):
+        return value
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, Sequence) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return repr(value)
+
+
+def callable_to_spec(obj: Any) -> dict[str, Any]:
+    """A Hydra-like plain dict describing a partial/class/function: ``{"_target_": ..., "_partial_": True, **kw}``."""
+    if isinstance(obj, functools.partial):
+        spec = callable_to_spec(obj.func)
+        if obj.args:
+            spec["_args_"] = _plain(list(obj.args))
+        spec.update({k: _plain(v) for k, v in obj.keywords.items()})
+        spec["_partial_"] = True
+        return spec
+    return {"_target_": f"{obj.__module__}.{obj.__qualname__}"}
+
+
+def callable_from_spec(spec: Mapping[str, Any]) -> Callable[..., Any]:
+    """Inverse of :func:`callable_to_spec` (nested partial specs rebuilt too)."""
+    spec = dict(spec)
+    target = spec.pop("_target_", None)
+    if not isinstance(target, str):
+        raise ValueError(f"a callable spec needs a '_target_' import path, got {spec!r}")
+    spec.pop("_partial_", None)
+    args = spec.pop("_args_", [])
+    module_name, _, attr = target.rpartition(".")
+    fn: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        fn = getattr(fn, part)
+    kwargs = {k: callable_from_spec(v) if isinstance(v, Mapping) and "_target_" in v else v for k, v in spec.items()}
+    return functools.partial(fn, *args, **kwargs) if (args or kwargs) else functools.partial(fn)
+
+
+def _as_factory(value: Any, name: str) -> Callable[..., Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping) or (hasattr(value, "keys") and "_target_" in value):
+        return callable_from_spec(_plain(value))
+    if callable(value):
+        return value  # type: ignore[no-any-return]
+    raise TypeError(f"{name} must be a partial/callable taking the {'params' if name == 'optimizer' else 'optimizer'}"
+                    f" (Hydra _partial_: true), a spec dict with '_target_', or None; got {type(value).__name__}")
+
+
+def _number(name: str, value: Any, lo: float = 0.0, hi: float | None = None, hi_open: bool = True) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        rng = f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}" if hi is not None else f">= {lo:g}"
+        raise ValueError(f"{name} must be a number {rng}, got {value!r}")
+    return float(value)
+
+
+class TrickModule(pl.LightningModule):
+    """Train any ``nn.Module`` with the notes' tricks: norm swap, dropout, init, weight decay (coupled or decoupled),
+    L1, Jacobian penalty, label smoothing, MixUp/CutMix soft targets, binned regression, TTA, EMA side-by-side.
+
+    Args:
+        model: the network; modified in place by ``init`` -> ``norm`` -> ``dropout`` (that order).
+        num_classes: default from the last ``nn.Linear``'s ``out_features``, else from the first batch's output.
+        loss: cross_entropy | mse (one-hot targets for integer labels, plain regression for float targets) |
+            binned (regression as classification over ``bins``: the model outputs one logit per bin).
+        bins: increasing bin edges for ``loss="binned"`` (K+1 edges -> K logits).
+        binned_point: the point prediction taken from the bin distribution: mean (expected value; best for squared
+            error) | median (best for absolute error) | mode.
+        norm: keep | batch | group | ``group:<n>`` | ``{kind: group, num_groups: n}`` | layer | weight | none
+            (see :func:`~lit_tricks.modules.surgery.swap_norm`).
+        dropout: None keeps the model's dropout; a p in [0, 1) is set by
+            :func:`~lit_tricks.modules.surgery.set_dropout` with ``dropout_kind`` dropout | dropconnect | gaussian.
+        init: default | xavier_uniform | xavier_normal | kaiming_uniform | kaiming_normal | orthogonal, or a dict
+            ``{scheme, mode, nonlinearity, gain}``; biases zero.
+        weight_decay: lambda of the decayed tensors (conv/linear weights; not biases, norm or embedding params,
+            nor ``no_decay`` fnmatch patterns or a model's ``no_weight_decay()`` names). Every optimizer group
+            carries its ``weight_decay`` explicitly; setting it in the optimizer partial too is an error.
+        decoupled: True = ``w <- w * (1 - lr * lambda)`` before each update, for any optimizer (AdamW's own decay is
+            used for AdamW); False = coupled L2, ``grad += lambda * w`` (torch's ``weight_decay`` for
+            SGD/Adam/RMSprop/Adagrad/..., else the loss term ``0.5 * lambda * ||w||^2``).
+        l1: adds ``l1 * sum |w|`` over the decayed tensors to the loss (with weight_decay: elastic net).
+        jacobian_reg: adds ``jacobian_reg * mean_n ||d model(x_n) / d x_n||_F^2`` (random projections,
+            Hoffman et al. 2019) where x is the model input (after ``preprocess``).
+        optimizer: ``params -> Optimizer`` partial; None = ``SGD(lr=0.1, momentum=0.9)``.
+        scheduler: ``optimizer -> LRScheduler`` partial, wrapped by ``lit_tricks.schedules.lr_scheduler_config``.
+        scheduler_interval: "step" | "epoch" overrides the interval that config chose.
+        preprocess: module applied to raw inputs inside ``forward`` (statistics as buffers: in checkpoints).
+        batch_augment: ``(x, y) -> (x, y_soft)`` applied in ``training_step`` only (torchvision v2 MixUp/CutMix).
+        tta: at test/predict average the softmax over the input and its horizontal flip.
+        top_k: also log ``{stage}/top{k}_acc`` when ``num_classes > top_k`` (0 = off).
+
+    Logs ``train/loss`` (data loss; ``train/penalty`` when a penalty is on), ``val/loss``, ``val/acc``,
+    ``test/loss``, ``test/acc`` (regression: ``{stage}/mae``, ``{stage}/mse``). Weight variants offered through
+    ``self.lit_tricks_weight_variants`` (e.g. by ``EMAWeights(validate_both=True)``) are evaluated too, logged
+    with the suffix ``_<name>`` (``val/acc_ema``).
+
+    Checkpoints hold plain hyperparameters only (the partials as ``{"_target_": ..., **kwargs}`` dicts), so they
+    load with ``torch.load(weights_only=True)``. To reload for inference, pass the network (and preprocessing)
+    again, built as for training; the surgery is re-applied from the hyperparameters before the weights load::
+
+        module = TrickModule.load_from_checkpoint(path, model=SmallCNN(num_classes=10), preprocess=dm.preprocessor)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_classes: int | None = None,
+        loss: str = "cross_entropy",
+        label_smoothing: float = 0.0,
+        bins: Sequence[float] | None = None,
+        binned_point: str = "mean",
+        norm: str | Mapping[str, Any] = "keep",
+        dropout: float | None = None,
+        dropout_kind: str = "dropout",
+        init: str | Mapping[str, Any] = "default",
+        weight_decay: float = 0.0,
+        decoupled: bool = True,
+        no_decay: Sequence[str] = (),
+        l1: float = 0.0,
+        jacobian_reg: float = 0.0,
+        jacobian_projections: int = 1,
+        optimizer: Callable[..., torch.optim.Optimizer] | Mapping[str, Any] | None = None,
+        scheduler: Callable[..., Any] | Mapping[str, Any] | None = None,
+        scheduler_interval: str | None = None,
+        preprocess: nn.Module | None = None,
+        batch_augment: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        tta: bool = False,
+        top_k: int = 5,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+        label_smoothing = _number("label_smoothing", label_smoothing, 0.0, 1.0)
+        weight_decay = _number("weight_decay", weight_decay)
+        l1 = _number("l1", l1)
+        jacobian_reg = _number("jacobian_reg", jacobian_reg)
+        if dropout is not None:
+            dropout = _number("dropout", dropout, 0.0, 1.0)
+        if dropout_kind not in DROPOUT_KINDS:
+            raise ValueError(f"dropout_kind must be one of {list(DROPOUT_KINDS)}, got {dropout_kind!r}")
+        parse_norm(norm)
+        if scheduler_interval not in (None, "step", "epoch"):
+            raise ValueError(f"scheduler_interval must be one of [None, 'step', 'epoch'], got {scheduler_interval!r}")
+        if not isinstance(jacobian_projections, int) or jacobian_projections < 1:
+            raise ValueError(f"jacobian_projections must be an integer >= 1, got {jacobian_projections!r}")
+        if not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
+        if binned_point not in ("mean", "median", "mode"):
+            raise ValueError(f"binned_point must be one of ['mean', 'median', 'mode'], got {binned_point!r}")
+        edges: Tensor | None = None
+        if loss == "binned":
+            if bins is None:
+                raise ValueError("bins: loss='binned' needs bin edges, e.g. bins=[0, 0.5, 1.0, 1.5]")
+            edges = torch.as_tensor([float(b) for b in bins], dtype=torch.float32)
+            if edges.numel() < 3 or not bool((edges[1:] > edges[:-1]).all()):
+                raise ValueError(f"bins must be at least 3 strictly increasing edges, got {list(bins)!r}")
+        self._optimizer_factory = _as_factory(optimizer, "optimizer")
+        self._scheduler_factory = _as_factory(scheduler, "scheduler")
+        opt_kwargs = getattr(self._optimizer_factory, "keywords", None) or {}
+        if float(opt_kwargs.get("weight_decay", 0.0) or 0.0) != 0.0:
+            raise ValueError(f"optimizer: weight_decay={opt_kwargs['weight_decay']!r} set in the optimizer; set "
+                             "module weight_decay instead (decay is applied through parameter groups)")
+
+        hparams = {
+            "num_classes": num_classes, "loss": loss, "label_smoothing": label_smoothing,
+            "bins": None if bins is None else [float(b) for b in bins], "binned_point": binned_point,
+            "norm": norm, "dropout": dropout,
+            "dropout_kind": dropout_kind, "init": init, "weight_decay": weight_decay, "decoupled": bool(decoupled),
+            "no_decay": list(no_decay), "l1": l1, "jacobian_reg": jacobian_reg,
+            "jacobian_projections": jacobian_projections,
+            "optimizer": None if self._optimizer_factory is None else callable_to_spec(self._optimizer_factory),
+            "scheduler": None if self._scheduler_factory is None else callable_to_spec(self._scheduler_factory),
+            "scheduler_interval": scheduler_interval, "tta": bool(tta), "top_k": top_k,
+        }
+        self.save_hyperparameters(_plain(hparams), logger=True)
+
+        init_weights(model, init)
+        swap_norm(model, norm)
+        if dropout is not None:
+            set_dropout(model, dropout, dropout_kind)
+        self.model = model
+        self.preprocess = preprocess if preprocess is not None else nn.Identity()
+        self.batch_augment = batch_augment
+        self.loss_name, self.label_smoothing, self.tta, self.top_k = loss, label_smoothing, bool(tta), top_k
+        self.weight_decay, self.decoupled, self.l1, self.jacobian_reg = weight_decay, bool(decoupled), l1, jacobian_reg
+        self.jacobian_projections, self.scheduler_interval = jacobian_projections, scheduler_interval
+        self.no_decay, self.binned_point = tuple(no_decay), binned_point
+        if edges is not None:
+            self.register_buffer("bin_edges", edges, persistent=False)
+        else:
+            self.bin_edges = None
+        if num_classes is None:
+            if edges is not None:
+                num_classes = edges.numel() - 1
+            else:
+                head = find_head(model)
+                num_classes = head[2].out_features if head is not None else None
+        self.num_classes = num_classes
+        self._decay_names = split_decay(model, exclude=self.no_decay)[0]
+        self._decay_mode = "native"  # native | hook (decoupled, applied here) | loss (coupled, as a loss term)
+        self._decay_pending = False
+        self._flat_params = False
+        self.metrics = nn.ModuleDict()
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> Tensor:
+        """Outputs on raw inputs: ``model(preprocess(x))``."""
+        return self.model(self.preprocess(x))  # type: ignore[no-any-return]
+
+    def _outputs(self, x: Tensor, tta: bool) -> Tensor:
+        out = self(x)
+        if not tta:
+            return out
+        flipped = self(torch.flip(x, dims=(-1,)))
+        if self._is_regression_output(out):
+            return 0.5 * (out + flipped)
+        return torch.log(0.5 * (out.softmax(-1) + flipped.softmax(-1)))  # log of the mean probabilities
+
+    def _is_regression_output(self, out: Tensor) -> bool:
+        return self.loss_name == "mse" and (out.ndim == 1 or out.shape[-1] == 1)
+
+    # ----------------------------------------------------------------------------------------------- the loss
+    def compute_loss(self, out: Tensor, y: Tensor) -> Tensor:
+        """Data loss of outputs ``out`` against targets ``y`` (indices, soft (N, K) targets, or real values)."""
+        if self.loss_name == "cross_entropy":
+            return soft_target_cross_entropy(out, y, self.label_smoothing)
+        if self.loss_name == "binned":
+            assert self.bin_edges is not None
+            return binned_loss(out, y, self.bin_edges, self.label_smoothing)
+        if self._is_regression_output(out):
+            return F.mse_loss(out.reshape(y.shape), y.to(out.dtype))
+        target = y.to(out.dtype) if y.is_floating_point() else F.one_hot(y, out.shape[-1]).to(out.dtype)
+        return F.mse_loss(out, target)
+
+    def _decay_params(self) -> list[Tensor]:
+        return [self.model.get_parameter(n) for n in self._decay_names]
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch[0], batch[1]
+        if self.batch_augment is not None:
+            x, y = self.batch_augment(x, y)
+        h = self.preprocess(x)
+        if self.jacobian_reg > 0:
+            h = h.detach().requires_grad_(True)
+        out = self.model(h)
+        loss = self.compute_loss(out, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        penalty = loss.new_zeros(())
+        if self.l1 > 0:
+            penalty = penalty + self.l1 * l1_penalty(self._decay_params())
+        if self._decay_mode == "loss" and self.weight_decay > 0:
+            penalty = penalty + self.weight_decay * l2_penalty(self._decay_params())
+        if self.jacobian_reg > 0:
+            penalty = penalty + self.jacobian_reg * jacobian_penalty(out, h, self.jacobian_projections)
+        if self.l1 > 0 or self.jacobian_reg > 0 or self._decay_mode == "loss":
+            self.log("train/penalty", penalty.detach(), on_step=False, on_epoch=True, batch_size=x.shape[0])
+            return loss + penalty
+        return loss
+
+    # ------------------------------------------------------------------------------------------------ metrics
+    def _log_metric(self, key: str, factory: Callable[[], Any], preds: Tensor, target: Tensor,
+                    **kwargs: Any) -> None:
+        """Update the torchmetrics object logged as ``key`` (created on first use) and log it."""
+        safe = key.replace("/", "__")
+        if safe not in self.metrics:
+            self.metrics[safe] = factory().to(self.device)
+        metric: Any = self.metrics[safe]
+        metric.update(preds, target)
+        self.log(key, metric, metric_attribute=f"metrics.{safe}", **kwargs)
+
+    def _evaluate(self, batch: Any, stage: str, suffix: str) -> None:
+        import torchmetrics.classification as tmc
+        import torchmetrics.regression as tmr
+
+        x, y = batch[0], batch[1]
+        out = self._outputs(x, tta=self.tta and stage == "test")
+        n = x.shape[0]
+        log = functools.partial(self.log, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        log(f"{stage}/loss{suffix}", self.compute_loss(out, y), prog_bar=stage == "val" and not suffix)
+        if self.loss_name == "binned" or self._is_regression_output(out):
+            if self.bin_edges is not None:
+                pred = binned_point(out, self.bin_edges, self.binned_point)
+            else:
+                pred = out.reshape(y.shape)
+            for name, cls in (("mae", tmr.MeanAbsoluteError), ("mse", tmr.MeanSquaredError)):
+                self._log_metric(f"{stage}/{name}{suffix}", cls, pred.detach(), y.to(pred.dtype), on_step=False,
+                                 on_epoch=True)
+            return
+        if self.num_classes is None:
+            self.num_classes = int(out.shape[-1])
+        classes = self.num_classes
+        target = y.argmax(-1) if y.is_floating_point() and y.ndim == out.ndim else y
+        self._log_metric(f"{stage}/acc{suffix}", lambda: tmc.MulticlassAccuracy(classes, average="micro"),
+                         out.detach(), target, on_step=False, on_epoch=True, prog_bar=stage == "val" and not suffix)
+        if self.top_k and classes > self.top_k:
+            k = self.top_k
+            self._log_metric(f"{stage}/top{k}_acc{suffix}",
+                             lambda: tmc.MulticlassAccuracy(classes, top_k=k, average="micro"), out.detach(), target,
+                             on_step=False, on_epoch=True)
+
+    def _weight_variants(self) -> dict[str, Callable[[], AbstractContextManager[None]]]:
+        return dict(getattr(self, WEIGHT_VARIANTS_ATTR, None) or {})
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        self._evaluate(batch, stage, "")
+        for name, ctx in self._weight_variants().items():
+            with ctx():
+                self._evaluate(batch, stage, f"_{name}")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        """Class probabilities; for binned regression ``{"value": binned_point, "mean": expected value, "probs"}``;
+        raw outputs for mse regression."""
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        out = self._outputs(x, tta=self.tta)
+        if self.loss_name == "binned":
+            assert self.bin_edges is not None
+            return {"value": binned_point(out, self.bin_edges, self.binned_point),
+                    "mean": binned_expected_value(out, self.bin_edges), "probs": out.softmax(-1)}
+        if self._is_regression_output(out):
+            return out
+        return out.softmax(-1)
+
+    # --------------------------------------------------------------------------------------------- optimizers
+    def describe_param_groups(self) -> str:
+        """A table of which tensors of the model get which weight decay and L1 (print it)."""
+        return describe_param_groups(self.model, self.weight_decay, self.l1, exclude=self.no_decay)
+
+    def configure_optimizers(self) -> Any:
+        factory = self._optimizer_factory
+        if factory is None:
+            factory = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+        groups = param_groups(self.model, self.weight_decay, exclude=self.no_decay)
+        in_model = {id(p) for p in self.model.parameters()}
+        extra = [p for p in self.parameters() if p.requires_grad and id(p) not in in_model]
+        if extra:
+            groups.append({"params": extra, "weight_decay": 0.0, "lit_tricks_decay": 0.0})
+        try:
+            optimizer = factory(groups)
+            self._flat_params = False
+        except ValueError as err:  # L-BFGS takes one parameter group only
+            if "per-parameter options" not in str(err):
+                raise
+            optimizer = factory([p for g in groups for p in g["params"]])
+            self._flat_params = True
+        native_decoupled = isinstance(optimizer, torch.optim.AdamW) or any(
+            g.get("decoupled_weight_decay", False) for g in optimizer.param_groups
+        )
+        native_coupled = type(optimizer).__name__ in _COUPLED_NATIVE and not native_decoupled
+        if self._flat_params:
+            native_decoupled = native_coupled = False
+        if self.weight_decay == 0.0:
+            self._decay_mode = "native"
+        elif self.decoupled:
+            self._decay_mode = "native" if native_decoupled else "hook"
+        else:
+            self._decay_mode = "native" if native_coupled else "loss"
+        if self._decay_mode != "native":
+            for g in optimizer.param_groups:
+                g["weight_decay"] = 0.0
+        if self._scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self._scheduler_config(optimizer)}
+
+    def _scheduler_config(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        assert self._scheduler_factory is not None
+        try:
+            lr_scheduler_config = getattr(importlib.import_module("lit_tricks.schedules"), "lr_scheduler_config", None)
+        except ImportError:  # plain torch schedulers need no lit_tricks.schedules
+            lr_scheduler_config = None
+        if lr_scheduler_config is not None:
+            config = dict(lr_scheduler_config(self._scheduler_factory, optimizer, self.trainer))
+        else:
+            scheduler = self._scheduler_factory(optimizer)
+            config = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                config["monitor"] = "val/loss"
+        if self.scheduler_interval is not None:
+            config["interval"] = self.scheduler_interval
+        return config
+
+    def on_train_start(self) -> None:
+        optimizers = self.trainer.optimizers
+        if any(isinstance(o, torch.optim.LBFGS) for o in optimizers) and self.trainer.num_training_batches > 1:
+            rank_zero_warn(f"L-BFGS is a full-batch method but gets {self.trainer.num_training_batches} mini-batches "
+                           "per epoch: set data.batch_size >= the training set size (one batch per epoch).")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._decay_pending = True
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # After backward, before the update; once per step (L-BFGS evaluates its closure several times per step).
+        if self._decay_mode == "hook" and self._decay_pending:
+            if self._flat_params:  # one group holds everything: decay the decayed tensors at that group's lr
+                groups = [{"params": self._decay_params(), "lr": optimizer.param_groups[0]["lr"],
+                           "lit_tricks_decay": self.weight_decay}]
+                decoupled_weight_decay_(groups)
+            else:
+                decoupled_weight_decay_(optimizer.param_groups)
+        self._decay_pending = False
