@@ -307,6 +307,9 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], logger: Any) ->
     if not isinstance(container, dict):
         raise TypeError(f"trainer must be a mapping of Trainer keyword arguments, got {type(container).__name__}")
     container.pop("_target_", None)
+    if container.get("sync_batchnorm") and container.get("accelerator") == "cpu":
+        raise ValueError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm only runs on CUDA modules);"
+                         " got trainer.accelerator=cpu: set trainer.sync_batchnorm=false or use trainer=ddp")
     kwargs: dict[str, Any] = instantiate(container, _convert_="all")
     strategy = kwargs.get("strategy")
     if isinstance(strategy, str) and strategy in DDP_NAMES and _hydra_initialized():
