@@ -1,0 +1,87 @@
+"""hydra/launcher=slurm: the sbatch script submitit's launcher would submit, generated without a cluster.
+
+The real SlurmLauncher.launch runs up to ``sbatch``; a fake ``srun`` on PATH passes submitit's cluster check and the
+submission command is intercepted, so the test reads the exact script text (partition, GPUs, nodes, time, signal).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+APP_CONF = Path(__file__).resolve().parents[1] / "sweeps" / "sweep_app" / "conf"
+
+
+class Captured(Exception):
+    """Carries the sbatch script text out of submitit instead of running sbatch."""
+
+
+def sbatch_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str]) -> tuple[str, Any]:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+    from submitit.slurm.slurm import SlurmExecutor
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("SWEEP_APP_LOG_DIR", str(tmp_path / "logs"))
+
+    def intercept(self: Any, path: Path) -> list[str]:
+        raise Captured(Path(path).read_text())
+
+    monkeypatch.setattr(SlurmExecutor, "_make_submission_command", intercept)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(APP_CONF), version_base="1.3"):
+            cfg = compose("app", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+        assert isinstance(params, dict)
+        params.pop("_target_")
+        launcher = SlurmLauncher(**params)
+        launcher.config, launcher.task_function, launcher.hydra_context = cfg, (lambda c: 0.0), None
+        with pytest.raises(Captured) as captured:
+            launcher.launch([["optimizer.lr=0.1"], ["optimizer.lr=0.2"]], initial_job_idx=0)
+    finally:
+        GlobalHydra.instance().clear()
+    return str(captured.value.args[0]), cfg
+
+
+def test_slurm_launcher_script_has_partition_gpus_nodes_time_and_requeue_signal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text, cfg = sbatch_text(tmp_path, monkeypatch, [
+        "hydra.launcher.partition=gpu", "+trainer=multinode", "hydra.launcher.timeout_min=90",
+        "hydra.launcher.setup=[module load cuda]",
+    ])
+    lines = set(text.splitlines())
+    assert "#SBATCH --partition=gpu" in lines
+    assert "#SBATCH --gpus-per-node=4" in lines
+    assert "#SBATCH --ntasks-per-node=4" in lines  # one task (rank) per GPU, as Lightning's SLURMEnvironment expects
+    assert "#SBATCH --nodes=2" in lines  # follows trainer.num_nodes
+    assert "#SBATCH --time=90" in lines
+    # Lightning's auto-requeue listens for SIGUSR1; submitit's own USR2 signal is replaced
+    assert "#SBATCH --signal=USR1@120" in lines and not any("USR2" in ln for ln in lines)
+    assert "#SBATCH --array=0-1%2" in lines  # the two jobs of the sweep as one array
+    assert "module load cuda" in lines
+    assert any(ln.startswith("srun ") and "submitit.core._submit" in ln for ln in lines)
+    assert cfg.trainer.devices == cfg.hydra.launcher.gpus_per_node
+    assert cfg.trainer.num_nodes == cfg.hydra.launcher.nodes
+
+
+def test_slurm_launcher_defaults_to_one_node_without_multinode_trainer() -> None:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(APP_CONF), version_base="1.3"):
+            cfg = compose("app", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        assert cfg.hydra.launcher.partition is None
+        assert cfg.hydra.launcher.nodes == 1  # no trainer.num_nodes: one node
+    finally:
+        GlobalHydra.instance().clear()
