@@ -32,7 +32,7 @@ class Schedule(LRScheduler):
         body: a :class:`~lit_tricks.schedules.bodies.Body`, a name from ``BODIES`` (default arguments) or None
             (constant).
         warmup_steps / warmup_epochs / warmup_fraction: warm-up length in optimizer steps, in epochs, or as a
-            fraction of ``total_steps`` (give at most one of the last two; they override ``warmup_steps``).
+            fraction of ``total_steps`` (give one; the others stay 0 / None).
         warmup: ``linear`` | ``exponential`` | ``cosine`` ramp from ``start_factor * base`` to ``base``.
         T_0, T_mult, cycle_decay: SGDR warm restarts (Loshchilov & Hutter, 2017): after warm-up the body restarts
             every cycle, cycle ``i`` lasting ``T_0 * T_mult**i`` units and peaking at ``base * cycle_decay**i``.
@@ -107,8 +107,12 @@ class Schedule(LRScheduler):
         return float(self.steps_per_epoch)
 
     def _warmup_length(self, steps: int, epochs: float | None, fraction: float | None) -> int:
-        if epochs is not None and fraction is not None:
-            raise ValueError(f"give warmup_epochs or warmup_fraction, not both (got {epochs!r} and {fraction!r})")
+        given = {k: v for k, v in (("warmup_epochs", epochs), ("warmup_fraction", fraction)) if v is not None}
+        if steps != 0:
+            given = {"warmup_steps": steps, **given}
+        if len(given) > 1:
+            raise ValueError(f"give one of warmup_steps, warmup_epochs, warmup_fraction (set the others to null/0), "
+                             f"got {given}")
         if epochs is not None:
             if not (isinstance(epochs, int | float) and epochs >= 0):
                 raise ValueError(f"warmup_epochs: expected a number >= 0, got {epochs!r}")
