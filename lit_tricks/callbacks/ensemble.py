@@ -77,8 +77,9 @@ class CheckpointEnsemble(Callback):
     ModelCheckpoint are used at fit end), the end of each warm-restart cycle (``at_cycle_ends``: the LR scheduler's
     ``cycle_ends()`` method, step indices = ``trainer.global_step`` right after a cycle's last optimizer step), and
     the files in ``checkpoint_paths`` (Lightning checkpoints or state dicts, e.g. the best checkpoint of each job of
-    a multirun). Captured at train epoch end (after validation, so ModelCheckpoint's ``last.ckpt`` of that epoch
-    already lists them) or at the optimizer step ending a cycle.
+    a multirun). Snapshots are captured at train epoch end (after validation, so ModelCheckpoint's ``last.ckpt``
+    of that epoch lists them when it saves at train epoch end, Lightning's default when validating every epoch),
+    top-k members right after the validation that scored them, cycle-end members at the step ending a cycle.
 
     Members are files ``<dirpath>/member-epochEEE-stepSSSSSS.pt`` written atomically by rank 0 (``dirpath`` defaults
     to ``<default_root_dir>/ensemble``), or kept inside the callback state with ``keep_inline=True``. The callback
@@ -144,6 +145,7 @@ class CheckpointEnsemble(Callback):
         self._ensemble_key: tuple[Any, ...] | None = None
         self._keep_members_on_load = False
         self._warned_batch = False
+        self._warned_monitor = False
 
     @property
     def state_key(self) -> str:
@@ -215,10 +217,13 @@ class CheckpointEnsemble(Callback):
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
-            raise ValueError(
-                f"CheckpointEnsemble(monitor={self.monitor!r}) found no such metric at epoch end; logged metrics: "
-                f"{sorted(trainer.callback_metrics)}"
-            )
+            if not self._warned_monitor:
+                log.warning(
+                    "CheckpointEnsemble(monitor=%r): no such metric at the end of epoch %d; logged metrics: %s",
+                    self.monitor, trainer.current_epoch, sorted(trainer.callback_metrics),
+                )
+                self._warned_monitor = True
+            return
         score = float(value)
         ranked = [m for m in self.members if "top_k" in m["tags"]]
         if len(ranked) >= self.top_k:
@@ -231,11 +236,18 @@ class CheckpointEnsemble(Callback):
             self._drop_tag(trainer, worst, "top_k")
         self._capture(trainer, pl_module, "top_k", score)
 
-    def _sync(self, trainer: pl.Trainer) -> None:
+    def _sync(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Rank 0's member list wins (scores may differ across ranks when not synced); wait for its files."""
-        if trainer.world_size > 1:
-            self.members = trainer.strategy.broadcast(self.members, src=0)
-            trainer.strategy.barrier("lit_tricks_ensemble_capture")
+        if trainer.world_size <= 1:
+            return
+        self.members = trainer.strategy.broadcast(self.members, src=0)
+        if self.keep_inline:  # weights are identical on all ranks: take the ones rank 0 kept and this rank lacks
+            for m in self.members:
+                if m["path"].startswith("inline:") and m["path"] not in self.inline:
+                    self.inline[m["path"]] = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+            kept = {m["path"] for m in self.members}
+            self.inline = {k: v for k, v in self.inline.items() if k in kept}
+        trainer.strategy.barrier("lit_tricks_ensemble_capture")
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -257,6 +269,13 @@ class CheckpointEnsemble(Callback):
                 f"(e.g. lit_tricks' SGDR schedules); the Trainer has: {found or 'no LR scheduler'}"
             )
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # top-k members are the weights that produced the score, captured before ModelCheckpoint saves
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self.top_k is None or self.monitor is None:
+            return
+        self._update_top_k(trainer, pl_module)
+        self._sync(trainer, pl_module)
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -266,7 +285,7 @@ class CheckpointEnsemble(Callback):
         record = self._find(int(trainer.current_epoch), step)
         if record is None or "cycle" not in record["tags"]:  # once per step (gradient accumulation repeats it)
             self._capture(trainer, pl_module, "cycle", None)
-            self._sync(trainer)
+            self._sync(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -275,11 +294,11 @@ class CheckpointEnsemble(Callback):
         if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._capture(trainer, pl_module, "epoch", None)
             changed = True
-        if self.top_k is not None and self.monitor is not None:
-            self._update_top_k(trainer, pl_module)
+        if self.top_k is not None and self.monitor is not None and not trainer.enable_validation:
+            self._update_top_k(trainer, pl_module)  # a training metric: scored at epoch end
             changed = True
         if changed:
-            self._sync(trainer)
+            self._sync(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.top_k is None or self.monitor is not None:

@@ -100,6 +100,13 @@ def test_top_k_by_monitor_keeps_the_best_and_deletes_the_rest(tmp_path: Path) ->
         CheckpointEnsemble()
 
 
+def test_top_k_scores_only_epochs_that_validated(tmp_path: Path) -> None:
+    ens = CheckpointEnsemble(top_k=4, monitor="val/acc", mode="max", keep_inline=True)
+    trainer = tiny_trainer(tmp_path, max_epochs=4, check_val_every_n_epoch=2, callbacks=[ens])
+    trainer.fit(no_dropout_model(), BlobsDataModule(shuffle=False))
+    assert [m["epoch"] for m in ens.members] == [1, 3]  # no stale score reused at epochs 0 and 2
+
+
 class CyclicLR(torch.optim.lr_scheduler.LambdaLR):
     """A minimal warm-restart schedule exposing the cycle_ends() contract: cycles of 5 optimizer steps."""
 
