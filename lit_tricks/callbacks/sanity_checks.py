@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,6 +13,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
+from torch.utils.data import IterableDataset, default_collate
 
 __all__ = ["SanityCheckError", "SanityChecks"]
 
@@ -99,6 +100,7 @@ class SanityChecks(pl.Callback):
         self.loss_fn = loss_fn
         self.done = False
         self.results: dict[str, Result] = {}
+        self._fallback = ""
 
     @property
     def state_key(self) -> str:
@@ -106,22 +108,29 @@ class SanityChecks(pl.Callback):
 
     # -- data -------------------------------------------------------------------------------------------------
     def _samples(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> tuple[Any, ...]:
+        """The first ``n`` training samples, read from the dataset (the loader's sampler is not advanced)."""
         loader = _first_loader(trainer.train_dataloader)
         if loader is None:
             raise SanityCheckError("SanityChecks: no training dataloader")
-        parts: list[list[torch.Tensor]] = []
-        count = 0
-        for batch in loader:
-            if not isinstance(batch, list | tuple) or len(batch) < 2:
-                raise TypeError(f"SanityChecks needs (x, y, ...) batches, got {type(batch).__name__}")
-            if not parts:
-                parts = [[] for _ in batch]
-            for store, item in zip(parts, batch):
-                store.append(item)
-            count += len(batch[0])
-            if count >= n:
-                break
-        joined = tuple(torch.cat(p)[:n] if isinstance(p[0], torch.Tensor) else p[0] for p in parts)
+        dataset = getattr(loader, "dataset", None)
+        if isinstance(dataset, Sized) and not isinstance(dataset, IterableDataset):
+            collate = getattr(loader, "collate_fn", None) or default_collate
+            batch = collate([dataset[i] for i in range(min(n, len(dataset)))])  # type: ignore[index]
+        else:  # an iterable dataset: read batches (under the caller's forked RNG)
+            parts: list[list[Any]] = []
+            count = 0
+            for item in loader:
+                if not parts:
+                    parts = [[] for _ in item]
+                for store, value in zip(parts, item):
+                    store.append(value)
+                count += len(item[0])
+                if count >= n:
+                    break
+            batch = [torch.cat(p) if isinstance(p[0], torch.Tensor) else p[0] for p in parts]
+        if not isinstance(batch, list | tuple) or len(batch) < 2:
+            raise TypeError(f"SanityChecks needs (x, y, ...) batches, got {type(batch).__name__}")
+        joined = tuple(b[:n] if isinstance(b, torch.Tensor) else b for b in batch)
         return tuple(move_data_to_device(joined, pl_module.device))
 
     # -- checks -----------------------------------------------------------------------------------------------
@@ -145,7 +154,13 @@ class SanityChecks(pl.Callback):
             return self.loss_fn(model, batch)
         if self.overfit_loss == "cross_entropy":
             return nn.functional.cross_entropy(model(batch[0]), batch[1])
-        out = model.training_step(batch, step)  # type: ignore[operator]
+        try:
+            out = model.training_step(batch, step)  # type: ignore[operator]
+        except RuntimeError as err:  # the copy has no trainer; a step that reads self.trainer cannot run on it
+            if "not attached to a `Trainer`" not in str(err):
+                raise
+            self._fallback = "training_step needs the trainer: used cross-entropy on forward()"
+            return nn.functional.cross_entropy(model(batch[0]), batch[1])
         if isinstance(out, Mapping):
             out = out.get("loss")
         if not isinstance(out, torch.Tensor):
@@ -172,9 +187,10 @@ class SanityChecks(pl.Callback):
                 if acc >= self.overfit_accuracy:
                     break
         passed = acc >= self.overfit_accuracy
+        result_note = f" ({self._fallback})" if self._fallback else ""
         return {"passed": passed, "accuracy": acc, "steps": float(step), "loss": loss,
                 "message": f"overfit {len(y)} samples: accuracy {acc:.3f} after {step} steps "
-                           f"(need {self.overfit_accuracy:.2f} within {self.overfit_steps})"}
+                           f"(need {self.overfit_accuracy:.2f} within {self.overfit_steps}){result_note}"}
 
     def run_checks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Result]:
         """Run the enabled checks and return their results (also kept in ``self.results``)."""

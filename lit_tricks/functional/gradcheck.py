@@ -118,7 +118,12 @@ def _default_loss(module: nn.Module, batch: Any) -> torch.Tensor:
     step = getattr(module, "training_step", None)
     if step is None:
         raise TypeError(f"loss_fn: {type(module).__name__} has no training_step; pass loss_fn(module, batch)")
-    out = step(batch, 0)
+    try:
+        out = step(batch, 0)
+    except RuntimeError as err:  # the float64 copy has no trainer; a step that reads self.trainer cannot run on it
+        if "not attached to a `Trainer`" not in str(err) or not isinstance(batch, tuple | list) or len(batch) < 2:
+            raise
+        return nn.functional.cross_entropy(module(batch[0]), batch[1])
     if isinstance(out, dict):
         out = out.get("loss")
     if not isinstance(out, torch.Tensor):
@@ -136,6 +141,17 @@ def _to_double(batch: Any) -> Any:
     return batch
 
 
+def _head(batch: Any, n: int) -> Any:
+    """The first ``n`` samples of every tensor in a batch (dim 0)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:n] if batch.dim() > 0 else batch
+    if isinstance(batch, tuple | list):
+        return type(batch)(_head(b, n) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _head(v, n) for k, v in batch.items()}
+    return batch
+
+
 def _sample_indices(numel: int, k: int, generator: torch.Generator) -> list[int]:
     if numel <= k:
         return list(range(numel))
@@ -148,9 +164,10 @@ def gradient_check(
     loss_fn: LossFn | None = None,
     *,
     entries_per_tensor: int = 10,
-    eps: float = 1e-5,
+    eps: float | None = None,
     seed: int = 0,
     rel_floor: float = 1e-3,
+    max_samples: int | None = None,
     param_filter: Callable[[str, nn.Parameter], bool] | None = None,
 ) -> GradCheckReport:
     """Compare autograd gradients of ``loss_fn(module, batch)`` with centered differences on a float64 copy.
@@ -159,26 +176,33 @@ def gradient_check(
     mode, every loss evaluation runs under a forked RNG seeded with ``seed`` (so batch-level augmentation draws the
     same numbers each time) and the batch is fixed.
     ``loss_fn``: ``(module, batch) -> scalar``; default the module's ``training_step(batch, 0)`` (a Lightning
-    module's ``self.log`` calls only warn without a trainer). ``entries_per_tensor``: sampled entries of each
-    parameter tensor (all when smaller). ``eps``: the step ``h``. ``rel_floor``: an entry whose gradient is below
+    module's ``self.log`` calls only warn without a trainer; a step that needs ``self.trainer`` falls back to
+    cross-entropy of ``module(x)`` on ``(x, y)`` batches). ``entries_per_tensor``: sampled entries of each
+    parameter tensor (all when smaller). ``eps``: the step ``h``; None = 1e-5 for smooth models, 1e-6 with kinks
+    (fewer kinks crossed). ``rel_floor``: an entry whose gradient is below
     ``rel_floor`` times the largest sampled one of its tensor is compared relative to that floor instead (in float64
     the centered difference has round-off ~1e-16 * |f| / h, which swamps tiny gradients); entries below 1e6 such
-    round-off units (~2e-5 for |f| ~ 1, h = 1e-5) are compared against that absolute floor.
+    round-off units (~2e-5 for |f| ~ 1, h = 1e-5) are compared against that absolute floor. ``max_samples``:
+    check on the first samples of the batch only; fewer samples mean fewer kinks a +-h step can cross (CS231n).
 
     Numeric gradient ``n = (f(w + h) - f(w - h)) / 2h``, relative error ``|a - n| / max(|a|, |n|)``; verdicts by
     CS231n's thresholds (see :func:`verdict`).
     """
     if entries_per_tensor < 1:
         raise ValueError(f"entries_per_tensor must be >= 1, got {entries_per_tensor}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    if eps is not None and not eps > 0:
+        raise ValueError(f"eps must be > 0 or None, got {eps}")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
     fn = loss_fn or _default_loss
     model = copy.deepcopy(module).double()
     for m in model.modules():
         if isinstance(m, _DROPOUT):
             m.eval()
-    batch64 = _to_double(batch)
+    batch64 = _to_double(batch if max_samples is None else _head(batch, max_samples))
     has_kinks = any(isinstance(m, KINK_MODULES) for m in model.modules())
+    if eps is None:  # a kink is crossed with probability ~h: small h; a smooth loss: larger h, less round-off
+        eps = 1e-6 if has_kinks else 1e-5
     named = [(n, p) for n, p in model.named_parameters()
              if p.requires_grad and (param_filter is None or param_filter(n, p))]
     if not named:

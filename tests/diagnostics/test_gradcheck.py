@@ -57,7 +57,7 @@ def test_tanh_mlp_relative_error_below_1e7() -> None:
     assert len(report.tensors) == 4
     assert report.max_error < 1e-7
     assert report.verdict == "good"
-    assert not report.has_kinks
+    assert not report.has_kinks and report.eps == 1e-5  # smooth: the larger step, less round-off
 
 
 def test_off_by_one_percent_backward_is_flagged() -> None:
@@ -74,8 +74,8 @@ def test_module_itself_untouched_and_kinks_noted() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
     before = [p.detach().clone() for p in model.parameters()]
-    report = gradient_check(model, (batch()[0].float(), batch()[1]), ce)
-    assert report.has_kinks and "kinks" in report.summary()
+    report = gradient_check(model, (batch()[0].float(), batch()[1]), ce, max_samples=4)
+    assert report.has_kinks and "kinks" in report.summary() and report.eps == 1e-6  # kinks: a smaller step
     assert report.max_error < 1e-4  # dropout is off during the check, so the loss is deterministic
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
