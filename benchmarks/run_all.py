@@ -259,19 +259,21 @@ def bench_overhead(quick: bool) -> Section:
         cbs += [c for c in (ema_cb, es_cb) if c is not None]
         return cbs
 
-    def run(with_four: bool) -> tuple[float, float, int]:
+    def run(with_four: bool) -> tuple[float, list[tuple[str, float]]]:
         with tempfile.TemporaryDirectory() as tmp:
             step_timer = StepTimer()
             four = make_four(tmp) if with_four else []
             timers = [HookTimer(c) for c in four]
             trainer = bench_trainer(tmp, [step_timer, *four])
             trainer.fit(TinyLit(copy.deepcopy(base)), random_loader((3, 32, 32), 10, batch, steps))
-            return step_timer.median(), sum(t.per_step() for t in timers), len(four)
+            return step_timer.median(), [(type(c).__name__, t.per_step()) for c, t in zip(four, timers)]
 
-    plain_step, _, _ = run(False)
-    four_step, hooks, n_cbs = run(True)
+    plain_step, _ = run(False)
+    four_step, per_callback = run(True)
+    hooks, n_cbs = sum(t for _, t in per_callback), len(per_callback)
     rows = [
         ["one foreach lerp + one foreach norm/scale (bound)", _ms(kernels), "1.00x"],
+        *[[f"  {name} hooks, per step", _ms(t), _ratio(t, kernels)] for name, t in per_callback],
         [f"hooks of the {n_cbs} callbacks, per step", _ms(hooks), _ratio(hooks, kernels)],
         ["step time without callbacks", _ms(plain_step), "-"],
         [f"step time with the {n_cbs} callbacks", _ms(four_step), "-"],

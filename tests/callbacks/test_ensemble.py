@@ -276,6 +276,7 @@ torch.save({{"members": ens.members, "flat": [torch.cat([v.flatten().double() fo
 
 
 @pytest.mark.slow
+@pytest.mark.ddp
 @pytest.mark.timeout(120)
 def test_ddp_members_identical_on_both_ranks(tmp_path: Path) -> None:
     script = tmp_path / "ddp_ensemble.py"

@@ -56,6 +56,8 @@ def test_ensemble_probs_equal_mean_of_members_one_by_one_loop_and_vmap() -> None
         EnsembleModule(members, combine="max")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_export_reloads_in_a_process_without_lit_tricks(tmp_path: Path) -> None:
     members = make_members()
     x = torch.randn(5, 6)
