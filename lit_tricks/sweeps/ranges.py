@@ -181,6 +181,8 @@ def narrow_ranges(dims: Mapping[str, SearchDim], top: Sequence[Mapping[str, obje
         lo_val, hi_val = (10.0**new_lo, 10.0**new_hi) if use_log else (new_lo, new_hi)
         if dim.integer:
             lo_val, hi_val = math.floor(lo_val), math.ceil(hi_val)
+        else:  # 3 significant digits: what the printed override says is exactly this range
+            lo_val, hi_val = float(f"{lo_val:.3g}"), float(f"{hi_val:.3g}")
         out[name] = SearchDim(name, lo_val, hi_val, log=dim.log, integer=dim.integer)
     return out
 

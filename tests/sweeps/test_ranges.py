@@ -1,0 +1,82 @@
+"""Search-space parsing, border warnings and narrowed ranges (lit_tricks.sweeps.ranges)."""
+
+from __future__ import annotations
+
+import math
+import shlex
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from lit_tricks.sweeps.ranges import (
+    SearchDim,
+    border_warnings,
+    format_overrides,
+    narrow_ranges,
+    parse_search_space,
+    position_in_range,
+)
+
+SPACE = {
+    "optimizer.lr": "tag(log, interval(1e-6, 10.0))",
+    "module.weight_decay": "interval(0.0, 0.1)",
+    "data.batch_size": "choice(32, 64, 128)",
+    "model.depth": "range(2, 8, 2)",
+    "seed": "1,2,3",
+}
+
+
+def test_parse_search_space_reads_every_sweep_kind() -> None:
+    dims = parse_search_space(SPACE)
+    lr = dims["optimizer.lr"]
+    assert lr.is_interval and lr.log and (lr.low, lr.high) == (1e-6, 10.0)
+    wd = dims["module.weight_decay"]
+    assert wd.is_interval and not wd.log
+    assert dims["data.batch_size"].choices == (32, 64, 128)
+    assert dims["model.depth"].choices == (2, 4, 6)
+    assert dims["seed"].choices == (1, 2, 3)
+    assert parse_search_space({"trainer.max_epochs": "5"}) == {}  # fixed values are not dimensions
+
+
+def test_position_is_log_scaled_for_log_dims() -> None:
+    lr = SearchDim("lr", 1e-6, 10.0, log=True)
+    assert position_in_range(lr, 1e-6) == pytest.approx(0.0)
+    assert position_in_range(lr, 10.0) == pytest.approx(1.0)
+    assert position_in_range(lr, 1e-3) == pytest.approx(3 / 7)
+    assert position_in_range(SearchDim("x", 0.0, 2.0), 0.5) == pytest.approx(0.25)
+
+
+def test_border_warning_fires_at_edges_only() -> None:
+    dims = parse_search_space(SPACE)
+    at_edge = border_warnings(dims, {"optimizer.lr": 8.0, "module.weight_decay": 0.05, "data.batch_size": 32})
+    assert len(at_edge) == 2
+    assert any("optimizer.lr" in w and "upper border" in w for w in at_edge)
+    assert any("data.batch_size" in w and "lower border" in w for w in at_edge)
+    assert border_warnings(dims, {"optimizer.lr": 1e-3, "module.weight_decay": 0.05, "data.batch_size": 64}) == []
+    with pytest.raises(ValueError, match="edge"):
+        border_warnings(dims, {}, edge=0.6)
+
+
+def test_narrow_ranges_inside_and_past_the_border() -> None:
+    dims = {"lr": SearchDim("lr", 1e-6, 10.0, log=True)}
+    inner = narrow_ranges(dims, [{"lr": 1e-3}, {"lr": 1e-2}], margin=0.1)["lr"]
+    assert inner.log and inner.low == pytest.approx(1e-3 / 10**0.7, rel=1e-2)
+    assert inner.high == pytest.approx(1e-2 * 10**0.7, rel=1e-2)
+    # the best value at the upper border: the next range extends beyond it
+    edge = narrow_ranges(dims, [{"lr": 9.0}, {"lr": 1.0}], margin=0.1, border_extend=0.25)["lr"]
+    assert edge.high > 10.0 and math.log10(edge.high) == pytest.approx(1 + 0.25 * 7, rel=1e-3)
+    choice = narrow_ranges({"bs": SearchDim("bs", choices=(32, 64, 128))}, [{"bs": 64}, {"bs": 128}])["bs"]
+    assert choice.choices == (64, 128)
+    with pytest.raises(ValueError, match="top"):
+        narrow_ranges(dims, [])
+
+
+def test_overrides_round_trip_through_hydras_parser() -> None:
+    dims = parse_search_space(SPACE)
+    text = format_overrides(dims.values())
+    parsed = OverridesParser.create().parse_overrides(shlex.split(text))
+    assert [o.get_key_element() for o in parsed] == list(dims)
+    assert all(o.is_sweep_override() for o in parsed)
+    again = parse_search_space({o.get_key_element(): o.input_line.split("=", 1)[1] for o in parsed})  # type: ignore[union-attr]
+    assert again["optimizer.lr"] == dims["optimizer.lr"]
+    assert again["data.batch_size"].choices == (32, 64, 128)
