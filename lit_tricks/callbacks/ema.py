@@ -240,7 +240,7 @@ class EMAWeights(Callback):
             variants = dict(getattr(pl_module, WEIGHT_VARIANTS_ATTR, None) or {})
             variants["ema"] = self.ema_context
             setattr(pl_module, WEIGHT_VARIANTS_ATTR, variants)
-        if self.save_ema_checkpoint and self._installed_io is None:
+        if self._installed_io is None:  # writes the -ema twins; keeps weights-only checkpoints raw too
             self._installed_io = _EMACheckpointIO(trainer.strategy.checkpoint_io, self)
             trainer.strategy.checkpoint_io = self._installed_io
 
@@ -269,6 +269,8 @@ class EMAWeights(Callback):
         if step == self.last_step:  # no optimizer step on this batch (gradient accumulation)
             return
         self.last_step = step
+        if self._pending is not None or not self._names:  # state restored after on_fit_start (FSDP, DeepSpeed)
+            self._ensure(pl_module)
         if step <= self.start_step:  # not started: the EMA follows the raw weights
             copy_(self._ema_params, self._model_params)
             copy_(self._ema_buffers, self._model_buffers)
@@ -327,9 +329,12 @@ class EMAWeights(Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        if not self._swapped:
+        self._put_raw_weights(checkpoint)
+
+    def _put_raw_weights(self, checkpoint: dict[str, Any]) -> None:
+        """If the EMA is in the model (evaluation or apply_at_end), put the raw weights into ``state_dict``."""
+        if not self._swapped or "state_dict" not in checkpoint:
             return
-        # the EMA is in the model (evaluation or apply_at_end): the checkpoint must hold the raw weights
         sd = checkpoint["state_dict"]
         for name, raw in zip(self._names, self._backup):
             if name in sd:
@@ -427,8 +432,11 @@ class _EMACheckpointIO(CheckpointIO):
         self.callback = callback
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "callbacks" not in checkpoint:  # weights-only save: Lightning skipped on_save_checkpoint
+            self.callback._put_raw_weights(checkpoint)
         self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
-        self.callback._write_ema_checkpoint(checkpoint, path)
+        if self.callback.save_ema_checkpoint:
+            self.callback._write_ema_checkpoint(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
         return self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)

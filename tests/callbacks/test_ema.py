@@ -156,6 +156,7 @@ class SaveDuringValidation(TinyClassifier):
         if not self.trainer.sanity_checking and self.current_epoch == 1:
             self.seen_during_save = _clone(self)
             self.trainer.save_checkpoint(Path(self.trainer.default_root_dir) / "during-val.ckpt")
+            self.trainer.save_checkpoint(Path(self.trainer.default_root_dir) / "weights.ckpt", weights_only=True)
 
 
 def test_save_while_swapped_writes_raw_weights(tmp_path: Path) -> None:
@@ -166,6 +167,10 @@ def test_save_while_swapped_writes_raw_weights(tmp_path: Path) -> None:
     assert _equal(model.seen_during_save, ck["callbacks"][ema_cb.state_key]["ema"])  # the EMA was in the model
     assert _equal(ck["state_dict"], probe.steps[-1])  # ... yet the checkpoint holds the raw weights
     assert not _equal(ck["state_dict"], model.seen_during_save)
+    weights_only = torch.load(tmp_path / "weights.ckpt", weights_only=True)
+    assert "callbacks" not in weights_only and _equal(weights_only["state_dict"], probe.steps[-1])
+    assert _equal(torch.load(tmp_path / "weights-ema.ckpt", weights_only=True)["state_dict"],
+                  ck["callbacks"][ema_cb.state_key]["ema"])
     assert _equal(_clone(model), probe.steps[-1])  # swapped back after validation
 
 
