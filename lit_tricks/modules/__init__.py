@@ -1,4 +1,12 @@
-"""LightningModules (TrickModule) and model surgery (norm swap, dropout, init, BatchNorm recalibration)."""
+"""LightningModules (TrickModule) and model surgery (norm swap, dropout, init, BatchNorm recalibration).
+
+``TrickModule`` is imported on first access (PEP 562): importing ``lightning.pytorch`` imports torchmetrics, which
+imports matplotlib when it is installed, and the surgery functions need none of that.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from lit_tricks.functional.param_groups import describe_param_groups
 from lit_tricks.modules.surgery import (
@@ -11,7 +19,9 @@ from lit_tricks.modules.surgery import (
     set_dropout,
     swap_norm,
 )
-from lit_tricks.modules.trick_module import TrickModule
+
+if TYPE_CHECKING:
+    from lit_tricks.modules.trick_module import TrickModule
 
 __all__ = [
     "BatchNormNd",
@@ -25,3 +35,11 @@ __all__ = [
     "set_dropout",
     "swap_norm",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TrickModule":
+        from lit_tricks.modules.trick_module import TrickModule
+
+        return TrickModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
