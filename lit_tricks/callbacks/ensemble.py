@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 import torch
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _STATE_VERSION = 1
 _MODES = ("min", "max")
 _PREFIXES = ("_orig_mod.", "module.")
+_M = TypeVar("_M", bound=nn.Module)
 
 
 def _strip_prefixes(state_dict: dict[str, Tensor], reference_keys: Iterable[str]) -> dict[str, Tensor]:
@@ -48,6 +49,18 @@ def _strip_prefixes(state_dict: dict[str, Tensor], reference_keys: Iterable[str]
                     new, changed = new[len(prefix):], True
         out[new] = value
     return out
+
+
+def _clone(module: _M) -> _M:
+    """``deepcopy(module)`` that shares (never copies) the Trainer and its callbacks, which a module may reference
+    through bound methods (e.g. the weight-variants protocol)."""
+    memo: dict[int, Any] = {}
+    trainer = getattr(module, "_trainer", None)
+    if trainer is not None:
+        memo[id(trainer)] = trainer
+        for callback in getattr(trainer, "callbacks", []):
+            memo[id(callback)] = callback
+    return copy.deepcopy(module, memo)
 
 
 def load_member_state_dict(path: str | os.PathLike[str], trusted: bool = False) -> dict[str, Tensor]:
@@ -390,7 +403,7 @@ class CheckpointEnsemble(Callback):
         device = next(iter(pl_module.parameters()), torch.zeros(())).device
         modules = []
         for sd in self.member_state_dicts():
-            member = copy.deepcopy(pl_module)
+            member = _clone(pl_module)
             member.load_state_dict(_strip_prefixes(sd, member.state_dict().keys()))
             member.to(device).eval().requires_grad_(False)
             modules.append(member)
@@ -422,7 +435,7 @@ class CheckpointEnsemble(Callback):
         """A copy of ``pl_module`` holding the uniform average of the members' weights (model soup), with BatchNorm
         statistics recomputed on ``bn_batches`` batches (all if None) of ``dataloader`` (default: the Trainer's train
         dataloader, when attached)."""
-        soup = copy.deepcopy(pl_module)
+        soup = _clone(pl_module)
         averaged = average_state_dicts(self.member_state_dicts())
         soup.load_state_dict(_strip_prefixes(averaged, soup.state_dict().keys()))
         if dataloader is None:

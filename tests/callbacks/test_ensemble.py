@@ -293,3 +293,15 @@ def test_ddp_members_identical_on_both_ranks(tmp_path: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(r0["flat"], r1["flat"]))
     assert torch.equal(r0["probs"], r1["probs"])
     assert sorted(os.listdir(tmp_path / "ens")) == sorted(Path(m["path"]).name for m in r0["members"])
+
+
+def test_state_dict_roundtrip_and_state_key() -> None:
+    ens = CheckpointEnsemble(checkpoint_paths=["a.ckpt"], every_n_epochs=2)
+    ens.members.append({"path": "inline:m", "score": 0.5, "epoch": 1, "step": 10, "tags": ["epoch"]})
+    ens.inline["inline:m"] = {"w": torch.arange(3.0)}
+    other = CheckpointEnsemble(every_n_epochs=2)
+    other.load_state_dict(ens.state_dict())
+    assert other.members == ens.members
+    assert torch.equal(other.inline["inline:m"]["w"], torch.arange(3.0))
+    assert other.state_dict()["version"] == 1
+    assert CheckpointEnsemble(every_n_epochs=1).state_key != CheckpointEnsemble(every_n_epochs=2).state_key
