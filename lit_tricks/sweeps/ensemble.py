@@ -1,0 +1,75 @@
+"""Ensembles from a sweep: the best checkpoints of the top-k jobs (different inits / hyperparameters), evaluated
+together on the test split with :class:`~lit_tricks.callbacks.ensemble.CheckpointEnsemble`.
+
+Members must share the architecture of the best job (a sweep over optimizer/regularization hyperparameters or seeds);
+the best job's resolved config (``config_resolved.yaml``) rebuilds data, model and module.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lit_tricks.sweeps.report import JobResult, SweepReport, build_report
+
+__all__ = ["ensemble_members", "evaluate_sweep_ensemble", "job_config"]
+
+
+def ensemble_members(report: SweepReport, top_k: int) -> list[JobResult]:
+    """The ``top_k`` best ok jobs that left a best checkpoint file (cross-validation jobs: skipped)."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    members = [j for j in report.ok_jobs
+               if isinstance(j.best_ckpt, str) and j.best_ckpt and Path(j.best_ckpt).is_file()]
+    return members[:top_k]
+
+
+def job_config(job: JobResult) -> DictConfig:
+    """A job's resolved config: ``config_resolved.yaml`` (written by lit_tricks.run), else ``.hydra/config.yaml``."""
+    for path in (job.dir / "config_resolved.yaml", job.dir / ".hydra" / "config.yaml"):
+        if path.is_file():
+            cfg = OmegaConf.load(path)
+            if isinstance(cfg, DictConfig):
+                return cfg
+    raise FileNotFoundError(f"job {job.num}: no config_resolved.yaml or .hydra/config.yaml in {job.dir}")
+
+
+def evaluate_sweep_ensemble(sweep_dir: str | Path, top_k: int = 3, combine: str = "mean_prob",
+                            trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Test the top-k checkpoints of a sweep as one ensemble; returns members and test metrics.
+
+    The module is the best job's, loaded from its best checkpoint; the other members' weights come from their best
+    checkpoints. Result keys: ``members`` (job, objective, checkpoint, its own test/acc), ``test/acc`` (best single
+    model), ``test/acc_ensemble``, ``test/loss_ensemble``.
+    """
+    import lightning.pytorch as pl
+
+    from lit_tricks.callbacks.ensemble import CheckpointEnsemble
+    from lit_tricks.run import build_datamodule, build_model, build_module
+
+    report = build_report(sweep_dir)
+    members = ensemble_members(report, top_k)
+    if not members:
+        raise ValueError(f"sweep_dir={str(sweep_dir)!r}: no ok job with a best checkpoint file to ensemble")
+    cfg = job_config(members[0])
+    pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, build_model(cfg, dm), dm)
+    paths = [str(m.best_ckpt) for m in members]
+    ensemble = CheckpointEnsemble(checkpoint_paths=paths, combine=combine, log_prefix="test")
+    kwargs: dict[str, Any] = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
+                              "enable_model_summary": False, "enable_checkpointing": False,
+                              "default_root_dir": str(Path(sweep_dir) / "ensemble")}
+    kwargs.update(trainer_kwargs or {})
+    trainer = pl.Trainer(callbacks=[ensemble], **kwargs)
+    trainer.test(module, datamodule=dm, ckpt_path=paths[0], verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    return {
+        "sweep_dir": str(sweep_dir), "combine": combine,
+        "members": [{"job": m.num, "objective": m.objective, "checkpoint": str(m.best_ckpt),
+                     "test/acc": m.metrics.get("test/acc", math.nan)} for m in members],
+        **metrics,
+    }
