@@ -412,9 +412,9 @@ class CheckpointEnsemble(Callback):
     def ensemble(self, pl_module: nn.Module) -> EnsembleModule:
         """The ensemble as an :class:`EnsembleModule` (cached until the members change)."""
         device = next(iter(pl_module.parameters()), torch.zeros(())).device
-        key = (id(pl_module), device, tuple(self.member_paths()), self.combine)
+        use_vmap = device.type != "cpu" if self.use_vmap is None else self.use_vmap
+        key = (id(pl_module), device, tuple(self.member_paths()), self.combine, use_vmap)
         if self._ensemble is None or self._ensemble_key != key:
-            use_vmap = device.type != "cpu" if self.use_vmap is None else self.use_vmap
             self._ensemble = EnsembleModule(self.members_as_modules(pl_module), self.combine, use_vmap=use_vmap)
             self._ensemble_key = key
         return self._ensemble

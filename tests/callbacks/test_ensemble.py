@@ -63,6 +63,10 @@ def test_snapshot_members_and_ensemble_equals_mean_of_members(tmp_path: Path) ->
             one_by_one.append(m.eval()(x).softmax(-1))
     expected = torch.stack(one_by_one).mean(0)
     assert torch.equal(ens.predict_proba(x, model), expected)
+    ens.use_vmap = True  # the vmap path (default off on CPU) gives the same numbers
+    assert ens.ensemble(model).use_vmap
+    torch.testing.assert_close(ens.predict_proba(x, model), expected, rtol=1e-6, atol=1e-7)
+    ens.use_vmap = None
     # test logs single-model and ensemble metrics side by side
     results = trainer.test(model, BlobsDataModule(shuffle=False), verbose=False)[0]
     assert {"test/acc", "test/acc_ensemble", "test/loss_ensemble"} <= set(results)
