@@ -140,6 +140,7 @@ class EMAWeights(Callback):
         self._swapped = False  # the EMA is in the model
         self._applied = False  # ... and stays there (apply_at_end)
         self._installed_io: _EMACheckpointIO | None = None
+        self._recalibrated_at: tuple[int, int] | None = None  # (last_step, num_updates) of the last recalibration
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -157,6 +158,7 @@ class EMAWeights(Callback):
         self.last_step = int(state_dict.get("last_step", 0))
         self._pending = dict(state_dict.get("ema", {})) or None
         self._names, self._ema_params, self._ema_buffers = [], [], []
+        self._recalibrated_at = None
         # a checkpoint restore has just put raw weights into the model: nothing of ours is swapped in any more
         self._swapped = self._applied = False
 
@@ -192,7 +194,8 @@ class EMAWeights(Callback):
 
     def ema_context(self) -> contextlib.AbstractContextManager[None]:
         """The ``"ema"`` weight variant offered to the module (a bound method: picklable, unlike a closure)."""
-        return self.ema_weights(recalibrate=self.recalibrate_bn_batches > 0)
+        sanity = self._trainer is not None and self._trainer.sanity_checking
+        return self.ema_weights(recalibrate=self.recalibrate_bn_batches > 0 and not sanity)
 
     def restore_raw_weights(self, pl_module: pl.LightningModule | None = None) -> None:
         """Put the raw (trained) weights back into the model after ``apply_at_end`` (also after fit returned)."""
@@ -388,7 +391,9 @@ class EMAWeights(Callback):
         copy_(self._model_params, self._ema_params)
         copy_(self._model_buffers, self._ema_buffers)
         self._swapped = True
-        if recalibrate and self._trainer is not None:
+        # once per EMA state: a module following the variants protocol enters the context once per batch
+        if recalibrate and self._trainer is not None and self._recalibrated_at != (self.last_step, self.num_updates):
+            self._recalibrated_at = (self.last_step, self.num_updates)
             self.recalibrate_bn(self._trainer, pl_module)
             copy_(self._ema_buffers, self._model_buffers)  # the EMA (and its checkpoint) keep the new statistics
             self._sync_buffers(self._trainer)

@@ -276,6 +276,22 @@ def test_validate_both_logs_raw_and_ema_side_by_side(tmp_path: Path) -> None:
     assert not hasattr(model, "lit_tricks_weight_variants")  # removed at teardown
 
 
+class CountingEMA(EMAWeights):
+    calls = 0
+
+    def recalibrate_bn(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.calls += 1
+        super().recalibrate_bn(trainer, pl_module)
+
+
+def test_validate_both_recalibrates_once_per_validation(tmp_path: Path) -> None:
+    ema_cb = CountingEMA(decay=0.8, validate_both=True, recalibrate_bn_batches=2, apply_at_end=False)
+    trainer, model = _fit(tmp_path, [ema_cb], max_epochs=2, model=no_dropout(VariantsClassifier()))
+    assert ema_cb.calls == 2  # 2 validations x 4 batches entering the context, sanity check skipped
+    assert float(trainer.callback_metrics["val/loss_ema"]) == pytest.approx(
+        _loss(model, ema_cb.ema_state_dict), rel=1e-5)  # EMA weights with their recalibrated statistics
+
+
 def test_validate_both_warns_when_the_module_ignores_the_protocol(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="lit_tricks_weight_variants"):
         _fit(tmp_path, [EMAWeights(validate_both=True)], max_epochs=1, num_sanity_val_steps=0)
