@@ -393,6 +393,20 @@ def test_bad_arguments_raise_value_error(kwargs: dict[str, Any], match: str) -> 
         EMAWeights(**kwargs)
 
 
+def test_plain_boring_model(tmp_path: Path) -> None:
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    ema_cb, probe = EMAWeights(decay=0.5, apply_at_end=False), Probe()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[probe, ema_cb, ckpt], limit_train_batches=4,
+                           limit_val_batches=2)
+    trainer.fit(BoringModel())
+    assert ema_cb.num_updates == 4
+    assert _equal(probe.val_weights[-1], ema_cb.ema_state_dict)
+    assert _equal(torch.load(tmp_path / "ckpt" / "last-ema.ckpt", weights_only=True)["state_dict"],
+                  ema_cb.ema_state_dict)
+
+
 def test_torchvision_resnet18_on_32x32(tmp_path: Path) -> None:
     tv = pytest.importorskip("torchvision")
 
