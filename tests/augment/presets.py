@@ -1,0 +1,25 @@
+"""Load conf/augment presets: the per-sample pipeline and (for mixup/cutmix) the module's batch_augment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "augment"
+PRESETS = sorted(p.stem for p in CONF.glob("*.yaml"))
+
+
+def load_preset(name: str) -> tuple[Any, Any]:
+    """``(pipeline or None, batch_augment or None)`` of ``conf/augment/<name>.yaml``."""
+    cfg = OmegaConf.load(CONF / f"{name}.yaml") or OmegaConf.create({})
+    assert isinstance(cfg, DictConfig)
+    if "augment" in cfg or "module" in cfg:  # `# @package _global_` presets
+        pipe_cfg, batch_cfg = cfg.get("augment"), OmegaConf.select(cfg, "module.batch_augment")
+    else:
+        pipe_cfg, batch_cfg = cfg, None
+    pipe = instantiate(pipe_cfg) if pipe_cfg is not None and "_target_" in pipe_cfg else None
+    batch = instantiate(batch_cfg) if batch_cfg is not None else None
+    return pipe, batch
