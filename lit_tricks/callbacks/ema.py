@@ -211,8 +211,10 @@ class EMAWeights(Callback):
         bns = [m for m in pl_module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
         if not bns or self.recalibrate_bn_batches == 0:
             return
-        loader = trainer.train_dataloader
-        if loader is None:
+        loader: Any = trainer.train_dataloader
+        while isinstance(loader, (list, tuple, dict)) and loader:  # several train loaders: use the first
+            loader = next(iter(loader.values())) if isinstance(loader, dict) else loader[0]
+        if loader is None or isinstance(loader, (list, tuple, dict)):
             rank_zero_warn("EMAWeights: no train dataloader to recalibrate BatchNorm with; using the EMA buffers.")
             return
         momenta = [m.momentum for m in bns]
