@@ -109,15 +109,18 @@ class SplitDataset(Dataset[tuple[Tensor, int]]):
         position = int(self.indices[index])
         x = self.source.image(position)
         if self.transform is not None:
-            py_state = random.getstate()
-            with torch.random.fork_rng(devices=[]):
-                sample_seed = mix_seed(self.seed, epoch, index)
-                torch.manual_seed(sample_seed)
-                random.seed(sample_seed)
-                try:
-                    x = self.transform(x)
-                finally:
-                    random.setstate(py_state)
+            # CPU generator only, by hand: torch.manual_seed / fork_rng also seed the lazy CUDA/XPU/MTIA generators,
+            # which formats a stack trace per call (~5 ms per sample).
+            cpu = torch.default_generator
+            torch_state, py_state = cpu.get_state(), random.getstate()
+            sample_seed = mix_seed(self.seed, epoch, index)
+            cpu.manual_seed(sample_seed)
+            random.seed(sample_seed)
+            try:
+                x = self.transform(x)
+            finally:
+                cpu.set_state(torch_state)
+                random.setstate(py_state)
         return x, int(self.source.targets[position])
 
     def images(self, chunk: int = 1024) -> Iterator[Tensor]:
@@ -127,31 +130,46 @@ class SplitDataset(Dataset[tuple[Tensor, int]]):
 
 
 class _EpochIterator(Iterator[tuple[int, int]]):
-    """One epoch of :class:`ResumableSampler`: ``state_dict`` is (epoch, yielded), enough to replay the rest."""
+    """One epoch of :class:`ResumableSampler`: ``state_dict`` is (epoch, yielded), enough to replay the rest.
+
+    The epoch is read from the sampler at the first ``next`` (not at creation: Lightning creates the iterator before
+    it calls ``set_epoch``), unless ``load_state_dict`` fixed it first.
+    """
 
     def __init__(self, sampler: ResumableSampler) -> None:
         self.sampler = sampler
-        self.epoch = sampler.epoch
-        self.order = sampler.order(self.epoch)
+        self.epoch: int | None = None
+        self.order: list[int] = []
         self.yielded = 0
 
     def __iter__(self) -> _EpochIterator:
         return self
 
+    def _start(self, epoch: int) -> None:
+        self.epoch, self.order = epoch, self.sampler.order(epoch)
+
     def __next__(self) -> tuple[int, int]:
+        if self.epoch is None:
+            self._start(self.sampler.epoch)
         if self.yielded >= len(self.order):
             raise StopIteration
         index = self.order[self.yielded]
         self.yielded += 1
-        return self.epoch, index
+        return int(self.epoch), index  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "yielded": self.yielded, "seed": self.sampler.seed}
+        epoch = self.sampler.epoch if self.epoch is None else self.epoch
+        return {"epoch": epoch, "yielded": self.yielded, "seed": self.sampler.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = int(state.get("epoch", self.sampler.epoch))
-        self.order = self.sampler.order(self.epoch)
-        self.yielded = min(int(state.get("yielded", 0)), len(self.order))
+        epoch, yielded = int(state.get("epoch", self.sampler.epoch)), int(state.get("yielded", 0))
+        self._start(epoch)
+        if yielded >= len(self.order) > 0:
+            # Saved after the epoch's last batch (on_train_batch_end / on_validation_end of the last batch):
+            # Lightning resumes by fetching the next epoch's batches from this iterator, so start that epoch.
+            self._start(epoch + 1)
+            yielded = 0
+        self.yielded = yielded
 
 
 class ResumableSampler(DistributedSampler):

@@ -40,13 +40,24 @@ class Recorder(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
 
-def fit(tmp_path: Path, num_workers: int, ckpt_path: str | None = None, every: int | None = None) -> Recorder:
+class ValidatingRecorder(Recorder):
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val/loss", nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
+
+
+def fit(tmp_path: Path, num_workers: int, ckpt_path: str | None = None, every: int | None = None,
+        validate: bool = False, max_epochs: int = 2) -> Recorder:
     pl.seed_everything(7)
-    dm = DigitsDataModule(batch_size=100, num_workers=num_workers, train_transform=jitter, val_fraction=0.0)
-    model = Recorder()
-    callbacks = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_top_k=-1)] if every else []
-    trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=callbacks,
-                           enable_checkpointing=bool(every), limit_val_batches=0)
+    dm = DigitsDataModule(batch_size=100, num_workers=num_workers, train_transform=jitter,
+                          val_fraction=0.1 if validate else 0.0)
+    model = ValidatingRecorder() if validate else Recorder()
+    callbacks: list[pl.Callback] = []
+    if every:
+        callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_top_k=-1))
+    if validate:
+        callbacks.append(ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", save_last=True))
+    trainer = tiny_trainer(tmp_path, max_epochs=max_epochs, callbacks=callbacks, enable_checkpointing=bool(callbacks),
+                           limit_val_batches=1.0 if validate else 0)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return model
 
@@ -79,6 +90,20 @@ def test_mid_epoch_resume_replays_the_remaining_batches(tmp_path: Path, num_work
         assert_same_batches(resumed.batches, full.batches[k:])
         for p, q in zip(resumed.parameters(), full.parameters()):
             assert torch.equal(p, q)
+
+
+@pytest.mark.timeout(120)
+def test_resume_from_checkpoints_at_the_epoch_boundary(tmp_path: Path) -> None:
+    """Two boundary cases: a step checkpoint at the epoch's last batch (Lightning then fetches the next epoch from
+    the restored, exhausted iterator: without care the whole next epoch is skipped), and the usual last.ckpt written
+    after validation at the end of an epoch."""
+    full = fit(tmp_path / "full", 0, every=13, max_epochs=3)
+    ckpt = next((tmp_path / "full").glob("*step=13.ckpt"))
+    assert_same_batches(fit(tmp_path / "r13", 0, ckpt_path=str(ckpt), max_epochs=3).batches, full.batches[13:])
+    first = fit(tmp_path / "one", 0, validate=True, max_epochs=1)
+    full = fit(tmp_path / "two", 0, validate=True, max_epochs=2)
+    resumed = fit(tmp_path / "r", 0, ckpt_path=str(tmp_path / "one" / "last.ckpt"), validate=True, max_epochs=2)
+    assert_same_batches(resumed.batches, full.batches[len(first.batches):])
 
 
 def test_augmentation_does_not_depend_on_workers_or_global_rng(tmp_path: Path) -> None:
