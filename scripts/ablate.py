@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. data.train_size=300")
     parser.add_argument("--seeds", type=int, default=10, help="number of paired seeds (default 10)")
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke mode: trainer.fast_dev_run=true")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: ++trainer.fast_dev_run=true")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default outputs/ablation[_<extra>])")
     parser.add_argument("--variants", default=None,
                         help="comma list of variant names to run (default all), e.g. baseline,tricks")
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
 
-    extra = list(args.overrides) + (["trainer.fast_dev_run=true"] if args.quick else [])
+    extra = list(args.overrides) + (["++trainer.fast_dev_run=true"] if args.quick else [])
     user = parse_minus(args.minus)
     variants = build_variants(user or DEFAULT_ABLATIONS)
     if args.variants:

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_tricks.functional.atomic import atomic_write_bytes
-from lit_tricks.functional.diagnosis import Diagnosis, diagnose, ema_smooth
+from lit_tricks.functional.diagnosis import Diagnosis, diagnose, ema_smooth, first_samples
 
 __all__ = ["HISTORY_KEYS", "LearningCurves", "diagnose_history", "plot_learning_curves"]
 
@@ -95,8 +95,11 @@ class LearningCurves(pl.Callback):
     """Record per-epoch train/val loss and accuracy; at fit end write a PNG and diagnose bias vs variance.
 
     The training loss is the mean of ``training_step``'s losses over the epoch (computed here, whatever the module
-    logs); the other values are read from ``trainer.callback_metrics`` under the given keys. ``target_error``: the
-    human-level / Bayes error (default 0). ``dirpath``: where the PNG goes (default ``trainer.log_dir``).
+    logs); the other values are read from ``trainer.callback_metrics`` under the given keys. When the module logs no
+    ``train_acc_key``, the training accuracy is measured here at each epoch end on the first
+    ``train_eval_samples`` training samples (eval mode, no gradients, forked RNG; 0 = off), since the bias/variance
+    diagnosis compares errors. ``target_error``: the human-level / Bayes error (default 0). ``dirpath``: where the
+    PNG goes (default ``trainer.log_dir``).
     Diagnosis rules: :func:`lit_tricks.functional.diagnosis.diagnose` (Ng's bias/variance analysis).
     """
 
@@ -112,9 +115,12 @@ class LearningCurves(pl.Callback):
         dirpath: str | None = None,
         filename: str = "learning_curves.png",
         plot: bool = True,
+        train_eval_samples: int = 1024,
     ) -> None:
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        if train_eval_samples < 0:
+            raise ValueError(f"train_eval_samples must be >= 0, got {train_eval_samples}")
         if target_error is not None and not 0.0 <= target_error:
             raise ValueError(f"target_error must be >= 0 or None, got {target_error}")
         self.target_error = target_error
@@ -127,6 +133,7 @@ class LearningCurves(pl.Callback):
         self.dirpath = dirpath
         self.filename = filename
         self.plot = plot
+        self.train_eval_samples = train_eval_samples
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
         self.diagnosis: Diagnosis | None = None
         self.png_path: Path | None = None
@@ -184,9 +191,33 @@ class LearningCurves(pl.Callback):
         for key in HISTORY_KEYS:
             self.history[key].append(float(row.get(key, math.nan)))
 
+    def _measure_train_acc(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
+        loader = trainer.train_dataloader
+        if isinstance(loader, Mapping):
+            loader = next(iter(loader.values()), None)
+        elif isinstance(loader, list | tuple):
+            loader = loader[0] if loader else None
+        if self.train_eval_samples == 0 or loader is None:
+            return math.nan
+        was_training = pl_module.training
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                x, y = first_samples(loader, self.train_eval_samples)[:2]
+                if not (isinstance(y, torch.Tensor) and y.dtype in (torch.int64, torch.int32) and y.dim() == 1):
+                    return math.nan  # not class labels (regression, soft labels): no accuracy
+                pl_module.eval()
+                x = x.to(pl_module.device) if isinstance(x, torch.Tensor) else x
+                correct = (pl_module(x).argmax(-1).cpu() == y).float().mean()
+            return float(correct)
+        finally:
+            pl_module.train(was_training)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        train_acc = self._metric(trainer, self.train_acc_key)
+        if math.isnan(train_acc):
+            train_acc = self._measure_train_acc(trainer, pl_module)
         self._append_row({"epoch": float(trainer.current_epoch), "train_loss": self._train_loss(),
-                          "train_acc": self._metric(trainer, self.train_acc_key), **self._val})
+                          **self._val, "train_acc": train_acc})
         self._epoch = -1
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sized
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,7 +13,8 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torch.utils.data import IterableDataset, default_collate
+
+from lit_tricks.functional.diagnosis import first_samples
 
 __all__ = ["SanityCheckError", "SanityChecks"]
 
@@ -112,25 +113,7 @@ class SanityChecks(pl.Callback):
         loader = _first_loader(trainer.train_dataloader)
         if loader is None:
             raise SanityCheckError("SanityChecks: no training dataloader")
-        dataset = getattr(loader, "dataset", None)
-        if isinstance(dataset, Sized) and not isinstance(dataset, IterableDataset):
-            collate = getattr(loader, "collate_fn", None) or default_collate
-            batch = collate([dataset[i] for i in range(min(n, len(dataset)))])  # type: ignore[index]
-        else:  # an iterable dataset: read batches (under the caller's forked RNG)
-            parts: list[list[Any]] = []
-            count = 0
-            for item in loader:
-                if not parts:
-                    parts = [[] for _ in item]
-                for store, value in zip(parts, item):
-                    store.append(value)
-                count += len(item[0])
-                if count >= n:
-                    break
-            batch = [torch.cat(p) if isinstance(p[0], torch.Tensor) else p[0] for p in parts]
-        if not isinstance(batch, list | tuple) or len(batch) < 2:
-            raise TypeError(f"SanityChecks needs (x, y, ...) batches, got {type(batch).__name__}")
-        joined = tuple(b[:n] if isinstance(b, torch.Tensor) else b for b in batch)
+        joined = first_samples(loader, n)
         return tuple(move_data_to_device(joined, pl_module.device))
 
     # -- checks -----------------------------------------------------------------------------------------------

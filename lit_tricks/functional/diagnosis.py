@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch.utils.data import IterableDataset, default_collate
 
 __all__ = [
     "DIAGNOSES",
@@ -16,6 +18,7 @@ __all__ = [
     "dead_fraction",
     "diagnose",
     "ema_smooth",
+    "first_samples",
     "update_ratio",
 ]
 
@@ -140,3 +143,32 @@ def activation_stats(activation: torch.Tensor, channel_dim: int = 1) -> dict[str
 def update_ratio(before: torch.Tensor, after: torch.Tensor, eps: float = 1e-12) -> float:
     """``||w_after - w_before|| / ||w_before||``: the notes' update-to-weight ratio (rule of thumb ~1e-3)."""
     return float((after.float() - before.float()).norm() / (before.float().norm() + eps))
+
+
+def first_samples(loader: Any, n: int) -> tuple[Any, ...]:
+    """The first ``n`` samples behind a DataLoader as one collated ``(x, y, ...)`` batch.
+
+    Read from ``loader.dataset`` by index when it is a map-style dataset (the loader's sampler, which may be stateful
+    and resumable, is not advanced); an iterable dataset is read batch by batch from a fresh iterator.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(dataset, Sized) and not isinstance(dataset, IterableDataset):
+        collate = getattr(loader, "collate_fn", None) or default_collate
+        batch = collate([dataset[i] for i in range(min(n, len(dataset)))])  # type: ignore[index]
+    else:
+        parts: list[list[Any]] = []
+        count = 0
+        for item in loader:
+            if not parts:
+                parts = [[] for _ in item]
+            for store, value in zip(parts, item):
+                store.append(value)
+            count += len(item[0])
+            if count >= n:
+                break
+        batch = [torch.cat(p) if isinstance(p[0], torch.Tensor) else p[0] for p in parts]
+    if not isinstance(batch, list | tuple) or len(batch) < 2:
+        raise TypeError(f"expected (x, y, ...) batches, got {type(batch).__name__}")
+    return tuple(b[:n] if isinstance(b, torch.Tensor) else b for b in batch)

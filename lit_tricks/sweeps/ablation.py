@@ -40,7 +40,7 @@ DEFAULT_ABLATIONS: dict[str, list[str]] = {
     "label smoothing": ["module.label_smoothing=0.0"],
     "dropout": ["module.dropout=0.0"],
     "EMA of weights": ["~callbacks.ema"],
-    "gradient clipping": ["~callbacks.grad_clip"],
+    "gradient clipping": ["~callbacks.clipping"],
 }
 
 RunFn = Callable[[list[str]], Mapping[str, Any]]
