@@ -63,6 +63,10 @@ def _clone(module: _M) -> _M:
     return copy.deepcopy(module, memo)
 
 
+def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 def load_member_state_dict(path: str | os.PathLike[str], trusted: bool = False) -> dict[str, Tensor]:
     """The model ``state_dict`` stored in a member file or a Lightning checkpoint (its ``"state_dict"`` entry).
 
@@ -159,6 +163,7 @@ class CheckpointEnsemble(Callback):
         self._keep_members_on_load = False
         self._warned_batch = False
         self._warned_monitor = False
+        self._evaluated: dict[str, Tensor] | None = None
 
     @property
     def state_key(self) -> str:
@@ -175,27 +180,35 @@ class CheckpointEnsemble(Callback):
         """Paths (or inline keys) of the current members, in capture order."""
         return [m["path"] for m in self.members]
 
-    def _find(self, epoch: int, step: int) -> dict[str, Any] | None:
-        for m in self.members:
-            if m["epoch"] == epoch and m["step"] == step and "path" not in m["tags"]:
-                return m
-        return None
+    def _at(self, epoch: int, step: int) -> list[dict[str, Any]]:
+        return [m for m in self.members if m["epoch"] == epoch and m["step"] == step and "path" not in m["tags"]]
+
+    def _same_weights(self, record: dict[str, Any], state: dict[str, Tensor]) -> bool:
+        stored = self.inline.get(record["path"])
+        if stored is None:
+            stored = load_member_state_dict(record["path"])
+        return stored.keys() == state.keys() and all(torch.equal(stored[k], state[k]) for k in state)
 
     def _capture(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str, score: float | None
+        self, trainer: pl.Trainer, state: dict[str, Tensor], tag: str, score: float | None
     ) -> dict[str, Any]:
-        """Add ``tag`` to the member of the current (epoch, step), writing its weights if it is new."""
+        """Add ``tag`` to the member holding ``state`` at the current (epoch, step), writing it if it is new.
+
+        Two sources hitting the same step share one member when their weights are equal (they differ when an EMA
+        callback had its weights swapped in for the validation that scored a top-k member).
+        """
         epoch, step = int(trainer.current_epoch), int(trainer.global_step)
-        record = self._find(epoch, step)
+        same_step = self._at(epoch, step)
+        record = next((m for m in same_step if self._same_weights(m, state)), None)
         if record is None:
-            name = f"member-epoch{epoch:03d}-step{step:06d}.pt"
+            suffix = f"-{len(same_step)}" if same_step else ""
+            name = f"member-epoch{epoch:03d}-step{step:06d}{suffix}.pt"
             if self.keep_inline:
                 path = f"inline:{name}"
-                self.inline[path] = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+                self.inline[path] = state
             else:
                 path = str(self._dirpath(trainer) / name)
                 if trainer.is_global_zero:
-                    state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
                     atomic_torch_save(
                         {"state_dict": state, "epoch": epoch, "global_step": step, "version": _STATE_VERSION}, path
                     )
@@ -225,7 +238,7 @@ class CheckpointEnsemble(Callback):
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b
 
-    def _update_top_k(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _update_top_k(self, trainer: pl.Trainer, state: dict[str, Tensor]) -> None:
         if self.monitor is None or self.top_k is None:
             return
         value = trainer.callback_metrics.get(self.monitor)
@@ -247,7 +260,7 @@ class CheckpointEnsemble(Callback):
             if not self._better(score, worst["score"]):
                 return
             self._drop_tag(trainer, worst, "top_k")
-        self._capture(trainer, pl_module, "top_k", score)
+        self._capture(trainer, state, "top_k", score)
 
     def _sync(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Rank 0's member list wins (scores may differ across ranks when not synced); wait for its files."""
@@ -257,7 +270,7 @@ class CheckpointEnsemble(Callback):
         if self.keep_inline:  # weights are identical on all ranks: take the ones rank 0 kept and this rank lacks
             for m in self.members:
                 if m["path"].startswith("inline:") and m["path"] not in self.inline:
-                    self.inline[m["path"]] = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+                    self.inline[m["path"]] = _cpu_state(pl_module)
             kept = {m["path"] for m in self.members}
             self.inline = {k: v for k, v in self.inline.items() if k in kept}
         trainer.strategy.barrier("lit_tricks_ensemble_capture")
@@ -282,11 +295,22 @@ class CheckpointEnsemble(Callback):
                 f"(e.g. lit_tricks' SGDR schedules); the Trainer has: {found or 'no LR scheduler'}"
             )
 
+    def _scores_validation(self, trainer: pl.Trainer) -> bool:
+        return (
+            not trainer.sanity_checking and trainer.state.fn == "fit" and self.top_k is not None
+            and self.monitor is not None
+        )
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # what is evaluated now (EMA weights if a callback swapped them in); the score is known at validation end
+        self._evaluated = _cpu_state(pl_module) if self._scores_validation(trainer) else None
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # top-k members are the weights that produced the score, captured before ModelCheckpoint saves
-        if trainer.sanity_checking or trainer.state.fn != "fit" or self.top_k is None or self.monitor is None:
+        if not self._scores_validation(trainer) or self._evaluated is None:
             return
-        self._update_top_k(trainer, pl_module)
+        state, self._evaluated = self._evaluated, None
+        self._update_top_k(trainer, state)
         self._sync(trainer, pl_module)
 
     def on_train_batch_end(
@@ -295,9 +319,9 @@ class CheckpointEnsemble(Callback):
         step = int(trainer.global_step)
         if step not in self._cycle_ends:
             return
-        record = self._find(int(trainer.current_epoch), step)
-        if record is None or "cycle" not in record["tags"]:  # once per step (gradient accumulation repeats it)
-            self._capture(trainer, pl_module, "cycle", None)
+        at = self._at(int(trainer.current_epoch), step)
+        if not any("cycle" in m["tags"] for m in at):  # once per step (gradient accumulation repeats the hook)
+            self._capture(trainer, _cpu_state(pl_module), "cycle", None)
             self._sync(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -305,10 +329,10 @@ class CheckpointEnsemble(Callback):
             return
         changed = False
         if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._capture(trainer, pl_module, "epoch", None)
+            self._capture(trainer, _cpu_state(pl_module), "epoch", None)
             changed = True
         if self.top_k is not None and self.monitor is not None and not trainer.enable_validation:
-            self._update_top_k(trainer, pl_module)  # a training metric: scored at epoch end
+            self._update_top_k(trainer, _cpu_state(pl_module))  # a training metric: scored at epoch end
             changed = True
         if changed:
             self._sync(trainer, pl_module)

@@ -3,6 +3,7 @@ soup, exact resume, DDP (2 gloo processes) and a resnet18 32x32 smoke run."""
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -109,6 +110,34 @@ def test_top_k_scores_only_epochs_that_validated(tmp_path: Path) -> None:
     trainer = tiny_trainer(tmp_path, max_epochs=4, check_val_every_n_epoch=2, callbacks=[ens])
     trainer.fit(no_dropout_model(), BlobsDataModule(shuffle=False))
     assert [m["epoch"] for m in ens.members] == [1, 3]  # no stale score reused at epochs 0 and 2
+
+
+class HalveForValidation(Callback):
+    """Stands in for EMAWeights: other weights are swapped in for validation and swapped back at its end."""
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.raw = copy.deepcopy(pl_module.state_dict())
+        with torch.no_grad():
+            for p in pl_module.parameters():
+                p.mul_(0.5)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.load_state_dict(self.raw)
+
+
+@pytest.mark.parametrize("swap_first", [True, False])
+def test_top_k_members_are_the_evaluated_weights_whatever_the_callback_order(tmp_path: Path, swap_first: bool) -> None:
+    ens = CheckpointEnsemble(every_n_epochs=1, top_k=1, monitor="val/acc", mode="max", keep_inline=True)
+    swap = HalveForValidation()
+    model = no_dropout_model()
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[swap, ens] if swap_first else [ens, swap])
+    trainer.fit(model, BlobsDataModule(shuffle=False))
+    top, snap = (next(m for m in ens.members if tag in m["tags"]) for tag in ("top_k", "epoch"))
+    assert top["path"] != snap["path"] and top["step"] == snap["step"] == 8
+    for k, v in model.state_dict().items():
+        assert torch.equal(ens.inline[snap["path"]][k], v), k  # the raw weights
+        if k.endswith("weight") or k.endswith("bias"):
+            assert torch.equal(ens.inline[top["path"]][k], v * 0.5), k  # what was validated
 
 
 class CyclicLR(torch.optim.lr_scheduler.LambdaLR):
