@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -91,14 +92,6 @@ class SplitDataModule(pl.LightningDataModule):
         self.preprocessing, self.pca_components, self.zca_epsilon = preprocessing, pca_components, zca_epsilon
         self.train_transform, self.seed, self.shuffle = train_transform, seed, shuffle
         self.drop_last, self.pin_memory, self.persistent_workers = drop_last, pin_memory, persistent_workers
-        # plain values only (the checkpoint stores them; it must load with weights_only=True)
-        self.hparams.update({
-            "data_dir": self.data_dir, "batch_size": batch_size, "num_workers": num_workers,
-            "split_seed": split_seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
-            "train_size": train_size, "fold": fold, "num_folds": num_folds, "bootstrap": self.bootstrap,
-            "bootstrap_seed": bootstrap_seed, "preprocessing": preprocessing, "pca_components": pca_components,
-            "zca_epsilon": zca_epsilon, "seed": seed, "shuffle": shuffle,
-        })
         self.source: ImageSource | None = None
         self.test_source: ImageSource | None = None
         self.split_indices: dict[str, Tensor] = {}
@@ -187,6 +180,25 @@ class SplitDataModule(pl.LightningDataModule):
         if train.numel() == 0:
             raise ValueError("the training split is empty: lower val_fraction/test_fraction or raise train_size")
         return {"train": train, "val": val, "test": test}
+
+    def split_fingerprint(self) -> int:
+        """A 63-bit hash of the train/val/test indices (0 before setup); stored in checkpoints to catch a resume
+        on a different split."""
+        if not self.split_indices:
+            return 0
+        return mix_seed(*(mix_seed(len(v), *v.tolist()) for v in self.split_indices.values()))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values for the checkpoint: a version and the split fingerprint."""
+        return {"version": 1, "split_fingerprint": self.split_fingerprint()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Warn when the checkpoint was written with another split (resume would not continue the same run)."""
+        saved, current = int(state_dict.get("split_fingerprint", 0)), self.split_fingerprint()
+        if saved and current and saved != current:
+            warnings.warn(f"{type(self).__name__}: the checkpoint was trained on another data split (fingerprint "
+                          f"{saved} != {current}); check split_seed, fractions, train_size, fold and bootstrap",
+                          stacklevel=2)
 
     @property
     def model_dims(self) -> tuple[int, int, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import pickle
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,33 @@ def test_missing_root_is_one_line_naming_path_and_layout(tmp_path: Path, cls: ty
         dm.prepare_data()
     text = str(info.value)
     assert "\n" not in text and "nope" in text and "expected" in text
+
+
+def test_state_dict_warns_when_resumed_on_another_split() -> None:
+    dm, other = digits(), digits(split_seed=1)
+    state = dm.state_dict()
+    assert state["version"] == 1 and isinstance(state["split_fingerprint"], int)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        digits().load_state_dict(state)  # same split: silent
+    assert not [w for w in caught if "split" in str(w.message)]
+    with pytest.warns(UserWarning, match="another data split"):
+        other.load_state_dict(state)
+
+
+def test_resumable_sampler_shards_ranks_and_restores_its_position() -> None:
+    from lit_tricks.data.sampling import ResumableSampler
+
+    data = list(range(10))
+    ranks = [ResumableSampler(data, seed=1, num_replicas=2, rank=r) for r in (0, 1)]  # type: ignore[arg-type]
+    for s in ranks:
+        s.set_epoch(3)
+    pairs = [list(s) for s in ranks]
+    assert all(e == 3 for p in pairs for e, _ in p)
+    assert sorted(i for p in pairs for _, i in p) == data and len(pairs[0]) == len(pairs[1]) == 5
+    it = iter(ranks[0])
+    head = [next(it), next(it)]
+    restored = iter(ResumableSampler(data, seed=1, num_replicas=2, rank=0))  # type: ignore[arg-type]
+    restored.load_state_dict(it.state_dict())  # type: ignore[attr-defined]
+    assert head + list(restored) == pairs[0]
+    assert list(ResumableSampler(data, seed=1)) != list(ResumableSampler(data, seed=2))  # type: ignore[arg-type]
