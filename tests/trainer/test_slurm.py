@@ -51,12 +51,14 @@ def sbatch_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list
         with pytest.raises(Captured) as captured:
             launcher.launch([["optimizer.lr=0.1"], ["optimizer.lr=0.2"]], initial_job_idx=0)
     finally:
+        HydraConfig.instance().cfg = None  # type: ignore[assignment]  # other tests must not see this job
         GlobalHydra.instance().clear()
     return str(captured.value.args[0]), cfg
 
 
 def test_slurm_launcher_script_has_partition_gpus_nodes_time_and_requeue_signal(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not HydraConfig.initialized()
     text, cfg = sbatch_text(tmp_path, monkeypatch, [
         "hydra.launcher.partition=gpu", "+trainer=multinode", "hydra.launcher.timeout_min=90",
         "hydra.launcher.setup=[module load cuda]",
@@ -74,6 +76,7 @@ def test_slurm_launcher_script_has_partition_gpus_nodes_time_and_requeue_signal(
     assert any(ln.startswith("srun ") and "submitit.core._submit" in ln for ln in lines)
     assert cfg.trainer.devices == cfg.hydra.launcher.gpus_per_node
     assert cfg.trainer.num_nodes == cfg.hydra.launcher.nodes
+    assert not HydraConfig.initialized()
 
 
 def test_slurm_launcher_defaults_to_one_node_without_multinode_trainer() -> None:

@@ -194,3 +194,15 @@ def test_job_guard_kills_child_ranks_when_the_job_fails() -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_sweep_dir_resolves_before_hydra_config_exists(tmp_path: Path, clean_hydra: None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # sweepers read hydra.sweep.dir before Hydra's ${hydra:...} resolver works: it must not depend on it
+    from hydra.core.hydra_config import HydraConfig
+
+    assert not HydraConfig.initialized()
+    monkeypatch.setenv("LIT_TRICKS_LOG_DIR", str(tmp_path))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(overrides=["+hydra=default", "+task_name=train"], return_hydra_config=True)
+    assert str(cfg.hydra.sweep.dir).startswith(f"{tmp_path}/train/multiruns/")
