@@ -78,11 +78,22 @@ def callable_from_spec(spec: Mapping[str, Any]) -> Callable[..., Any]:
     return functools.partial(fn, *args, **kwargs) if (args or kwargs) else functools.partial(fn)
 
 
+def _no_omegaconf(value: Any) -> Any:
+    """OmegaConf containers as plain lists/dicts (optimizer state must load with ``weights_only=True``)."""
+    if type(value).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def _as_factory(value: Any, name: str) -> Callable[..., Any] | None:
     if value is None:
         return None
     if isinstance(value, Mapping) or (hasattr(value, "keys") and "_target_" in value):
         return callable_from_spec(_plain(value))
+    if isinstance(value, functools.partial):  # Hydra passes ListConfig/DictConfig kwargs: make them plain
+        return functools.partial(value.func, *value.args, **{k: _no_omegaconf(v) for k, v in value.keywords.items()})
     if callable(value):
         return value  # type: ignore[no-any-return]
     raise TypeError(f"{name} must be a partial/callable taking the {'params' if name == 'optimizer' else 'optimizer'}"
