@@ -376,3 +376,18 @@ def test_configs_instantiate() -> None:
                                             "norm": {"kind": "group", "num_groups": 2}}), model=SmallCNN(width=4))
     assert sum(isinstance(m, nn.GroupNorm) for m in grouped.modules()) == 4
     assert grouped.hparams["norm"] == {"kind": "group", "num_groups": 2}
+
+
+def test_lbfgs_decoupled_decay_once_per_step_on_decayed_tensors_only(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import lit_tricks.modules.trick_module as tm
+
+    calls: list[list[dict[str, Any]]] = []
+    monkeypatch.setattr(tm, "decoupled_weight_decay_", lambda groups: calls.append(list(groups)))
+    lbfgs = functools.partial(torch.optim.LBFGS, lr=0.5, max_iter=5)
+    module = TrickModule(_net(), optimizer=lbfgs, weight_decay=0.1)
+    x, y = make_blobs(64, 8, 3, seed=0).tensors
+    _quiet(tmp_path, max_steps=2).fit(module, DataLoader(TensorDataset(x, y), batch_size=64))
+    assert len(calls) == 2  # the closure ran up to 5 times per step; the decay once
+    decayed = {id(w) for w in _weights(module.model)}
+    assert all({id(p) for p in g[0]["params"]} == decayed and g[0]["lit_tricks_decay"] == 0.1 for g in calls)
