@@ -66,9 +66,24 @@ class RNGState(Callback):
         self._pending = per_rank[rank % len(per_rank)]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._pending is not None:
-            restore_rng_states(self._pending)
-            self._pending = None
+        if self._pending is None:
+            return
+        restore_rng_states(self._pending)
+        self._pending = None
+        if _resumes_at_epoch_end(trainer):
+            # The uninterrupted run creates the next epoch's train iterator now, after the save; creating one
+            # draws its base seed from the RNG. The resumed run created it before the states were restored:
+            # create it again so the same draw happens on the same state.
+            fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+            if fetcher is not None:
+                iter(fetcher)
+
+
+def _resumes_at_epoch_end(trainer: pl.Trainer) -> bool:
+    """Whether the checkpoint being resumed was taken after the last batch of an epoch completed."""
+    total = trainer.num_training_batches
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    return total != float("inf") and total > 0 and done >= total
 
 
 def _to_cpu(obj: Any) -> Any:
