@@ -63,7 +63,8 @@ class TensorImages(ImageSource):
         self.images, self.targets = images, targets.long()
 
     def _to_float(self, x: Tensor) -> Tensor:
-        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        # a copy either way: an in-place transform must never write into the stored dataset
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)
 
     def image(self, index: int) -> Tensor:
         return self._to_float(self.images[index])

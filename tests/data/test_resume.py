@@ -135,3 +135,17 @@ def test_eval_loaders_are_not_augmented() -> None:
     assert calls == []
     x, _ = next(iter(dm.train_dataloader()))
     assert x.min() >= 1.0 and len(calls) == 512
+
+
+def test_plain_dataloader_fallback_without_torchdata(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lit_tricks.data.sampling as sampling
+
+    monkeypatch.setattr(sampling, "StatefulDataLoader", None)
+    dm = DigitsDataModule(batch_size=64, seed=0)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert type(loader) is torch.utils.data.DataLoader
+    monkeypatch.undo()
+    stateful = dm.train_dataloader()
+    assert type(stateful) is not torch.utils.data.DataLoader and hasattr(stateful, "state_dict")
+    assert_same_batches([next(iter(loader))], [next(iter(stateful))])  # same order either way
