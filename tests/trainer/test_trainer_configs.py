@@ -120,6 +120,21 @@ def test_plain_ddp_string_becomes_hydra_safe_only_under_hydra(tmp_path: Path, cl
     assert type(trainer.strategy) is DDPStrategy  # Hydra is not running: nothing to protect
 
 
+def test_plain_ddp_string_is_upgraded_under_hydra(tmp_path: Path, clean_hydra: None) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(overrides=["+trainer=cpu", f"+paths.output_dir={tmp_path}", "trainer.devices=2",
+                                 "+trainer.strategy=ddp_find_unused_parameters_true"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        trainer = build_trainer(cfg, callbacks=[], logger=False)
+    finally:
+        HydraConfig.instance().cfg = None  # type: ignore[assignment]
+    assert isinstance(trainer.strategy, HydraSafeDDPStrategy)
+    assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is True
+
+
 def test_strategy_factories_reject_bad_values() -> None:
     with pytest.raises(ValueError, match="timeout_s"):
         ddp_strategy(timeout_s=0)
