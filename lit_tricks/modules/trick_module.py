@@ -30,6 +30,8 @@ LOSSES = ("cross_entropy", "mse", "binned")
 #: Optimizers whose own ``weight_decay`` is classic (coupled) L2: ``grad += wd * w``.
 _COUPLED_NATIVE = ("SGD", "Adam", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "ASGD")
 WEIGHT_VARIANTS_ATTR = "lit_tricks_weight_variants"
+#: Checkpoint key holding the import path of the preprocessing module's class.
+PREPROCESS_KEY = "lit_tricks_preprocess"
 
 
 # ----------------------------------------------------------------------------------- plain specs of the partials
@@ -151,10 +153,12 @@ class TrickModule(pl.LightningModule):
     with the suffix ``_<name>`` (``val/acc_ema``).
 
     Checkpoints hold plain hyperparameters only (the partials as ``{"_target_": ..., **kwargs}`` dicts), so they
-    load with ``torch.load(weights_only=True)``. To reload for inference, pass the network (and preprocessing)
-    again, built as for training; the surgery is re-applied from the hyperparameters before the weights load::
+    load with ``torch.load(weights_only=True)``. To reload for inference, pass the network again, built as for
+    training; the surgery is re-applied from the hyperparameters before the weights load. The preprocessing module
+    is rebuilt from its class path (saved in the checkpoint) when its constructor needs no arguments, as the
+    DataModules' preprocessors (their buffers load whatever their shape); otherwise pass ``preprocess=`` too::
 
-        module = TrickModule.load_from_checkpoint(path, model=SmallCNN(num_classes=10), preprocess=dm.preprocessor)
+        module = TrickModule.load_from_checkpoint(path, model=SmallCNN(num_classes=10))
     """
 
     def __init__(
@@ -444,6 +448,24 @@ class TrickModule(pl.LightningModule):
         if self.scheduler_interval is not None:
             config["interval"] = self.scheduler_interval
         return config
+
+    # ----------------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The preprocessing class (a plain string), so load_from_checkpoint can rebuild it when it is not passed.
+        if not isinstance(self.preprocess, nn.Identity):
+            cls = type(self.preprocess)
+            checkpoint[PREPROCESS_KEY] = f"{cls.__module__}.{cls.__qualname__}"
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        has_stats = any(k.startswith("preprocess.") for k in checkpoint.get("state_dict", {}))
+        if not has_stats or not isinstance(self.preprocess, nn.Identity):
+            return
+        target = checkpoint.get(PREPROCESS_KEY)
+        try:
+            self.preprocess = callable_from_spec({"_target_": target})()
+        except Exception as err:
+            raise ValueError(f"preprocess: this checkpoint carries input preprocessing statistics ({target}); pass "
+                             "preprocess=<an instance of that class> to load_from_checkpoint") from err
 
     def on_train_start(self) -> None:
         optimizers = self.trainer.optimizers

@@ -93,6 +93,19 @@ def test_resnet18_group8_decay_groups_and_identical_accuracy_after_reload(tmp_pa
     reloaded.eval()
     assert torch.equal(module(x), reloaded(x))
     assert reloaded.configure_optimizers().defaults["momentum"] == 0.9  # the optimizer partial is rebuilt
+    rebuilt = TrickModule.load_from_checkpoint(path, model=build()).eval()  # preprocessing rebuilt from its class
+    assert isinstance(rebuilt.preprocess, _Shift) and torch.equal(rebuilt(x), module(x))
+
+
+def test_reload_without_a_rebuildable_preprocessor_names_the_argument(tmp_path: Path) -> None:
+    class Local(_Shift):  # not importable by name
+        pass
+
+    trainer = _quiet(tmp_path, max_steps=1)
+    trainer.fit(TrickModule(_net(), preprocess=Local()), DataLoader(make_blobs(16), batch_size=16))
+    trainer.save_checkpoint(tmp_path / "local.ckpt")
+    with pytest.raises(ValueError, match="preprocess: this checkpoint carries input preprocessing"):
+        TrickModule.load_from_checkpoint(tmp_path / "local.ckpt", model=_net())
 
 
 def _fit_steps(module: TrickModule, tmp_path: Path, steps: int = 3) -> None:
