@@ -10,10 +10,12 @@ warm-restart cycle). Lengths inside a body (``step_size``, ``milestones``, ``tim
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from lit_tricks.functional import schedules as F
 
@@ -46,9 +48,25 @@ def _steps(value: float, steps_per_unit: float) -> int:
 
 
 class Body:
-    """Base class: ``needs_length`` bodies (cosine, linear, polynomial) decay over a known number of steps."""
+    """Base class: ``needs_length`` bodies (cosine, linear, polynomial) decay over a known number of steps.
+
+    A body reads as a Hydra spec: ``dict(body) == {"_target_": "<import path>", **fields}`` (plain types, so a
+    module's hyperparameters stay checkpoint-safe), and :func:`make_body` accepts that spec back.
+    """
 
     needs_length: ClassVar[bool] = False
+
+    def keys(self) -> list[str]:
+        """``_target_`` and the dataclass fields (the Mapping view used by ``dict(body)``)."""
+        return ["_target_", *(f.name for f in dataclasses.fields(self))]  # type: ignore[arg-type]
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "_target_":
+            return f"{type(self).__module__}.{type(self).__qualname__}"
+        if key in self.keys():
+            value = getattr(self, key)
+            return list(value) if isinstance(value, tuple | list) else value
+        raise KeyError(key)
 
     def bind(self, steps_per_unit: float, warmup_steps: int) -> BodyFn:
         """``f(base_lr, t, T) -> lr`` with lengths converted to optimizer steps."""
@@ -220,8 +238,9 @@ BODIES: dict[str, type[Body]] = {
 }
 
 
-def make_body(body: Body | str | None) -> Body:
-    """A body from an instance, a registry name (default arguments) or None (constant)."""
+def make_body(body: Any) -> Body:
+    """A body from an instance, a registry name (default arguments), a spec ``{"_target_": path, **fields}``, a
+    zero-argument callable returning a Body (a partial of a Body class), or None (constant)."""
     if body is None:
         return ConstantLR()
     if isinstance(body, Body):
@@ -230,5 +249,14 @@ def make_body(body: Body | str | None) -> Body:
         if body not in BODIES:
             raise ValueError(f"body: expected one of {sorted(BODIES)} or a Body instance, got {body!r}")
         return BODIES[body]()
-    raise TypeError(f"body: expected a Body, one of {sorted(BODIES)} or None, got {type(body).__name__}")
+    if isinstance(body, Mapping) and isinstance(body.get("_target_"), str):
+        module, _, name = str(body["_target_"]).rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        return make_body(cls(**{k: v for k, v in body.items() if k not in ("_target_", "_partial_")}))
+    if callable(body):
+        built = body()
+        if isinstance(built, Body):
+            return built
+        raise TypeError(f"body: the callable returned {type(built).__name__}, not a Body")
+    raise TypeError(f"body: expected a Body, one of {sorted(BODIES)}, a spec dict or None, got {type(body).__name__}")
 

@@ -9,7 +9,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from lit_tricks.functional import schedules as F
-from lit_tricks.schedules.bodies import Body, make_body
+from lit_tricks.schedules.bodies import make_body
 
 __all__ = ["UNITS", "Schedule"]
 
@@ -48,7 +48,7 @@ class Schedule(LRScheduler):
     def __init__(
         self,
         optimizer: Optimizer,
-        body: Body | str | None = "cosine",
+        body: Any = "cosine",
         *,
         warmup_steps: int = 0,
         warmup_epochs: float | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from types import SimpleNamespace
 
@@ -10,11 +11,14 @@ import torch
 
 from lit_tricks.schedules import (
     BODIES,
+    ConstantLR,
     CosineDecay,
+    MultiStepDecay,
     ReduceOnPlateau,
     Schedule,
     StepDecay,
     lr_scheduler_config,
+    make_body,
 )
 from tests.schedules.cases import BASE, CASES, SPE, TOTAL, scheduler_partial
 
@@ -133,3 +137,14 @@ def test_lr_scheduler_config_fills_and_intervals() -> None:
     assert onecycle is not None and onecycle["interval"] == "step" and onecycle["scheduler"].total_steps == 12
     with pytest.raises(TypeError, match="scheduler: expected None, an LRScheduler or a callable"):
         lr_scheduler_config("cosine", _sgd(), trainer)  # type: ignore[arg-type]
+
+
+def test_body_spec_round_trip_is_plain() -> None:
+    body = MultiStepDecay(milestones=(2, 4), gamma=0.5)
+    spec = dict(body)
+    assert spec == {"_target_": "lit_tricks.schedules.bodies.MultiStepDecay", "milestones": [2, 4], "gamma": 0.5}
+    assert make_body(spec) == MultiStepDecay(milestones=[2, 4], gamma=0.5)
+    assert make_body(functools.partial(CosineDecay, eta_min=0.1)) == CosineDecay(eta_min=0.1)
+    assert make_body(None) == ConstantLR()
+    with pytest.raises(TypeError, match="body: expected a Body"):
+        make_body(3)
