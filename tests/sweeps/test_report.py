@@ -31,7 +31,7 @@ def run_sweep(tmp_path: Path, *overrides: str) -> Path:
     before = set(log_dir.glob("multiruns/*"))
     env = {**os.environ, "SWEEP_APP_LOG_DIR": str(log_dir), "HYDRA_FULL_ERROR": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(APP), "-m", *overrides], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=110)
+                          cwd=tmp_path, env=env, timeout=200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     new = set(log_dir.glob("multiruns/*")) - before
     assert len(new) == 1
