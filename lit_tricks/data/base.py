@@ -146,8 +146,12 @@ class SplitDataModule(pl.LightningDataModule):
             self.split_indices = self.make_splits(self.source.targets, has_test=self.test_source is not None)
         if self.preprocessor is None:
             train = SplitDataset(self.source, self.split_indices["train"])
-            self.preprocessor = fit_preprocessor(self.preprocessing, train.images(),
-                                                 pca_components=self.pca_components, zca_epsilon=self.zca_epsilon)
+            try:
+                self.preprocessor = fit_preprocessor(self.preprocessing, train.images(),
+                                                     pca_components=self.pca_components, zca_epsilon=self.zca_epsilon)
+            except ValueError as err:
+                raise ValueError(f"preprocessing={self.preprocessing!r} (pca_components={self.pca_components!r}, "
+                                 f"zca_epsilon={self.zca_epsilon!r}): {err}") from None
 
     def make_splits(self, targets: Tensor, has_test: bool) -> dict[str, Tensor]:
         """Indices into the pool for train / val / test (test is empty when the dataset has its own test set)."""

@@ -58,6 +58,8 @@ def test_pca_preprocessing_reports_flat_model_dims() -> None:
     dm = digits(preprocessing="pca", pca_components=12)
     assert isinstance(dm.preprocessor, PCAProject)
     assert dm.model_dims == (12, 1, 1) and dm.dims == (1, 8, 8)
+    with pytest.raises(ValueError, match=r"pca_components=100.*expected an int in \[1, 64\]"):
+        digits(preprocessing="pca", pca_components=100)
 
 
 def test_folds_partition_the_non_test_pool() -> None:
