@@ -213,3 +213,25 @@ def test_resumable_sampler_shards_ranks_and_restores_its_position() -> None:
     restored.load_state_dict(it.state_dict())  # type: ignore[attr-defined]
     assert head + list(restored) == pairs[0]
     assert list(ResumableSampler(data, seed=1)) != list(ResumableSampler(data, seed=2))  # type: ignore[arg-type]
+
+
+def test_predict_on_raw_inputs_is_unchanged_after_checkpoint_reload(tmp_path: Path) -> None:
+    """The preprocessor's statistics travel in the checkpoint: a module rebuilt from it (PCA buffers of a shape
+    unknown at construction) predicts the same on raw inputs."""
+    from lit_tricks.models import MLP
+    from lit_tricks.modules.trick_module import TrickModule
+    from tests.helpers.tiny import tiny_trainer
+
+    dm = digits(preprocessing="pca", pca_components=0.9)
+    k = dm.model_dims[0]
+    module = TrickModule(MLP(num_classes=10, in_features=k), preprocess=dm.preprocessor)
+    trainer = tiny_trainer(tmp_path, max_steps=3, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    reloaded = TrickModule.load_from_checkpoint(tmp_path / "m.ckpt", model=MLP(num_classes=10, in_features=k))
+    x, _ = next(iter(dm.predict_dataloader()))
+    module.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), module(x))
+    assert type(reloaded.preprocess) is PCAProject
