@@ -91,6 +91,9 @@ class LayerStats(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         step = trainer.global_step
+        if self._handles and step != self._active_step:  # the measured step never reached an optimizer step
+            self._remove_hooks()
+            self._active_step = -1
         if step % self.every_n_steps or step == self._active_step:
             return
         self._active_step = step
