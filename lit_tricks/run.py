@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lit_tricks.config_checks import check_config
 from lit_tricks.functional.atomic import atomic_write_bytes
 from lit_tricks.sweeps.ddp import build_trainer, job_guard
+from lit_tricks.sweeps.jobs import sweep_failure_value
 
 __all__ = ["build_callbacks", "build_datamodule", "build_loggers", "build_model", "build_module", "run_dir", "train"]
 
@@ -223,7 +224,8 @@ def train(cfg: DictConfig) -> float:
     """Validate, fit, test; write ``metrics.json`` into the run directory; return the monitored metric.
 
     In a multirun (sweep), a job that raises is recorded as failed (status and error line in ``metrics.json``) and
-    returns nan, so the sweep goes on; a single run re-raises.
+    returns nan (Hydra's basic sweeper) or re-raises (Optuna records a failed trial), so the sweep goes on; a single
+    run re-raises.
     """
     check_config(cfg)
     out = run_dir(cfg)
@@ -241,7 +243,7 @@ def train(cfg: DictConfig) -> float:
         if not _is_multirun():
             raise
         log.error("job failed, the sweep goes on: %s", record["error"])
-        return math.nan
+        return sweep_failure_value(err)
     if record.get("is_global_zero", True):
         _write_json(out / "metrics.json", record)
         _print_summary(record)
