@@ -76,6 +76,13 @@ def _dropout(v: Any) -> str | None:
     return _number(0.0, 1.0)(v)
 
 
+PREPROCESSING = ("none", "standardize", "minmax", "pca", "zca")
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in allowed else f"must be one of {list(allowed)}"
+
+
 #: key -> check(value) returning an error text or None. Absent keys are not checked.
 RULES: dict[str, Callable[[Any], str | None]] = {
     "optimizer.lr": _number(0.0, lo_open=True),
@@ -90,6 +97,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.batch_size": _number(1, integer=True),
     "data.num_workers": _number(0, integer=True),
     "data.split_seed": _number(0, integer=True),
+    "data.preprocessing": _choice(PREPROCESSING),
     "trainer.max_epochs": _number(-1, integer=True),
     "seed": _number(0, integer=True),
     "optimizer.weight_decay": lambda v: (

@@ -71,7 +71,8 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 def build_model(cfg: DictConfig, dm: Any) -> torch.nn.Module:
     """Instantiate ``cfg.model``, filling num_classes / in_channels / image_size from the DataModule."""
-    values = {"num_classes": dm.num_classes, "in_channels": dm.dims[0], "image_size": tuple(dm.dims[1:])}
+    dims = getattr(dm, "model_dims", dm.dims)  # what the model sees after preprocessing (PCA: a flat (k, 1, 1))
+    values = {"num_classes": dm.num_classes, "in_channels": dims[0], "image_size": tuple(dims[1:])}
     accepted = _accepted_kwargs(get_object(cfg.model._target_))
     fill = {k: v for k, v in values.items() if (accepted is None or k in accepted) and k not in cfg.model}
     return instantiate(cfg.model, **fill)
