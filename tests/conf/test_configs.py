@@ -94,4 +94,4 @@ def test_logger_options_instantiate(tmp_path: Path, option: str) -> None:
 def test_train_config_resolves(tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, [])
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict) and resolved["monitor"] == "val/acc"
+    assert isinstance(resolved, dict) and resolved["monitor"] == "val/loss"

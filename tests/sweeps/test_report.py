@@ -169,7 +169,7 @@ def test_hparams_search_presets_compose_seeded(preset: str) -> None:
     assert sweeper.params, f"{preset} sweeps nothing"
     if "sampler" in sweeper:  # optuna presets: seeded, so a re-run (or another process) proposes the same trials
         assert sweeper.sampler.seed == cfg.seed
-        assert sweeper.direction == "maximize" and sweeper.storage is None
+        assert sweeper.direction == "minimize" and sweeper.storage is None
     if preset in ("random_lr", "coarse"):
         assert sweeper.sampler._target_ == "optuna.samplers.RandomSampler"
         assert sweeper.params["optimizer.lr"] == "tag(log, interval(1e-6, 10.0))"
