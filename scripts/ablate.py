@@ -86,7 +86,8 @@ def check_variants(variants: dict[str, list[str]], strict: set[str], extra: Sequ
     return kept
 
 
-def make_run_fn(out: Path, variant_of: Mapping[tuple[str, ...], str], python: str = sys.executable) -> Any:
+def make_run_fn(out: Path, variant_of: Mapping[tuple[str, ...], str], python: str = sys.executable,
+                threads: int | None = None) -> Any:
     def run(overrides: list[str]) -> dict[str, float]:
         seed = next(o.split("=", 1)[1] for o in overrides if o.startswith("seed="))
         # the variant whose overrides are the longest prefix ("tricks" is a prefix of every "tricks - x")
@@ -100,6 +101,8 @@ def make_run_fn(out: Path, variant_of: Mapping[tuple[str, ...], str], python: st
                 return dict(record.get("metrics", record))
         cmd = [python, str(ROOT / "scripts" / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
         env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
         if proc.returncode != 0 or not record_path.is_file():
             raise SystemExit(f"ablate: run failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
@@ -132,9 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a 'tricks minus one' variant (repeatable); replaces the default list")
     parser.add_argument("--metric", default="test/acc", help="accuracy metric read from metrics.json")
     parser.add_argument("--n-boot", type=int, default=10_000)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs in parallel (each with OMP_NUM_THREADS=1); results are still paired by seed")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
 
     extra = list(args.overrides) + (["++trainer.fast_dev_run=true"] if args.quick else [])
     user = parse_minus(args.minus)
@@ -152,7 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     print(f"ablate: {len(variants)} variants x {len(seeds)} seeds -> {out}")
-    run_fn = make_run_fn(out, {tuple(v): k for k, v in variants.items()})
+    run_fn = make_run_fn(out, {tuple(v): k for k, v in variants.items()}, threads=1 if args.jobs > 1 else None)
+    if args.jobs > 1:  # fill the run directories in parallel; run_ablation below then reads the finished runs
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = [[*v, f"seed={s}", *extra] for s in seeds for v in variants.values()]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(run_fn, todo))
     errors = run_ablation(run_fn, variants, seeds, metric=args.metric, extra_overrides=extra, log=print)
 
     rows = summarize_ablation(errors, n_boot=args.n_boot)

@@ -104,7 +104,7 @@ def test_ablate_script_smoke(tmp_path: Path) -> None:
         pytest.skip(reason)
     out = tmp_path / "abl"
     cmd = [sys.executable, str(ROOT / "scripts" / "ablate.py"), "--seeds", "1", "--quick", "--variants",
-           "baseline,tricks", "--out", str(out), "--n-boot", "200"]
+           "baseline,tricks", "--out", str(out), "--n-boot", "200", "--jobs", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=230)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "ablation.json").read_text())
