@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 __all__ = [
     "PER_STEP_HOOKS",
     "HookTimer",
+    "KernelBound",
     "StepTimer",
     "TinyLit",
     "bench_trainer",
@@ -50,8 +51,13 @@ def machine_info() -> dict[str, str]:
                     break
     except OSError:
         pass
+    import os
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return {
         "cpu": cpu,
+        "cpu cores": str(os.cpu_count()),
+        "load average (1, 5, 15 min)": load,
         "torch threads": str(torch.get_num_threads()),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -124,6 +130,38 @@ class StepTimer(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
         self.times.append(time.perf_counter() - self._t0)
+
+    def median(self, skip: int = 2) -> float:
+        return statistics.median(self.times[skip:] or self.times)
+
+
+class KernelBound(pl.Callback):
+    """Times the unavoidable kernels inside the same Trainer run, on separate buffers (training is unaffected):
+    one ``torch._foreach_lerp_`` over the parameters (EMA) and, with ``norm_scale=True``, one foreach norm + scale
+    of gradient-sized tensors (clipping). Listed after the measured callbacks, it sees the same steps and load."""
+
+    def __init__(self, weight: float = 0.001, norm_scale: bool = False) -> None:
+        self.weight, self.norm_scale = weight, norm_scale
+        self.times: list[float] = []
+        self._params: list[torch.Tensor] = []
+        self._ema: list[torch.Tensor] = []
+        self._grads: list[torch.Tensor] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._params = [p.detach() for p in pl_module.parameters()]
+        self._ema = [p.clone() for p in self._params]
+        self._grads = [torch.randn_like(p) for p in self._params] if self.norm_scale else []
+
+    @torch.no_grad()
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        t0 = time.perf_counter()
+        torch._foreach_lerp_(self._ema, self._params, self.weight)
+        if self._grads:
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._grads, 2.0)))
+            torch._foreach_mul_(self._grads, torch.clamp(1e9 / (total + 1e-6), max=1.0))
+        self.times.append(time.perf_counter() - t0)
 
     def median(self, skip: int = 2) -> float:
         return statistics.median(self.times[skip:] or self.times)
