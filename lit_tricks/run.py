@@ -18,6 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import get_object, instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_tricks.config_checks import check_config
@@ -163,8 +164,10 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
     dm = build_datamodule(cfg)
     model = build_model(cfg, dm)
     module = build_module(cfg, model, dm)
-    callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg)
+    if not loggers:  # LearningRateMonitor refuses to run without a logger; with logger=none there is nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = build_trainer(cfg, callbacks, loggers or False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if trainer.is_global_zero:
