@@ -9,6 +9,8 @@ Run as a script (``python tests/faults/driver.py --root DIR --out result.pt [fau
 - ``--sigterm-at-step K``: send SIGTERM to ourselves at the start of step K (mid-epoch).
 - ``--nan-at-step K``: the loss of step K is NaN. ``--nan-policies a,b``: one fit per NaNGuard policy (``none`` =
   no guard), each under ``<root>/<policy>``.
+- ``--keep-at-step K --then-resume-kept``: keep the checkpoint a kill at step K would leave, and after the fit
+  resume from it in the same process (the plain-Lightning peers: one process instead of three).
 - ``--plain``: plain Lightning (torch DataLoader, TorchCheckpointIO, no RNGState/Preemption): the peer runs that show
   the faults hurt without lit_tricks.
 
@@ -147,11 +149,15 @@ class Faults(Callback):
     def __init__(self, root: Path, kill_at_step: int, sigterm_at_step: int, kill_in_write_at_step: int) -> None:
         self.root, self.kill_at_step, self.sigterm_at_step = root, kill_at_step, sigterm_at_step
         self.kill_in_write_at_step = kill_in_write_at_step
+        self.keep_at_step = -1
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if trainer.global_step == self.sigterm_at_step and trainer.is_global_zero:
             os.kill(os.getpid(), signal.SIGTERM)
+        if trainer.global_step == self.keep_at_step and trainer.is_global_zero:
+            # the checkpoint a kill during this step would leave behind
+            shutil.copyfile(self.root / "checkpoints" / "last.ckpt", self.root / "kept.ckpt")
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if trainer.global_step == self.kill_at_step:
@@ -277,6 +283,7 @@ def run(args: argparse.Namespace, root: Path, out: Path | None, nan_policy: str 
     recorder = Recorder()
     early = early_stopping(args.plain)
     faults = Faults(root, args.kill_at_step, args.sigterm_at_step, args.kill_in_write_at_step)
+    faults.keep_at_step = args.keep_at_step
     callbacks: list[Callback] = [recorder, early, faults]
     if not args.plain:
         callbacks += [RNGState(), Preemption()] + extra_callbacks()
@@ -351,6 +358,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nan-at-step", type=int, default=-1)
     p.add_argument("--nan-policies", default="")
     p.add_argument("--snapshot-every", type=int, default=1)
+    p.add_argument("--keep-at-step", type=int, default=-1,
+                   help="copy last.ckpt to <root>/kept.ckpt at the start of this step")
+    p.add_argument("--then-resume-kept", action="store_true",
+                   help="after the fit, fit again in <root>/resumed from kept.ckpt (a crash-resume, in-process)")
     return p.parse_args(argv)
 
 
@@ -362,6 +373,10 @@ def main(argv: list[str] | None = None) -> None:
             run(args, root / policy, root / policy / "result.pt", nan_policy=policy)
         return
     run(args, root, Path(args.out) if args.out else None)
+    if args.then_resume_kept:
+        # seed_everything at the start of run() gives the second fit the RNG a fresh process would have
+        again = argparse.Namespace(**{**vars(args), "keep_at_step": -1, "resume": str(root / "kept.ckpt")})
+        run(again, root / "resumed", root / "resumed" / "result.pt")
 
 
 if __name__ == "__main__":
