@@ -17,7 +17,7 @@ KILL_STEP = 4  # 3 steps per epoch per rank: mid epoch 1
 
 @pytest.mark.slow
 @pytest.mark.ddp
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(120)
 def test_ddp_kill9_resume_equals_uninterrupted(tmp_path: Path) -> None:
     ref_root, root = tmp_path / "reference", tmp_path / "run"
     run_driver("--root", str(ref_root), "--devices", "2", "--out", str(ref_root / "result.pt"))
