@@ -113,7 +113,7 @@ class GradientClipping(Callback):
             norm = grad_norm(grads, self.norm_type)
             push_history_(self.norm_history, self.steps, norm)
             threshold = autoclip_threshold(self.norm_history, self.steps + 1, self.percentile)
-            clip_grad_norm_(params, threshold, self.norm_type)
+            clip_grad_norm_(params, threshold, self.norm_type, total_norm=norm)
             clipped = norm > threshold
         elif self.mode == "value":
             max_value = float(self.max_value or 0.0)  # not None: checked in __init__
@@ -122,8 +122,7 @@ class GradientClipping(Callback):
             clip_grad_value_(params, max_value)
         else:  # agc
             norm = grad_norm(grads, self.norm_type)
-            adaptive_clip_grad_(params, self.agc_factor, self.agc_eps)
-            clipped = grad_norm(grads, self.norm_type) < norm
+            clipped = adaptive_clip_grad_(params, self.agc_factor, self.agc_eps)
         if self.mode != "auto":
             push_history_(self.norm_history, self.steps, norm)
         self.clipped_steps += clipped.to(self.clipped_steps.dtype)

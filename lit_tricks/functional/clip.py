@@ -64,15 +64,20 @@ def grad_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
 
 
 def clip_grad_norm_(
-    parameters: Tensor | Iterable[Tensor], max_norm: float | Tensor, norm_type: float = 2.0, eps: float = 1e-6
+    parameters: Tensor | Iterable[Tensor],
+    max_norm: float | Tensor,
+    norm_type: float = 2.0,
+    eps: float = 1e-6,
+    total_norm: Tensor | None = None,
 ) -> Tensor:
     """Scale gradients in place so that their global norm is at most ``max_norm``; returns the norm before clipping.
 
     ``g <- g * min(1, max_norm / (||g|| + eps))``, as ``torch.nn.utils.clip_grad_norm_(foreach=True)``. ``max_norm``
-    may be a tensor (AutoClip's percentile), so the whole computation stays on the device.
+    may be a tensor (AutoClip's percentile), so the whole computation stays on the device; pass ``total_norm`` when
+    it is already known (from :func:`grad_norm`) to skip computing it again.
     """
     grads = grads_of(parameters)
-    total = grad_norm(grads, norm_type)
+    total = grad_norm(grads, norm_type) if total_norm is None else total_norm
     if not grads:
         return total
     coef = torch.clamp(max_norm / (total + eps), max=1.0)
@@ -99,8 +104,8 @@ def unitwise_norm(x: Tensor) -> Tensor:
 
 def adaptive_clip_grad_(
     parameters: Tensor | Iterable[Tensor], clip_factor: float = 0.01, eps: float = 1e-3
-) -> None:
-    """Adaptive gradient clipping (AGC), unit-wise, in place.
+) -> Tensor:
+    """Adaptive gradient clipping (AGC), unit-wise, in place; returns a 0-d bool tensor: was any unit clipped.
 
     For each output unit i of each weight W: if ``||G_i|| > clip_factor * max(||W_i||, eps)`` then
     ``G_i <- G_i * clip_factor * max(||W_i||, eps) / ||G_i||`` (Brock et al. 2021, "High-Performance Large-Scale Image
@@ -109,6 +114,7 @@ def adaptive_clip_grad_(
     if clip_factor <= 0:
         raise ValueError(f"clip_factor (agc_factor) must be > 0, got {clip_factor!r}")
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+    flags: list[Tensor] = []
     with torch.no_grad():
         for p in params:
             if p.grad is None:
@@ -117,18 +123,24 @@ def adaptive_clip_grad_(
             max_norm = unitwise_norm(p.detach()).clamp_min_(eps).mul_(clip_factor)
             g_norm = unitwise_norm(g)
             scale = (max_norm / g_norm.clamp_min(1e-6)).clamp_max_(1.0)
+            flags.append((scale < 1.0).any().to(flags[0].device if flags else scale.device))
             g.mul_(scale.to(g.dtype))
+    return torch.stack(flags).any() if flags else torch.zeros((), dtype=torch.bool)
 
 
 def push_history_(history: Tensor, count: int, value: Tensor) -> None:
-    """Write ``value`` into the ring buffer ``history`` at slot ``count % len(history)`` (no host sync)."""
-    history[count % history.numel()] = value.to(history.dtype)
+    """Write ``value`` into the ring buffer ``history`` at slot ``count % len(history)`` (no host sync).
+
+    A non-finite value (an overflowed AMP step, which the GradScaler skips) is stored as NaN, which
+    :func:`autoclip_threshold` ignores."""
+    value = value.to(device=history.device, dtype=history.dtype)
+    history[count % history.numel()] = torch.where(torch.isfinite(value), value, torch.full_like(value, float("nan")))
 
 
 def autoclip_threshold(history: Tensor, count: int, percentile: float) -> Tensor:
     """The ``percentile``-th percentile (linear interpolation, as ``numpy.percentile``) of the filled part of the ring
-    buffer ``history`` holding ``count`` values pushed so far (AutoClip, Seetharaman et al. 2020)."""
+    buffer ``history`` holding ``count`` values pushed so far, NaNs ignored (AutoClip, Seetharaman et al. 2020)."""
     if count <= 0:
         raise ValueError(f"count must be > 0 (push a value first), got {count!r}")
     filled = history[: min(count, history.numel())]
-    return torch.quantile(filled, percentile / 100.0)
+    return torch.nanquantile(filled, percentile / 100.0)

@@ -59,6 +59,12 @@ def test_clip_grad_norm_tensor_threshold_and_empty() -> None:
     assert float(total) > 1.0
     assert abs(float(grad_norm([p.grad for p in params if p.grad is not None])) - 1.0) < 1e-4
     assert float(clip_grad_norm_([nn.Parameter(torch.ones(2))], 1.0)) == 0.0
+    # a known total norm is used as is (AutoClip computes it once for the history)
+    again, ref = params_with_grads(), params_with_grads()
+    known = grad_norm([p.grad for p in again if p.grad is not None])
+    assert clip_grad_norm_(again, 1.0, total_norm=known) is known
+    clip_grad_norm_(ref, 1.0)
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(again, ref) if p.grad is not None)
 
 
 def test_mixed_dtypes_are_grouped() -> None:
@@ -86,8 +92,9 @@ def test_agc_matches_timm(scale: float) -> None:
     from timm.utils.agc import adaptive_clip_grad
 
     ours, ref = params_with_grads(scale=scale), params_with_grads(scale=scale)
-    adaptive_clip_grad_(ours, 0.01, 1e-3)
+    clipped = adaptive_clip_grad_(ours, 0.01, 1e-3)
     adaptive_clip_grad(ref, 0.01, 1e-3)
+    assert bool(clipped) == (scale > 1.0)
     for p, q in zip(ours, ref):
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-8)
@@ -110,3 +117,11 @@ def test_autoclip_percentile_matches_numpy_over_ring_buffer() -> None:
         assert abs(float(got) - float(np.percentile(window, 10.0))) < 1e-5
     with pytest.raises(ValueError, match="count"):
         autoclip_threshold(history, 0, 10.0)
+
+
+def test_autoclip_ignores_non_finite_norms() -> None:
+    history = torch.zeros(4)
+    for i, v in enumerate([1.0, float("inf"), float("nan"), 3.0]):
+        push_history_(history, i, torch.tensor(v))
+    assert torch.isnan(history[1]) and torch.isnan(history[2])
+    assert float(autoclip_threshold(history, 4, 50.0)) == 2.0  # median of the finite norms 1 and 3
