@@ -35,7 +35,7 @@ DEFAULT_ABLATIONS: dict[str, list[str]] = {
     "augmentation": ["augment=none"],
     "input standardization": ["data.preprocessing=none"],
     "warm-up + cosine lr": ["scheduler=none"],
-    "momentum": ["optimizer.momentum=0.0"],
+    "momentum": ["optimizer.momentum=0.0", "optimizer.nesterov=false"],
     "weight decay": ["module.weight_decay=0.0"],
     "label smoothing": ["module.label_smoothing=0.0"],
     "dropout": ["module.dropout=0.0"],
