@@ -93,3 +93,20 @@ def test_experiment_runs_with_fast_dev_run(tmp_path: Path, experiment: str) -> N
     assert math.isfinite(objective)
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["status"] == "ok" and "test/acc" in record["metrics"]
+
+
+@pytest.mark.timeout(180)
+def test_cv_runs_every_fold_in_one_job_and_returns_the_mean(tmp_path: Path) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "cv=true", "data.num_folds=2", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+            f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}", "logger=none",
+        ])
+    objective = train(cfg)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    folds = [f["val/loss"] for f in record["folds"]]
+    assert len(folds) == 2 and folds[0] != folds[1]  # different validation folds
+    assert objective == pytest.approx(sum(folds) / 2)
+    assert record["metrics"]["val/loss_std"] == pytest.approx(abs(folds[0] - folds[1]) / 2)
+    assert (tmp_path / "fold0" / "checkpoints").is_dir() and (tmp_path / "fold1" / "checkpoints").is_dir()
