@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_tricks.functional.atomic import atomic_write_bytes
+from lit_tricks.functional.atomic import atomic_save_figure
 from lit_tricks.functional.diagnosis import Diagnosis, diagnose, ema_smooth, first_samples
 
 __all__ = ["HISTORY_KEYS", "LearningCurves", "diagnose_history", "plot_learning_curves"]
@@ -83,12 +82,7 @@ def plot_learning_curves(history: Mapping[str, Sequence[float]], path: str | Pat
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    out = Path(path)
-    atomic_write_bytes(buffer.getvalue(), out)
-    return out
+    return atomic_save_figure(fig, path)
 
 
 class LearningCurves(pl.Callback):

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["TMP_PREFIX", "atomic_open", "atomic_torch_save", "atomic_write_bytes"]
+__all__ = ["TMP_PREFIX", "atomic_open", "atomic_save_figure", "atomic_torch_save", "atomic_write_bytes"]
 
 TMP_PREFIX = ".tmp-"
 
@@ -61,3 +61,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(buffer.getvalue(), path)
+
+
+def atomic_save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> Path:
+    """Render a matplotlib figure to PNG in memory, write it with :func:`atomic_write_bytes`, close the figure."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    import matplotlib.pyplot as plt  # only reached with a figure in hand, so matplotlib is installed
+
+    plt.close(fig)
+    out = Path(path)
+    atomic_write_bytes(buffer.getvalue(), out)
+    return out

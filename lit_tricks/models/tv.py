@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from lit_tricks.modules.surgery import find_head
+
 __all__ = ["torchvision_model"]
 
 
@@ -22,18 +24,6 @@ def _replace_first_conv(model: nn.Module, in_channels: int, small_stem: bool) ->
                 conv = nn.Conv2d(in_channels, child.out_channels, kernel, stride, padding, bias=child.bias is not None)
                 setattr(parent, name, conv)
                 return
-
-
-def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear] | None:
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name:
-            last = name
-    if last is None:
-        return None
-    parent_name, _, attr = last.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    return parent, attr, parent.get_submodule(attr)  # type: ignore[return-value]
 
 
 def torchvision_model(
@@ -63,7 +53,7 @@ def torchvision_model(
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     else:
         model = torchvision.models.get_model(name, weights=weights, **kwargs)
-        last = _last_linear(model)
+        last = find_head(model)
         if last is not None and last[2].out_features != num_classes:
             parent, attr, head = last
             setattr(parent, attr, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))

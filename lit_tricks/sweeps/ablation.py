@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from lit_tricks.functional.atomic import atomic_write_bytes
+from lit_tricks.functional.atomic import atomic_save_figure
 from lit_tricks.sweeps.stats import bootstrap_ci, paired_bootstrap_ci
 
 __all__ = [
@@ -171,9 +170,4 @@ def ablation_bar_plot(rows: Sequence[AblationRow], path: str | Path, title: str 
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    out = Path(path)
-    atomic_write_bytes(buffer.getvalue(), out)
-    return out
+    return atomic_save_figure(fig, path)
