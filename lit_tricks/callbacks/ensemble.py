@@ -319,8 +319,9 @@ class CheckpointEnsemble(Callback):
         step = int(trainer.global_step)
         if step not in self._cycle_ends:
             return
-        at = self._at(int(trainer.current_epoch), step)
-        if not any("cycle" in m["tags"] for m in at):  # once per step (gradient accumulation repeats the hook)
+        # once per optimizer step: with gradient accumulation the hook repeats at this step, also on the first
+        # batches of the next epoch (whose forward passes have already moved the BatchNorm statistics)
+        if not any("cycle" in m["tags"] and m["step"] == step for m in self.members):
             self._capture(trainer, _cpu_state(pl_module), "cycle", None)
             self._sync(trainer, pl_module)
 
