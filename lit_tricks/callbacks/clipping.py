@@ -158,7 +158,7 @@ class GradientClipping(Callback):
         if not grads_of(params):
             return
         norm = self.clip_(params)
-        if self.log:
+        if self.log and _logs_this_step(trainer):
             pl_module.log(f"{self.log_prefix}/grad_norm", norm.detach(), on_step=True, on_epoch=False)
             pl_module.log(f"{self.log_prefix}/clipped_fraction", self.clipped_fraction, on_step=True, on_epoch=False)
 
@@ -183,3 +183,10 @@ class GradientClipping(Callback):
             self.norm_history = history.clone()
         self.steps = int(state_dict.get("steps", 0))
         self.clipped_steps = torch.as_tensor(state_dict.get("clipped_steps", 0.0), dtype=torch.float32).clone()
+
+
+def _logs_this_step(trainer: pl.Trainer) -> bool:
+    """Whether Lightning writes step metrics on this batch (every ``log_every_n_steps``): on other batches a
+    ``self.log`` call is discarded at batch end, and costs as much as the norm itself on small models."""
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True))

@@ -40,7 +40,7 @@ def no_dropout_model(seed: int = 0) -> TinyClassifier:
 )
 def test_modes_clip_and_log(tmp_path: Path, kwargs: dict[str, Any], bound: float | None) -> None:
     clip, probe = GradientClipping(**kwargs), GradProbe()
-    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[clip, probe])
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_val_batches=0, log_every_n_steps=1, callbacks=[clip, probe])
     trainer.fit(no_dropout_model(), BlobsDataModule(shuffle=False))
     steps = trainer.global_step
     assert clip.steps == steps == len(probe.norms) == 8
