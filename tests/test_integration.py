@@ -41,3 +41,19 @@ def test_sgdr_cycle_ends_make_one_member_each_with_gradient_accumulation(tmp_pat
     assert len(ensemble.member_paths()) == 2
     first, second = ensemble.member_state_dicts()
     assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize(("preset", "shape"), [("digits", (1, 8, 8)), ("cifar_basic", (3, 32, 32)),
+                                               ("cifar_strong", (3, 32, 32))])
+def test_augment_presets_really_change_the_images(preset: str, shape: tuple[int, int, int]) -> None:
+    """A preset that rounds to the identity (e.g. sub-pixel shifts with nearest interpolation on 8x8) is a no-op."""
+    from hydra.utils import instantiate
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"augment={preset}"])
+    pipeline = instantiate(cfg.augment)
+    torch.manual_seed(0)
+    images = torch.rand(16, *shape)
+    changed = sum(not torch.equal(pipeline(x), x) for x in images)
+    assert changed >= 12, f"augment={preset} changed only {changed} of 16 images"
