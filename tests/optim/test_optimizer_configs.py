@@ -19,7 +19,7 @@ OPTIONS = sorted(p.stem for p in CONF.glob("*.yaml"))
 def test_the_six_options_exist_and_sgd_is_the_notes_default() -> None:
     assert {"sgd", "adagrad", "rmsprop", "adam", "adamw", "lbfgs"} <= set(OPTIONS)
     sgd = OmegaConf.load(CONF / "sgd.yaml")
-    assert (sgd._target_, sgd.lr, sgd.momentum, sgd.nesterov) == ("torch.optim.SGD", 0.1, 0.9, False)
+    assert (sgd._target_, sgd.lr, sgd.momentum, sgd.nesterov) == ("torch.optim.SGD", 0.1, 0.9, True)
 
 
 @pytest.mark.parametrize("option", OPTIONS)

@@ -23,8 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 RANK0_FILES = {"metrics.json", ".hydra", "app.log", "checkpoints"}
 
 
+ENV_KEYS = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # as ddp_app/app.py probes
+
+
 def run_app(tmp_path: Path, *overrides: str, timeout: int) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DDP_APP_LOG_DIR": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1",
+    # launched as from a fresh shell: DDP variables that earlier in-process DDP tests left in this pytest process
+    # (Lightning sets MASTER_ADDR/MASTER_PORT in the parent of ddp_spawn) would read as a leak from job 0
+    clean = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+    env = {**clean, "DDP_APP_LOG_DIR": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "1"}
     return subprocess.run([sys.executable, str(APP), *overrides, f"probe_dir={tmp_path / 'probe'}"],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=timeout)
