@@ -285,6 +285,7 @@ sys.path.insert(0, {root!r})
 torch.set_num_threads(1)
 import lightning.pytorch as pl
 from lightning.pytorch.strategies import DDPStrategy
+from lit_tricks.callbacks.ema import EMAWeights
 from lit_tricks.callbacks.ensemble import CheckpointEnsemble
 from tests.helpers.tiny import BlobsDataModule, TinyClassifier
 
@@ -296,15 +297,18 @@ class RankNoisyClassifier(TinyClassifier):
 
 pl.seed_everything(0)
 ens = CheckpointEnsemble(every_n_epochs=2, top_k=1, monitor="val/noisy", dirpath={ens_dir!r})
+ema = EMAWeights(decay=0.9, save_ema_checkpoint=False, apply_at_end=False)  # under plain ddp (spawn: test_ema_ddp)
 trainer = pl.Trainer(accelerator="cpu", devices=2, max_epochs=3, logger=False, enable_progress_bar=False,
                      enable_model_summary=False, enable_checkpointing=False, default_root_dir={tmp!r},
-                     callbacks=[ens], strategy=DDPStrategy(timeout=datetime.timedelta(seconds=60)))
+                     callbacks=[ens, ema], strategy=DDPStrategy(timeout=datetime.timedelta(seconds=60)))
 model = RankNoisyClassifier()
 trainer.fit(model, BlobsDataModule(n=128))
 x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
 sds = ens.member_state_dicts()
 torch.save({{"members": ens.members, "flat": [torch.cat([v.flatten().double() for v in sd.values()]) for sd in sds],
-             "probs": ens.predict_proba(x, model)}}, {tmp!r} + f"/rank{{trainer.global_rank}}.pt")
+             "probs": ens.predict_proba(x, model),
+             "ema": torch.cat([v.flatten().double() for v in ema.ema_state_dict.values()])}},
+           {tmp!r} + f"/rank{{trainer.global_rank}}.pt")
 """
 
 
@@ -325,6 +329,7 @@ def test_ddp_members_identical_on_both_ranks(tmp_path: Path) -> None:
     assert sorted(m["epoch"] for m in r0["members"]) == [0, 1]
     assert all(torch.equal(a, b) for a, b in zip(r0["flat"], r1["flat"]))
     assert torch.equal(r0["probs"], r1["probs"])
+    assert torch.equal(r0["ema"], r1["ema"])  # EMA weights identical on both ranks under ddp too
     assert sorted(os.listdir(tmp_path / "ens")) == sorted(Path(m["path"]).name for m in r0["members"])
 
 
