@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from lit_tricks.functional.ema import (
     update_buffers_,
     warmup_decay,
 )
+from lit_tricks.functional.ensemble import recalibrate_bn_
 
 __all__ = ["EMA_CHECKPOINT_SUFFIX", "WEIGHT_VARIANTS_ATTR", "EMAWeights", "ema_checkpoint_path"]
 
@@ -217,22 +219,10 @@ class EMAWeights(Callback):
         if loader is None or isinstance(loader, (list, tuple, dict)):
             rank_zero_warn("EMAWeights: no train dataloader to recalibrate BatchNorm with; using the EMA buffers.")
             return
-        momenta = [m.momentum for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative moving average over the batches
-        was_training = pl_module.training
-        pl_module.train()
-        try:
-            with torch.no_grad():
-                for i, batch in enumerate(loader):
-                    if i >= self.recalibrate_bn_batches:
-                        break
-                    self.bn_forward(pl_module, trainer.strategy.batch_to_device(batch))
-        finally:
-            for m, momentum in zip(bns, momenta):
-                m.momentum = momentum
-            pl_module.train(was_training)
+        recalibrate_bn_(
+            pl_module, itertools.islice(loader, self.recalibrate_bn_batches),
+            lambda _model, batch: self.bn_forward(pl_module, trainer.strategy.batch_to_device(batch)),
+        )
 
     def bn_forward(self, pl_module: pl.LightningModule, batch: Any) -> None:
         """One forward pass for BN recalibration; override for batches that are not ``(x, ...)`` or ``x``."""

@@ -3,6 +3,7 @@ recompute BatchNorm statistics."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -11,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+
+from lit_tricks.functional.ensemble import recalibrate_bn_
 
 __all__ = [
     "DROPOUT_KINDS",
@@ -340,25 +343,12 @@ def recalibrate_bn(
     """
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches must be >= 1 or None, got {num_batches!r}")
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    if not bns:
-        return model
-    momenta = {m: m.momentum for m in bns}
-    was_training = model.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
     if device is None:
         device = next(iter(model.parameters()), torch.zeros(())).device
-    try:
-        for i, batch in enumerate(loader):
-            if num_batches is not None and i >= num_batches:
-                break
-            x = batch[0] if isinstance(batch, list | tuple) else batch
-            model(x.to(device))
-    finally:
-        for m in bns:
-            m.momentum = momenta[m]
-        model.train(was_training)
+
+    def forward(module: nn.Module, batch: Any) -> None:
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        module(x.to(device))
+
+    recalibrate_bn_(model, itertools.islice(loader, num_batches), forward)
     return model
