@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lit_tricks.functional.diagnosis import first_samples
+from lit_tricks.functional.gradcheck import training_step_loss
 
 __all__ = ["SanityCheckError", "SanityChecks"]
 
@@ -137,18 +138,10 @@ class SanityChecks(pl.Callback):
             return self.loss_fn(model, batch)
         if self.overfit_loss == "cross_entropy":
             return nn.functional.cross_entropy(model(batch[0]), batch[1])
-        try:
-            out = model.training_step(batch, step)  # type: ignore[operator]
-        except RuntimeError as err:  # the copy has no trainer; a step that reads self.trainer cannot run on it
-            if "not attached to a `Trainer`" not in str(err):
-                raise
+        loss, fell_back = training_step_loss(model, batch, step)
+        if fell_back:
             self._fallback = "training_step needs the trainer: used cross-entropy on forward()"
-            return nn.functional.cross_entropy(model(batch[0]), batch[1])
-        if isinstance(out, Mapping):
-            out = out.get("loss")
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"SanityChecks: training_step returned {type(out).__name__}; set overfit_loss or loss_fn")
-        return out
+        return loss
 
     def _overfit(self, pl_module: pl.LightningModule, batch: tuple[Any, ...]) -> Result:
         if not pl_module.automatic_optimization and self.loss_fn is None and self.overfit_loss == "training_step":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ __all__ = [
     "TensorCheck",
     "gradient_check",
     "relative_error",
+    "training_step_loss",
     "verdict",
 ]
 
@@ -114,21 +115,30 @@ class GradCheckReport:
         return "\n".join(lines)
 
 
-def _default_loss(module: nn.Module, batch: Any) -> torch.Tensor:
+def training_step_loss(module: nn.Module, batch: Any, batch_idx: int = 0) -> tuple[torch.Tensor, bool]:
+    """The loss of ``module.training_step(batch, batch_idx)`` on a module outside any Trainer; ``(loss, fell_back)``.
+
+    A detached copy has no trainer: when its ``training_step`` needs one, the loss falls back to cross-entropy of
+    ``module(x)`` against ``y`` for an ``(x, y, ...)`` batch (``fell_back`` is then True).
+    """
     step = getattr(module, "training_step", None)
     if step is None:
         raise TypeError(f"loss_fn: {type(module).__name__} has no training_step; pass loss_fn(module, batch)")
     try:
-        out = step(batch, 0)
-    except RuntimeError as err:  # the float64 copy has no trainer; a step that reads self.trainer cannot run on it
+        out = step(batch, batch_idx)
+    except RuntimeError as err:
         if "not attached to a `Trainer`" not in str(err) or not isinstance(batch, tuple | list) or len(batch) < 2:
             raise
-        return nn.functional.cross_entropy(module(batch[0]), batch[1])
-    if isinstance(out, dict):
+        return nn.functional.cross_entropy(module(batch[0]), batch[1]), True
+    if isinstance(out, Mapping):
         out = out.get("loss")
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"loss_fn: training_step must return a loss tensor or {{'loss': tensor}}, got {type(out)}")
-    return out
+    return out, False
+
+
+def _default_loss(module: nn.Module, batch: Any) -> torch.Tensor:
+    return training_step_loss(module, batch)[0]
 
 
 def _to_double(batch: Any) -> Any:
