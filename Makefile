@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: train test bench lint typecheck pytest setup
+.PHONY: train test bench lint typecheck pytest setup docs
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -34,7 +34,10 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(VENV)/bin/pytest -q --timeout=300 $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+test: lint typecheck docs pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

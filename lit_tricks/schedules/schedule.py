@@ -31,16 +31,21 @@ class Schedule(LRScheduler):
     Args:
         body: a :class:`~lit_tricks.schedules.bodies.Body`, a name from ``BODIES`` (default arguments) or None
             (constant).
-        warmup_steps / warmup_epochs / warmup_fraction: warm-up length in optimizer steps, in epochs, or as a
-            fraction of ``total_steps`` (give one; the others stay 0 / None).
+        warmup_steps: warm-up length in optimizer steps (give one of ``warmup_steps``, ``warmup_epochs``,
+            ``warmup_fraction``; the others stay 0 / None).
+        warmup_epochs: warm-up length in epochs.
+        warmup_fraction: warm-up length as a fraction of ``total_steps``.
         warmup: ``linear`` | ``exponential`` | ``cosine`` ramp from ``start_factor * base`` to ``base``.
-        T_0, T_mult, cycle_decay: SGDR warm restarts (Loshchilov & Hutter, 2017): after warm-up the body restarts
-            every cycle, cycle ``i`` lasting ``T_0 * T_mult**i`` units and peaking at ``base * cycle_decay**i``.
+        T_0: SGDR warm restarts (Loshchilov & Hutter, 2017): after warm-up the body restarts every cycle, cycle
+            ``i`` lasting ``T_0 * T_mult**i`` units and peaking at ``base * cycle_decay**i``.
+        T_mult: growth factor of the cycle length.
+        cycle_decay: factor of each cycle's peak lr.
         unit: unit of ``T_0`` and of the body's lengths and rates (``step`` or ``epoch``; epochs need
             ``steps_per_epoch``).
-        total_steps, steps_per_epoch: optimizer steps of the whole run and of one epoch;
-            :func:`lit_tricks.schedules.lr_scheduler_config` fills both from the Trainer
-            (``estimated_stepping_batches``: gradient accumulation and devices included).
+        total_steps: optimizer steps of the whole run; :func:`lit_tricks.schedules.lr_scheduler_config` fills it
+            and ``steps_per_epoch`` from the Trainer (``estimated_stepping_batches``: gradient accumulation and
+            devices included).
+        steps_per_epoch: optimizer steps of one epoch.
     """
 
     interval = "step"
