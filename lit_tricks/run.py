@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_tricks.config_checks import check_config
 from lit_tricks.functional.atomic import atomic_write_bytes
-from lit_tricks.sweeps.ddp import build_trainer, job_guard
-from lit_tricks.sweeps.jobs import sweep_failure_value
+from lit_tricks.trainers.build import build_trainer
+from lit_tricks.trainers.jobs import job_guard, sweep_failure_value
 
 __all__ = ["build_callbacks", "build_datamodule", "build_loggers", "build_model", "build_module", "run_dir", "train"]
 
