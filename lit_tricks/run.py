@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_tricks.builders import build_callbacks, build_datamodule, build_loggers, build_model, build_module
 from lit_tricks.config_checks import check_config
-from lit_tricks.functional.atomic import atomic_write_bytes
+from lit_tricks.fault.atomic import atomic_write_bytes
 from lit_tricks.trainers.build import build_trainer
 from lit_tricks.trainers.jobs import job_guard, sweep_failure_value
 
