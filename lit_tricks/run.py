@@ -165,7 +165,7 @@ def train(cfg: DictConfig) -> float:
     """
     check_config(cfg)
     out = run_dir(cfg)
-    monitor = str(cfg.get("monitor", "val/acc"))
+    monitor = str(cfg.get("monitor", "val/loss"))  # the default of conf/train.yaml
     record: dict[str, Any] = {"monitor": monitor, "overrides": _overrides(), "status": "ok", "error": None}
     try:
         with job_guard(cfg):
