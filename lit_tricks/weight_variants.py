@@ -5,19 +5,21 @@ The one interface through which callbacks and a LightningModule cooperate on eva
 - A module that can evaluate variants implements :class:`SupportsWeightVariants`: it owns a
   ``weight_variants`` attribute holding a :class:`WeightVariants` registry (create it in ``__init__``), and in its
   validation/test steps computes its metrics once normally and once inside each variant's context, naming the
-  variant's metrics with :meth:`WeightVariants.metric_name`::
+  variant's metrics with :meth:`WeightVariants.metric_name`:
 
-      class MyModule(pl.LightningModule):
-          def __init__(self) -> None:
-              super().__init__()
-              self.weight_variants = WeightVariants()
-              ...
+  ```python
+  class MyModule(pl.LightningModule):
+      def __init__(self) -> None:
+          super().__init__()
+          self.weight_variants = WeightVariants()
+          ...
 
-          def validation_step(self, batch, batch_idx):
-              self.log("val/acc", self.accuracy(batch))
-              for name, use in self.weight_variants.items():
-                  with use():  # the variant's weights are in the model inside the block
-                      self.log(self.weight_variants.metric_name("val/acc", name), self.accuracy(batch))
+      def validation_step(self, batch, batch_idx):
+          self.log("val/acc", self.accuracy(batch))
+          for name, use in self.weight_variants.items():
+              with use():  # the variant's weights are in the model inside the block
+                  self.log(self.weight_variants.metric_name("val/acc", name), self.accuracy(batch))
+  ```
 
   :class:`~lit_tricks.modules.trick_module.TrickModule` does this for all its metrics.
 - A callback that owns other weights registers them: ``EMAWeights(validate_both=True)`` calls
