@@ -1,5 +1,9 @@
 """Model surgery usable on any ``nn.Module``: swap normalization layers, set or insert dropout, initialize weights,
-recompute BatchNorm statistics."""
+recompute BatchNorm statistics.
+
+About 340 lines: three surgeries (norm, dropout, init) that share the walk over a model's children and the head
+finder; each is one public function with its own allowed-value list.
+"""
 
 from __future__ import annotations
 
