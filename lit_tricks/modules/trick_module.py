@@ -32,22 +32,13 @@ from lit_tricks.modules.decay import build_optimizer, decay_mode
 from lit_tricks.modules.specs import as_factory, callable_from_spec, callable_to_spec, plain
 from lit_tricks.modules.surgery import DROPOUT_KINDS, init_weights, parse_norm, set_dropout, swap_norm
 from lit_tricks.modules.tasks import BINNED_POINTS, LOSSES, bin_edges, is_regression_output, task_loss
+from lit_tricks.validation import check_number
 from lit_tricks.weight_variants import WeightVariants
 
 __all__ = ["LOSSES", "TrickModule", "callable_from_spec", "callable_to_spec"]
 
 #: Checkpoint key holding the import path of the preprocessing module's class.
 PREPROCESS_KEY = "lit_tricks_preprocess"
-
-
-def _number(name: str, value: Any, lo: float = 0.0, hi: float | None = None, hi_open: bool = True) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= lo
-    if ok and hi is not None:
-        ok = value < hi if hi_open else value <= hi
-    if not ok:
-        rng = f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}" if hi is not None else f">= {lo:g}"
-        raise ValueError(f"{name} must be a number {rng}, got {value!r}")
-    return float(value)
 
 
 class TrickModule(pl.LightningModule):
@@ -133,12 +124,12 @@ class TrickModule(pl.LightningModule):
         self.weight_variants = WeightVariants()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
-        label_smoothing = _number("label_smoothing", label_smoothing, 0.0, 1.0)
-        weight_decay = _number("weight_decay", weight_decay)
-        l1 = _number("l1", l1)
-        jacobian_reg = _number("jacobian_reg", jacobian_reg)
+        label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+        weight_decay = check_number("weight_decay", weight_decay, 0.0)
+        l1 = check_number("l1", l1, 0.0)
+        jacobian_reg = check_number("jacobian_reg", jacobian_reg, 0.0)
         if dropout is not None:
-            dropout = _number("dropout", dropout, 0.0, 1.0)
+            dropout = check_number("dropout", dropout, 0.0, 1.0)
         if dropout_kind not in DROPOUT_KINDS:
             raise ValueError(f"dropout_kind must be one of {list(DROPOUT_KINDS)}, got {dropout_kind!r}")
         parse_norm(norm)
