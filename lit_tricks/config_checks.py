@@ -9,12 +9,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+# The allowed values live with the code that uses them (one source each).
+from lit_tricks.data.preprocessing import PREPROCESSING
+from lit_tricks.modules.surgery import INIT_SCHEMES, NORM_KINDS
+from lit_tricks.validation import number_problem
+
 __all__ = ["ConfigError", "check_config"]
 
-NORM_KINDS = ("keep", "batch", "group", "layer", "weight", "none")
-INIT_SCHEMES = (
-    "default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal",
-)
 #: DataModule targets whose data lives on disk under ``data_dir`` (digits ships inside scikit-learn).
 DISK_DATAMODULES = ("MNISTDataModule", "CIFAR10DataModule", "ImageFolderDataModule")
 
@@ -32,25 +33,9 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
 def _number(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = True,
             integer: bool = False) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        kind = "an integer" if integer else "a number"
-        if not _is_number(v) or (integer and not isinstance(v, int)):
-            return f"must be {kind}"
-        bad_lo = v <= lo if lo_open else v < lo
-        bad_hi = v >= hi if hi_open else v > hi
-        if bad_lo or bad_hi:
-            left = "(" if lo_open else "["
-            right = ")" if hi_open or hi == math.inf else "]"
-            return f"must be {kind} in {left}{lo:g}, {hi:g}{right}"
-        return None
-
-    return check
+    return lambda v: number_problem(v, lo, hi, lo_open=lo_open, hi_open=hi_open, integer=integer)
 
 
 def _norm(v: Any) -> str | None:
@@ -76,9 +61,6 @@ def _dropout(v: Any) -> str | None:
     return _number(0.0, 1.0)(v)
 
 
-PREPROCESSING = ("none", "standardize", "minmax", "pca", "zca")
-
-
 def _choice(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
     return lambda v: None if v in allowed else f"must be one of {list(allowed)}"
 
@@ -97,7 +79,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data.batch_size": _number(1, integer=True),
     "data.num_workers": _number(0, integer=True),
     "data.split_seed": _number(0, integer=True),
-    "data.preprocessing": _choice(PREPROCESSING),
+    "data.preprocessing": _choice(tuple(PREPROCESSING)),
     "trainer.max_epochs": _number(-1, integer=True),
     "seed": _number(0, integer=True),
     "optimizer.weight_decay": lambda v: (

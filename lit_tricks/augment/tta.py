@@ -11,15 +11,17 @@ __all__ = ["tta_flip"]
 
 
 @torch.no_grad()
-def tta_flip(model: Callable[[Tensor], Tensor], x: Tensor, vertical: bool = False) -> Tensor:
+def tta_flip(model: Callable[[Tensor], Tensor], x: Tensor, vertical: bool = False,
+             probabilities: bool = True) -> Tensor:
     """``mean_k softmax(model(flip_k(x)))`` over identity and horizontal flip (and vertical flips if ``vertical``).
 
-    ``x``: ``(N, C, H, W)``; ``model`` returns logits ``(N, K)``. Returns probabilities ``(N, K)``.
+    ``x``: ``(N, C, H, W)``; ``model`` returns logits ``(N, K)``. Returns probabilities ``(N, K)``; with
+    ``probabilities=False`` the mean of the raw outputs (regression).
     """
     if x.ndim != 4:
         raise ValueError(f"x: expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
     flips: list[tuple[int, ...]] = [(), (-1,)]
     if vertical:
         flips += [(-2,), (-2, -1)]
-    probs = [model(torch.flip(x, dims) if dims else x).softmax(-1) for dims in flips]
-    return torch.stack(probs).mean(0)
+    outs = [model(torch.flip(x, dims) if dims else x) for dims in flips]
+    return torch.stack([o.softmax(-1) for o in outs] if probabilities else outs).mean(0)

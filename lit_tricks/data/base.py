@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import warnings
 from collections.abc import Callable
@@ -17,19 +16,12 @@ from torch.utils.data import DataLoader
 from lit_tricks.data.preprocessing import PREPROCESSING, FittedPreprocessor, fit_preprocessor
 from lit_tricks.data.sampling import ImageSource, SplitDataset, train_loader
 from lit_tricks.data.splits import bootstrap_indices, mix_seed, stratified_holdout, stratified_kfold
+from lit_tricks.validation import is_int, is_number
 
 __all__ = ["SplitDataModule", "merged_signature"]
 
 # Tags that give each random split its own stream of the split seed.
 _TEST, _VAL, _FOLDS, _SUBSAMPLE, _BOOTSTRAP = range(5)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
 def _training_seed() -> int:
@@ -101,34 +93,34 @@ class SplitDataModule(pl.LightningDataModule):
     @staticmethod
     def _validate(**v: Any) -> None:
         problems: list[str] = []
-        if not _is_int(v["batch_size"]) or v["batch_size"] < 1:
+        if not is_int(v["batch_size"]) or v["batch_size"] < 1:
             problems.append(f"batch_size: expected an int >= 1, got {v['batch_size']!r}")
-        if not _is_int(v["num_workers"]) or v["num_workers"] < 0:
+        if not is_int(v["num_workers"]) or v["num_workers"] < 0:
             problems.append(f"num_workers: expected an int >= 0, got {v['num_workers']!r}")
-        if not _is_int(v["split_seed"]) or v["split_seed"] < 0:
+        if not is_int(v["split_seed"]) or v["split_seed"] < 0:
             problems.append(f"split_seed: expected an int >= 0, got {v['split_seed']!r}")
         for name in ("seed", "bootstrap_seed"):
-            if v[name] is not None and (not _is_int(v[name]) or v[name] < 0):
+            if v[name] is not None and (not is_int(v[name]) or v[name] < 0):
                 problems.append(f"{name}: expected an int >= 0 or None, got {v[name]!r}")
         for name in ("val_fraction", "test_fraction"):
-            if not _is_number(v[name]) or not 0.0 <= v[name] < 1.0:
+            if not is_number(v[name]) or not 0.0 <= v[name] < 1.0:
                 problems.append(f"{name}: expected a float in [0, 1), got {v[name]!r}")
         if not problems and v["fold"] is None and v["val_fraction"] + v["test_fraction"] >= 1.0:
             problems.append(f"val_fraction + test_fraction: expected < 1 (something left to train on), got "
                             f"{v['val_fraction']} + {v['test_fraction']}")
         size = v["train_size"]
-        if size is not None and not ((_is_int(size) and size >= 1) or (_is_number(size) and 0.0 < size <= 1.0)):
+        if size is not None and not ((is_int(size) and size >= 1) or (is_number(size) and 0.0 < size <= 1.0)):
             problems.append(f"train_size: expected None, an int >= 1 or a float in (0, 1], got {size!r}")
-        if not _is_int(v["num_folds"]) or v["num_folds"] < 2:
+        if not is_int(v["num_folds"]) or v["num_folds"] < 2:
             problems.append(f"num_folds: expected an int >= 2, got {v['num_folds']!r}")
-        elif v["fold"] is not None and (not _is_int(v["fold"]) or not 0 <= v["fold"] < v["num_folds"]):
+        elif v["fold"] is not None and (not is_int(v["fold"]) or not 0 <= v["fold"] < v["num_folds"]):
             problems.append(f"fold: expected None or an int in [0, num_folds={v['num_folds']}), got {v['fold']!r}")
         if v["preprocessing"] not in PREPROCESSING:
             problems.append(f"preprocessing: expected one of {sorted(PREPROCESSING)}, got {v['preprocessing']!r}")
         k = v["pca_components"]
-        if not ((_is_int(k) and k >= 1) or (_is_number(k) and 0.0 < k <= 1.0)):
+        if not ((is_int(k) and k >= 1) or (is_number(k) and 0.0 < k <= 1.0)):
             problems.append(f"pca_components: expected an int >= 1 or a float fraction in (0, 1], got {k!r}")
-        if not _is_number(v["zca_epsilon"]) or v["zca_epsilon"] <= 0:
+        if not is_number(v["zca_epsilon"]) or v["zca_epsilon"] <= 0:
             problems.append(f"zca_epsilon: expected a float > 0, got {v['zca_epsilon']!r}")
         if problems:
             raise ValueError("; ".join(problems))
@@ -173,7 +165,7 @@ class SplitDataModule(pl.LightningDataModule):
             train, val = stratified_holdout(pool, targets, share, mix_seed(seed, _VAL))
         if self.train_size is not None:
             n = train.numel()
-            keep = self.train_size if _is_int(self.train_size) else round(float(self.train_size) * n)
+            keep = self.train_size if is_int(self.train_size) else round(float(self.train_size) * n)
             if keep > n:
                 raise ValueError(f"train_size={self.train_size}: the training split has only {n} samples")
             if keep < n:

@@ -1,5 +1,9 @@
 """Model surgery usable on any ``nn.Module``: swap normalization layers, set or insert dropout, initialize weights,
-recompute BatchNorm statistics."""
+recompute BatchNorm statistics.
+
+About 340 lines: three surgeries (norm, dropout, init) that share the walk over a model's children and the head
+finder; each is one public function with its own allowed-value list.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 from lit_tricks.functional.ensemble import recalibrate_bn_
 from lit_tricks.models.heads import find_head
+from lit_tricks.validation import check_number
 
 __all__ = [
     "DROPOUT_KINDS",
@@ -193,8 +198,7 @@ class DropConnectLinear(nn.Linear):
 
 
 def _check_p(p: float) -> None:
-    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout must be a number in [0, 1), got {p!r}")
+    check_number("dropout", p, 0.0, 1.0)
 
 
 def set_dropout(model: nn.Module, p: float, kind: str = "dropout", insert: str = "auto") -> nn.Module:

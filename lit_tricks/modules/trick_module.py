@@ -1,4 +1,10 @@
-"""TrickModule: a LightningModule wrapping any classifier (or regressor) with the notes' training tricks."""
+"""TrickModule: a LightningModule wrapping any classifier (or regressor) with the notes' training tricks.
+
+Its parts live beside it: :mod:`~lit_tricks.modules.specs` (plain specs of the optimizer/scheduler partials),
+:mod:`~lit_tricks.modules.tasks` (what each ``loss`` means), :mod:`~lit_tricks.modules.decay` (where weight decay
+is applied), :mod:`~lit_tricks.modules.surgery` (norm, dropout, init) and :func:`lit_tricks.augment.tta.tta_flip`.
+This file stays near 400 lines because the one class documents its ~20 YAML-facing arguments in one place.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lit_tricks.functional.losses import binned_expected_value, binned_loss, binned_point, soft_target_cross_entropy
+from lit_tricks.augment.tta import tta_flip
+from lit_tricks.functional.losses import binned_expected_value, binned_point
 from lit_tricks.functional.param_groups import (
     decoupled_weight_decay_,
     describe_param_groups,
@@ -22,94 +28,17 @@ from lit_tricks.functional.param_groups import (
 )
 from lit_tricks.functional.regularization import jacobian_penalty, l1_penalty, l2_penalty
 from lit_tricks.models.heads import find_head
+from lit_tricks.modules.decay import build_optimizer, decay_mode
+from lit_tricks.modules.specs import as_factory, callable_from_spec, callable_to_spec, plain
 from lit_tricks.modules.surgery import DROPOUT_KINDS, init_weights, parse_norm, set_dropout, swap_norm
+from lit_tricks.modules.tasks import BINNED_POINTS, LOSSES, bin_edges, is_regression_output, task_loss
+from lit_tricks.validation import check_number
 from lit_tricks.weight_variants import WeightVariants
 
 __all__ = ["LOSSES", "TrickModule", "callable_from_spec", "callable_to_spec"]
 
-LOSSES = ("cross_entropy", "mse", "binned")
-#: Optimizers whose own ``weight_decay`` is classic (coupled) L2: ``grad += wd * w``.
-_COUPLED_NATIVE = ("SGD", "Adam", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "ASGD")
 #: Checkpoint key holding the import path of the preprocessing module's class.
 PREPROCESS_KEY = "lit_tricks_preprocess"
-
-
-# ----------------------------------------------------------------------------------- plain specs of the partials
-def _plain(value: Any) -> Any:
-    """``value`` as plain Python types (OmegaConf containers, tuples and tensors converted), for checkpoints."""
-    if isinstance(value, functools.partial) or (callable(value) and hasattr(value, "__qualname__")):
-        return callable_to_spec(value)
-    if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
-        return {str(k): _plain(value[k]) for k in value.keys()}  # DictConfig too
-    if isinstance(value, str | bytes):
-        return value
-    if isinstance(value, Tensor):
-        return value.tolist()
-    if isinstance(value, Sequence) or type(value).__name__ == "ListConfig":
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    return repr(value)
-
-
-def callable_to_spec(obj: Any) -> dict[str, Any]:
-    """A Hydra-like plain dict describing a partial/class/function: ``{"_target_": ..., "_partial_": True, **kw}``."""
-    if isinstance(obj, functools.partial):
-        spec = callable_to_spec(obj.func)
-        if obj.args:
-            spec["_args_"] = _plain(list(obj.args))
-        spec.update({k: _plain(v) for k, v in obj.keywords.items()})
-        spec["_partial_"] = True
-        return spec
-    return {"_target_": f"{obj.__module__}.{obj.__qualname__}"}
-
-
-def callable_from_spec(spec: Mapping[str, Any]) -> Callable[..., Any]:
-    """Inverse of :func:`callable_to_spec` (nested partial specs rebuilt too)."""
-    spec = dict(spec)
-    target = spec.pop("_target_", None)
-    if not isinstance(target, str):
-        raise ValueError(f"a callable spec needs a '_target_' import path, got {spec!r}")
-    spec.pop("_partial_", None)
-    args = spec.pop("_args_", [])
-    module_name, _, attr = target.rpartition(".")
-    fn: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        fn = getattr(fn, part)
-    kwargs = {k: callable_from_spec(v) if isinstance(v, Mapping) and "_target_" in v else v for k, v in spec.items()}
-    return functools.partial(fn, *args, **kwargs) if (args or kwargs) else functools.partial(fn)
-
-
-def _no_omegaconf(value: Any) -> Any:
-    """OmegaConf containers as plain lists/dicts (optimizer state must load with ``weights_only=True``)."""
-    if type(value).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def _as_factory(value: Any, name: str) -> Callable[..., Any] | None:
-    if value is None:
-        return None
-    if isinstance(value, Mapping) or (hasattr(value, "keys") and "_target_" in value):
-        return callable_from_spec(_plain(value))
-    if isinstance(value, functools.partial):  # Hydra passes ListConfig/DictConfig kwargs: make them plain
-        return functools.partial(value.func, *value.args, **{k: _no_omegaconf(v) for k, v in value.keywords.items()})
-    if callable(value):
-        return value  # type: ignore[no-any-return]
-    raise TypeError(f"{name} must be a partial/callable taking the {'params' if name == 'optimizer' else 'optimizer'}"
-                    f" (Hydra _partial_: true), a spec dict with '_target_', or None; got {type(value).__name__}")
-
-
-def _number(name: str, value: Any, lo: float = 0.0, hi: float | None = None, hi_open: bool = True) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= lo
-    if ok and hi is not None:
-        ok = value < hi if hi_open else value <= hi
-    if not ok:
-        rng = f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}" if hi is not None else f">= {lo:g}"
-        raise ValueError(f"{name} must be a number {rng}, got {value!r}")
-    return float(value)
 
 
 class TrickModule(pl.LightningModule):
@@ -195,12 +124,12 @@ class TrickModule(pl.LightningModule):
         self.weight_variants = WeightVariants()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
-        label_smoothing = _number("label_smoothing", label_smoothing, 0.0, 1.0)
-        weight_decay = _number("weight_decay", weight_decay)
-        l1 = _number("l1", l1)
-        jacobian_reg = _number("jacobian_reg", jacobian_reg)
+        label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+        weight_decay = check_number("weight_decay", weight_decay, 0.0)
+        l1 = check_number("l1", l1, 0.0)
+        jacobian_reg = check_number("jacobian_reg", jacobian_reg, 0.0)
         if dropout is not None:
-            dropout = _number("dropout", dropout, 0.0, 1.0)
+            dropout = check_number("dropout", dropout, 0.0, 1.0)
         if dropout_kind not in DROPOUT_KINDS:
             raise ValueError(f"dropout_kind must be one of {list(DROPOUT_KINDS)}, got {dropout_kind!r}")
         parse_norm(norm)
@@ -212,17 +141,11 @@ class TrickModule(pl.LightningModule):
             raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
-        if binned_point not in ("mean", "median", "mode"):
-            raise ValueError(f"binned_point must be one of ['mean', 'median', 'mode'], got {binned_point!r}")
-        edges: Tensor | None = None
-        if loss == "binned":
-            if bins is None:
-                raise ValueError("bins: loss='binned' needs bin edges, e.g. bins=[0, 0.5, 1.0, 1.5]")
-            edges = torch.as_tensor([float(b) for b in bins], dtype=torch.float32)
-            if edges.numel() < 3 or not bool((edges[1:] > edges[:-1]).all()):
-                raise ValueError(f"bins must be at least 3 strictly increasing edges, got {list(bins)!r}")
-        self._optimizer_factory = _as_factory(optimizer, "optimizer")
-        self._scheduler_factory = _as_factory(scheduler, "scheduler")
+        if binned_point not in BINNED_POINTS:
+            raise ValueError(f"binned_point must be one of {list(BINNED_POINTS)}, got {binned_point!r}")
+        edges = bin_edges(loss, bins)
+        self._optimizer_factory = as_factory(optimizer, "optimizer")
+        self._scheduler_factory = as_factory(scheduler, "scheduler")
         opt_kwargs = getattr(self._optimizer_factory, "keywords", None) or {}
         if float(opt_kwargs.get("weight_decay", 0.0) or 0.0) != 0.0:
             raise ValueError(f"optimizer: weight_decay={opt_kwargs['weight_decay']!r} set in the optimizer; set "
@@ -239,7 +162,7 @@ class TrickModule(pl.LightningModule):
             "scheduler": None if self._scheduler_factory is None else callable_to_spec(self._scheduler_factory),
             "scheduler_interval": scheduler_interval, "tta": bool(tta), "top_k": top_k,
         }
-        self.save_hyperparameters(_plain(hparams), logger=True)
+        self.save_hyperparameters(plain(hparams), logger=True)
 
         init_weights(model, init)
         swap_norm(model, norm)
@@ -275,29 +198,22 @@ class TrickModule(pl.LightningModule):
         return self.model(self.preprocess(x))  # type: ignore[no-any-return]
 
     def _outputs(self, x: Tensor, tta: bool) -> Tensor:
+        """Outputs, or with ``tta`` the flip-averaged ones (lit_tricks.augment.tta): log of the mean probabilities,
+        or the mean output for regression."""
         out = self(x)
         if not tta:
             return out
-        flipped = self(torch.flip(x, dims=(-1,)))
         if self._is_regression_output(out):
-            return 0.5 * (out + flipped)
-        return torch.log(0.5 * (out.softmax(-1) + flipped.softmax(-1)))  # log of the mean probabilities
+            return tta_flip(self, x, probabilities=False)
+        return torch.log(tta_flip(self, x))
 
     def _is_regression_output(self, out: Tensor) -> bool:
-        return self.loss_name == "mse" and (out.ndim == 1 or out.shape[-1] == 1)
+        return is_regression_output(self.loss_name, out)
 
     # ----------------------------------------------------------------------------------------------- the loss
     def compute_loss(self, out: Tensor, y: Tensor) -> Tensor:
         """Data loss of outputs ``out`` against targets ``y`` (indices, soft (N, K) targets, or real values)."""
-        if self.loss_name == "cross_entropy":
-            return soft_target_cross_entropy(out, y, self.label_smoothing)
-        if self.loss_name == "binned":
-            assert self.bin_edges is not None
-            return binned_loss(out, y, self.bin_edges, self.label_smoothing)
-        if self._is_regression_output(out):
-            return F.mse_loss(out.reshape(y.shape), y.to(out.dtype))
-        target = y.to(out.dtype) if y.is_floating_point() else F.one_hot(y, out.shape[-1]).to(out.dtype)
-        return F.mse_loss(out, target)
+        return task_loss(self.loss_name, out, y, self.label_smoothing, self.bin_edges)
 
     def _decay_params(self) -> list[Tensor]:
         return [self.model.get_parameter(n) for n in self._decay_names]
@@ -408,26 +324,8 @@ class TrickModule(pl.LightningModule):
         extra = [p for p in self.parameters() if p.requires_grad and id(p) not in in_model]
         if extra:
             groups.append({"params": extra, "weight_decay": 0.0, "lit_tricks_decay": 0.0})
-        try:
-            optimizer = factory(groups)
-            self._flat_params = False
-        except ValueError as err:  # L-BFGS takes one parameter group only
-            if "per-parameter options" not in str(err):
-                raise
-            optimizer = factory([p for g in groups for p in g["params"]])
-            self._flat_params = True
-        native_decoupled = isinstance(optimizer, torch.optim.AdamW) or any(
-            g.get("decoupled_weight_decay", False) for g in optimizer.param_groups
-        )
-        native_coupled = type(optimizer).__name__ in _COUPLED_NATIVE and not native_decoupled
-        if self._flat_params:
-            native_decoupled = native_coupled = False
-        if self.weight_decay == 0.0:
-            self._decay_mode = "native"
-        elif self.decoupled:
-            self._decay_mode = "native" if native_decoupled else "hook"
-        else:
-            self._decay_mode = "native" if native_coupled else "loss"
+        optimizer, self._flat_params = build_optimizer(factory, groups)
+        self._decay_mode = decay_mode(optimizer, self.weight_decay, self.decoupled, self._flat_params)
         if self._decay_mode != "native":
             for g in optimizer.param_groups:
                 g["weight_decay"] = 0.0

@@ -4,6 +4,9 @@ jobs, and the narrowed ranges for the next coarse-to-fine stage as a ready Hydra
 Reads a Hydra multirun directory: every job directory with ``metrics.json`` (written by ``lit_tricks.run.train``:
 objective, status, error, metrics, best_ckpt) and ``.hydra/overrides.yaml`` / ``.hydra/hydra.yaml`` (the job's
 hyperparameters and the sweeper's search space).
+
+About 400 lines: reading job directories, the table, the plots and the narrowed ranges are one report written
+from one pass over the jobs; the range arithmetic itself lives in :mod:`lit_tricks.sweeps.ranges`.
 """
 
 from __future__ import annotations

@@ -217,7 +217,7 @@ def test_weight_norm_outputs_equal_at_init() -> None:
     ({"init": "he"}, "init must be one of"),
     ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
     ({"dropout": -0.1}, r"dropout must be a number in \[0, 1\)"),
-    ({"weight_decay": -1e-4}, "weight_decay must be a number >= 0"),
+    ({"weight_decay": -1e-4}, r"weight_decay must be a number in \[0, inf\)"),
     ({"l1": -1.0}, "l1 must be"),
     ({"loss": "hinge"}, "loss must be one of"),
     ({"label_smoothing": 1.0}, "label_smoothing"),
