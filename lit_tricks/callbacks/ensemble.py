@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,7 +24,7 @@ from lit_tricks.functional.ensemble import (
     recalibrate_bn_,
 )
 
-__all__ = ["CheckpointEnsemble", "load_member_state_dict"]
+__all__ = ["CheckpointEnsemble", "load_member_state_dict", "top_k_decision"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,27 @@ def _strip_prefixes(state_dict: dict[str, Tensor], reference_keys: Iterable[str]
                     new, changed = new[len(prefix):], True
         out[new] = value
     return out
+
+
+def top_k_decision(kept: list[float], score: float, k: int, mode: str) -> tuple[bool, int | None, float]:
+    """Lightning ``ModelCheckpoint``'s top-k rule: does ``score`` enter a top-k holding ``kept`` (stored scores, in
+    the order they entered), which index does it displace, and the value stored for it.
+
+    As ``ModelCheckpoint.check_monitor_top_k`` and ``_update_best_and_save`` (Lightning 2.x): while fewer than ``k``
+    are kept every score enters (NaN too); then a score enters only when strictly better than the worst kept one
+    (``<`` for ``min``, ``>`` for ``max``; NaN never is), and displaces that worst one (the first to have entered
+    among equal worst scores). A NaN is stored as ``+inf`` (``min``) / ``-inf`` (``max``): the worst possible
+    score, which any finite score displaces later. ``±inf`` are ordinary scores.
+    """
+    worst_value = float("inf") if mode == "min" else float("-inf")
+    stored = worst_value if math.isnan(score) else float(score)
+    if len(kept) < k:
+        return True, None, stored
+    values = [worst_value if math.isnan(v) else v for v in kept]
+    pick = max if mode == "min" else min
+    worst = pick(range(len(values)), key=values.__getitem__)  # first among ties, as max() over a dict
+    better = score < values[worst] if mode == "min" else score > values[worst]
+    return (True, worst, stored) if better else (False, None, stored)
 
 
 def _clone(module: _M) -> _M:
@@ -251,16 +273,15 @@ class CheckpointEnsemble(Callback):
                 self._warned_monitor = True
             return
         score = float(value)
-        ranked = [m for m in self.members if "top_k" in m["tags"]]
-        if len(ranked) >= self.top_k:
-            worst = ranked[0]
-            for m in ranked[1:]:
-                if self._better(worst["score"], m["score"]):
-                    worst = m
-            if not self._better(score, worst["score"]):
-                return
-            self._drop_tag(trainer, worst, "top_k")
-        self._capture(trainer, state, "top_k", score)
+        ranked = sorted((m for m in self.members if "top_k" in m["tags"]), key=lambda m: m.get("top_k_order", 0))
+        enters, drop, stored = top_k_decision([float(m["score"]) for m in ranked], score, self.top_k, self.mode)
+        if not enters:
+            return
+        if drop is not None:
+            self._drop_tag(trainer, ranked[drop], "top_k")
+        order = 1 + max((int(m.get("top_k_order", 0)) for m in self.members), default=0)
+        record = self._capture(trainer, state, "top_k", stored)
+        record["top_k_order"] = order
 
     def _sync(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Rank 0's member list wins (scores may differ across ranks when not synced); wait for its files."""
@@ -385,7 +406,7 @@ class CheckpointEnsemble(Callback):
             "version": _STATE_VERSION,
             "members": [
                 {"path": m["path"], "score": m["score"], "epoch": m["epoch"], "step": m["step"],
-                 "tags": list(m["tags"])}
+                 "tags": list(m["tags"]), **({"top_k_order": int(m["top_k_order"])} if "top_k_order" in m else {})}
                 for m in self.members
             ],
             "inline": {k: dict(v) for k, v in self.inline.items()},
@@ -403,7 +424,8 @@ class CheckpointEnsemble(Callback):
             return
         self.members = [
             {"path": str(m["path"]), "score": None if m.get("score") is None else float(m["score"]),
-             "epoch": int(m.get("epoch", -1)), "step": int(m.get("step", -1)), "tags": list(m.get("tags", []))}
+             "epoch": int(m.get("epoch", -1)), "step": int(m.get("step", -1)), "tags": list(m.get("tags", [])),
+             **({"top_k_order": int(m["top_k_order"])} if "top_k_order" in m else {})}
             for m in state_dict.get("members", [])
         ]
         self.inline = {str(k): dict(v) for k, v in state_dict.get("inline", {}).items()}

@@ -1,0 +1,83 @@
+"""CheckpointEnsemble ranks top-k members as Lightning's ModelCheckpoint does: NaN is the worst score, ±inf are
+ordinary; oracle: Lightning's own ModelCheckpoint.check_monitor_top_k/_update_best_and_save driven with the same
+scores (no Trainer), and a real fit with scores nan, 1.0, 0.5, 0.3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lit_tricks.callbacks.ensemble import CheckpointEnsemble, top_k_decision
+from tests.helpers.tiny import BlobsDataModule, TinyClassifier, tiny_trainer
+
+
+def _lightning_kept(scores: list[float], k: int, mode: str) -> list[int]:
+    """Indices kept by Lightning's ModelCheckpoint fed ``scores`` one by one (saving and file names stubbed)."""
+    ckpt = ModelCheckpoint(monitor="m", mode=mode, save_top_k=k)
+    trainer: Any = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda x, **kw: x))
+    names = iter(range(len(scores)))
+    ckpt._save_checkpoint = lambda *a, **kw: None  # type: ignore[method-assign]
+    ckpt._should_remove_checkpoint = lambda *a, **kw: False  # type: ignore[method-assign]
+    ckpt._get_metric_interpolated_filepath_name = lambda *a, **kw: str(next(names))  # type: ignore[method-assign]
+    for i, score in enumerate(scores):
+        current = torch.tensor(score, dtype=torch.float64)  # float32 would round tiny scores to 0
+        if ckpt.check_monitor_top_k(trainer, current):
+            ckpt._update_best_and_save(current, trainer, {"epoch": torch.tensor(i), "step": torch.tensor(i)})
+        else:
+            next(names)
+    return sorted(int(p) for p in ckpt.best_k_models)
+
+
+def _ours_kept(scores: list[float], k: int, mode: str) -> list[int]:
+    kept: list[tuple[int, float]] = []
+    for i, score in enumerate(scores):
+        enters, drop, stored = top_k_decision([v for _, v in kept], score, k, mode)
+        if enters:
+            if drop is not None:
+                kept.pop(drop)
+            kept.append((i, stored))
+    return sorted(i for i, _ in kept)
+
+
+_SCORES = st.lists(
+    st.one_of(st.sampled_from([float("nan"), float("inf"), float("-inf"), 0.0, 1.0]),
+              st.floats(-3, 3, allow_nan=False)),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scores=_SCORES, k=st.integers(1, 4), mode=st.sampled_from(["min", "max"]))
+def test_top_k_ranking_with_nan_and_inf_matches_lightning_model_checkpoint(scores: list[float], k: int,
+                                                                           mode: str) -> None:
+    assert _ours_kept(scores, k, mode) == _lightning_kept(scores, k, mode)
+
+
+class _Scripted(TinyClassifier):
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.scores = scores
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val/score", torch.tensor(self.scores[self.current_epoch]))
+
+
+@pytest.mark.parametrize("mode,scores,kept_epochs", [
+    ("min", [float("nan"), 1.0, 0.5, 0.3], [2, 3]),
+    ("max", [float("nan"), 0.1, 0.5, float("nan")], [1, 2]),
+])
+def test_nan_score_is_the_worst_top_k_member_in_a_fit(tmp_path: Path, mode: str, scores: list[float],
+                                                      kept_epochs: list[int]) -> None:
+    ens = CheckpointEnsemble(top_k=2, monitor="val/score", mode=mode, keep_inline=True)
+    trainer = tiny_trainer(tmp_path, max_epochs=4, limit_train_batches=1, limit_val_batches=1, callbacks=[ens],
+                           enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer.fit(_Scripted(scores), BlobsDataModule())
+    assert sorted(m["epoch"] for m in ens.members) == kept_epochs
+    assert sorted(m["epoch"] for m in ens.members) == _lightning_kept(scores, 2, mode)
