@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import logging
 import os
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,8 @@ class EMAWeights(Callback):
         )
         # persistent state (in state_dict)
         self.num_updates = 0  # EMA updates done (t of the warm-up formula)
-        self.last_step = 0  # trainer.global_step when the callback last saw an optimizer step
+        self.last_step = 0  # trainer.global_step when the callback last saw an optimizer step (this Trainer)
+        self.steps = 0  # optimizer steps seen over every fit of the same module (step_idx + 1 of should_update)
         # EMA tensors, aligned with the model tensors below (names are pl_module.state_dict keys)
         self._names: list[str] = []
         self._ema_params: list[Tensor] = []
@@ -143,6 +145,7 @@ class EMAWeights(Callback):
         self._applied = False  # ... and stays there (apply_at_end)
         self._installed_io: _EMACheckpointIO | None = None
         self._recalibrated_at: tuple[int, int] | None = None  # (last_step, num_updates) of the last recalibration
+        self._bound_module: weakref.ref[pl.LightningModule] | None = None  # the module the EMA belongs to
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -153,11 +156,13 @@ class EMAWeights(Callback):
         ema = dict(zip(self._names, self._ema_params + self._ema_buffers))
         if not ema and self._pending is not None:
             ema = dict(self._pending)
-        return {"version": _STATE_VERSION, "num_updates": self.num_updates, "last_step": self.last_step, "ema": ema}
+        return {"version": _STATE_VERSION, "num_updates": self.num_updates, "last_step": self.last_step,
+                "steps": self.steps, "ema": ema}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.num_updates = int(state_dict.get("num_updates", 0))
         self.last_step = int(state_dict.get("last_step", 0))
+        self.steps = int(state_dict.get("steps", self.last_step))
         self._pending = dict(state_dict.get("ema", {})) or None
         self._names, self._ema_params, self._ema_buffers = [], [], []
         self._recalibrated_at = None
@@ -167,7 +172,7 @@ class EMAWeights(Callback):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()  # picklable under ddp_spawn: no module, trainer or wrapped IO references
         state.update(_module=None, _trainer=None, _model_params=[], _model_buffers=[], _backup=[],
-                     _installed_io=None, _swapped=False, _applied=False)
+                     _installed_io=None, _swapped=False, _applied=False, _bound_module=None)
         return state
 
     # ------------------------------------------------------------------ public helpers
@@ -255,7 +260,28 @@ class EMAWeights(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._applied:  # a second fit() after apply_at_end trains on from the raw weights
             self.restore_raw_weights()
+        bound = self._bound_module() if self._bound_module is not None else None
+        if bound is not None and bound is not pl_module and self._pending is None:
+            # another module (not a restore from a checkpoint): its EMA starts from its own weights
+            self._names, self._ema_params, self._ema_buffers = [], [], []
+            self.num_updates = self.steps = 0
+        self._bound_module = weakref.ref(pl_module)
         self._ensure(pl_module)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # this Trainer's step counter (restored from a checkpoint, or 0 in a new fit): a second fit with a new
+        # Trainer continues the EMA and the step count of the first instead of mistaking step 0 for a new step
+        self.last_step = trainer.global_step
+
+    def should_update(self, step_idx: int, epoch_idx: int) -> bool:
+        """Whether to update the EMA after optimizer step ``step_idx`` (0-based) of epoch ``epoch_idx``.
+
+        Lightning's ``WeightAveraging.should_update`` signature; override it for another rule. ``step_idx`` counts
+        the optimizer steps this callback saw over every fit of the same module (``trainer.global_step - 1`` in a
+        single fit or a resumed one). Called only past ``start_step`` (until then the EMA follows the raw
+        weights). Default: every ``update_every_n_steps``-th step after ``start_step``.
+        """
+        return (step_idx + 1 - self.start_step) % self.update_every_n_steps == 0
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -263,13 +289,14 @@ class EMAWeights(Callback):
         step = trainer.global_step
         if step == self.last_step:  # no optimizer step on this batch (gradient accumulation)
             return
+        self.steps += max(1, step - self.last_step)
         self.last_step = step
         if self._pending is not None or not self._names:  # state restored after on_fit_start (FSDP, DeepSpeed)
             self._ensure(pl_module)
-        if step <= self.start_step:  # not started: the EMA follows the raw weights
+        if self.steps <= self.start_step:  # not started: the EMA follows the raw weights
             copy_(self._ema_params, self._model_params)
             copy_(self._ema_buffers, self._model_buffers)
-        elif (step - self.start_step) % self.update_every_n_steps == 0:
+        elif self.should_update(self.steps - 1, trainer.current_epoch):
             d = self.decay_at(self.num_updates)
             ema_update_(self._ema_params, self._model_params, d)
             update_buffers_(self._ema_buffers, self._model_buffers, d, self.buffers)
