@@ -120,9 +120,14 @@ class CheckpointEnsemble(Callback):
     of that epoch lists them when it saves at train epoch end, Lightning's default when validating every epoch),
     top-k members right after the validation that scored them, cycle-end members at the step ending a cycle.
 
-    Members are files ``<dirpath>/member-epochEEE-stepSSSSSS.pt`` written atomically by rank 0 (``dirpath`` defaults
-    to ``<default_root_dir>/ensemble``), or kept inside the callback state with ``keep_inline=True``. The callback
-    state lists them (path, score, epoch, step, why), so resume is exact; under DDP rank 0 decides and broadcasts.
+    Members are files ``<dirpath>/member-epochEEE-stepSSSSSS.pt`` written atomically by rank 0, or kept inside the
+    callback state with ``keep_inline=True``. The callback state lists them (path, score, epoch, step, why), so resume is exact; under DDP rank 0 decides and broadcasts.
+
+    ``dirpath`` defaults to one folder per run, so that two runs in one ``default_root_dir`` never overwrite each
+    other's members (as ModelCheckpoint's folder under the logger's version): ``<trainer.log_dir>/ensemble`` (the
+    logger's version folder; ``default_root_dir`` without a logger), ``ensemble-v1``, ``ensemble-v2``, ... when that
+    folder already holds another run's members; a resumed run or a second fit of the same instance keeps its folder.
+    An explicit ``dirpath`` is used as given.
 
     Test: logs ``test/acc_ensemble`` and ``test/loss_ensemble`` (NLL of the ensemble probabilities) next to the
     module's own ``test/acc``, for batches ``(x, y, ...)``. ``combine``: ``mean_prob`` (mean softmax, default),
@@ -186,6 +191,7 @@ class CheckpointEnsemble(Callback):
         self._warned_batch = False
         self._warned_monitor = False
         self._evaluated: dict[str, Tensor] | None = None
+        self._run_dir: str | None = None  # the member folder of this run (when dirpath is None)
 
     @property
     def state_key(self) -> str:
@@ -196,7 +202,26 @@ class CheckpointEnsemble(Callback):
 
     # ------------------------------------------------------------------ members
     def _dirpath(self, trainer: pl.Trainer) -> Path:
-        return Path(self.dirpath) if self.dirpath is not None else Path(trainer.default_root_dir) / "ensemble"
+        if self.dirpath is not None:
+            return Path(self.dirpath)
+        if self._run_dir is None:
+            self._run_dir = str(self._choose_run_dir(trainer))
+        return Path(self._run_dir)
+
+    def _choose_run_dir(self, trainer: pl.Trainer) -> Path:
+        """This run's member folder: where this instance's members already are (resume, second fit), else
+        ``<trainer.log_dir>/ensemble`` (the logger's version folder, or ``default_root_dir`` without a logger),
+        versioned ``ensemble-v1``, ``-v2``... when another run's members are already there."""
+        owned = [Path(m["path"]).parent for m in self.members
+                 if not m["path"].startswith("inline:") and not {"path", "checkpoint_top_k"} & set(m["tags"])]
+        if owned:
+            return owned[-1]
+        base = Path(trainer.log_dir or trainer.default_root_dir)
+        candidate, n = base / "ensemble", 0
+        while candidate.is_dir() and any(candidate.glob("member-*.pt")):
+            n += 1
+            candidate = base / f"ensemble-v{n}"
+        return candidate
 
     def member_paths(self) -> list[str]:
         """Paths (or inline keys) of the current members, in capture order."""
@@ -299,8 +324,12 @@ class CheckpointEnsemble(Callback):
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._keep_members_on_load = False
+        if stage == "fit":
+            self._run_dir = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.dirpath is None and not self.keep_inline:  # after a restore: rank 0 picks the folder for all
+            self._run_dir = str(trainer.strategy.broadcast(str(self._choose_run_dir(trainer)), src=0))
         self._cycle_ends = set()
         if not self.at_cycle_ends:
             return

@@ -81,3 +81,33 @@ def test_nan_score_is_the_worst_top_k_member_in_a_fit(tmp_path: Path, mode: str,
     trainer.fit(_Scripted(scores), BlobsDataModule())
     assert sorted(m["epoch"] for m in ens.members) == kept_epochs
     assert sorted(m["epoch"] for m in ens.members) == _lightning_kept(scores, 2, mode)
+
+
+def test_two_fits_in_one_root_dir_keep_their_own_member_files(tmp_path: Path) -> None:
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = TinyClassifier()
+        model.net[3].p = 0.0
+        ens = CheckpointEnsemble(every_n_epochs=1)
+        tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=[ens],
+                     enable_checkpointing=False).fit(model, BlobsDataModule())
+        runs.append((ens, {k: v.clone() for k, v in model.state_dict().items()}))
+    (first, first_weights), (second, second_weights) = runs
+    assert Path(first.member_paths()[0]).parent == tmp_path / "ensemble"
+    assert Path(second.member_paths()[0]).parent == tmp_path / "ensemble-v1"
+    for ens, weights in runs:  # each run's file still holds that run's weights
+        stored = ens.member_state_dicts()[0]
+        assert all(torch.equal(stored[k], weights[k]) for k in weights)
+    assert not torch.equal(first_weights["net.0.weight"], second_weights["net.0.weight"])
+
+
+def test_default_member_folder_is_under_the_logger_version(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    ens = CheckpointEnsemble(every_n_epochs=1)
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[ens],
+                           enable_checkpointing=False, logger=CSVLogger(tmp_path))
+    trainer.fit(TinyClassifier(), BlobsDataModule())
+    assert Path(ens.member_paths()[0]).parent == Path(trainer.log_dir) / "ensemble"
+    assert Path(trainer.log_dir).name == "version_0"
