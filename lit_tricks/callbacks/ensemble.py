@@ -500,9 +500,12 @@ class CheckpointEnsemble(Callback):
         """Ensemble class probabilities ``[N, C]`` for a batch ``x`` (what ``pl_module(x)`` maps to logits)."""
         return self.ensemble(pl_module)(x)
 
-    def export(self, pl_module: nn.Module, example_input: Tensor | None = None) -> nn.Module:
-        """One ``nn.Module`` (x -> ensemble probabilities) that reloads without lit_tricks; see
-        :func:`lit_tricks.functional.ensemble.export_ensemble`."""
+    def export(
+        self, pl_module: nn.Module, example_input: Tensor | None = None
+    ) -> nn.Module | torch.export.ExportedProgram:
+        """The ensemble (x -> ensemble probabilities) in a form that saves and reloads without lit_tricks: an fx
+        ``GraphModule`` (``torch.save`` / ``torch.load(weights_only=False)``), or with ``example_input`` a
+        ``torch.export.ExportedProgram`` (``torch.export.save`` / ``torch.export.load(path).module()``); see :func:`lit_tricks.functional.ensemble.export_ensemble`."""
         return export_ensemble(self.members_as_modules(pl_module), self.combine, example_input)
 
     def average_weights(

@@ -111,3 +111,20 @@ def test_default_member_folder_is_under_the_logger_version(tmp_path: Path) -> No
     trainer.fit(TinyClassifier(), BlobsDataModule())
     assert Path(ens.member_paths()[0]).parent == Path(trainer.log_dir) / "ensemble"
     assert Path(trainer.log_dir).name == "version_0"
+
+
+def test_export_saves_and_reloads_with_equal_predictions(tmp_path: Path) -> None:
+    ens = CheckpointEnsemble(every_n_epochs=1, keep_inline=True)
+    model = TinyClassifier()
+    tiny_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=0, callbacks=[ens],
+                 enable_checkpointing=False).fit(model, BlobsDataModule())
+    x = torch.randn(5, 8)
+    expected = ens.predict_proba(x, model)
+    program = ens.export(model, example_input=x)
+    assert isinstance(program, torch.export.ExportedProgram)
+    torch.export.save(program, tmp_path / "ens.pt2")
+    torch.save(ens.export(model), tmp_path / "ens.pt")  # without example_input: an fx GraphModule
+    with torch.no_grad():
+        for reloaded in (torch.export.load(tmp_path / "ens.pt2").module(),
+                         torch.load(tmp_path / "ens.pt", weights_only=False)):
+            torch.testing.assert_close(reloaded(x), expected, rtol=1e-6, atol=1e-7)
