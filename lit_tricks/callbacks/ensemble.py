@@ -121,7 +121,8 @@ class CheckpointEnsemble(Callback):
     top-k members right after the validation that scored them, cycle-end members at the step ending a cycle.
 
     Members are files ``<dirpath>/member-epochEEE-stepSSSSSS.pt`` written atomically by rank 0, or kept inside the
-    callback state with ``keep_inline=True``. The callback state lists them (path, score, epoch, step, why), so resume is exact; under DDP rank 0 decides and broadcasts.
+    callback state with ``keep_inline=True``. The callback state lists them (path, score, epoch, step, why), so
+    resume is exact; under DDP rank 0 decides and broadcasts.
 
     ``dirpath`` defaults to one folder per run, so that two runs in one ``default_root_dir`` never overwrite each
     other's members (as ModelCheckpoint's folder under the logger's version): ``<trainer.log_dir>/ensemble`` (the
@@ -505,7 +506,8 @@ class CheckpointEnsemble(Callback):
     ) -> nn.Module | torch.export.ExportedProgram:
         """The ensemble (x -> ensemble probabilities) in a form that saves and reloads without lit_tricks: an fx
         ``GraphModule`` (``torch.save`` / ``torch.load(weights_only=False)``), or with ``example_input`` a
-        ``torch.export.ExportedProgram`` (``torch.export.save`` / ``torch.export.load(path).module()``); see :func:`lit_tricks.functional.ensemble.export_ensemble`."""
+        ``torch.export.ExportedProgram`` (``torch.export.save`` / ``torch.export.load(path).module()``); see
+        :func:`lit_tricks.functional.ensemble.export_ensemble`."""
         return export_ensemble(self.members_as_modules(pl_module), self.combine, example_input)
 
     def average_weights(

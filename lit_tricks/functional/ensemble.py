@@ -140,7 +140,7 @@ def export_ensemble(
     ``torch.load(path, weights_only=False)``. With ``example_input`` it uses ``torch.export`` (for members fx cannot
     trace) and returns the ``torch.export.ExportedProgram`` itself: save it with ``torch.export.save(program, path)``
     and ``torch.export.load(path).module()`` is the callable module again (``program.module()`` holds local closures
-    that no pickler accepts, and a ``torch.save``\ d program does not load back in torch 2.14, so use
+    that no pickler accepts, and a program saved with ``torch.save`` does not load back in torch 2.14, so use
     ``torch.export.save``).
     """
     if combine not in COMBINERS:
