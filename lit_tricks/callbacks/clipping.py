@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from lit_tricks.callbacks._state_keys import warn_changed_args
 from lit_tricks.functional.clip import (
     CLIP_MODES,
     adaptive_clip_grad_,
@@ -185,6 +186,11 @@ class GradientClipping(Callback):
             pl_module.log(f"{self.log_prefix}/grad_norm{tail}", norm.detach(), on_step=True, on_epoch=False)
             pl_module.log(f"{self.log_prefix}/clipped_fraction{tail}", self.clipped_fraction, on_step=True,
                           on_epoch=False)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
 
     def state_dict(self) -> dict[str, Any]:
         current = self._current

@@ -12,6 +12,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_prefixed_message
 from torch import Tensor
 
+from lit_tricks.callbacks._state_keys import warn_changed_args
+
 __all__ = ["EarlyStopping"]
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,11 @@ class EarlyStopping(_LightningEarlyStopping):
             return
         self._candidate = self._snapshot(pl_module, into=self._candidate)
         self._candidate_step = trainer.global_step
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best_weights and self.best_weights is not None:

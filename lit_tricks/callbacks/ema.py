@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from lit_tricks.callbacks._state_keys import warn_changed_args
 from lit_tricks.functional.atomic import atomic_torch_save
 from lit_tricks.functional.ema import (
     BUFFER_MODES,
@@ -347,6 +348,11 @@ class EMAWeights(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self._swapped and not self._applied:
             self._swap_out()
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 
+from lit_tricks.callbacks._state_keys import warn_changed_args
 from lit_tricks.functional.atomic import atomic_torch_save
 from lit_tricks.functional.ensemble import (
     COMBINERS,
@@ -445,6 +446,7 @@ class CheckpointEnsemble(Callback):
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
         # test(ckpt_path="best") after fit: keep this run's full member list, load only the single model
         self._keep_members_on_load = trainer.state.fn != "fit" and bool(self.members)
 

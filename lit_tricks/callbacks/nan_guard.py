@@ -10,6 +10,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lit_tricks.callbacks._state_keys import warn_changed_args
+
 __all__ = ["POLICIES", "NaNGuard", "NonFiniteCheckpointError"]
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,11 @@ class NaNGuard(Callback):
         self.consecutive = 0
         if self.policy == "rollback" and trainer.global_step % self.snapshot_every_n_steps == 0:
             self._take_snapshot(trainer, pl_module)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
