@@ -78,6 +78,18 @@ class EMAWeights(Callback):
         save_ema_checkpoint: beside each checkpoint ``X.ckpt`` write ``X-ema.ckpt`` (EMA weights in
             ``state_dict``, no optimizer state; loadable with ``LightningModule.load_from_checkpoint``).
 
+    How the ``-ema`` twins are written (explicitly): in ``setup`` the callback wraps ``trainer.strategy.checkpoint_io``
+    in a delegating CheckpointIO (undone in ``teardown``) that, for every checkpoint file the Trainer writes or
+    removes, (1) puts the raw weights into weights-only checkpoints (Lightning skips callback hooks for them),
+    (2) after the strategy's own IO saved ``X.ckpt``, calls :meth:`write_ema_twin` when ``save_ema_checkpoint`` is
+    true, (3) removes ``X-ema.ckpt`` with ``X.ckpt`` (ModelCheckpoint's top-k rotation). A user CheckpointIO plugin
+    is kept underneath and does the actual IO.
+
+    When to update: after each optimizer step past ``start_step``, when :meth:`should_update` (Lightning's
+    ``WeightAveraging.should_update(step_idx, epoch_idx)`` signature; override it) says so. A second ``fit()`` of
+    the same instance on the same module (a new Trainer, other ``accumulate_grad_batches``...) continues the EMA and
+    its step count; a fit of another module starts a new EMA from that module's weights.
+
     Checkpoints always hold the raw weights in ``state_dict`` (also when saved while the EMA is swapped in),
     so resuming with or without this callback trains on from the raw weights; the EMA and its counters are
     in the callback state, so resuming is exact. Tensor names tolerate ``_orig_mod.``/``module.`` prefixes.
@@ -438,8 +450,12 @@ class EMAWeights(Callback):
         if self._swapped:
             copy_(self._model_buffers, self._ema_buffers)
 
-    def _write_ema_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> None:
-        """Write ``<path stem>-ema.ckpt``: the checkpoint with EMA weights in ``state_dict``, no training state."""
+    def write_ema_twin(self, checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> None:
+        """Write ``<path stem>-ema.ckpt``: the checkpoint with EMA weights in ``state_dict``, no training state.
+
+        The hook called (rank 0, after the strategy's CheckpointIO wrote ``checkpoint`` to ``path``) for every
+        checkpoint while ``save_ema_checkpoint=True``; override it to write the twin elsewhere or otherwise.
+        """
         if Path(path).stem.endswith(EMA_CHECKPOINT_SUFFIX) or not self._names:
             return
         skip = {"optimizer_states", "lr_schedulers", "callbacks", "loops"}
@@ -466,7 +482,7 @@ class _EMACheckpointIO(CheckpointIO):
             self.callback._put_raw_weights(checkpoint)
         self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
         if self.callback.save_ema_checkpoint:
-            self.callback._write_ema_checkpoint(checkpoint, path)
+            self.callback.write_ema_twin(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
         return self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)

@@ -95,3 +95,30 @@ def test_one_fit_with_accumulation_equals_lightning_ema_weight_averaging(tmp_pat
     assert got.keys() == averaged.keys()
     for k in got:
         torch.testing.assert_close(got[k], averaged[k].detach(), rtol=1e-5, atol=1e-6)
+
+
+class TwinRecorder(EMAWeights):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.twins: list[str] = []
+
+    def write_ema_twin(self, checkpoint: dict[str, Any], path: Any) -> None:
+        self.twins.append(Path(path).name)
+        super().write_ema_twin(checkpoint, path)
+
+
+def test_ema_twin_writing_is_an_explicit_hook_and_the_checkpoint_io_is_unwrapped_after_fit(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ema = TwinRecorder(decay=D)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[ema, ckpt])
+    original = trainer.strategy.checkpoint_io
+    trainer.fit(no_dropout(TinyClassifier()), BlobsDataModule())
+    assert "last.ckpt" in ema.twins and (tmp_path / "ckpt" / "last-ema.ckpt").exists()
+    assert trainer.strategy.checkpoint_io is original
+    off = TwinRecorder(decay=D, save_ema_checkpoint=False)
+    trainer = tiny_trainer(tmp_path / "off", max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                           callbacks=[off, ModelCheckpoint(dirpath=tmp_path / "off", save_last=True)])
+    trainer.fit(no_dropout(TinyClassifier()), BlobsDataModule())
+    assert off.twins == [] and not (tmp_path / "off" / "last-ema.ckpt").exists()
