@@ -90,6 +90,10 @@ class EMAWeights(Callback):
     the same instance on the same module (a new Trainer, other ``accumulate_grad_batches``...) continues the EMA and
     its step count; a fit of another module starts a new EMA from that module's weights.
 
+    Sharded strategies (FSDP, ModelParallel, DeepSpeed ZeRO-3) are refused at ``setup`` with a ``ValueError``: each
+    rank would average only its own shard and no checkpoint would gather the EMA. DDP and single-device runs are
+    supported (under DDP every rank holds the same EMA; BatchNorm statistics come from rank 0).
+
     Checkpoints always hold the raw weights in ``state_dict`` (also when saved while the EMA is swapped in),
     so resuming with or without this callback trains on from the raw weights; the EMA and its counters are
     in the callback state, so resuming is exact. Tensor names tolerate ``_orig_mod.``/``module.`` prefixes.
@@ -248,6 +252,12 @@ class EMAWeights(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        sharded = _sharded_strategy(trainer.strategy)
+        if sharded:
+            raise ValueError(
+                f"EMAWeights does not support sharded strategies (got {sharded}): each rank holds only its shard of "
+                "the weights and nothing gathers the EMA; use a ddp strategy or remove EMAWeights"
+            )
         self._module, self._trainer = pl_module, trainer
         if self.validate_both:
             variants = dict(getattr(pl_module, WEIGHT_VARIANTS_ATTR, None) or {})
@@ -495,6 +505,20 @@ class _EMACheckpointIO(CheckpointIO):
 
     def teardown(self) -> None:
         self.inner.teardown()
+
+
+def _sharded_strategy(strategy: Any) -> str | None:
+    """The name of ``strategy`` when it shards parameters across ranks (FSDP, ModelParallel, DeepSpeed stage 3)."""
+    from lightning.pytorch import strategies
+
+    kinds = tuple(getattr(strategies, name) for name in ("FSDPStrategy", "ModelParallelStrategy")
+                  if hasattr(strategies, name))
+    if isinstance(strategy, kinds):
+        return type(strategy).__name__
+    deepspeed = getattr(strategies, "DeepSpeedStrategy", None)
+    if deepspeed is not None and isinstance(strategy, deepspeed) and bool(getattr(strategy, "zero_stage_3", False)):
+        return "DeepSpeedStrategy (ZeRO stage 3)"
+    return None
 
 
 def _same_shapes(a: list[Tensor], b: list[Tensor]) -> bool:

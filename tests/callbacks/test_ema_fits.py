@@ -122,3 +122,18 @@ def test_ema_twin_writing_is_an_explicit_hook_and_the_checkpoint_io_is_unwrapped
                            callbacks=[off, ModelCheckpoint(dirpath=tmp_path / "off", save_last=True)])
     trainer.fit(no_dropout(TinyClassifier()), BlobsDataModule())
     assert off.twins == [] and not (tmp_path / "off" / "last-ema.ckpt").exists()
+
+
+def test_sharded_strategies_are_refused_at_setup_with_one_line() -> None:
+    from types import SimpleNamespace
+
+    import pytest
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
+
+    for strategy in (FSDPStrategy(), ModelParallelStrategy()):
+        with pytest.raises(ValueError, match="does not support sharded strategies") as err:
+            EMAWeights().setup(SimpleNamespace(strategy=strategy), TinyClassifier(), "fit")  # type: ignore[arg-type]
+        assert type(strategy).__name__ in str(err.value) and "\n" not in str(err.value)
+    from lit_tricks.callbacks.ema import _sharded_strategy
+
+    assert _sharded_strategy(DDPStrategy()) is None
