@@ -81,3 +81,38 @@ def test_skipped_step_changes_no_parameter_and_no_optimizer_state_with_decoupled
                  limit_val_batches=0).fit(reference, _data(with_bad=False))
     for p, q in zip(guarded.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+class _ManualDecay(pl.LightningModule):
+    """Manual optimization with its own decoupled decay in on_before_optimizer_step (acts without gradients)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        torch.manual_seed(0)
+        self.net = nn.Linear(8, 3)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        opt = self.optimizers()
+        opt.zero_grad()
+        x, y = batch
+        self.manual_backward(nn.functional.cross_entropy(self.net(x), y))
+        opt.step()
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        with torch.no_grad():
+            for p in self.parameters():
+                p.mul_(0.99)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_skipped_step_under_manual_optimization_changes_nothing(tmp_path: Path) -> None:
+    record = _Record()
+    tiny_trainer(tmp_path, max_epochs=1, callbacks=[NaNGuard(check_on_save=False), record],
+                 enable_checkpointing=False, limit_val_batches=0).fit(_ManualDecay(), _data(with_bad=True))
+    before, after = record.after[BAD - 1], record.after[BAD]
+    assert all(torch.equal(p, q) for p, q in zip(before[0], after[0]))
+    assert _same_state(before[1], after[1])
+    assert not all(torch.equal(p, q) for p, q in zip(after[0], record.after[BAD + 1][0]))  # training goes on
