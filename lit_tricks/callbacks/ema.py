@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lit_tricks.callbacks._state_keys import warn_changed_args
-from lit_tricks.functional.atomic import atomic_torch_save
+from lit_tricks.fault.atomic import atomic_torch_save
 from lit_tricks.functional.ema import (
     BUFFER_MODES,
     copy_,
