@@ -52,8 +52,9 @@ class NaNGuard(Callback):
     ``on_before_optimizer_step``, e.g. TrickModule's decoupled weight decay, an optimizer that decays parameters
     without a gradient) leaves no trace: parameters and optimizer state are bit-identical to before the step. Only
     the bad steps pay for the copy. The lr scheduler and the global step still advance (the step happened, with no
-    effect). Under DDP the ranks agree (any rank bad = all skip). ``rollback`` restores its snapshot in the same
-    post-step hook, so nothing of the bad step survives it either.
+    effect). When the step never runs (a GradScaler skips ``optimizer.step`` after an inf), the restore happens at
+    batch end instead and no hook is left behind. Under DDP the ranks agree (any rank bad = all skip). ``rollback``
+    restores its snapshot in the same post-step hook, so nothing of the bad step survives it either.
 
     ``policy``: one of :data:`POLICIES`. ``lr_factor``: rollback multiplies every param group's lr (and the lr
     schedulers' ``base_lrs``) by it. ``snapshot_every_n_steps``: how often rollback's in-memory snapshot (a copy of
@@ -98,7 +99,7 @@ class NaNGuard(Callback):
         self._step_bad = False
         self._buffers: list[torch.Tensor] | None = None
         self._snapshot: dict[str, Any] | None = None
-        self._hooked: set[int] = set()  # ids of optimizers with a pending post-step restore
+        self._pending: dict[int, Any] = {}  # optimizer id -> its pending post-step restore
 
     @property
     def state_key(self) -> str:
@@ -157,6 +158,7 @@ class NaNGuard(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        self._flush_pending()
         self._buffers = None
         if self._step_bad:
             return
@@ -195,11 +197,14 @@ class NaNGuard(Callback):
     def _undo_after_step(self, optimizer: torch.optim.Optimizer, saved: dict[str, Any] | None,
                          then: Any = None) -> None:
         """Right after ``optimizer.step`` returns, put ``saved`` back (and call ``then``); once per bad step."""
-        if id(optimizer) in self._hooked:
+        if id(optimizer) in self._pending:
             return  # L-BFGS evaluates its closure several times per step: keep the state from before the first
+        handles: list[Any] = []
 
         def restore() -> None:
-            self._hooked.discard(id(optimizer))
+            self._pending.pop(id(optimizer), None)
+            for handle in handles:
+                handle.remove()
             if saved is not None:
                 _restore_step_state(optimizer, saved)
             if then is not None:
@@ -209,14 +214,13 @@ class NaNGuard(Callback):
         if not callable(register):  # not a torch Optimizer: restore now (what runs in the step may still act)
             restore()
             return
-        handles: list[Any] = []
+        handles.append(register(lambda opt, args, kwargs: restore()))
+        self._pending[id(optimizer)] = restore
 
-        def hook(opt: Any, args: Any, kwargs: Any) -> None:
-            handles[0].remove()
+    def _flush_pending(self) -> None:
+        """Restore now what a step that never ran left pending (a GradScaler skips ``optimizer.step`` on inf)."""
+        for restore in list(self._pending.values()):
             restore()
-
-        handles.append(register(hook))
-        self._hooked.add(id(optimizer))
 
     def _restore_buffers(self, pl_module: pl.LightningModule) -> None:
         if self._buffers is None:

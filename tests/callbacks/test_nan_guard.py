@@ -116,3 +116,19 @@ def test_skipped_step_under_manual_optimization_changes_nothing(tmp_path: Path) 
     assert all(torch.equal(p, q) for p, q in zip(before[0], after[0]))
     assert _same_state(before[1], after[1])
     assert not all(torch.equal(p, q) for p, q in zip(after[0], record.after[BAD + 1][0]))  # training goes on
+
+
+def test_a_step_that_never_runs_leaves_no_pending_restore_behind() -> None:
+    from lit_tricks.callbacks.nan_guard import _copy_step_state
+
+    param = nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([param], lr=0.1)
+    guard = NaNGuard()
+    guard._undo_after_step(opt, _copy_step_state(opt))
+    with torch.no_grad():
+        param.mul_(0.5)  # what the skipped step's hooks did
+    guard._flush_pending()  # batch end: the GradScaler skipped optimizer.step, the post-step hook never fired
+    assert torch.equal(param.detach(), torch.ones(3)) and not guard._pending
+    param.grad = torch.ones(3)
+    opt.step()  # a later good step is not undone by a stale hook
+    assert torch.allclose(param.detach(), torch.full((3,), 0.9))
