@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lit_tricks.callbacks._state_keys import warn_changed_args
+from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.clip import (
     CLIP_MODES,
     adaptive_clip_grad_,

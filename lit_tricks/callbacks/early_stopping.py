@@ -12,7 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_prefixed_message
 from torch import Tensor
 
-from lit_tricks.callbacks._state_keys import warn_changed_args
+from lit_tricks.fault.state_keys import warn_changed_args
 
 __all__ = ["EarlyStopping"]
 

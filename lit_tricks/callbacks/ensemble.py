@@ -15,8 +15,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 
-from lit_tricks.callbacks._state_keys import warn_changed_args
 from lit_tricks.fault.atomic import atomic_torch_save
+from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.ensemble import (
     COMBINERS,
     EnsembleModule,

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_tricks.callbacks._state_keys import warn_changed_args
+from lit_tricks.fault.state_keys import warn_changed_args
 
 __all__ = ["POLICIES", "NaNGuard", "NonFiniteCheckpointError"]
 

@@ -48,7 +48,7 @@ def test_resume_with_changed_arguments_warns_naming_old_and_new_values(tmp_path:
 
 
 def test_changed_args_lists_every_changed_argument() -> None:
-    from lit_tricks.callbacks._state_keys import changed_args
+    from lit_tricks.fault.state_keys import changed_args
 
     ema: Any = EMAWeights(decay=0.5, half_life_steps=10)
     checkpoint = {"callbacks": {EMAWeights(decay=0.9).state_key: {}}}
