@@ -13,13 +13,13 @@ from lightning.pytorch.utilities.rank_zero import rank_prefixed_message
 from torch import Tensor
 
 from lit_tricks.fault.state_keys import warn_changed_args
+from lit_tricks.weight_variants import weight_variants_of
 
 __all__ = ["EarlyStopping"]
 
 log = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
-_WEIGHT_VARIANTS_ATTR = "lit_tricks_weight_variants"  # see lit_tricks.callbacks.ema.EMAWeights
 
 
 class EarlyStopping(_LightningEarlyStopping):
@@ -33,8 +33,10 @@ class EarlyStopping(_LightningEarlyStopping):
         start_from_epoch: no check before this epoch: no stop, no patience counting, no best score (Keras).
         restore_best_weights: keep a CPU copy of the weights that produced the best score and put them back into
             the model when fit ends (after a stop, or at ``max_epochs``). These are the weights that were
-            *evaluated*: the EMA weights when an EMA callback swapped them in for validation; with
-            ``EMAWeights(validate_both=True)`` and a monitor such as ``val/acc_ema``, the ``"ema"`` variant.
+            *evaluated*: the EMA weights when an EMA callback swapped them in for validation; when ``monitor`` was
+            computed with a weight variant (``EMAWeights(validate_both=True)`` and ``val/acc_ema``: the module's
+            ``weight_variants.variant_of(monitor)`` is ``"ema"``, see :mod:`lit_tricks.weight_variants`), that
+            variant's weights.
 
     The reason for stopping is logged (INFO) and kept in ``stopping_reason_message``. The counters, best score,
     best epoch and best weights are in ``state_dict``, so stop-and-resume equals an uninterrupted run. Under DDP
@@ -147,13 +149,10 @@ class EarlyStopping(_LightningEarlyStopping):
     def _snapshot(
         self, pl_module: pl.LightningModule, into: dict[str, Tensor] | None, use_variant: bool = True
     ) -> dict[str, Tensor]:
-        """CPU copy of ``pl_module.state_dict()`` (inside the monitored weight variant, e.g. ``*_ema``)."""
-        variants = getattr(pl_module, _WEIGHT_VARIANTS_ATTR, None) or {}
-        ctx_factory = None
-        if use_variant:
-            for name, factory in variants.items():
-                if self.monitor.endswith(f"_{name}"):
-                    ctx_factory = factory
+        """CPU copy of ``pl_module.state_dict()`` (inside the weight variant that computed ``monitor``, if any)."""
+        variants = weight_variants_of(pl_module) if use_variant else None
+        name = variants.variant_of(self.monitor) if variants is not None else None
+        ctx_factory = variants.context(name) if variants is not None and name is not None else None
         if ctx_factory is not None:
             with ctx_factory():
                 return self._copy_state(pl_module, into)

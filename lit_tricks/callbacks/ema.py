@@ -33,16 +33,14 @@ from lit_tricks.functional.ema import (
     warmup_decay,
 )
 from lit_tricks.functional.ensemble import recalibrate_bn_
+from lit_tricks.weight_variants import weight_variants_of
 
-__all__ = ["EMA_CHECKPOINT_SUFFIX", "WEIGHT_VARIANTS_ATTR", "EMAWeights", "ema_checkpoint_path"]
+__all__ = ["EMA_CHECKPOINT_SUFFIX", "EMAWeights", "ema_checkpoint_path"]
 
 log = logging.getLogger(__name__)
 
 EVALUATE_WITH = ("ema", "raw")
 EMA_CHECKPOINT_SUFFIX = "-ema"
-#: Attribute of the LightningModule through which weight variants are offered (see the module docstring of
-#: :class:`EMAWeights`): ``dict[str, Callable[[], ContextManager[None]]]``.
-WEIGHT_VARIANTS_ATTR = "lit_tricks_weight_variants"
 _STATE_VERSION = 1
 
 
@@ -67,10 +65,11 @@ class EMAWeights(Callback):
         device: where the EMA lives: ``None`` beside each weight, or e.g. ``"cpu"`` to offload it.
         evaluate_with: ``"ema"`` swaps the EMA into the model for validation/test/predict (and back after), also
             after ``trainer.test(ckpt_path="best")``; ``"raw"`` evaluates the trained weights.
-        validate_both: log raw and EMA metrics side by side (``val/acc`` and ``val/acc_ema``). The callback puts
-            ``{"ema": ctx}`` into ``pl_module.lit_tricks_weight_variants``; a module that supports it (TrickModule
-            does) runs its metric computation once normally and once inside each ``ctx()`` (a context manager
-            that swaps the EMA in and back), logging with the suffix ``_<name>``. The model is not swapped then.
+        validate_both: log raw and EMA metrics side by side (``val/acc`` and ``val/acc_ema``). The callback adds
+            the variant ``"ema"`` to ``pl_module.weight_variants``; a module implementing
+            :class:`lit_tricks.weight_variants.SupportsWeightVariants` (TrickModule does) runs its metrics once
+            normally and once inside the variant's context (which swaps the EMA in and back). The model is not
+            swapped then.
         recalibrate_bn_batches: before each evaluation with the EMA, recompute BatchNorm running statistics for the
             EMA weights on this many train batches (cumulative average, as ``torch.optim.swa_utils.update_bn``);
             the recalibrated statistics are written into the EMA buffers (so into the EMA checkpoint).
@@ -259,20 +258,17 @@ class EMAWeights(Callback):
                 "the weights and nothing gathers the EMA; use a ddp strategy or remove EMAWeights"
             )
         self._module, self._trainer = pl_module, trainer
-        if self.validate_both:
-            variants = dict(getattr(pl_module, WEIGHT_VARIANTS_ATTR, None) or {})
-            variants["ema"] = self.ema_context
-            setattr(pl_module, WEIGHT_VARIANTS_ATTR, variants)
+        variants = weight_variants_of(pl_module)
+        if self.validate_both and variants is not None:
+            variants.add("ema", self.ema_context)
         if self._installed_io is None:  # writes the -ema twins; keeps weights-only checkpoints raw too
             self._installed_io = _EMACheckpointIO(trainer.strategy.checkpoint_io, self)
             trainer.strategy.checkpoint_io = self._installed_io
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        variants = getattr(pl_module, WEIGHT_VARIANTS_ATTR, None)
-        if isinstance(variants, dict) and variants.get("ema") == self.ema_context:
-            del variants["ema"]
-            if not variants:
-                delattr(pl_module, WEIGHT_VARIANTS_ATTR)
+        variants = weight_variants_of(pl_module)
+        if variants is not None:
+            variants.remove("ema", self.ema_context)
         if self._installed_io is not None and trainer.strategy._checkpoint_io is self._installed_io:
             trainer.strategy.checkpoint_io = self._installed_io.inner
         self._installed_io = None
@@ -344,11 +340,12 @@ class EMAWeights(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._swapped and not self._applied:
             self._swap_out()
-        if self.validate_both and not trainer.sanity_checking and not any(k.endswith("_ema") for k in
-                                                                           trainer.callback_metrics):
+        variants = weight_variants_of(pl_module)
+        logged = variants is not None and any(m in trainer.callback_metrics for m in variants.metrics_of("ema"))
+        if self.validate_both and not trainer.sanity_checking and not logged:
             rank_zero_warn(
-                "EMAWeights(validate_both=True): no `*_ema` metric was logged; the LightningModule must run its "
-                f"metrics inside each context of `pl_module.{WEIGHT_VARIANTS_ATTR}` (see EMAWeights docs)."
+                "EMAWeights(validate_both=True): no EMA metric was logged; the LightningModule must implement "
+                "lit_tricks.weight_variants.SupportsWeightVariants (see that module's docstring)."
             )
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

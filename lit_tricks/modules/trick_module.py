@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,13 +23,13 @@ from lit_tricks.functional.param_groups import (
 from lit_tricks.functional.regularization import jacobian_penalty, l1_penalty, l2_penalty
 from lit_tricks.models.heads import find_head
 from lit_tricks.modules.surgery import DROPOUT_KINDS, init_weights, parse_norm, set_dropout, swap_norm
+from lit_tricks.weight_variants import WeightVariants
 
 __all__ = ["LOSSES", "TrickModule", "callable_from_spec", "callable_to_spec"]
 
 LOSSES = ("cross_entropy", "mse", "binned")
 #: Optimizers whose own ``weight_decay`` is classic (coupled) L2: ``grad += wd * w``.
 _COUPLED_NATIVE = ("SGD", "Adam", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "ASGD")
-WEIGHT_VARIANTS_ATTR = "lit_tricks_weight_variants"
 #: Checkpoint key holding the import path of the preprocessing module's class.
 PREPROCESS_KEY = "lit_tricks_preprocess"
 
@@ -149,9 +148,9 @@ class TrickModule(pl.LightningModule):
         top_k: also log ``{stage}/top{k}_acc`` when ``num_classes > top_k`` (0 = off).
 
     Logs ``train/loss`` (data loss; ``train/penalty`` when a penalty is on), ``val/loss``, ``val/acc``,
-    ``test/loss``, ``test/acc`` (regression: ``{stage}/mae``, ``{stage}/mse``). Weight variants offered through
-    ``self.lit_tricks_weight_variants`` (e.g. by ``EMAWeights(validate_both=True)``) are evaluated too, logged
-    with the suffix ``_<name>`` (``val/acc_ema``).
+    ``test/loss``, ``test/acc`` (regression: ``{stage}/mae``, ``{stage}/mse``). Implements
+    :class:`lit_tricks.weight_variants.SupportsWeightVariants`: the weight variants registered in
+    ``self.weight_variants`` (e.g. by ``EMAWeights(validate_both=True)``) are evaluated too (``val/acc_ema``).
 
     Checkpoints hold plain hyperparameters only (the partials as ``{"_target_": ..., **kwargs}`` dicts), so they
     load with ``torch.load(weights_only=True)``. To reload for inference, pass the network again, built as for
@@ -192,6 +191,8 @@ class TrickModule(pl.LightningModule):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        #: weight variants (e.g. the EMA) evaluated beside the trained weights: lit_tricks.weight_variants
+        self.weight_variants = WeightVariants()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
         label_smoothing = _number("label_smoothing", label_smoothing, 0.0, 1.0)
@@ -334,44 +335,45 @@ class TrickModule(pl.LightningModule):
         metric.update(preds, target)
         self.log(key, metric, metric_attribute=f"metrics.{safe}", **kwargs)
 
-    def _evaluate(self, batch: Any, stage: str, suffix: str) -> None:
+    def _evaluate(self, batch: Any, stage: str, variant: str | None) -> None:
         import torchmetrics.classification as tmc
         import torchmetrics.regression as tmr
+
+        def key(metric: str) -> str:
+            return metric if variant is None else self.weight_variants.metric_name(metric, variant)
 
         x, y = batch[0], batch[1]
         out = self._outputs(x, tta=self.tta and stage == "test")
         n = x.shape[0]
         log = functools.partial(self.log, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        log(f"{stage}/loss{suffix}", self.compute_loss(out, y), prog_bar=stage == "val" and not suffix)
+        log(key(f"{stage}/loss"), self.compute_loss(out, y), prog_bar=stage == "val" and variant is None)
         if self.loss_name == "binned" or self._is_regression_output(out):
             if self.bin_edges is not None:
                 pred = binned_point(out, self.bin_edges, self.binned_point)
             else:
                 pred = out.reshape(y.shape)
             for name, cls in (("mae", tmr.MeanAbsoluteError), ("mse", tmr.MeanSquaredError)):
-                self._log_metric(f"{stage}/{name}{suffix}", cls, pred.detach(), y.to(pred.dtype), on_step=False,
+                self._log_metric(key(f"{stage}/{name}"), cls, pred.detach(), y.to(pred.dtype), on_step=False,
                                  on_epoch=True)
             return
         if self.num_classes is None:
             self.num_classes = int(out.shape[-1])
         classes = self.num_classes
         target = y.argmax(-1) if y.is_floating_point() and y.ndim == out.ndim else y
-        self._log_metric(f"{stage}/acc{suffix}", lambda: tmc.MulticlassAccuracy(classes, average="micro"),
-                         out.detach(), target, on_step=False, on_epoch=True, prog_bar=stage == "val" and not suffix)
+        self._log_metric(key(f"{stage}/acc"), lambda: tmc.MulticlassAccuracy(classes, average="micro"),
+                         out.detach(), target, on_step=False, on_epoch=True,
+                         prog_bar=stage == "val" and variant is None)
         if self.top_k and classes > self.top_k:
             k = self.top_k
-            self._log_metric(f"{stage}/top{k}_acc{suffix}",
+            self._log_metric(key(f"{stage}/top{k}_acc"),
                              lambda: tmc.MulticlassAccuracy(classes, top_k=k, average="micro"), out.detach(), target,
                              on_step=False, on_epoch=True)
 
-    def _weight_variants(self) -> dict[str, Callable[[], AbstractContextManager[None]]]:
-        return dict(getattr(self, WEIGHT_VARIANTS_ATTR, None) or {})
-
     def _eval_step(self, batch: Any, stage: str) -> None:
-        self._evaluate(batch, stage, "")
-        for name, ctx in self._weight_variants().items():
+        self._evaluate(batch, stage, None)
+        for name, ctx in self.weight_variants.items():
             with ctx():
-                self._evaluate(batch, stage, f"_{name}")
+                self._evaluate(batch, stage, name)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from lit_tricks.callbacks.early_stopping import EarlyStopping
 from lit_tricks.callbacks.ema import EMAWeights, ema_checkpoint_path
 from lit_tricks.functional.ema import strip_wrapper_prefixes
+from lit_tricks.weight_variants import SupportsWeightVariants, WeightVariants
 from tests.helpers.tiny import BlobsDataModule, TinyClassifier, tiny_trainer
 
 
@@ -240,18 +241,21 @@ def test_apply_at_end_and_restore_raw(tmp_path: Path) -> None:
 
 
 class VariantsClassifier(TinyClassifier):
-    """Follows the weight-variants protocol: metrics once normally and once inside each variant context."""
+    """A plain LightningModule implementing SupportsWeightVariants: metrics once normally, once in each variant."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.weight_variants = WeightVariants()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval(batch, "val")
-        variants: dict[str, Any] = getattr(self, "lit_tricks_weight_variants", {}) or {}
-        for name, ctx in variants.items():
+        for name, ctx in self.weight_variants.items():
             cm: AbstractContextManager[None] = ctx()
             with cm:
                 x, y = batch
                 logits = self(x)
-                self.log(f"val/loss_{name}", nn.functional.cross_entropy(logits, y))
-                self.log(f"val/acc_{name}", (logits.argmax(-1) == y).float().mean())
+                self.log(self.weight_variants.metric_name("val/loss", name), nn.functional.cross_entropy(logits, y))
+                self.log(self.weight_variants.metric_name("val/acc", name), (logits.argmax(-1) == y).float().mean())
 
 
 def _loss(model: nn.Module, weights: dict[str, Tensor]) -> float:
@@ -274,7 +278,9 @@ def test_validate_both_logs_raw_and_ema_side_by_side(tmp_path: Path) -> None:
     assert float(metrics["val/loss"]) == pytest.approx(_loss(model, probe.steps[-1]), rel=1e-5)
     assert float(metrics["val/loss_ema"]) == pytest.approx(_loss(model, ema_cb.ema_state_dict), rel=1e-5)
     assert float(metrics["val/loss"]) != float(metrics["val/loss_ema"])
-    assert not hasattr(model, "lit_tricks_weight_variants")  # removed at teardown
+    assert isinstance(model, SupportsWeightVariants) and "ema" not in model.weight_variants  # removed at teardown
+    assert model.weight_variants.variant_of("val/loss_ema") == "ema"
+    assert model.weight_variants.variant_of("val/loss") is None
 
 
 class CountingEMA(EMAWeights):
@@ -294,7 +300,7 @@ def test_validate_both_recalibrates_once_per_validation(tmp_path: Path) -> None:
 
 
 def test_validate_both_warns_when_the_module_ignores_the_protocol(tmp_path: Path) -> None:
-    with pytest.warns(UserWarning, match="lit_tricks_weight_variants"):
+    with pytest.warns(UserWarning, match="SupportsWeightVariants"):
         _fit(tmp_path, [EMAWeights(validate_both=True)], max_epochs=1, num_sanity_val_steps=0)
 
 

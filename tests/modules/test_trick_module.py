@@ -325,7 +325,7 @@ def test_weight_variants_are_logged_side_by_side(tmp_path: Path) -> None:
                 for p, s in zip(head.parameters(), saved):
                     p.copy_(s)
 
-    module.lit_tricks_weight_variants = {"zero": zero_head}
+    module.weight_variants.add("zero", zero_head)
     weight = head.weight.detach().clone()
     out = tiny_trainer(tmp_path).validate(module, BlobsDataModule(n=64), verbose=False)[0]
     assert {"val/acc", "val/loss", "val/acc_zero", "val/loss_zero"} <= set(out)
