@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.clip import (
     CLIP_MODES,
     adaptive_clip_grad_,
@@ -23,7 +24,7 @@ from lit_tricks.functional.clip import (
 
 __all__ = ["GradientClipping"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 class GradientClipping(Callback):
@@ -37,8 +38,15 @@ class GradientClipping(Callback):
     Logs ``<log_prefix>/grad_norm`` (pre-clip global norm) and ``<log_prefix>/clipped_fraction`` (fraction of steps
     so far whose gradients were changed) every step when ``log=True``; both are tensors, so logging causes no host
     sync beyond Lightning's own. The norm history and counters are callback state, so resume is exact. Hook:
-    ``on_before_optimizer_step``, which Lightning's precision plugin calls after ``scaler.unscale_``. For manual
-    optimization call :meth:`clip_` (or the functions of :mod:`lit_tricks.functional.clip`) yourself.
+    ``on_before_optimizer_step``, which Lightning's precision plugin calls after ``scaler.unscale_``, also for the
+    ``opt.step()`` calls of manual optimization.
+
+    Several optimizers (Lightning's semantics: ``configure_gradient_clipping`` is called per optimizer): each
+    optimizer's step clips that optimizer's parameters only, with their own global norm (as
+    ``torch.nn.utils.clip_grad_norm_`` over that optimizer's parameters); ``auto`` keeps one norm history per
+    optimizer (index in ``trainer.optimizers``), and the counters are per optimizer too. ``state_dict`` holds all
+    of them (``per_optimizer``, keyed by index); the top-level entries are optimizer 0's. Optimizer ``i > 0``
+    logs ``<log_prefix>/grad_norm_opt<i>`` and ``<log_prefix>/clipped_fraction_opt<i>``.
     """
 
     def __init__(
@@ -83,6 +91,9 @@ class GradientClipping(Callback):
         self.norm_history = torch.zeros(self.history, dtype=torch.float32)
         self.steps = 0  # optimizer steps seen (Python int: known on the host without a sync)
         self.clipped_steps = torch.zeros((), dtype=torch.float32)  # stays on the device of the grads
+        # the three above belong to optimizer `_current`; the other optimizers' are stashed here
+        self._current = 0
+        self._stashed: dict[int, tuple[Tensor, int, Tensor]] = {}
 
     @property
     def state_key(self) -> str:
@@ -92,11 +103,21 @@ class GradientClipping(Callback):
         )
 
     # ------------------------------------------------------------------ the clipping itself
-    def clip_(self, parameters: Iterable[Tensor]) -> Tensor:
+    def select_optimizer(self, optimizer_idx: int) -> None:
+        """Make ``norm_history``, ``steps`` and ``clipped_steps`` those of optimizer ``optimizer_idx``."""
+        if optimizer_idx == self._current:
+            return
+        self._stashed[self._current] = (self.norm_history, self.steps, self.clipped_steps)
+        fresh = (torch.zeros(self.history, dtype=torch.float32), 0, torch.zeros((), dtype=torch.float32))
+        self.norm_history, self.steps, self.clipped_steps = self._stashed.pop(optimizer_idx, fresh)
+        self._current = optimizer_idx
+
+    def clip_(self, parameters: Iterable[Tensor], optimizer_idx: int = 0) -> Tensor:
         """Clip the gradients of ``parameters`` in place with this callback's mode; returns the pre-clip global norm.
 
-        Updates the history and counters (so it is also the entry point under manual optimization).
+        Updates the history and counters of optimizer ``optimizer_idx``.
         """
+        self.select_optimizer(optimizer_idx)
         params = [p for p in parameters if p.grad is not None]
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
@@ -157,21 +178,43 @@ class GradientClipping(Callback):
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if not grads_of(params):
             return
-        norm = self.clip_(params)
+        raw = getattr(optimizer, "_optimizer", optimizer)
+        idx = next((i for i, opt in enumerate(trainer.optimizers) if opt is raw), 0)
+        norm = self.clip_(params, idx)
         if self.log and _logs_this_step(trainer):
-            pl_module.log(f"{self.log_prefix}/grad_norm", norm.detach(), on_step=True, on_epoch=False)
-            pl_module.log(f"{self.log_prefix}/clipped_fraction", self.clipped_fraction, on_step=True, on_epoch=False)
+            tail = f"_opt{idx}" if idx else ""
+            pl_module.log(f"{self.log_prefix}/grad_norm{tail}", norm.detach(), on_step=True, on_epoch=False)
+            pl_module.log(f"{self.log_prefix}/clipped_fraction{tail}", self.clipped_fraction, on_step=True,
+                          on_epoch=False)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": _STATE_VERSION,
-            "mode": self.mode,
-            "norm_history": self.norm_history.detach().cpu().clone(),
-            "steps": self.steps,
-            "clipped_steps": self.clipped_steps.detach().cpu().clone(),
-        }
+        current = self._current
+        per = {}
+        for idx in sorted({current, *self._stashed}):
+            self.select_optimizer(idx)
+            per[idx] = {
+                "norm_history": self.norm_history.detach().cpu().clone(),
+                "steps": self.steps,
+                "clipped_steps": self.clipped_steps.detach().cpu().clone(),
+            }
+        self.select_optimizer(current)
+        first = per.get(0, {"norm_history": torch.zeros(self.history), "steps": 0, "clipped_steps": torch.zeros(())})
+        return {"version": _STATE_VERSION, "mode": self.mode, **first, "per_optimizer": per}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._stashed, self._current = {}, 0
+        per = state_dict.get("per_optimizer") or {0: state_dict}  # version 1: optimizer 0's entries only
+        for idx in sorted(int(i) for i in per if int(i) != 0):
+            self._load_one(per[idx])
+            self._stashed[idx] = (self.norm_history, self.steps, self.clipped_steps)
+        self._load_one(per.get(0, {}))
+
+    def _load_one(self, state_dict: dict[str, Any]) -> None:
         history = state_dict.get("norm_history")
         if history is not None:
             history = torch.as_tensor(history, dtype=torch.float32)
@@ -181,6 +224,8 @@ class GradientClipping(Callback):
                 kept[:n] = history[:n]
                 history = kept
             self.norm_history = history.clone()
+        else:
+            self.norm_history = torch.zeros(self.history, dtype=torch.float32)
         self.steps = int(state_dict.get("steps", 0))
         self.clipped_steps = torch.as_tensor(state_dict.get("clipped_steps", 0.0), dtype=torch.float32).clone()
 

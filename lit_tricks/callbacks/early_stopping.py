@@ -12,6 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_prefixed_message
 from torch import Tensor
 
+from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.weight_variants import weight_variants_of
 
 __all__ = ["EarlyStopping"]
@@ -99,6 +100,11 @@ class EarlyStopping(_LightningEarlyStopping):
             return
         self._candidate = self._snapshot(pl_module, into=self._candidate)
         self._candidate_step = trainer.global_step
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best_weights and self.best_weights is not None:

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import logging
 import os
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lit_tricks.fault.atomic import atomic_torch_save
+from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.ema import (
     BUFFER_MODES,
     copy_,
@@ -75,6 +77,22 @@ class EMAWeights(Callback):
         save_ema_checkpoint: beside each checkpoint ``X.ckpt`` write ``X-ema.ckpt`` (EMA weights in
             ``state_dict``, no optimizer state; loadable with ``LightningModule.load_from_checkpoint``).
 
+    How the ``-ema`` twins are written (explicitly): in ``setup`` the callback wraps ``trainer.strategy.checkpoint_io``
+    in a delegating CheckpointIO (undone in ``teardown``) that, for every checkpoint file the Trainer writes or
+    removes, (1) puts the raw weights into weights-only checkpoints (Lightning skips callback hooks for them),
+    (2) after the strategy's own IO saved ``X.ckpt``, calls :meth:`write_ema_twin` when ``save_ema_checkpoint`` is
+    true, (3) removes ``X-ema.ckpt`` with ``X.ckpt`` (ModelCheckpoint's top-k rotation). A user CheckpointIO plugin
+    is kept underneath and does the actual IO.
+
+    When to update: after each optimizer step past ``start_step``, when :meth:`should_update` (Lightning's
+    ``WeightAveraging.should_update(step_idx, epoch_idx)`` signature; override it) says so. A second ``fit()`` of
+    the same instance on the same module (a new Trainer, other ``accumulate_grad_batches``...) continues the EMA and
+    its step count; a fit of another module starts a new EMA from that module's weights.
+
+    Sharded strategies (FSDP, ModelParallel, DeepSpeed ZeRO-3) are refused at ``setup`` with a ``ValueError``: each
+    rank would average only its own shard and no checkpoint would gather the EMA. DDP and single-device runs are
+    supported (under DDP every rank holds the same EMA; BatchNorm statistics come from rank 0).
+
     Checkpoints always hold the raw weights in ``state_dict`` (also when saved while the EMA is swapped in),
     so resuming with or without this callback trains on from the raw weights; the EMA and its counters are
     in the callback state, so resuming is exact. Tensor names tolerate ``_orig_mod.``/``module.`` prefixes.
@@ -126,7 +144,8 @@ class EMAWeights(Callback):
         )
         # persistent state (in state_dict)
         self.num_updates = 0  # EMA updates done (t of the warm-up formula)
-        self.last_step = 0  # trainer.global_step when the callback last saw an optimizer step
+        self.last_step = 0  # trainer.global_step when the callback last saw an optimizer step (this Trainer)
+        self.steps = 0  # optimizer steps seen over every fit of the same module (step_idx + 1 of should_update)
         # EMA tensors, aligned with the model tensors below (names are pl_module.state_dict keys)
         self._names: list[str] = []
         self._ema_params: list[Tensor] = []
@@ -142,6 +161,7 @@ class EMAWeights(Callback):
         self._applied = False  # ... and stays there (apply_at_end)
         self._installed_io: _EMACheckpointIO | None = None
         self._recalibrated_at: tuple[int, int] | None = None  # (last_step, num_updates) of the last recalibration
+        self._bound_module: weakref.ref[pl.LightningModule] | None = None  # the module the EMA belongs to
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -152,11 +172,13 @@ class EMAWeights(Callback):
         ema = dict(zip(self._names, self._ema_params + self._ema_buffers))
         if not ema and self._pending is not None:
             ema = dict(self._pending)
-        return {"version": _STATE_VERSION, "num_updates": self.num_updates, "last_step": self.last_step, "ema": ema}
+        return {"version": _STATE_VERSION, "num_updates": self.num_updates, "last_step": self.last_step,
+                "steps": self.steps, "ema": ema}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.num_updates = int(state_dict.get("num_updates", 0))
         self.last_step = int(state_dict.get("last_step", 0))
+        self.steps = int(state_dict.get("steps", self.last_step))
         self._pending = dict(state_dict.get("ema", {})) or None
         self._names, self._ema_params, self._ema_buffers = [], [], []
         self._recalibrated_at = None
@@ -166,7 +188,7 @@ class EMAWeights(Callback):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()  # picklable under ddp_spawn: no module, trainer or wrapped IO references
         state.update(_module=None, _trainer=None, _model_params=[], _model_buffers=[], _backup=[],
-                     _installed_io=None, _swapped=False, _applied=False)
+                     _installed_io=None, _swapped=False, _applied=False, _bound_module=None)
         return state
 
     # ------------------------------------------------------------------ public helpers
@@ -229,6 +251,12 @@ class EMAWeights(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        sharded = _sharded_strategy(trainer.strategy)
+        if sharded:
+            raise ValueError(
+                f"EMAWeights does not support sharded strategies (got {sharded}): each rank holds only its shard of "
+                "the weights and nothing gathers the EMA; use a ddp strategy or remove EMAWeights"
+            )
         self._module, self._trainer = pl_module, trainer
         variants = weight_variants_of(pl_module)
         if self.validate_both and variants is not None:
@@ -251,7 +279,28 @@ class EMAWeights(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._applied:  # a second fit() after apply_at_end trains on from the raw weights
             self.restore_raw_weights()
+        bound = self._bound_module() if self._bound_module is not None else None
+        if bound is not None and bound is not pl_module and self._pending is None:
+            # another module (not a restore from a checkpoint): its EMA starts from its own weights
+            self._names, self._ema_params, self._ema_buffers = [], [], []
+            self.num_updates = self.steps = 0
+        self._bound_module = weakref.ref(pl_module)
         self._ensure(pl_module)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # this Trainer's step counter (restored from a checkpoint, or 0 in a new fit): a second fit with a new
+        # Trainer continues the EMA and the step count of the first instead of mistaking step 0 for a new step
+        self.last_step = trainer.global_step
+
+    def should_update(self, step_idx: int, epoch_idx: int) -> bool:
+        """Whether to update the EMA after optimizer step ``step_idx`` (0-based) of epoch ``epoch_idx``.
+
+        Lightning's ``WeightAveraging.should_update`` signature; override it for another rule. ``step_idx`` counts
+        the optimizer steps this callback saw over every fit of the same module (``trainer.global_step - 1`` in a
+        single fit or a resumed one). Called only past ``start_step`` (until then the EMA follows the raw
+        weights). Default: every ``update_every_n_steps``-th step after ``start_step``.
+        """
+        return (step_idx + 1 - self.start_step) % self.update_every_n_steps == 0
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -259,13 +308,14 @@ class EMAWeights(Callback):
         step = trainer.global_step
         if step == self.last_step:  # no optimizer step on this batch (gradient accumulation)
             return
+        self.steps += max(1, step - self.last_step)
         self.last_step = step
         if self._pending is not None or not self._names:  # state restored after on_fit_start (FSDP, DeepSpeed)
             self._ensure(pl_module)
-        if step <= self.start_step:  # not started: the EMA follows the raw weights
+        if self.steps <= self.start_step:  # not started: the EMA follows the raw weights
             copy_(self._ema_params, self._model_params)
             copy_(self._ema_buffers, self._model_buffers)
-        elif (step - self.start_step) % self.update_every_n_steps == 0:
+        elif self.should_update(self.steps - 1, trainer.current_epoch):
             d = self.decay_at(self.num_updates)
             ema_update_(self._ema_params, self._model_params, d)
             update_buffers_(self._ema_buffers, self._model_buffers, d, self.buffers)
@@ -317,6 +367,11 @@ class EMAWeights(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self._swapped and not self._applied:
             self._swap_out()
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -402,8 +457,12 @@ class EMAWeights(Callback):
         if self._swapped:
             copy_(self._model_buffers, self._ema_buffers)
 
-    def _write_ema_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> None:
-        """Write ``<path stem>-ema.ckpt``: the checkpoint with EMA weights in ``state_dict``, no training state."""
+    def write_ema_twin(self, checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> None:
+        """Write ``<path stem>-ema.ckpt``: the checkpoint with EMA weights in ``state_dict``, no training state.
+
+        The hook called (rank 0, after the strategy's CheckpointIO wrote ``checkpoint`` to ``path``) for every
+        checkpoint while ``save_ema_checkpoint=True``; override it to write the twin elsewhere or otherwise.
+        """
         if Path(path).stem.endswith(EMA_CHECKPOINT_SUFFIX) or not self._names:
             return
         skip = {"optimizer_states", "lr_schedulers", "callbacks", "loops"}
@@ -430,7 +489,7 @@ class _EMACheckpointIO(CheckpointIO):
             self.callback._put_raw_weights(checkpoint)
         self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
         if self.callback.save_ema_checkpoint:
-            self.callback._write_ema_checkpoint(checkpoint, path)
+            self.callback.write_ema_twin(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
         return self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
@@ -443,6 +502,20 @@ class _EMACheckpointIO(CheckpointIO):
 
     def teardown(self) -> None:
         self.inner.teardown()
+
+
+def _sharded_strategy(strategy: Any) -> str | None:
+    """The name of ``strategy`` when it shards parameters across ranks (FSDP, ModelParallel, DeepSpeed stage 3)."""
+    from lightning.pytorch import strategies
+
+    kinds = tuple(getattr(strategies, name) for name in ("FSDPStrategy", "ModelParallelStrategy")
+                  if hasattr(strategies, name))
+    if isinstance(strategy, kinds):
+        return type(strategy).__name__
+    deepspeed = getattr(strategies, "DeepSpeedStrategy", None)
+    if deepspeed is not None and isinstance(strategy, deepspeed) and bool(getattr(strategy, "zero_stage_3", False)):
+        return "DeepSpeedStrategy (ZeRO stage 3)"
+    return None
 
 
 def _same_shapes(a: list[Tensor], b: list[Tensor]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +16,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 
 from lit_tricks.fault.atomic import atomic_torch_save
+from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.ensemble import (
     COMBINERS,
     EnsembleModule,
@@ -23,7 +25,7 @@ from lit_tricks.functional.ensemble import (
     recalibrate_bn_,
 )
 
-__all__ = ["CheckpointEnsemble", "load_member_state_dict"]
+__all__ = ["CheckpointEnsemble", "load_member_state_dict", "top_k_decision"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,27 @@ def _strip_prefixes(state_dict: dict[str, Tensor], reference_keys: Iterable[str]
                     new, changed = new[len(prefix):], True
         out[new] = value
     return out
+
+
+def top_k_decision(kept: list[float], score: float, k: int, mode: str) -> tuple[bool, int | None, float]:
+    """Lightning ``ModelCheckpoint``'s top-k rule: does ``score`` enter a top-k holding ``kept`` (stored scores, in
+    the order they entered), which index does it displace, and the value stored for it.
+
+    As ``ModelCheckpoint.check_monitor_top_k`` and ``_update_best_and_save`` (Lightning 2.x): while fewer than ``k``
+    are kept every score enters (NaN too); then a score enters only when strictly better than the worst kept one
+    (``<`` for ``min``, ``>`` for ``max``; NaN never is), and displaces that worst one (the first to have entered
+    among equal worst scores). A NaN is stored as ``+inf`` (``min``) / ``-inf`` (``max``): the worst possible
+    score, which any finite score displaces later. ``±inf`` are ordinary scores.
+    """
+    worst_value = float("inf") if mode == "min" else float("-inf")
+    stored = worst_value if math.isnan(score) else float(score)
+    if len(kept) < k:
+        return True, None, stored
+    values = [worst_value if math.isnan(v) else v for v in kept]
+    pick = max if mode == "min" else min
+    worst = pick(range(len(values)), key=values.__getitem__)  # first among ties, as max() over a dict
+    better = score < values[worst] if mode == "min" else score > values[worst]
+    return (True, worst, stored) if better else (False, None, stored)
 
 
 def _clone(module: _M) -> _M:
@@ -98,9 +121,15 @@ class CheckpointEnsemble(Callback):
     of that epoch lists them when it saves at train epoch end, Lightning's default when validating every epoch),
     top-k members right after the validation that scored them, cycle-end members at the step ending a cycle.
 
-    Members are files ``<dirpath>/member-epochEEE-stepSSSSSS.pt`` written atomically by rank 0 (``dirpath`` defaults
-    to ``<default_root_dir>/ensemble``), or kept inside the callback state with ``keep_inline=True``. The callback
-    state lists them (path, score, epoch, step, why), so resume is exact; under DDP rank 0 decides and broadcasts.
+    Members are files ``<dirpath>/member-epochEEE-stepSSSSSS.pt`` written atomically by rank 0, or kept inside the
+    callback state with ``keep_inline=True``. The callback state lists them (path, score, epoch, step, why), so
+    resume is exact; under DDP rank 0 decides and broadcasts.
+
+    ``dirpath`` defaults to one folder per run, so that two runs in one ``default_root_dir`` never overwrite each
+    other's members (as ModelCheckpoint's folder under the logger's version): ``<trainer.log_dir>/ensemble`` (the
+    logger's version folder; ``default_root_dir`` without a logger), ``ensemble-v1``, ``ensemble-v2``, ... when that
+    folder already holds another run's members; a resumed run or a second fit of the same instance keeps its folder.
+    An explicit ``dirpath`` is used as given.
 
     Test: logs ``test/acc_ensemble`` and ``test/loss_ensemble`` (NLL of the ensemble probabilities) next to the
     module's own ``test/acc``, for batches ``(x, y, ...)``. ``combine``: ``mean_prob`` (mean softmax, default),
@@ -164,6 +193,7 @@ class CheckpointEnsemble(Callback):
         self._warned_batch = False
         self._warned_monitor = False
         self._evaluated: dict[str, Tensor] | None = None
+        self._run_dir: str | None = None  # the member folder of this run (when dirpath is None)
 
     @property
     def state_key(self) -> str:
@@ -174,7 +204,26 @@ class CheckpointEnsemble(Callback):
 
     # ------------------------------------------------------------------ members
     def _dirpath(self, trainer: pl.Trainer) -> Path:
-        return Path(self.dirpath) if self.dirpath is not None else Path(trainer.default_root_dir) / "ensemble"
+        if self.dirpath is not None:
+            return Path(self.dirpath)
+        if self._run_dir is None:
+            self._run_dir = str(self._choose_run_dir(trainer))
+        return Path(self._run_dir)
+
+    def _choose_run_dir(self, trainer: pl.Trainer) -> Path:
+        """This run's member folder: where this instance's members already are (resume, second fit), else
+        ``<trainer.log_dir>/ensemble`` (the logger's version folder, or ``default_root_dir`` without a logger),
+        versioned ``ensemble-v1``, ``-v2``... when another run's members are already there."""
+        owned = [Path(m["path"]).parent for m in self.members
+                 if not m["path"].startswith("inline:") and not {"path", "checkpoint_top_k"} & set(m["tags"])]
+        if owned:
+            return owned[-1]
+        base = Path(trainer.log_dir or trainer.default_root_dir)
+        candidate, n = base / "ensemble", 0
+        while candidate.is_dir() and any(candidate.glob("member-*.pt")):
+            n += 1
+            candidate = base / f"ensemble-v{n}"
+        return candidate
 
     def member_paths(self) -> list[str]:
         """Paths (or inline keys) of the current members, in capture order."""
@@ -251,16 +300,15 @@ class CheckpointEnsemble(Callback):
                 self._warned_monitor = True
             return
         score = float(value)
-        ranked = [m for m in self.members if "top_k" in m["tags"]]
-        if len(ranked) >= self.top_k:
-            worst = ranked[0]
-            for m in ranked[1:]:
-                if self._better(worst["score"], m["score"]):
-                    worst = m
-            if not self._better(score, worst["score"]):
-                return
-            self._drop_tag(trainer, worst, "top_k")
-        self._capture(trainer, state, "top_k", score)
+        ranked = sorted((m for m in self.members if "top_k" in m["tags"]), key=lambda m: m.get("top_k_order", 0))
+        enters, drop, stored = top_k_decision([float(m["score"]) for m in ranked], score, self.top_k, self.mode)
+        if not enters:
+            return
+        if drop is not None:
+            self._drop_tag(trainer, ranked[drop], "top_k")
+        order = 1 + max((int(m.get("top_k_order", 0)) for m in self.members), default=0)
+        record = self._capture(trainer, state, "top_k", stored)
+        record["top_k_order"] = order
 
     def _sync(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Rank 0's member list wins (scores may differ across ranks when not synced); wait for its files."""
@@ -278,8 +326,12 @@ class CheckpointEnsemble(Callback):
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._keep_members_on_load = False
+        if stage == "fit":
+            self._run_dir = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.dirpath is None and not self.keep_inline:  # after a restore: rank 0 picks the folder for all
+            self._run_dir = str(trainer.strategy.broadcast(str(self._choose_run_dir(trainer)), src=0))
         self._cycle_ends = set()
         if not self.at_cycle_ends:
             return
@@ -385,7 +437,7 @@ class CheckpointEnsemble(Callback):
             "version": _STATE_VERSION,
             "members": [
                 {"path": m["path"], "score": m["score"], "epoch": m["epoch"], "step": m["step"],
-                 "tags": list(m["tags"])}
+                 "tags": list(m["tags"]), **({"top_k_order": int(m["top_k_order"])} if "top_k_order" in m else {})}
                 for m in self.members
             ],
             "inline": {k: dict(v) for k, v in self.inline.items()},
@@ -394,6 +446,7 @@ class CheckpointEnsemble(Callback):
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
         # test(ckpt_path="best") after fit: keep this run's full member list, load only the single model
         self._keep_members_on_load = trainer.state.fn != "fit" and bool(self.members)
 
@@ -403,7 +456,8 @@ class CheckpointEnsemble(Callback):
             return
         self.members = [
             {"path": str(m["path"]), "score": None if m.get("score") is None else float(m["score"]),
-             "epoch": int(m.get("epoch", -1)), "step": int(m.get("step", -1)), "tags": list(m.get("tags", []))}
+             "epoch": int(m.get("epoch", -1)), "step": int(m.get("step", -1)), "tags": list(m.get("tags", [])),
+             **({"top_k_order": int(m["top_k_order"])} if "top_k_order" in m else {})}
             for m in state_dict.get("members", [])
         ]
         self.inline = {str(k): dict(v) for k, v in state_dict.get("inline", {}).items()}
@@ -449,8 +503,12 @@ class CheckpointEnsemble(Callback):
         """Ensemble class probabilities ``[N, C]`` for a batch ``x`` (what ``pl_module(x)`` maps to logits)."""
         return self.ensemble(pl_module)(x)
 
-    def export(self, pl_module: nn.Module, example_input: Tensor | None = None) -> nn.Module:
-        """One ``nn.Module`` (x -> ensemble probabilities) that reloads without lit_tricks; see
+    def export(
+        self, pl_module: nn.Module, example_input: Tensor | None = None
+    ) -> nn.Module | torch.export.ExportedProgram:
+        """The ensemble (x -> ensemble probabilities) in a form that saves and reloads without lit_tricks: an fx
+        ``GraphModule`` (``torch.save`` / ``torch.load(weights_only=False)``), or with ``example_input`` a
+        ``torch.export.ExportedProgram`` (``torch.export.save`` / ``torch.export.load(path).module()``); see
         :func:`lit_tricks.functional.ensemble.export_ensemble`."""
         return export_ensemble(self.members_as_modules(pl_module), self.combine, example_input)
 

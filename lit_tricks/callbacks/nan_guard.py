@@ -10,6 +10,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lit_tricks.fault.state_keys import warn_changed_args
+
 __all__ = ["POLICIES", "NaNGuard", "NonFiniteCheckpointError"]
 
 log = logging.getLogger(__name__)
@@ -42,9 +44,17 @@ class NaNGuard(Callback):
     """Check the loss and every gradient at each optimizer step, before the step, and apply ``policy`` when one is
     NaN/inf.
 
-    The update of a bad step is dropped by setting every gradient to ``None`` just before ``optimizer.step`` (torch
-    optimizers leave parameters without a gradient, and their optimizer state, untouched); the lr scheduler and the
-    global step still advance. Under DDP the ranks agree (any rank bad = all skip).
+    How a bad step is dropped, for any LightningModule (automatic or manual optimization): in
+    ``on_before_optimizer_step`` (Lightning calls it inside ``optimizer.step``, after the closure ran backward) the
+    guard copies the optimizer's parameters and its per-parameter state (momentum buffers, Adam moments and step
+    counters), sets every gradient to ``None`` and registers a one-shot ``Optimizer.register_step_post_hook`` that
+    puts the copies back right after the step. So whatever else runs in that step (the module's own
+    ``on_before_optimizer_step``, e.g. TrickModule's decoupled weight decay, an optimizer that decays parameters
+    without a gradient) leaves no trace: parameters and optimizer state are bit-identical to before the step. Only
+    the bad steps pay for the copy. The lr scheduler and the global step still advance (the step happened, with no
+    effect). When the step never runs (a GradScaler skips ``optimizer.step`` after an inf), the restore happens at
+    batch end instead and no hook is left behind. Under DDP the ranks agree (any rank bad = all skip). ``rollback``
+    restores its snapshot in the same post-step hook, so nothing of the bad step survives it either.
 
     ``policy``: one of :data:`POLICIES`. ``lr_factor``: rollback multiplies every param group's lr (and the lr
     schedulers' ``base_lrs``) by it. ``snapshot_every_n_steps``: how often rollback's in-memory snapshot (a copy of
@@ -89,6 +99,7 @@ class NaNGuard(Callback):
         self._step_bad = False
         self._buffers: list[torch.Tensor] | None = None
         self._snapshot: dict[str, Any] | None = None
+        self._pending: dict[int, Any] = {}  # optimizer id -> its pending post-step restore
 
     @property
     def state_key(self) -> str:
@@ -124,6 +135,9 @@ class NaNGuard(Callback):
         if not bad:
             return
         self._step_bad = True
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+        if self.policy != "rollback":
+            self._undo_after_step(optimizer, _copy_step_state(optimizer))
         for group in optimizer.param_groups:  # drop this step's update
             for p in group["params"]:
                 p.grad = None
@@ -137,19 +151,25 @@ class NaNGuard(Callback):
             log.warning("NaNGuard: non-finite loss/gradient at step %d; update dropped", step)
             self._restore_buffers(pl_module)
         else:
-            self._rollback(trainer, pl_module, step)
+            self._undo_after_step(optimizer, None, lambda: self._rollback(trainer, pl_module, step))
         if self.consecutive >= self.max_consecutive and not trainer.should_stop:
             log.error("NaNGuard: %d non-finite steps in a row; stopping", self.consecutive)
             trainer.should_stop = True
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        self._flush_pending()
         self._buffers = None
         if self._step_bad:
             return
         self.consecutive = 0
         if self.policy == "rollback" and trainer.global_step % self.snapshot_every_n_steps == 0:
             self._take_snapshot(trainer, pl_module)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -174,6 +194,34 @@ class NaNGuard(Callback):
         self.consecutive = int(state_dict.get("consecutive", 0))
 
     # ---- policies --------------------------------------------------------------------------------------------
+    def _undo_after_step(self, optimizer: torch.optim.Optimizer, saved: dict[str, Any] | None,
+                         then: Any = None) -> None:
+        """Right after ``optimizer.step`` returns, put ``saved`` back (and call ``then``); once per bad step."""
+        if id(optimizer) in self._pending:
+            return  # L-BFGS evaluates its closure several times per step: keep the state from before the first
+        handles: list[Any] = []
+
+        def restore() -> None:
+            self._pending.pop(id(optimizer), None)
+            for handle in handles:
+                handle.remove()
+            if saved is not None:
+                _restore_step_state(optimizer, saved)
+            if then is not None:
+                then()
+
+        register = getattr(optimizer, "register_step_post_hook", None)
+        if not callable(register):  # not a torch Optimizer: restore now (what runs in the step may still act)
+            restore()
+            return
+        handles.append(register(lambda opt, args, kwargs: restore()))
+        self._pending[id(optimizer)] = restore
+
+    def _flush_pending(self) -> None:
+        """Restore now what a step that never ran left pending (a GradScaler skips ``optimizer.step`` on inf)."""
+        for restore in list(self._pending.values()):
+            restore()
+
     def _restore_buffers(self, pl_module: pl.LightningModule) -> None:
         if self._buffers is None:
             return
@@ -211,6 +259,26 @@ class NaNGuard(Callback):
         self.lr_scale *= self.lr_factor
         log.warning("NaNGuard: non-finite loss/gradient at step %d; rolled back to step %d, lr x%g (now x%g)",
                     step, snap["step"], self.lr_factor, self.lr_scale)
+
+
+def _copy_step_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Copies of what ``optimizer.step`` may change: its parameters and their per-parameter state."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    with torch.no_grad():
+        values = [p.detach().clone() for p in params]
+    state = {i: copy.deepcopy(optimizer.state[p]) for i, p in enumerate(params) if p in optimizer.state}
+    return {"params": params, "values": values, "state": state}
+
+
+def _restore_step_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    with torch.no_grad():
+        for p, v in zip(saved["params"], saved["values"]):
+            p.copy_(v)
+    for i, p in enumerate(saved["params"]):
+        if i in saved["state"]:
+            optimizer.state[p] = saved["state"][i]
+        else:
+            optimizer.state.pop(p, None)
 
 
 def _non_finite_entries(checkpoint: dict[str, Any]) -> list[str]:

@@ -132,13 +132,16 @@ class _TraceableEnsemble(nn.Module):
 
 def export_ensemble(
     members: Sequence[nn.Module], combine: str = "mean_prob", example_input: Tensor | None = None
-) -> nn.Module:
+) -> nn.Module | torch.export.ExportedProgram:
     """One ``nn.Module`` computing the ensemble probabilities that loads without lit_tricks (nor the members' classes).
 
     Without ``example_input`` the members are traced with ``torch.fx.symbolic_trace`` into a ``GraphModule`` made of
     ``torch.nn`` layers only; pickle it with ``torch.save(m, path)`` and load it anywhere torch is installed with
     ``torch.load(path, weights_only=False)``. With ``example_input`` it uses ``torch.export`` (for members fx cannot
-    trace) and returns ``ExportedProgram.module()``; save that one with ``torch.export.save`` of the program instead.
+    trace) and returns the ``torch.export.ExportedProgram`` itself: save it with ``torch.export.save(program, path)``
+    and ``torch.export.load(path).module()`` is the callable module again (``program.module()`` holds local closures
+    that no pickler accepts, and a program saved with ``torch.save`` does not load back in torch 2.14, so use
+    ``torch.export.save``).
     """
     if combine not in COMBINERS:
         raise ValueError(f"combine must be one of {sorted(COMBINERS)}, got {combine!r}")
@@ -147,7 +150,7 @@ def export_ensemble(
         m.requires_grad_(False)
     wrapper = _TraceableEnsemble(frozen, combine).eval()
     if example_input is not None:
-        return torch.export.export(wrapper, (example_input,)).module()
+        return torch.export.export(wrapper, (example_input,))
     try:
         return torch.fx.symbolic_trace(wrapper)
     except Exception as err:  # fx cannot trace data-dependent control flow

@@ -28,6 +28,13 @@ class Schedule(LRScheduler):
     The lr at optimizer step ``s`` is the closed form :func:`lit_tricks.functional.schedules.lr_at` (computed fresh
     every step, never chained), so ``state_dict`` only needs the step counter and resume is exact.
 
+    Resume rule (one rule for every step, the first included): after a restore the lr of optimizer step ``s`` is
+    the closed form of the *new* configuration (its warm-up, body, ``total_steps``, restarts) at the restored step
+    counter ``s``, with the base lrs of the checkpoint (as Lightning restores the optimizer's ``initial_lr``, and as
+    NaNGuard's lr cuts live there). :meth:`load_state_dict` writes that lr into the optimizer at once, so the first
+    step after resume does not run with the lr the old run's optimizer state ended with. Resuming an unchanged
+    configuration is bit-exact; a longer ``max_epochs`` stretches the rest of the schedule from the step reached.
+
     Args:
         body: a :class:`~lit_tricks.schedules.bodies.Body`, a name from ``BODIES`` (default arguments) or None
             (constant).
@@ -173,6 +180,11 @@ class Schedule(LRScheduler):
             if key in state_dict:
                 setattr(self, key, state_dict[key])
         self.last_epoch = int(state_dict.get("last_epoch", self.last_epoch))
+        # the restored optimizer holds the old run's last lr: the next step uses this configuration's closed form
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = list(lrs)
 
     def __repr__(self) -> str:
         restarts = f", T_0={self.T_0}, T_mult={self.T_mult}, cycle_decay={self.cycle_decay}" if self.T_0 else ""

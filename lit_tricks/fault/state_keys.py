@@ -1,0 +1,58 @@
+"""Changed arguments on resume: a callback's ``state_key`` holds its identifying arguments (as Lightning's
+EarlyStopping and ModelCheckpoint do), so a run resumed with another value of one of them finds no state under its
+key and would silently start that callback afresh. :func:`warn_changed_args` says so in one line."""
+
+from __future__ import annotations
+
+import ast
+import logging
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+__all__ = ["changed_args", "warn_changed_args"]
+
+log = logging.getLogger(__name__)
+
+
+def _args_of(key: str, prefix: str) -> dict[str, Any] | None:
+    try:
+        value = ast.literal_eval(key[len(prefix):])
+    except (ValueError, SyntaxError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def changed_args(callback: Callback, checkpoint: dict[str, Any]) -> list[tuple[str, dict[str, tuple[Any, Any]]]]:
+    """``[(stored state_key, {arg: (old, new)})]`` for the states of ``callback``'s class in ``checkpoint`` saved
+    with other identifying arguments, when none was saved under ``callback.state_key`` itself."""
+    states = checkpoint.get("callbacks") or {}
+    if callback.state_key in states or callback._legacy_state_key in states:
+        return []
+    prefix = type(callback).__qualname__
+    mine = _args_of(callback.state_key, prefix) or {}
+    out = []
+    for key in states:
+        if not isinstance(key, str) or not key.startswith(prefix + "{"):
+            continue
+        old = _args_of(key, prefix)
+        if old is None:
+            continue
+        diff = {k: (old.get(k), mine.get(k)) for k in sorted(set(old) | set(mine)) if old.get(k) != mine.get(k)}
+        out.append((key, diff))
+    return out
+
+
+def warn_changed_args(callback: Callback, checkpoint: dict[str, Any]) -> bool:
+    """Warn (one line per stored state) when ``checkpoint`` holds a state of ``callback``'s class saved with other
+    identifying arguments: that state is not restored, the callback starts afresh. Returns whether it warned."""
+    found = changed_args(callback, checkpoint)
+    for _key, diff in found:
+        changes = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items())
+        rank_zero_warn(
+            f"{type(callback).__name__}: the checkpoint holds this callback's state saved with other arguments "
+            f"({changes}); that state is NOT restored and {type(callback).__name__} starts afresh (resume with the "
+            "old arguments to continue it)."
+        )
+    return bool(found)
