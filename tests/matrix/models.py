@@ -100,14 +100,16 @@ class MultiValClassifier(TinyClassifier):
 
 
 class ScriptedMetric(TinyClassifier):
-    """Logs ``val/score`` = ``scores[k]`` at its k-th validation (or at its k-th train epoch end, ``train_only``)."""
+    """Logs ``val/score`` = ``scores[epoch]`` at each validation (``by_epoch=False``: ``scores[k]`` at the k-th), or
+    ``train/score`` at each train epoch end (``train_only``)."""
 
-    def __init__(self, scores: list[float], train_only: bool = False, lr: float = 0.1) -> None:
+    def __init__(self, scores: list[float], train_only: bool = False, by_epoch: bool = True, lr: float = 0.1) -> None:
         super().__init__(lr=lr)
-        self.scores, self.train_only, self.calls = list(scores), train_only, 0
+        self.scores, self.train_only, self.by_epoch, self.calls = list(scores), train_only, by_epoch, 0
 
     def _next(self) -> None:
-        value = self.scores[min(self.calls, len(self.scores) - 1)]
+        k = self.current_epoch if self.by_epoch else self.calls
+        value = self.scores[min(k, len(self.scores) - 1)]
         self.calls += 1
         self.log("val/score" if not self.train_only else "train/score", value)
 
