@@ -43,6 +43,9 @@ class AllModel(TinyClassifier):
         if compile_net:
             self.net = torch.compile(self.net, backend="aot_eager")  # state_dict names get "_orig_mod."
 
+    def on_train_start(self) -> None:
+        torch.manual_seed(1000 + self.global_rank)  # each rank its own RNG stream (RNGState keeps every rank's)
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
         if self.global_step == self.nan_step and self.global_rank == self.nan_rank:
@@ -95,7 +98,7 @@ class Record(Callback):
         ema, clip, guard = c["EMAWeights"], c["GradientClipping"], c["NaNGuard"]
         es, oes, ens, mc = c["EarlyStopping"], c["OracleES"], c["CheckpointEnsemble"], c["ModelCheckpoint"]
         torch.save({
-            "rank": trainer.global_rank, "global_step": trainer.global_step, "epoch": trainer.current_epoch,
+            "rank": trainer.global_rank, "n_train": len(trainer.train_dataloader.dataset),  # type: ignore "global_step": trainer.global_step, "epoch": trainer.current_epoch,
             "start": self.start, "params": self.params, "losses": self.losses,
             "pre": self.pre.grads, "post": self.post.grads, "lrs": self.post.lrs,
             "total_steps": trainer.lr_scheduler_configs[0].scheduler.total_steps,  # type: ignore[attr-defined]
@@ -233,7 +236,8 @@ def check_sanity(r: dict[str, Any]) -> None:
     model.load_state_dict({k.replace("_orig_mod.", ""): v for k, v in r["start"].items()})
     model.train()
     model.net[3].eval()  # dropout off, BatchNorm in train mode: what the check runs
-    x, y = make_blobs(128).tensors
+    x, y = make_blobs(r["n_train"]).tensors
+    x, y = x[:256], y[:256]  # init_samples
     with torch.no_grad():
         expected = float(nn.functional.cross_entropy(model(x), y))
     assert r["sanity"]["init_loss"]["loss"] == pytest_approx(expected) or \
