@@ -25,7 +25,7 @@ from typing import Any
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS for the exact-resume check
 
-import torch  # noqa: E402
+import torch
 
 CHECKS: dict[str, str] = {
     "amp_nanguard_clipping": "16-mixed GradScaler + NaNGuard + GradientClipping",

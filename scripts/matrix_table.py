@@ -60,7 +60,7 @@ def render(cells: list[Cell]) -> str:
     def mark(group: list[Cell]) -> str:
         if not group:
             return ""
-        status = next((s for s in ("xfail", "limitation", "pass") if any(c.status == s for c in group)))
+        status = next(s for s in ("xfail", "limitation", "pass") if any(c.status == s for c in group))
         refs = []
         for c in group:
             if c.status != "pass" and c.note not in note_index:

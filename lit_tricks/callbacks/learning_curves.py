@@ -89,7 +89,8 @@ class LearningCurves(pl.Callback):
     """Record per-epoch train/val loss and accuracy; at fit end write a PNG and diagnose bias vs variance.
 
     The training loss is the mean of ``training_step``'s losses over the epoch (computed here, whatever the module
-    logs; under gradient accumulation as returned, not Lightning's loss / ``accumulate_grad_batches``); the other values are read from ``trainer.callback_metrics`` under the given keys. When the module logs no
+    logs; under gradient accumulation as returned, not Lightning's loss / ``accumulate_grad_batches``); the other
+    values are read from ``trainer.callback_metrics`` under the given keys. When the module logs no
     ``train_acc_key``, the training accuracy is measured here at each epoch end on the first
     ``train_eval_samples`` training samples (eval mode, no gradients, forked RNG; 0 = off), since the bias/variance
     diagnosis compares errors. ``target_error``: the human-level / Bayes error (default 0). ``dirpath``: where the

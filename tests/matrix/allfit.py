@@ -98,7 +98,8 @@ class Record(Callback):
         ema, clip, guard = c["EMAWeights"], c["GradientClipping"], c["NaNGuard"]
         es, oes, ens, mc = c["EarlyStopping"], c["OracleES"], c["CheckpointEnsemble"], c["ModelCheckpoint"]
         torch.save({
-            "rank": trainer.global_rank, "n_train": len(trainer.train_dataloader.dataset),  # type: ignore "global_step": trainer.global_step, "epoch": trainer.current_epoch,
+            "rank": trainer.global_rank, "global_step": trainer.global_step, "epoch": trainer.current_epoch,
+            "n_train": len(trainer.train_dataloader.dataset),  # type: ignore[arg-type,union-attr]
             "start": self.start, "params": self.params, "losses": self.losses,
             "pre": self.pre.grads, "post": self.post.grads, "lrs": self.post.lrs,
             "total_steps": trainer.lr_scheduler_configs[0].scheduler.total_steps,  # type: ignore[attr-defined]

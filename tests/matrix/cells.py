@@ -37,9 +37,10 @@ DIMENSIONS: dict[str, str] = {
     "monitor": "monitored value NaN/inf or logged in training only",
     "stop_reasons": "every EarlyStopping stop reason vs Lightning's",
     "val_schedule": "`val_check_interval<1`, `check_val_every_n_epoch>1`, `limit_train_batches`",
-    "lr_sources": "several lr sources composing",
+    "lr_sources": "several lr / update sources composing (schedule, plateau, NaN-guard lr cut, weight decay)",
     "load_other_args": "`load_state_dict` into an instance with other arguments",
     "ddp": "2-process DDP (gloo), all callbacks in one fit",
+    "pickle": "pickled / exported objects (`torch.save`)",
 }
 STATUSES = ("pass", "limitation", "xfail")
 

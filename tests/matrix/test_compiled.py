@@ -3,7 +3,6 @@ callback; each cell checks one callback against its oracle (see tests/matrix/all
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -59,7 +59,7 @@ def test_ddp_nan_guard_both_ranks_skip(ranks: tuple) -> None:
 def test_ddp_clipping_on_synced_gradients(ranks: tuple) -> None:
     r0, r1, _ = ranks
     allfit.check_clipping(r0)
-    assert all(a is None and b is None or _same(a, b) for a, b in zip(r0["post"], r1["post"]))
+    assert all((a is None and b is None) or _same(a, b) for a, b in zip(r0["post"], r1["post"]))
 
 
 @cell("EMAWeights", "ddp")

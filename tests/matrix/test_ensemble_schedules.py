@@ -139,7 +139,7 @@ def test_ensemble_second_run_keeps_the_first_runs_members(tmp_path: Path) -> Non
         assert all(torch.equal(now[k], v) for k, v in sd.items()), path
 
 
-@cell("CheckpointEnsemble", "second_fit", "xfail",
+@cell("CheckpointEnsemble", "pickle", "xfail",
       "issue 12 bug 6 (export(example_input=...) is not picklable), fixed on branch callbacks")
 def test_ensemble_export_is_picklable(tmp_path: Path) -> None:
     ens = CheckpointEnsemble(every_n_epochs=1)
@@ -243,6 +243,7 @@ def test_schedule_resumed_with_longer_max_epochs_follows_one_rule(tmp_path: Path
 
 
 @cell("Schedule", "lr_sources")
+@cell("NaNGuard", "lr_sources")
 def test_schedule_with_nan_guard_rollback_lr_cut(tmp_path: Path) -> None:
     class NaNScheduled(Scheduled):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
