@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: train test bench lint typecheck pytest setup docs
+.PHONY: train test bench lint typecheck pytest setup docs gpu-check
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -41,3 +41,7 @@ test: lint typecheck docs pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# CUDA-only paths of the callbacks (AMP scaler, EMA offload, vmap ensemble, CUDA RNG resume, FSDP); skips without CUDA.
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py

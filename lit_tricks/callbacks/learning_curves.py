@@ -89,7 +89,8 @@ class LearningCurves(pl.Callback):
     """Record per-epoch train/val loss and accuracy; at fit end write a PNG and diagnose bias vs variance.
 
     The training loss is the mean of ``training_step``'s losses over the epoch (computed here, whatever the module
-    logs); the other values are read from ``trainer.callback_metrics`` under the given keys. When the module logs no
+    logs; under gradient accumulation as returned, not Lightning's loss / ``accumulate_grad_batches``); the other
+    values are read from ``trainer.callback_metrics`` under the given keys. When the module logs no
     ``train_acc_key``, the training accuracy is measured here at each epoch end on the first
     ``train_eval_samples`` training samples (eval mode, no gradients, forked RNG; 0 = off), since the bias/variance
     diagnosis compares errors. ``target_error``: the human-level / Bayes error (default 0). ``dirpath``: where the
@@ -160,6 +161,9 @@ class LearningCurves(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             loss = loss.detach().float().reshape(())
+            if pl_module.automatic_optimization and trainer.accumulate_grad_batches > 1:
+                # Lightning hands on the loss divided by accumulate_grad_batches (what it back-propagates)
+                loss = loss * trainer.accumulate_grad_batches
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._loss_count += 1
 

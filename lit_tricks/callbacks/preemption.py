@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 class Preemption(Callback):
     """Turn a preemption signal into a checkpoint at the end of the current training batch and a clean exit (code 0).
 
+    With gradient accumulation the checkpoint waits for the end of the current window (the window is the step: the
+    accumulated gradients of a half-done window are in no checkpoint, so saving there would lose them).
+
     From ``on_train_start`` to the end of fit, the handlers of ``signals`` only note the signal. At the end of the
     running training batch (after every other callback, ModelCheckpoint included, ran its ``on_train_batch_end``: the
     same point an interval checkpoint is taken, so the resume is exact) the ranks agree (any rank signalled), every
@@ -96,6 +99,8 @@ class Preemption(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if _inside_accumulation_window(trainer, pl_module):
+            return  # the window's gradients are in no checkpoint: save when its optimizer step is done
         signalled = self.received is not None
         if trainer.world_size > 1:
             signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
@@ -148,3 +153,13 @@ class Preemption(Callback):
             log.info("Preemption: requeued SLURM job %s", job_id)
         else:
             log.warning("Preemption: scontrol requeue %s failed with code %d", job_id, result)
+
+
+def _inside_accumulation_window(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+    """Whether this batch ended inside a gradient-accumulation window (its optimizer step is still to come).
+
+    The same on every rank (it depends on the batch position only), so the ranks still agree on when to save.
+    """
+    if not pl_module.automatic_optimization or trainer.accumulate_grad_batches <= 1:
+        return False
+    return bool(trainer.fit_loop.epoch_loop._should_accumulate())
