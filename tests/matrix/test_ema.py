@@ -130,7 +130,7 @@ def test_ema_bf16_mixed_keeps_fp32_average(tmp_path: Path) -> None:
     assert_close(ema.ema_state_dict, recurrence(rec.start, rec.params, 0.6))
 
 
-@cell("EMAWeights", "second_fit", "xfail", "issue 12 bug 3 (EMA reset on a second fit), fixed on branch callbacks")
+@cell("EMAWeights", "second_fit")
 def test_ema_second_fit_continues_the_average(tmp_path: Path) -> None:
     ema = EMAWeights(decay=0.6, apply_at_end=False)
     model = TinyClassifier()
@@ -157,8 +157,7 @@ def test_ema_resume_with_longer_max_epochs_equals_uninterrupted(tmp_path: Path) 
         assert torch.equal(resumed.ema_state_dict[k], v), k
 
 
-@cell("EMAWeights", "resume_changed", "xfail",
-      "issue 12 item 'changed arguments on resume' (state_key holds decay: silent restart), fixed on branch callbacks")
+@cell("EMAWeights", "resume_changed")
 def test_ema_resume_with_changed_decay_says_so(tmp_path: Path) -> None:
     fit(tmp_path, TinyClassifier, [EMAWeights(decay=0.7), ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)],
         enable_checkpointing=True, max_epochs=1, limit_train_batches=2)
@@ -255,7 +254,7 @@ def test_ema_schedule_of_updates_matches_recurrence(accumulate: int, every: int,
             step += 1
             with torch.no_grad():
                 model.weight.add_(torch.randn_like(model.weight))
-        ema.on_train_batch_end(SimpleNamespace(global_step=step), model, None, None, b)  # type: ignore[arg-type]
+        ema.on_train_batch_end(SimpleNamespace(global_step=step, current_epoch=0), model, None, None, b)  # type: ignore[arg-type]
         if (b + 1) % accumulate == 0:
             w = model.weight.detach()
             if step <= start:
