@@ -15,16 +15,15 @@ import hydra
 from omegaconf import DictConfig
 
 from lit_tricks.cli.hydra_errors import condensed_hydra_errors
+from lit_tricks.config_checks import ConfigError
+from lit_tricks.records import error_chain, root_error
+from lit_tricks.run import train  # imports Lightning before Hydra sets up logging: its console lines stay plain
 
 __all__ = ["main"]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lit_tricks.conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
-    from lit_tricks.config_checks import ConfigError
-    from lit_tricks.records import error_chain, root_error
-    from lit_tricks.run import train
-
     try:
         return train(cfg)
     except ConfigError as err:
