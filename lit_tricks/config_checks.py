@@ -155,13 +155,13 @@ def _direction_problem(cfg: DictConfig) -> str | None:
         return None
     direction = sweeper.get("direction") if sweeper is not None else None
     if isinstance(direction, list | tuple) or (direction is not None and not isinstance(direction, str)):
-        direction = list(direction)[0] if len(direction) else None
+        direction = next(iter(direction), None)
     mode = _get(cfg, "monitor_mode")
     expected = {"min": "minimize", "max": "maximize"}.get(str(mode))
     if direction is None or expected is None or str(direction) == expected:
         return None
-    return (f"hydra.sweeper.direction={direction}: disagrees with monitor_mode={mode} (monitor={_get(cfg, 'monitor')}); "
-            f"set hydra.sweeper.direction={expected}")
+    return (f"hydra.sweeper.direction={direction}: disagrees with monitor_mode={mode} "
+            f"(monitor={_get(cfg, 'monitor')}); set hydra.sweeper.direction={expected}")
 
 
 def check_norm_groups(norm: Any, model: Any) -> None:

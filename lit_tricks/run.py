@@ -157,7 +157,7 @@ def _checkpoint_files(trainer: pl.Trainer, monitor: str) -> tuple[dict[str, str 
     best, last, score = None, None, None
     for cb in trainer.checkpoint_callbacks:
         if getattr(cb, "monitor", None) == monitor and getattr(cb, "best_model_path", ""):
-            best = best or cb.best_model_path
+            best = best or str(cb.best_model_path)  # type: ignore[attr-defined]
             value = getattr(cb, "best_model_score", None)
             if score is None and value is not None and math.isfinite(float(value)):
                 score = float(value)
@@ -176,7 +176,7 @@ def _checkpoint_files(trainer: pl.Trainer, monitor: str) -> tuple[dict[str, str 
 def _evaluated_weights(trainer: pl.Trainer) -> str:
     from lit_tricks.callbacks.ema import EMAWeights
 
-    uses_ema = any(isinstance(cb, EMAWeights) and cb.evaluate_with == "ema" for cb in trainer.callbacks)
+    uses_ema = any(isinstance(cb, EMAWeights) and cb.evaluate_with == "ema" for cb in trainer.callbacks)  # type: ignore[attr-defined]
     return "ema" if uses_ema else "raw"
 
 
@@ -191,7 +191,7 @@ class MonitorCheck(pl.Callback):
         self._checked = False
 
     def _check(self, trainer: pl.Trainer) -> None:
-        if self._checked or trainer.fast_dev_run:
+        if self._checked or trainer.fast_dev_run:  # type: ignore[attr-defined]
             return
         self._checked = True
         logged = sorted(trainer.callback_metrics)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -53,7 +52,8 @@ def test_optuna_direction_must_agree_with_monitor_mode(tmp_path: Path) -> None:
     try:
         with open_dict(cfg):
             del cfg["hydra"]
-        with pytest.raises(SweepConfigError, match="hydra.sweeper.direction=minimize: disagrees with monitor_mode=max"):
+        expected = r"hydra\.sweeper\.direction=minimize: disagrees with monitor_mode=max"
+        with pytest.raises(SweepConfigError, match=expected):
             check_config(cfg)
         cfg.monitor_mode = "min"
         check_config(cfg)
@@ -69,7 +69,8 @@ def test_rejections_before_training_name_key_and_value(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         train(compose_cfg(tmp_path / "b", "monitor=val/accuracy", *QUICK))
     line = info.value.problems[0]
-    assert line.startswith("monitor='val/accuracy': not logged by the module; logged metrics: [") and "'val/acc'" in line
+    assert line.startswith("monitor='val/accuracy': not logged by the module; logged metrics: [")
+    assert "'val/acc'" in line
     assert not list((tmp_path / "b").glob("checkpoints/*.ckpt"))  # refused after sanity validation, before step 0
 
 
@@ -80,7 +81,8 @@ def test_constructor_error_keeps_its_root_cause(tmp_path: Path) -> None:
     record = read_record(tmp_path / "metrics.json")
     assert record["status"] == "failed"
     assert record["error"].startswith("ValueError: ") and "decay" in record["error"] and "1.5" in record["error"]
-    assert record["error_chain"][0].startswith("InstantiationException") and record["error_chain"][-1] == record["error"]
+    assert record["error_chain"][0].startswith("InstantiationException")
+    assert record["error_chain"][-1] == record["error"]
 
 
 def run_cli(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
@@ -128,12 +130,9 @@ def test_sweep_records_every_job_and_goes_on(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)
 def test_single_run_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path: Path) -> None:
-    proc = run_cli(tmp_path, "optimizer.lr=null", "scheduler=does_not_exist")
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("lit_tricks: scheduler=does_not_exist: no such option") and "warmup_cosine" in lines[0]
+    """(An unknown group option is one line too: tests/cli/test_hydra_errors.py, in-process.)"""
     proc = run_cli(tmp_path, "optimizer.lr=null", "callbacks.ema.decay=1.5")
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 2 and "optimizer.lr=None" in lines[1], proc.stderr

@@ -30,7 +30,8 @@ def run_script(tmp_path: Path, *overrides: str, timeout: int = 240) -> subproces
 
 #: Warnings lit_tricks used to cause in a default run (each must stay silenced).
 OUR_WARNINGS = ("limit_train_batches=1.0", "limit_val_batches=1.0", "limit_test_batches=1.0", "set_vital",
-                'ckpt_path="best")` is called with Trainer configured with multiple', "Please add the following callbacks",
+                'ckpt_path="best")` is called with Trainer configured with multiple',
+                "Please add the following callbacks",
                 "alembic", "sync_dist")
 
 

@@ -1,4 +1,6 @@
-"""``lit-tricks-curves`` (= ``python scripts/learning_curves.py``): Learning curves and a bias/variance diagnosis from a finished run's CSV log.
+"""Learning curves and a bias/variance diagnosis from a finished run's CSV log.
+
+Installed as ``lit-tricks-curves``.
 
     python scripts/learning_curves.py <run_dir or metrics.csv> [--target-error 0.01] [--out curves.png]
 
@@ -16,7 +18,6 @@ import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-
 
 from lit_tricks.callbacks.learning_curves import HISTORY_KEYS, diagnose_history, plot_learning_curves
 

@@ -1,4 +1,6 @@
-"""``lit-tricks-ensemble`` (= ``python scripts/ensemble_from_sweep.py``): Evaluate the top-k checkpoints of a sweep as one ensemble on the test split.
+"""Evaluate the top-k checkpoints of a sweep as one ensemble on the test split.
+
+Installed as ``lit-tricks-ensemble``.
 
 python scripts/ensemble_from_sweep.py logs/train/multiruns/2026-01-01_12-00-00 --top-k 3
 Prints each member's own test accuracy and the ensemble's; writes ensemble.json into the sweep directory.
@@ -10,7 +12,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
 
 from lit_tricks.fault.atomic import atomic_write_bytes
 from lit_tricks.sweeps.ensemble import evaluate_sweep_ensemble

@@ -1,4 +1,6 @@
-"""``lit-tricks-report`` (= ``python scripts/sweep_report.py``): Report of a Hydra multirun: table sorted by the objective, plots, border warnings, narrowed ranges.
+"""Report of a Hydra multirun: table sorted by the objective, plots, border warnings, narrowed ranges.
+
+Installed as ``lit-tricks-report``.
 
 python scripts/sweep_report.py logs/train/multiruns/2026-01-01_12-00-00       (or: --latest)
 Writes report.md, report.csv and objective.png into the sweep directory and prints the markdown.
@@ -10,7 +12,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-
 
 from lit_tricks.sweeps.report import build_report, write_report
 

@@ -12,7 +12,9 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["TMP_PREFIX", "atomic_open", "atomic_save_figure", "atomic_torch_save", "atomic_write_bytes", "current_umask"]
+__all__ = [
+    "TMP_PREFIX", "atomic_open", "atomic_save_figure", "atomic_torch_save", "atomic_write_bytes", "current_umask",
+]
 
 TMP_PREFIX = ".tmp-"
 
