@@ -318,9 +318,15 @@ def _remove_rejected_run_dir(out: Path) -> None:
     if not out.is_dir():
         return
     hydra_only = all(p.name in (".hydra",) or p.suffix == ".log" for p in out.iterdir())
-    if hydra_only:
-        logging.shutdown()  # close the job's log file handler before deleting it
-        shutil.rmtree(out, ignore_errors=True)
+    if not hydra_only:
+        return
+    for lg in (logging.getLogger(), *(logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric",
+                                                                      SUMMARY_LOGGER))):
+        for handler in list(lg.handlers):  # the job's train.log: closed and detached before its folder goes
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == out.resolve():
+                lg.removeHandler(handler)
+                handler.close()
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def _log_traceback(err: BaseException) -> None:
