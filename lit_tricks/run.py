@@ -355,7 +355,7 @@ def train(cfg: DictConfig) -> float:
     _attach_hydra_file_log()
     # torchdata's StatefulDataLoader (our resumable loaders) calls a deprecated torch API on every epoch
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
-    monitor = str(cfg.get("monitor", "val/loss"))
+    monitor = str(cfg.get("monitor", "val/loss"))  # the default of conf/train.yaml
     record = new_record(monitor, str(cfg.get("monitor_mode", "min")), overrides=_overrides(), run_dir=str(out))
     try:
         check_config(cfg)
