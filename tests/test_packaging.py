@@ -52,3 +52,29 @@ def test_foreign_hydra_app_composes_lit_tricks_groups(tmp_path: Path) -> None:
     assert cfg.mine == 1
     assert cfg.logger.csv._target_ == "lightning.pytorch.loggers.CSVLogger"
     assert cfg.callbacks.model_checkpoint._target_.endswith("ModelCheckpoint")
+
+
+def test_every_group_composes_and_resolves_in_a_foreign_app(tmp_path: Path) -> None:
+    """An app that defines none of train.yaml's top-level keys (paths, monitor, task_name) can use every group: the
+    interpolations fall back to documented defaults (oc.select) and the callbacks instantiate."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    (tmp_path / "app.yaml").write_text("mine: 1\n")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        cfg = compose("app", overrides=[
+            "+callbacks=[default,checkpoint_ensemble,early_stopping]", "+trainer=ddp_cpu",
+            "+logger=[csv,tensorboard,mlflow]", "+data=mnist", "+model=cnn_small", "+module=trick",
+            "+optimizer=sgd", "+scheduler=warmup_cosine", "+augment=digits",
+        ])
+    GlobalHydra.instance().clear()
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # no paths.*, monitor, task_name needed
+    assert isinstance(resolved, dict)
+    assert cfg.callbacks.model_checkpoint.monitor == "val/loss" and cfg.callbacks.model_checkpoint.mode == "min"
+    assert cfg.callbacks.model_checkpoint.dirpath == "./checkpoints" and cfg.trainer.default_root_dir == "."
+    assert cfg.logger.mlflow.experiment_name == "lit_tricks" and cfg.data.data_dir
+    callbacks = [instantiate(node) for node in cfg.callbacks.values()]
+    assert len(callbacks) == len(cfg.callbacks) >= 10

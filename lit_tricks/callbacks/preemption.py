@@ -21,6 +21,10 @@ __all__ = ["Preemption"]
 log = logging.getLogger(__name__)
 
 
+#: Signals caught by default (those of them the platform has): SLURM sends SIGUSR1 ahead of time, SIGTERM at the end.
+DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
 class Preemption(Callback):
     """Turn a preemption signal into a checkpoint at the end of the current training batch and a clean exit (code 0).
 
@@ -41,13 +45,15 @@ class Preemption(Callback):
 
     def __init__(
         self,
-        signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1"),
+        signals: tuple[str, ...] | list[str] | str | None = None,
         dirpath: str | None = None,
         filename: str = "preempted.ckpt",
         requeue: bool | str = "auto",
     ) -> None:
         super().__init__()
         valid = {s.name for s in signal.valid_signals() if isinstance(s, signal.Signals)} - {"SIGKILL", "SIGSTOP"}
+        if signals is None:  # the defaults this platform has (Windows has no SIGUSR1)
+            signals = tuple(name for name in DEFAULT_SIGNALS if name in valid)
         names = [signals] if isinstance(signals, str) else list(signals)
         for name in names:
             if name not in valid:

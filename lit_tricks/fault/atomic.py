@@ -12,7 +12,9 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["TMP_PREFIX", "atomic_open", "atomic_save_figure", "atomic_torch_save", "atomic_write_bytes"]
+__all__ = [
+    "TMP_PREFIX", "atomic_open", "atomic_save_figure", "atomic_torch_save", "atomic_write_bytes", "current_umask",
+]
 
 TMP_PREFIX = ".tmp-"
 
@@ -26,18 +28,32 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and put back (a brief window for other threads creating files)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """Open ``path`` for binary writing so that readers see the old file or the whole new one, never a part.
 
     The data goes to a temp file beside ``path`` (same filesystem, whatever ``$TMPDIR`` is), is flushed and
-    fsynced, then renamed over ``path`` with ``os.replace``; the directory is fsynced too. On any error the
+    fsynced, then renamed over ``path`` with ``os.replace``; the directory is fsynced too. The file gets the
+    permissions a plain ``open(path, "wb")`` would give (0o666 minus the umask), not mkstemp's 0o600. On any error the
     temp file is removed and ``path`` is untouched.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + target.name + ".", dir=target.parent)
     try:
+        # mkstemp creates 0600 whatever the umask; give the file the mode open() would (0644 under umask 022)
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()

@@ -227,7 +227,8 @@ class TrickModule(pl.LightningModule):
             h = h.detach().requires_grad_(True)
         out = self.model(h)
         loss = self.compute_loss(out, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0],
+                 sync_dist=True)  # one scalar all-reduce per step under DDP; no warning, the mean over ranks
         penalty = loss.new_zeros(())
         if self.l1 > 0:
             penalty = penalty + self.l1 * l1_penalty(self._decay_params())
@@ -236,7 +237,8 @@ class TrickModule(pl.LightningModule):
         if self.jacobian_reg > 0:
             penalty = penalty + self.jacobian_reg * jacobian_penalty(out, h, self.jacobian_projections)
         if self.l1 > 0 or self.jacobian_reg > 0 or self._decay_mode == "loss":
-            self.log("train/penalty", penalty.detach(), on_step=False, on_epoch=True, batch_size=x.shape[0])
+            self.log("train/penalty", penalty.detach(), on_step=False, on_epoch=True, batch_size=x.shape[0],
+                     sync_dist=True)
             return loss + penalty
         return loss
 

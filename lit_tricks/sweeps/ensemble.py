@@ -8,6 +8,7 @@ the best job's resolved config (``config_resolved.yaml``) rebuilds data, model a
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,48 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_tricks.sweeps.report import JobResult, SweepReport, build_report
 
-__all__ = ["ensemble_members", "evaluate_sweep_ensemble", "job_config"]
+__all__ = ["ensemble_members", "evaluate_sweep_ensemble", "job_config", "member_checkpoint"]
+
+
+def _evaluated_with_ema(job: JobResult) -> bool:
+    """Whether the job validated/tested the EMA of its weights (an EMAWeights callback with evaluate_with=ema)."""
+    try:
+        cfg = job_config(job)
+    except FileNotFoundError:
+        return False
+    for node in (cfg.get("callbacks") or {}).values():
+        if isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith("EMAWeights"):
+            return str(node.get("evaluate_with", "ema")) == "ema"
+    return False
+
+
+def member_checkpoint(job: JobResult) -> str | None:
+    """The file whose weights produced the job's objective: its ``-ema`` twin when the job evaluated the EMA.
+
+    Records written by this lit_tricks name that file already; older ones named the raw checkpoint, and the twin
+    beside it is used when the job's config evaluated with the EMA.
+    """
+    from lit_tricks.callbacks.ema import EMA_CHECKPOINT_SUFFIX, ema_checkpoint_path
+
+    path = job.best_ckpt
+    if not isinstance(path, str) or not path or not Path(path).is_file():
+        return None
+    twin = ema_checkpoint_path(path)
+    if not Path(path).stem.endswith(EMA_CHECKPOINT_SUFFIX) and twin.is_file() and _evaluated_with_ema(job):
+        return str(twin)
+    return path
 
 
 def ensemble_members(report: SweepReport, top_k: int) -> list[JobResult]:
-    """The ``top_k`` best ok jobs that left a best checkpoint file (cross-validation jobs: skipped)."""
+    """The ``top_k`` best ok jobs that left a checkpoint file (cross-validation jobs: skipped), each with
+    ``best_ckpt`` set to the file that reproduces its objective (see :func:`member_checkpoint`)."""
     if top_k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
-    members = [j for j in report.ok_jobs
-               if isinstance(j.best_ckpt, str) and j.best_ckpt and Path(j.best_ckpt).is_file()]
+    members = []
+    for job in report.ok_jobs:
+        path = member_checkpoint(job)
+        if path is not None:
+            members.append(replace(job, best_ckpt=path))
     return members[:top_k]
 
 
@@ -41,11 +75,13 @@ def evaluate_sweep_ensemble(sweep_dir: str | Path, top_k: int = 3, combine: str 
                             trainer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Test the top-k checkpoints of a sweep as one ensemble; returns members and test metrics.
 
-    The module is the best job's, loaded from its best checkpoint; the other members' weights come from their best
-    checkpoints. Result keys: ``members`` (job, objective, checkpoint, its own test/acc), ``test/acc`` (best single
+    The module is the best job's, loaded from its member file; the other members' weights come from theirs (each
+    the file that reproduces the job's objective: the ``-ema`` twin of EMA-evaluated jobs). Result keys:
+    ``members`` (job, objective, checkpoint, its own test/acc), ``test/acc`` (best single
     model), ``test/acc_ensemble``, ``test/loss_ensemble``.
     """
     import lightning.pytorch as pl
+    import torch
 
     from lit_tricks.builders import build_datamodule, build_model, build_module
     from lit_tricks.callbacks.ensemble import CheckpointEnsemble
@@ -65,7 +101,10 @@ def evaluate_sweep_ensemble(sweep_dir: str | Path, top_k: int = 3, combine: str 
                               "default_root_dir": str(Path(sweep_dir) / "ensemble")}
     kwargs.update(trainer_kwargs or {})
     trainer = pl.Trainer(callbacks=[ensemble], **kwargs)
-    trainer.test(module, datamodule=dm, ckpt_path=paths[0], verbose=False)
+    # the weights only (the callbacks that wrote the checkpoint are not part of this evaluation)
+    state = torch.load(paths[0], map_location="cpu", weights_only=True)
+    module.load_state_dict(state.get("state_dict", state))
+    trainer.test(module, datamodule=dm, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     return {
         "sweep_dir": str(sweep_dir), "combine": combine,

@@ -52,6 +52,7 @@ class JobResult:
     error: str | None = None
     best_ckpt: Any = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    monitor_mode: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -210,6 +211,7 @@ def load_jobs(sweep_dir: str | Path) -> list[JobResult]:
             num=int(job_dir.name) if job_dir.name.isdigit() else i, dir=job_dir,
             params=_parse_overrides([str(o) for o in overrides]), status=status, objective=value,
             error=record.get("error"), best_ckpt=record.get("best_ckpt"), metrics=dict(record.get("metrics") or {}),
+            monitor_mode=record.get("monitor_mode"),
         ))
     return jobs
 
@@ -295,17 +297,34 @@ def aggregate_folds(jobs: Sequence[JobResult], fold_key: str = "data.fold") -> l
     return merged
 
 
-def _direction(sweep_dir: Path, jobs: Sequence[JobResult]) -> str:
+def _monitor_mode(jobs: Sequence[JobResult]) -> str | None:
+    """``monitor_mode`` of the sweep's jobs (their metrics.json, else their .hydra/config.yaml)."""
+    for job in jobs:
+        mode = job.monitor_mode
+        if mode is None:
+            cfg = _read_yaml(job.dir / ".hydra" / "config.yaml")
+            mode = cfg.get("monitor_mode") if isinstance(cfg, dict) else None
+        if mode in ("min", "max"):
+            return str(mode)
+    return None
+
+
+def _direction(sweep_dir: Path, jobs: Sequence[JobResult]) -> tuple[str, str | None]:
+    """(how to rank: the jobs' ``monitor_mode``, else the sweeper's direction; a warning when the two disagree)."""
     _, direction = _sweeper_params(sweep_dir, jobs)
     if isinstance(direction, list) and direction:
         direction = direction[0]
+    mode = _monitor_mode(jobs)
+    if mode is not None:
+        ranked = "maximize" if mode == "max" else "minimize"
+        warning = None
+        if direction in ("maximize", "minimize") and direction != ranked:
+            warning = (f"WARNING: the sweeper's direction was {direction} but monitor_mode={mode}: its sampler "
+                       f"optimized the wrong way; ranked by monitor_mode ({ranked})")
+        return ranked, warning
     if direction in ("maximize", "minimize"):
-        return str(direction)
-    for job in jobs[:1]:
-        cfg = _read_yaml(job.dir / ".hydra" / "config.yaml")
-        if isinstance(cfg, dict) and cfg.get("monitor_mode") in ("min", "max"):
-            return "maximize" if cfg["monitor_mode"] == "max" else "minimize"
-    return "maximize"
+        return str(direction), None
+    return "maximize", None
 
 
 def build_report(sweep_dir: str | Path, *, top_fraction: float = 0.25, min_top: int = 2, edge: float = 0.1,
@@ -320,7 +339,7 @@ def build_report(sweep_dir: str | Path, *, top_fraction: float = 0.25, min_top: 
     sweep_dir = Path(sweep_dir)
     jobs = load_jobs(sweep_dir)
     dims = search_space(sweep_dir, jobs)
-    direction = _direction(sweep_dir, jobs)
+    direction, direction_warning = _direction(sweep_dir, jobs)
     if fold_key is not None and any(fold_key in j.params for j in jobs):
         jobs = aggregate_folds(jobs, fold_key)
         dims.pop(fold_key, None)
@@ -334,6 +353,8 @@ def build_report(sweep_dir: str | Path, *, top_fraction: float = 0.25, min_top: 
         warnings = border_warnings(dims, ok[0].params, edge=edge)
         top = ok[: max(min_top, math.ceil(top_fraction * len(ok)))]
         narrowed = narrow_ranges(dims, [j.params for j in top])
+    if direction_warning:
+        warnings.insert(0, direction_warning)
     if failed:
         warnings.append(f"WARNING: {len(failed)} of {len(jobs)} jobs failed (listed below); they are not ranked")
     return SweepReport(sweep_dir, direction, ok + failed, names, dims, warnings, narrowed)

@@ -174,3 +174,19 @@ def test_hparams_search_presets_compose_seeded(preset: str) -> None:
         assert sweeper.sampler._target_ == "optuna.samplers.RandomSampler"
         assert sweeper.params["optimizer.lr"] == "tag(log, interval(1e-6, 10.0))"
         assert sweeper.params["module.weight_decay"] == "tag(log, interval(1e-6, 10.0))"
+
+
+def test_monitor_mode_ranks_even_when_the_sweeper_minimized(tmp_path: Path) -> None:
+    """An Optuna preset minimized val/acc (monitor_mode=max): the report ranks by monitor_mode and says so."""
+    space = {"optimizer.lr": "interval(0.0, 1.0)"}
+    for num, (lr, acc) in enumerate([(0.2, 0.5), (0.5, 0.9), (0.8, 0.7)]):
+        write_job(tmp_path, num, {"optimizer.lr": lr}, acc, sweeper_params=space)
+        job = tmp_path / str(num)
+        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
+            {"hydra": {"sweeper": {"direction": "minimize", "params": space}}}))
+        record = json.loads((job / "metrics.json").read_text())
+        (job / "metrics.json").write_text(json.dumps({**record, "monitor_mode": "max"}))
+    report = build_report(tmp_path)
+    assert report.direction == "maximize"
+    assert [j.objective for j in report.jobs] == [0.9, 0.7, 0.5]
+    assert any("direction was minimize but monitor_mode=max" in w for w in report.warnings)

@@ -1,0 +1,50 @@
+"""``lit-tricks-train`` (= ``python scripts/train.py``): train one model, or a sweep with ``-m``, from the Hydra
+config shipped in ``lit_tricks/conf`` (``lit-tricks-train optimizer=adamw optimizer.lr=3e-3``).
+
+Bad input is one line on stderr: a rejected config (every bad key at once, exit status 2), an unknown group option
+(exit status 1), or the root cause of an error raised while building or training (exit status 1; the traceback goes
+to the run's ``train.log``). Under ``-m`` a failing job is recorded as failed and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from lit_tricks.cli.hydra_errors import condensed_hydra_errors
+from lit_tricks.config_checks import ConfigError
+from lit_tricks.records import error_chain, root_error
+from lit_tricks.run import train  # imports Lightning before Hydra sets up logging: its console lines stay plain
+
+__all__ = ["main"]
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lit_tricks.conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)
+    except ConfigError as err:
+        print(f"lit_tricks: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:  # a single run (under -m train() records the failure and returns)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        chain = error_chain(err)
+        print(f"lit_tricks: {root_error(err)}", file=sys.stderr)
+        if len(chain) > 1:
+            print(f"lit_tricks: raised as {chain[0]}", file=sys.stderr)
+        print("lit_tricks: full traceback in the run's train.log (or set HYDRA_FULL_ERROR=1)", file=sys.stderr)
+        sys.exit(1)
+
+
+def main() -> None:
+    """Console entry point: compose ``train.yaml`` with the command-line overrides and run."""
+    with condensed_hydra_errors():
+        _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
