@@ -447,6 +447,6 @@ def merge_study_trials(sweep_dir: str | Path, jobs: list[J], make: Callable[...,
             continue
         if getattr(job, "status", None) != status and status != "ok":
             index = out.index(job)
-            error = getattr(job, "error", None) or reason
+            error = reason if getattr(job, "status", None) == "missing" else getattr(job, "error", None) or reason
             out[index] = replace(job, status=status, error=error)  # type: ignore[type-var]
     return out
