@@ -241,8 +241,8 @@ def train(cfg: DictConfig) -> float:
             record.update(result)
             record["objective"] = _objective(result["metrics"], monitor)
     except Exception as err:
-        pruned = type(err).__name__ == "TrialPruned"  # optuna.TrialPruned from callbacks.OptunaPruning: the sweeper
-        record.update(status="pruned" if pruned else "failed", error=f"{type(err).__name__}: {err}".splitlines()[0], objective=math.nan)
+        status = "pruned" if type(err).__name__ == "TrialPruned" else "failed"  # optuna.TrialPruned: OptunaPruning
+        record.update(status=status, error=f"{type(err).__name__}: {err}".splitlines()[0], objective=math.nan)
         if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:
             _write_json(out / "metrics.json", record)
         if not _is_multirun():

@@ -144,8 +144,6 @@ class LitOptunaSweeper(Sweeper):
 
     # ----------------------------------------------------------------------------------------------- the sweep
     def sweep(self, arguments: list[str]) -> Any:
-        import optuna
-
         from lit_tricks.sweeps import study as S
 
         assert self.config is not None, "setup() first"

@@ -111,7 +111,8 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
 
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
-        raise ValueError(f"storage must be a URL (sqlite:///..., postgresql+psycopg://..., journal:///...), got {url!r}")
+        raise ValueError(f"storage must be a URL (sqlite:///..., postgresql+psycopg://..., journal:///...), "
+                         f"got {url!r}")
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
