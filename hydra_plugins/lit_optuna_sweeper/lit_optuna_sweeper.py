@@ -127,7 +127,8 @@ class LitOptunaSweeper(Sweeper):
         storage = open_storage(url, self.heartbeat_interval, self.grace_period)
         direction = self._direction()
         study = optuna.create_study(
-            storage=storage, study_name=self.study_name, direction=direction, load_if_exists=True,
+            storage=storage, study_name=self.study_name, direction=direction,  # type: ignore[arg-type]
+            load_if_exists=True,
             sampler=build_sampler(self.sampler, self.seed, space, self.sampler_kwargs),
             pruner=build_pruner(self.pruner, self.pruner_kwargs))
         if study.direction.name.lower() != direction:
@@ -212,6 +213,7 @@ class LitOptunaSweeper(Sweeper):
         told: set[int] = set()
         try:
             with _Heartbeat(study._storage, [t._trial_id for t in batch], self.heartbeat_interval):
+                assert self.launcher is not None, "setup() first"
                 returns = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
             for trial, ret in zip(batch, returns):
                 self._tell(study, trial, ret, sweep_dir / str(trial.number))

@@ -193,15 +193,18 @@ def parse_search_space(params: Mapping[str, Any], arguments: Sequence[str] = ()
         if not override.is_sweep_override():
             fixed[key] = override.input_line or f"{key}={override.get_value_element_as_str()}"
             continue
-        sweep = override.value()
+        sweep: Any = override.value()
         tags = set(getattr(sweep, "tags", ()) or ())
         if isinstance(sweep, IntervalSweep):
+            start, end = sweep.start, sweep.end
+            if start is None or end is None:
+                raise ValueError(f"{key}: {override.input_line!r} needs both ends of the interval")
             if "int" in tags:
-                space[key] = IntDistribution(int(sweep.start), int(sweep.end), log="log" in tags)
+                space[key] = IntDistribution(int(start), int(end), log="log" in tags)
             else:
-                space[key] = FloatDistribution(float(sweep.start), float(sweep.end), log="log" in tags)
+                space[key] = FloatDistribution(float(start), float(end), log="log" in tags)
         elif isinstance(sweep, RangeSweep):
-            values = list(override.sweep_iterator())
+            values: list[Any] = list(override.sweep_iterator())
             step = sweep.step
             if values and all(isinstance(v, int) for v in values) and isinstance(step, int) and step > 0:
                 space[key] = IntDistribution(values[0], values[-1], step=step, log="log" in tags and step == 1)

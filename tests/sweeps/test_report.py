@@ -28,12 +28,13 @@ PRESETS = sorted(p.stem for p in (ROOT / "conf" / "hparams_search").glob("*.yaml
 def run_sweep(tmp_path: Path, *overrides: str) -> Path:
     """Run the stand-in app as a multirun; returns its (only) new multirun directory."""
     log_dir = tmp_path / "logs"
-    before = set(log_dir.glob("multiruns/*"))
-    env = {**os.environ, "SWEEP_APP_LOG_DIR": str(log_dir), "HYDRA_FULL_ERROR": "1", "PYTHONPATH": str(ROOT)}
+    before = set(log_dir.glob("**/multiruns/*"))
+    env = {**os.environ, "SWEEP_APP_LOG_DIR": str(log_dir), "HYDRA_FULL_ERROR": "1", "PYTHONPATH": str(ROOT),
+           "LIT_TRICKS_LOG_DIR": str(log_dir)}  # lit_optuna presets: <log dir>/<task>/multiruns/<study name>
     proc = subprocess.run([sys.executable, str(APP), "-m", *overrides], capture_output=True, text=True,
                           cwd=tmp_path, env=env, timeout=200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    new = set(log_dir.glob("multiruns/*")) - before
+    new = {p for p in log_dir.glob("**/multiruns/*") if p.is_dir()} - before
     assert len(new) == 1
     return new.pop()
 
@@ -68,7 +69,7 @@ def test_random_lr_sweep_report_then_narrowed_stage_runs(tmp_path: Path) -> None
         assert job.objective == pytest.approx(objective(job.params["optimizer.lr"],
                                                         job.params["module.weight_decay"], -1.5))
     values = [j.objective for j in report.ok_jobs]
-    assert values == sorted(values)  # the presets minimize (monitor val/loss): best first
+    assert values == sorted(values, reverse=True)  # the direction follows the app's monitor_mode=max: best first
     assert report.failed_jobs and all(j.params["optimizer.lr"] > 0.1 for j in report.failed_jobs)
     md = report.markdown()
     assert "loss diverged" in md and "## Failed jobs" in md
@@ -167,10 +168,10 @@ def test_hparams_search_presets_compose_seeded(preset: str) -> None:
     sweeper = cfg.hydra.sweeper
     assert str(cfg.hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
     assert sweeper.params, f"{preset} sweeps nothing"
-    if "sampler" in sweeper:  # optuna presets: seeded, so a re-run (or another process) proposes the same trials
-        assert sweeper.sampler.seed == cfg.seed
-        assert sweeper.direction == "minimize" and sweeper.storage is None
+    # lit_optuna presets: seeded, so a re-run (or another process) proposes the same trials; direction = monitor_mode
+    assert sweeper._target_.endswith("LitOptunaSweeper")
+    assert sweeper.seed == cfg.seed and sweeper.direction == cfg.monitor_mode and sweeper.storage is None
     if preset in ("random_lr", "coarse"):
-        assert sweeper.sampler._target_ == "optuna.samplers.RandomSampler"
+        assert sweeper.sampler == "random"
         assert sweeper.params["optimizer.lr"] == "tag(log, interval(1e-6, 10.0))"
         assert sweeper.params["module.weight_decay"] == "tag(log, interval(1e-6, 10.0))"
