@@ -35,6 +35,10 @@ from lit_tricks.studies import (
 
 __all__ = [
     "DIRECTIONS",
+    "FAIL_REASON",
+    "HEARTBEAT_KEY",
+    "JOB_DIR",
+    "JOB_STATUS",
     "PRUNERS",
     "SAMPLERS",
     "STUDY_FILE",

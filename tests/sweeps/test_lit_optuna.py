@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,15 @@ from hydra_plugins.lit_optuna_sweeper.lit_optuna_sweeper import LitOptunaSweeper
 from lit_tricks.sweeps.report import build_report
 from lit_tricks.sweeps.study import (
     FAIL_REASON,
+    HEARTBEAT_KEY,
+    claim_trial,
+    fail_stale_trials,
     grid_search_space,
     is_counted,
     open_storage,
     override_value,
     parse_search_space,
+    record_heartbeat,
 )
 from tests.sweeps.postgres import pg_bindir, postgres_server
 
@@ -100,6 +105,18 @@ def test_search_space_from_hydra_sweep_syntax() -> None:
         grid_search_space({"lr": space["optimizer.lr"]})
     assert [override_value(v) for v in (1e-05, 3, None, True, "adamw", "a b")] == [
         "1e-05", "3", "null", "true", "adamw", "'a b'"]
+
+
+def test_journal_heartbeat_fails_only_silent_workers_trials(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=open_storage(f"journal://{tmp_path / 'j.log'}"), study_name="hb")
+    silent, alive = study.ask(), study.ask()
+    record_heartbeat(study._storage, alive._trial_id)
+    study._storage.set_trial_system_attr(silent._trial_id, HEARTBEAT_KEY, time.time() - 100.0)  # beat 100 s ago
+    assert fail_stale_trials(study, grace_period=30.0) == [silent.number]
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.RUNNING] and not is_counted(study.trials[0])
+    assert claim_trial(study, study.ask().number, n_trials=2)  # the failed one does not count: room for a new one
+    assert not claim_trial(study, study.ask().number, n_trials=2)  # alive + the new one fill n_trials=2
 
 
 @pytest.mark.parametrize(("mode", "direction"), [("min", "minimize"), ("max", "maximize")])
