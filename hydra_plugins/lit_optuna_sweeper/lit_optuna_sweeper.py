@@ -137,7 +137,7 @@ class LitOptunaSweeper(Sweeper):
         return study, url
 
     def _write_study_file(self, sweep_dir: Path, url: str, direction: str) -> None:
-        from lit_tricks.functional.atomic import atomic_write_bytes
+        from lit_tricks.fault.atomic import atomic_write_bytes
         from lit_tricks.sweeps.study import STUDY_FILE
 
         info = {"storage": url, "study_name": self.study_name, "direction": direction}
@@ -266,7 +266,7 @@ class LitOptunaSweeper(Sweeper):
             log.info("lit_optuna: trial %d pruned", trial.number)
 
     def _write_results(self, study: Any, sweep_dir: Path) -> None:
-        from lit_tricks.functional.atomic import atomic_write_bytes
+        from lit_tricks.fault.atomic import atomic_write_bytes
 
         try:
             best = study.best_trial
