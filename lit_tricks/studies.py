@@ -7,6 +7,7 @@ Imports optuna (the ``sweep`` extra) and nothing of lit_tricks, so callbacks and
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,19 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         engine_kwargs["connect_args"] = {"timeout": 60}  # wait for another writer's lock instead of failing
     else:
         engine_kwargs["pool_pre_ping"] = True
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                      grace_period=grace_period)
+    import sqlalchemy.exc
+
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period)
+        except sqlalchemy.exc.SQLAlchemyError:
+            # Workers started together on an empty database race to create Optuna's tables and types (PostgreSQL:
+            # "duplicate key value violates unique constraint pg_type_typname_nsp_index"); the loser finds them made.
+            if attempt == 5:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def build_pruner(name: str | None, kwargs: Mapping[str, Any] | None = None) -> optuna.pruners.BasePruner:
