@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: train test bench lint typecheck pytest setup docs gpu-check
+.PHONY: train test bench lint typecheck pytest setup docs gpu-check test-db dashboard
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -45,3 +45,15 @@ bench: $(STAMP)
 # CUDA-only paths of the callbacks (AMP scaler, EMA offload, vmap ensemble, CUDA RNG resume, FSDP); skips without CUDA.
 gpu-check: $(STAMP)
 	$(PY) scripts/gpu_check.py
+
+# Database tests (marker db): a private PostgreSQL server per test; installs Debian's postgresql when missing.
+test-db: $(STAMP)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql)
+	$(VENV)/bin/pytest -q -m db $(PYTEST_ARGS)
+
+# Optuna's dashboard on a study storage (default: the train task's); prints the URL. pip install optuna-dashboard.
+STORAGE ?= sqlite:///logs/train/optuna.db
+dashboard:
+	@test -x $(VENV)/bin/optuna-dashboard || { echo "make dashboard: pip install optuna-dashboard"; exit 2; }
+	@echo "optuna-dashboard: http://127.0.0.1:8080  ($(STORAGE))"
+	$(VENV)/bin/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port 8080

@@ -5,7 +5,8 @@
 
 Sections: EMA (ours vs Lightning's EMAWeightAveraging, AveragedModel + get_ema_multi_avg_fn, timm ModelEmaV3, and the
 bound of one ``torch._foreach_lerp_``), gradient clipping (vs ``torch.nn.utils.clip_grad_norm_(foreach=True)``),
-ensemble prediction (member loop vs ``torch.func.vmap``) and the all-four overhead on resnet18 32x32.
+ensemble prediction (member loop vs ``torch.func.vmap``), the all-four overhead on resnet18 32x32, and TPE sweeps
+with and without pruning (``--only sweep``).
 A peer or one of our callbacks that cannot be imported is skipped with a note instead of failing the run.
 """
 
@@ -40,7 +41,7 @@ from benchmarks.common import (  # noqa: E402
     random_loader,
 )
 
-__all__ = ["bench_clip", "bench_ema", "bench_ensemble", "bench_overhead", "main"]
+__all__ = ["bench_clip", "bench_ema", "bench_ensemble", "bench_overhead", "bench_sweep", "main"]
 
 Section = tuple[str, str]  # (title, markdown body)
 
@@ -295,11 +296,72 @@ def bench_overhead(quick: bool) -> Section:
     return "All four callbacks on resnet18 (32x32, batch 32)" if not quick else "All four callbacks (quick)", body
 
 
+def _sweep(log_dir: Path, preset: str, trials: int, epochs: int) -> tuple[float, float, dict[str, int]]:
+    """One ``scripts/train.py -m hparams_search=<preset>`` sweep: (best objective, wall-clock s, trial states)."""
+    import os
+    import subprocess
+    import time
+
+    import optuna
+
+    from lit_tricks.sweeps.study import open_storage
+
+    env = {**os.environ, "LIT_TRICKS_LOG_DIR": str(log_dir), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", f"hparams_search={preset}",
+           f"hydra.sweeper.n_trials={trials}", f"trainer.max_epochs={epochs}", f"hydra.sweeper.study_name={preset}",
+           f"hydra.sweeper.sampler_kwargs.n_startup_trials={max(2, trials // 3)}", "logger=none", "test=false"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=log_dir, env=env)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{preset} sweep failed: {proc.stderr[-1500:]}")
+    study = optuna.load_study(study_name=preset, storage=open_storage(f"sqlite:///{log_dir / 'train' / 'optuna.db'}"))
+    states: dict[str, int] = {}
+    for t in study.trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    return float(study.best_value), seconds, states
+
+
+def bench_sweep(quick: bool) -> Section:
+    """TPE on digits with and without pruning (successive halving): best val/loss and wall clock, same seed.
+
+    Sizes: n_trials=24, 10 epochs (the issue's); BENCH_SWEEP_TRIALS / BENCH_SWEEP_EPOCHS override them (a loaded
+    machine). --quick only notes the section: two sweeps of scripts/train.py take minutes.
+    """
+    import os
+
+    trials = int(os.environ.get("BENCH_SWEEP_TRIALS", 24))
+    epochs = int(os.environ.get("BENCH_SWEEP_EPOCHS", 10))
+    title = "Sweeps: TPE with and without pruning (digits)"
+    if quick:
+        return title, "skipped in --quick (two sweeps of scripts/train.py; run `make bench` or `--only sweep`)."
+    rows: list[list[str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {preset: _sweep(Path(tmp), preset, trials, epochs) for preset in ("tpe", "asha")}
+    (best_u, time_u, _), (best_p, time_p, _) = results["tpe"], results["asha"]
+    for name, (best, seconds, states) in (("TPE (hparams_search=tpe)", results["tpe"]),
+                                          ("TPE + successive halving (hparams_search=asha)", results["asha"])):
+        rows.append([name, f"{best:.4f}", f"{seconds:.0f}", ", ".join(f"{v} {k}" for k, v in sorted(states.items()))])
+    gap = (best_p - best_u) / abs(best_u) if best_u else float("nan")
+    body = "\n".join([
+        f"`n_trials={trials}` (the first {max(2, trials // 3)} random), `trainer.max_epochs={epochs}`, seed 42, "
+        "objective `val/loss` (minimized), "
+        "`logger=none test=false`, one worker, basic launcher.",
+        "",
+        md_table(["sweep", "best val/loss", "wall clock (s)", "trials"], rows),
+        "",
+        f"Pruned vs unpruned: best objective {gap:+.1%} (goal: within 1%), "
+        f"time {time_p / time_u:.2f}x (goal: <= 0.5x).",
+    ])
+    return title, body
+
+
 BENCHES: dict[str, Callable[[bool], Section]] = {
     "ema": bench_ema,
     "clip": bench_clip,
     "ensemble": bench_ensemble,
     "overhead": bench_overhead,
+    "sweep": bench_sweep,
 }
 
 

@@ -366,9 +366,11 @@ def train(cfg: DictConfig) -> float:
     except SweepConfigError:
         raise  # wrong for every job of the sweep: refuse the sweep at its first job
     except Exception as err:
-        record.update(status="failed", error=_error_line(err), error_chain=error_chain(err), objective=None)
+        status = "pruned" if type(err).__name__ == "TrialPruned" else "failed"  # optuna.TrialPruned: OptunaPruning
+        record.update(status=status, error=_error_line(err), error_chain=error_chain(err), objective=None)
         rejected = isinstance(err, ConfigError) and not _is_multirun()
-        _log_traceback(err)
+        if status == "failed":
+            _log_traceback(err)
         if rejected:
             _remove_rejected_run_dir(out)
         elif _is_rank_zero():

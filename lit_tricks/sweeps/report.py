@@ -92,8 +92,9 @@ class SweepReport:
         """The report as markdown: summary, warnings, table sorted by the objective, failed jobs, next stage."""
         lines = [f"# Sweep report: {self.sweep_dir}", ""]
         best = self.best
-        lines.append(f"{len(self.jobs)} jobs, {len(self.ok_jobs)} ok, {len(self.failed_jobs)} failed; "
-                     f"objective {self.direction}d.")
+        pruned = sum(j.status == "pruned" for j in self.jobs)
+        lines.append(f"{len(self.jobs)} jobs, {len(self.ok_jobs)} ok, {len(self.failed_jobs) - pruned} failed"
+                     + (f", {pruned} pruned" if pruned else "") + f"; objective {self.direction}d.")
         if best is not None:
             params = ", ".join(f"{k}={_fmt(best.params.get(k))}" for k in self.param_names)
             lines.append(f"Best: job {best.num}, objective {best.objective:.6g} ({params}).")
@@ -338,6 +339,10 @@ def build_report(sweep_dir: str | Path, *, top_fraction: float = 0.25, min_top: 
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
     sweep_dir = Path(sweep_dir)
     jobs = load_jobs(sweep_dir)
+    if (sweep_dir / "optuna_study.json").is_file():  # a lit_optuna sweep: its study knows pruned and lost trials
+        from lit_tricks.sweeps.study import merge_study_trials
+
+        jobs = merge_study_trials(sweep_dir, jobs, JobResult)
     dims = search_space(sweep_dir, jobs)
     direction, direction_warning = _direction(sweep_dir, jobs)
     if fold_key is not None and any(fold_key in j.params for j in jobs):
