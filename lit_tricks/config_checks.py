@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 # The allowed values live with the code that uses them (one source each).
 from lit_tricks.data.preprocessing import PREPROCESSING
 from lit_tricks.modules.surgery import INIT_SCHEMES, NORM_KINDS
-from lit_tricks.validation import number_problem
+from lit_tricks.validation import is_number, number_problem
 
 __all__ = ["ConfigError", "SweepConfigError", "check_config", "check_norm_groups"]
 
@@ -112,7 +112,7 @@ def _relation_problems(cfg: DictConfig) -> list[str]:
     warmup, epochs = _get(cfg, "scheduler.warmup_epochs"), _get(cfg, "trainer.max_epochs")
     # A warm-up a bit longer than a smoke run (warmup_epochs=2 with max_epochs=1) is fine; one the run never gets
     # half way through leaves the lr below half its base value for the whole run.
-    if _is_number(warmup) and _is_number(epochs) and epochs > 0 and warmup > 2 * epochs:
+    if is_number(warmup) and is_number(epochs) and epochs > 0 and warmup > 2 * epochs:
         problems.append(f"scheduler.warmup_epochs={warmup!r}: more than twice trainer.max_epochs={epochs!r} "
                         "(the lr would never reach half its base value); shorten the warm-up")
     callbacks = _get(cfg, "callbacks") or {}
