@@ -183,7 +183,8 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(module, datamodule=dm, ckpt_path="best" if best else None, verbose=False)
         metrics.update({k: v for k, v in _scalar_metrics(trainer).items() if k.startswith("test/")})
     return {"metrics": metrics, "best_ckpt": best, "run_dir": str(out),
-            "interrupted": bool(trainer.interrupted), "is_global_zero": trainer.is_global_zero}
+            "interrupted": bool(trainer.interrupted), "is_global_zero": trainer.is_global_zero,
+            "world_size": int(trainer.world_size), "num_nodes": int(trainer.num_nodes)}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
