@@ -21,6 +21,7 @@ from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lit_tricks.callbacks.nan_guard import NaNGuard
 from lit_tricks.config_checks import check_config
 from lit_tricks.functional.atomic import atomic_write_bytes
 from lit_tricks.sweeps.ddp import build_trainer, job_guard
@@ -176,6 +177,9 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
     for lg in trainer.loggers:
         lg.log_hyperparams(_flatten(resolved))  # type: ignore[arg-type]
     trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg, out))
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, NaNGuard) and callback.stop_reason:  # the guard stopped a diverged run: it failed
+            raise RuntimeError(callback.stop_reason)
     metrics = _scalar_metrics(trainer)
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or ""
