@@ -85,7 +85,7 @@ SelectTypeParameters=CR_CPU_Memory
 ReturnToService=2
 JobRequeue=1
 # seconds between SIGTERM and SIGKILL when a job is cancelled, requeued or times out
-KillWait=15
+KillWait=30
 MinJobAge=600
 SlurmdTimeout=120
 InactiveLimit=0
