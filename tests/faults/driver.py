@@ -56,6 +56,9 @@ from lit_tricks.fault.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 
 N_TRAIN, N_VAL, BATCH, SIDE, CLASSES = 96, 32, 16, 6, 3  # 6 steps per epoch
 STEPS_PER_EPOCH = N_TRAIN // BATCH
+#: Process-group timeout under DDP (also how long rank 1 waits for rank 0's store at start-up: on shared cores the
+#: ranks may start a minute apart).
+PG_TIMEOUT_S = 120
 #: Bound on a --pause-at-step wait for the preemption signal.
 PAUSE_TIMEOUT_S = 180.0
 
@@ -342,7 +345,7 @@ def run(args: argparse.Namespace, root: Path, out: Path | None, nan_policy: str 
     if args.devices * args.num_nodes > 1:
         from lightning.pytorch.strategies import DDPStrategy
 
-        strategy = DDPStrategy(timeout=datetime.timedelta(seconds=60))
+        strategy = DDPStrategy(timeout=datetime.timedelta(seconds=PG_TIMEOUT_S))
     trainer = pl.Trainer(
         accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy,
         max_epochs=args.max_epochs, logger=False,
@@ -415,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
         run(args, root, Path(args.out) if args.out else None)
     except SystemExit as stop:  # Preemption's clean exit: leave a per-rank note of how this rank ended
         root.mkdir(parents=True, exist_ok=True)
-        (root / f"exit_rank{_rank()}.txt").write_text(f"SystemExit {stop.code}")
+        (root / f"exit_rank{_rank()}.txt").write_text(f"SystemExit {stop.code or 0}")
         raise
     if args.then_resume_kept:
         # seed_everything at the start of run() gives the second fit the RNG a fresh process would have
