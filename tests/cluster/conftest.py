@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,7 +100,8 @@ def job_info(job_id: str) -> dict[str, str]:
 
 def submitit_job_ids(sweep_dir: Path) -> list[str]:
     """The SLURM ids (``<array>_<task>``) of a submitit sweep's jobs, from its ``.submitit/`` folders."""
-    return sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if "_" in p.name)
+    folders = (sweep_dir / ".submitit").iterdir()
+    return sorted(p.name for p in folders if p.is_dir() and re.fullmatch(r"\d+_\d+", p.name))
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
