@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from tests.cluster.conftest import JOB_TIMEOUT_S, REPO, job_env, job_info, run, wait_for
-from tests.faults.conftest import DDP_TIMEOUT_S, final_state_differences, load, run_driver
+from tests.fault.battery.conftest import DDP_TIMEOUT_S, final_state_differences, load, run_driver
 
 pytestmark = pytest.mark.slurm
 
-DRIVER = REPO / "tests" / "faults" / "driver.py"
+DRIVER = REPO / "tests" / "fault" / "battery" / "driver.py"
 PAUSE_STEP = 4  # every rank waits at the start of step 4 until the signal reached it
 
 

@@ -1,8 +1,8 @@
 """Faults that hit one rank of a 2-process DDP run (gloo, the ``trainer=ddp_cpu`` setting: CPU, 60 s process-group
 timeout), without SLURM: SIGTERM to rank 0 or rank 1, a NaN loss on rank 1 only, ``kill -9`` of rank 1.
 
-Every fault is injected by the rank itself at a fixed step (tests/faults/driver.py ``--fault-rank``): no sleeping,
-no races. 3 steps per epoch per rank, 9 in all.
+Every fault is injected by the rank itself at a fixed step (tests/fault/battery/driver.py ``--fault-rank``): no
+sleeping, no races. 3 steps per epoch per rank, 9 in all.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lit_tricks.fault.resume import checkpoint_is_intact, is_training_checkpoint
-from tests.faults.conftest import DDP_TIMEOUT_S, differences, final_state_differences, load, run_driver
+from tests.fault.battery.conftest import DDP_TIMEOUT_S, differences, final_state_differences, load, run_driver
 
 STEP = 4  # mid epoch 1
 
