@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: train test bench lint typecheck pytest setup docs gpu-check test-db dashboard
+.PHONY: train test bench lint typecheck pytest setup docs gpu-check test-db dashboard test-fast cluster-up cluster-down
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -38,6 +38,17 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 test: lint typecheck docs pytest
+
+# The inner loop: no SLURM cluster, no database server.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q --timeout=300 -m "not slurm and not db" $(PYTEST_ARGS)
+
+# A local 2-node SLURM cluster (installs slurm-wlm and munge with apt when missing); see docs/cluster.md.
+cluster-up:
+	scripts/cluster/up.sh
+
+cluster-down:
+	scripts/cluster/down.sh
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

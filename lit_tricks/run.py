@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_tricks.builders import build_callbacks, build_datamodule, build_loggers, build_model, build_module
+from lit_tricks.callbacks.nan_guard import NaNGuard
 from lit_tricks.config_checks import check_config, check_norm_groups
 from lit_tricks.fault.atomic import atomic_write_bytes
 from lit_tricks.records import error_chain, new_record, root_error, write_record
@@ -233,6 +234,9 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
     for lg in trainer.loggers:
         lg.log_hyperparams(_flatten(resolved))  # type: ignore[arg-type]
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, NaNGuard) and callback.stop_reason:  # the guard stopped a diverged run: it failed
+            raise RuntimeError(callback.stop_reason)
     fit_s = time.perf_counter() - started
     metrics = _scalar_metrics(trainer)
     files, best_score = _checkpoint_files(trainer, monitor)

@@ -100,6 +100,8 @@ class NaNGuard(Callback):
         self._buffers: list[torch.Tensor] | None = None
         self._snapshot: dict[str, Any] | None = None
         self._pending: dict[int, Any] = {}  # optimizer id -> its pending post-step restore
+        #: Why this guard stopped the current fit (None while it did not): a run that ends so has failed.
+        self.stop_reason: str | None = None
 
     @property
     def state_key(self) -> str:
@@ -107,6 +109,7 @@ class NaNGuard(Callback):
 
     # ---- hooks -----------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stop_reason = None
         if self.policy == "rollback":
             self._take_snapshot(trainer, pl_module)
 
@@ -147,6 +150,7 @@ class NaNGuard(Callback):
         if self.policy == "stop":
             log.error("NaNGuard: non-finite loss/gradient at step %d; update dropped, stopping", step)
             trainer.should_stop = True
+            self.stop_reason = f"NaNGuard: non-finite loss/gradient at step {step} (policy stop)"
         elif self.policy == "skip_step":
             log.warning("NaNGuard: non-finite loss/gradient at step %d; update dropped", step)
             self._restore_buffers(pl_module)
@@ -155,6 +159,7 @@ class NaNGuard(Callback):
         if self.consecutive >= self.max_consecutive and not trainer.should_stop:
             log.error("NaNGuard: %d non-finite steps in a row; stopping", self.consecutive)
             trainer.should_stop = True
+            self.stop_reason = f"NaNGuard: {self.consecutive} non-finite steps in a row, the last at step {step}"
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

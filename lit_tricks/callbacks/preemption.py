@@ -38,9 +38,14 @@ class Preemption(Callback):
     ``SIGTERMException`` (a ``SystemExit`` with code 0). Restart with ``resume=auto`` (or ``ckpt_path``) to go on.
 
     ``dirpath``: default the first ModelCheckpoint's directory, else ``<default_root_dir>/checkpoints``.
-    ``requeue``: ``"auto"`` requeues the SLURM job (``scontrol requeue``) when running under SLURM, ``True`` always
-    tries, ``False`` never. Lightning alone either exits on SIGTERM without a checkpoint, or (SLURM auto-requeue)
-    saves inside the signal handler, in the middle of a step.
+    ``requeue``: ``"auto"`` requeues the SLURM job (``scontrol requeue``, once, from rank 0) when running under SLURM
+    and the signal was one of ``requeue_signals`` (SLURM's time-limit warning, ``sbatch --signal=USR1@<s>``); a
+    SIGTERM under SLURM means SLURM itself ends the job (``scancel``, ``scontrol requeue``, preemption), which
+    requeues it or not by itself. ``True`` requeues on every signal, ``False`` never.
+
+    One signal owner: while this callback is attached, Lightning's own SLURM auto-requeue (``SLURMEnvironment``'s
+    ``auto_requeue``: an hpc checkpoint saved inside the signal handler, in the middle of a step, and a second
+    ``scontrol requeue``) is switched off at ``setup``, so a job is saved and requeued exactly once.
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class Preemption(Callback):
         dirpath: str | None = None,
         filename: str = "preempted.ckpt",
         requeue: bool | str = "auto",
+        requeue_signals: tuple[str, ...] | list[str] = ("SIGUSR1",),
     ) -> None:
         super().__init__()
         valid = {s.name for s in signal.valid_signals() if isinstance(s, signal.Signals)} - {"SIGKILL", "SIGSTOP"}
@@ -62,7 +68,12 @@ class Preemption(Callback):
             raise ValueError(f"requeue: expected true, false or 'auto', got {requeue!r}")
         if not filename.endswith(".ckpt"):
             raise ValueError(f"filename: must end with '.ckpt' (resume=auto looks for *.ckpt), got {filename!r}")
+        requeue_names = [requeue_signals] if isinstance(requeue_signals, str) else list(requeue_signals)
+        for name in requeue_names:
+            if name not in valid:
+                raise ValueError(f"requeue_signals: each must be a catchable signal name like 'SIGUSR1', got {name!r}")
         self.signals = tuple(names)
+        self.requeue_signals = tuple(requeue_names)
         self.dirpath = dirpath
         self.filename = filename
         self.requeue = requeue
@@ -76,7 +87,8 @@ class Preemption(Callback):
 
     # ---- signal handling -------------------------------------------------------------------------------------
     def _handler(self, signum: int, frame: FrameType | None) -> None:
-        self.received = signum
+        if self.received is None:  # the first signal decides (SLURM's SIGTERM may follow its SIGUSR1)
+            self.received = signum
 
     def _install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -95,6 +107,15 @@ class Preemption(Callback):
         self._previous = {}
 
     # ---- hooks -----------------------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # runs before Lightning registers its signal handlers (Trainer._run): one owner of USR1/TERM, this callback
+        # where Lightning's signal connector looks (a single-device strategy has no cluster_environment of its own)
+        connector = getattr(trainer, "_accelerator_connector", None)
+        environment = getattr(connector, "cluster_environment", None)
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+            log.info("Preemption: Lightning's SLURM auto-requeue switched off (Preemption saves and requeues)")
+            environment.auto_requeue = False
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.received = None
         # run after every other callback at batch end (Lightning puts checkpoint callbacks last; we go after them).
@@ -117,7 +138,11 @@ class Preemption(Callback):
                     self.received, path, trainer.global_step)
         trainer.save_checkpoint(path)
         self.saved_path = path
-        if trainer.is_global_zero and self._should_requeue():
+        # the ranks agree on requeueing too (a signal may have reached only some ranks)
+        requeue = self._should_requeue()
+        if trainer.world_size > 1:
+            requeue = trainer.strategy.reduce_boolean_decision(requeue, all=False)
+        if trainer.is_global_zero and requeue:
             self._requeue()
         raise SIGTERMException()
 
@@ -140,7 +165,8 @@ class Preemption(Callback):
 
     def _should_requeue(self) -> bool:
         if self.requeue == "auto":
-            return SLURMEnvironment.detect()
+            requeue_signums = {int(getattr(signal, name)) for name in self.requeue_signals}
+            return SLURMEnvironment.detect() and self.received in requeue_signums
         return bool(self.requeue)
 
     @staticmethod

@@ -122,3 +122,23 @@ def test_preemption_saves_at_batch_end_and_exits_zero(tmp_path: Path) -> None:
     assert preemption.saved_path == str(saved)
     assert torch.load(saved, weights_only=True)["global_step"] == 4  # the signalled step completed, then saved
     assert signal.getsignal(signal.SIGUSR1) == before, "the previous handler is back"
+
+
+def test_preemption_owns_slurm_signals_and_requeues_only_on_the_requeue_signal(monkeypatch: pytest.MonkeyPatch,
+                                                                              tmp_path: Path) -> None:
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    with pytest.raises(ValueError, match="requeue_signals"):
+        Preemption(requeue_signals=("SIGKILL",))
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    monkeypatch.setenv("SLURM_JOB_ID", "1")
+    preemption = Preemption()
+    environment = SLURMEnvironment()
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[preemption], plugins=[environment])
+    preemption.setup(trainer, TinyClassifier(), "fit")
+    assert environment.auto_requeue is False  # Lightning's SLURM handlers are not registered
+    preemption.received = int(signal.SIGTERM)
+    assert not preemption._should_requeue()  # SLURM's own SIGTERM: SLURM requeues or cancels by itself
+    preemption.received = int(signal.SIGUSR1)
+    assert preemption._should_requeue()

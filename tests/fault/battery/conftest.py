@@ -14,15 +14,18 @@ import torch
 DRIVER = Path(__file__).with_name("driver.py")
 #: Bound on one driver process (they take ~5-10 s; a hang must fail, not stall CI).
 PROCESS_TIMEOUT_S = 100
+#: Bound on one 2-process DDP driver run (~15 s on an idle 2-core machine; minutes when the cores are shared).
+DDP_TIMEOUT_S = 300
 
 
-def run_driver(*args: str, env: dict[str, str] | None = None, expect: int | None = 0) -> subprocess.CompletedProcess:
+def run_driver(*args: str, env: dict[str, str] | None = None, expect: int | None = 0,
+               timeout: float = PROCESS_TIMEOUT_S) -> subprocess.CompletedProcess:
     """``python driver.py *args`` in a fresh process; checks the exit code when ``expect`` is not None."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "RANK",
                                                                   "WORLD_SIZE", "NODE_RANK")}
     full_env.update({"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})})
     proc = subprocess.run([sys.executable, str(DRIVER), *args], env=full_env, capture_output=True, text=True,
-                          timeout=PROCESS_TIMEOUT_S)
+                          timeout=timeout)
     if expect is not None and proc.returncode != expect:
         raise AssertionError(f"driver {' '.join(args)} exited {proc.returncode}, expected {expect}:\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -71,4 +74,12 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The uninterrupted single-process run every resume is compared with."""
     root = tmp_path_factory.mktemp("reference")
     run_driver("--root", str(root), "--out", str(root / "result.pt"))
+    return load(root / "result.pt")
+
+
+@pytest.fixture(scope="session")
+def ddp_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The uninterrupted 2-process DDP run (gloo) every DDP resume is compared with."""
+    root = tmp_path_factory.mktemp("ddp_reference")
+    run_driver("--root", str(root), "--devices", "2", "--out", str(root / "result.pt"), timeout=DDP_TIMEOUT_S)
     return load(root / "result.pt")

@@ -11,6 +11,12 @@ through :func:`run`. Faults, all keyed to ``trainer.global_step`` (the optimizer
   no guard), each under ``<root>/<policy>``.
 - ``--keep-at-step K --then-resume-kept``: keep the checkpoint a kill at step K would leave, and after the fit
   resume from it in the same process (the plain-Lightning peers: one process instead of three).
+- ``--fault-rank R``: under DDP, only global rank R kills itself / gets SIGTERM / computes a NaN loss (default:
+  every rank kills, rank 0 gets SIGTERM, every rank's loss is NaN).
+- ``--pause-at-step K``: at the start of step K every rank waits (at most ``PAUSE_TIMEOUT_S``) until a preemption
+  signal reaches it, after writing ``<root>/paused``: the SLURM tests send ``scancel --signal`` / ``scontrol requeue``
+  then, so the signal lands at a known step.
+- ``--num-nodes N``: Trainer(num_nodes=N), for runs under ``srun`` (SLURMEnvironment sets the ranks).
 - ``--plain``: plain Lightning (torch DataLoader, TorchCheckpointIO, no RNGState/Preemption): the peer runs that show
   the faults hurt without lit_tricks.
 
@@ -27,6 +33,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,6 +56,16 @@ from lit_tricks.fault.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 
 N_TRAIN, N_VAL, BATCH, SIDE, CLASSES = 96, 32, 16, 6, 3  # 6 steps per epoch
 STEPS_PER_EPOCH = N_TRAIN // BATCH
+#: Process-group timeout under DDP (also how long rank 1 waits for rank 0's store at start-up: on shared cores the
+#: ranks may start a minute apart).
+PG_TIMEOUT_S = 120
+#: Bound on a --pause-at-step wait for the preemption signal.
+PAUSE_TIMEOUT_S = 180.0
+
+
+def _rank() -> int:
+    """This process's global rank from the launcher's environment (before the Trainer exists)."""
+    return int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))))
 
 
 class AugmentedImages(Dataset):
@@ -77,9 +94,10 @@ class AugmentedImages(Dataset):
 class Net(pl.LightningModule):
     """MLP with BatchNorm and dropout; SGD with momentum and a per-step LambdaLR."""
 
-    def __init__(self, nan_at_step: int = -1) -> None:
+    def __init__(self, nan_at_step: int = -1, nan_rank: int = -1) -> None:
         super().__init__()
         self.nan_at_step = nan_at_step
+        self.nan_rank = nan_rank
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, 32), nn.BatchNorm1d(32), nn.ReLU(),
                                  nn.Dropout(0.3), nn.Linear(32, CLASSES))
 
@@ -93,7 +111,7 @@ class Net(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
-        if self.global_step == self.nan_at_step:
+        if self.global_step == self.nan_at_step and self.nan_rank in (-1, self.global_rank):
             loss = loss * float("nan")
         return loss
 
@@ -146,14 +164,28 @@ def _die(trainer: pl.Trainer | None = None) -> None:
 class Faults(Callback):
     """Deterministic fault injection keyed to the global step."""
 
-    def __init__(self, root: Path, kill_at_step: int, sigterm_at_step: int, kill_in_write_at_step: int) -> None:
+    def __init__(self, root: Path, kill_at_step: int, sigterm_at_step: int, kill_in_write_at_step: int,
+                 fault_rank: int = -1, pause_at_step: int = -1) -> None:
         self.root, self.kill_at_step, self.sigterm_at_step = root, kill_at_step, sigterm_at_step
         self.kill_in_write_at_step = kill_in_write_at_step
+        self.fault_rank, self.pause_at_step = fault_rank, pause_at_step
         self.keep_at_step = -1
+
+    def _pause_for_signal(self, trainer: pl.Trainer) -> None:
+        """Wait until a preemption signal reached this rank (the test sends it once ``paused`` exists)."""
+        preemption = next(cb for cb in trainer.callbacks if isinstance(cb, Preemption))  # type: ignore[attr-defined]
+        if trainer.is_global_zero:
+            (self.root / "paused").write_text(str(trainer.global_step))
+        deadline = time.monotonic() + PAUSE_TIMEOUT_S
+        while preemption.received is None and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if trainer.global_step == self.sigterm_at_step and trainer.is_global_zero:
+        if trainer.global_step == self.pause_at_step:
+            self._pause_for_signal(trainer)
+        target = trainer.is_global_zero if self.fault_rank < 0 else trainer.global_rank == self.fault_rank
+        if trainer.global_step == self.sigterm_at_step and target:
             os.kill(os.getpid(), signal.SIGTERM)
         if trainer.global_step == self.keep_at_step and trainer.is_global_zero:
             # the checkpoint a kill during this step would leave behind
@@ -161,7 +193,11 @@ class Faults(Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if trainer.global_step == self.kill_at_step:
-            _die(trainer)
+            if self.fault_rank < 0:
+                _die(trainer)
+            elif trainer.global_rank == self.fault_rank:  # this rank alone dies; the others must notice
+                sys.stdout.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -278,11 +314,12 @@ def run(args: argparse.Namespace, root: Path, out: Path | None, nan_policy: str 
     torch.set_num_threads(1)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     dm = DataModule(plain=args.plain)
-    model = Net(nan_at_step=args.nan_at_step)
+    model = Net(nan_at_step=args.nan_at_step, nan_rank=args.fault_rank)
     ckpt_dir = root / "checkpoints"
     recorder = Recorder()
     early = early_stopping(args.plain)
-    faults = Faults(root, args.kill_at_step, args.sigterm_at_step, args.kill_in_write_at_step)
+    faults = Faults(root, args.kill_at_step, args.sigterm_at_step, args.kill_in_write_at_step, args.fault_rank,
+                    args.pause_at_step)
     faults.keep_at_step = args.keep_at_step
     callbacks: list[Callback] = [recorder, early, faults]
     if not args.plain:
@@ -305,12 +342,13 @@ def run(args: argparse.Namespace, root: Path, out: Path | None, nan_policy: str 
     elif not args.plain:
         plugins.append(AtomicCheckpointIO())
     strategy: Any = "auto"
-    if args.devices > 1:
+    if args.devices * args.num_nodes > 1:
         from lightning.pytorch.strategies import DDPStrategy
 
-        strategy = DDPStrategy(timeout=datetime.timedelta(seconds=60))
+        strategy = DDPStrategy(timeout=datetime.timedelta(seconds=PG_TIMEOUT_S))
     trainer = pl.Trainer(
-        accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=args.max_epochs, logger=False,
+        accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy,
+        max_epochs=args.max_epochs, logger=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
         default_root_dir=str(root), callbacks=callbacks, plugins=plugins or None,
     )
@@ -335,7 +373,8 @@ def run(args: argparse.Namespace, root: Path, out: Path | None, nan_policy: str 
                       if not isinstance(cb, (ModelCheckpoint, Recorder, Faults, EarlyStopping))},
         "should_stop": trainer.should_stop,
     }
-    if out is not None and trainer.is_global_zero:
+    if out is not None:  # rank 0: out; rank r > 0: out with a _rank<r> suffix
+        out = out if trainer.is_global_zero else out.with_name(f"{out.stem}_rank{trainer.global_rank}{out.suffix}")
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(result, out)
     return result
@@ -348,6 +387,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--max-epochs", type=int, default=3)
     p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--fault-rank", type=int, default=-1)
+    p.add_argument("--pause-at-step", type=int, default=-1)
     p.add_argument("--every-n-steps", type=int, default=1)
     p.add_argument("--resume", default="none")
     p.add_argument("--plain", action="store_true")
@@ -372,7 +414,12 @@ def main(argv: list[str] | None = None) -> None:
         for policy in args.nan_policies.split(","):
             run(args, root / policy, root / policy / "result.pt", nan_policy=policy)
         return
-    run(args, root, Path(args.out) if args.out else None)
+    try:
+        run(args, root, Path(args.out) if args.out else None)
+    except SystemExit as stop:  # Preemption's clean exit: leave a per-rank note of how this rank ended
+        root.mkdir(parents=True, exist_ok=True)
+        (root / f"exit_rank{_rank()}.txt").write_text(f"SystemExit {stop.code or 0}")
+        raise
     if args.then_resume_kept:
         # seed_everything at the start of run() gives the second fit the RNG a fresh process would have
         again = argparse.Namespace(**{**vars(args), "keep_at_step": -1, "resume": str(root / "kept.ckpt")})

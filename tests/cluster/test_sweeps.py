@@ -1,0 +1,78 @@
+"""Sweeps whose jobs run on the local 2-node SLURM cluster (hydra/launcher=slurm_local, submitit): a multinode DDP
+sweep, a sweep with a failing job, an Optuna TPE sweep in batches of 2. Tiny digits jobs (2-3 steps an epoch)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import JOB_TIMEOUT_S, job_info, run, submitit_job_ids, train_multirun
+
+pytestmark = pytest.mark.slurm
+
+
+def _metrics(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))}
+
+
+def _report(sweep_dir: Path) -> str:
+    return run([sys.executable, "scripts/sweep_report.py", str(sweep_dir)], timeout=300).stdout
+
+
+@pytest.mark.timeout(4 * JOB_TIMEOUT_S)
+def test_multinode_ddp_sweep_runs_each_job_on_two_nodes(cluster: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    train_multirun(sweep, "trainer=multinode_cpu", "optimizer.lr=0.1,0.03", "trainer.max_epochs=2",
+                   timeout=3 * JOB_TIMEOUT_S)
+    metrics = _metrics(sweep)
+    assert sorted(metrics) == ["0", "1"]
+    for record in metrics.values():
+        assert record["status"] == "ok", record["error"]
+        assert (record["world_size"], record["num_nodes"]) == (2, 2)
+    jobs = submitit_job_ids(sweep)
+    assert len(jobs) == 2
+    for job in jobs:  # each sweep job: one SLURM job of 2 nodes x 1 task, finished cleanly
+        info = job_info(job)
+        assert (info["JobState"], info["NumNodes"], info["NumTasks"], info["ExitCode"]) == ("COMPLETED", "2", "2",
+                                                                                             "0:0")
+    report = _report(sweep)
+    assert "2 jobs, 2 ok, 0 failed" in report
+    assert "| 0.1 |" in report and "| 0.03 |" in report
+
+
+@pytest.mark.timeout(3 * JOB_TIMEOUT_S)
+def test_sweep_with_a_failing_job_finishes_the_other_and_reports_the_reason(cluster: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    # job 0: every gradient of step 3 is NaN and the NaN guard (policy stop) ends the run; job 1 trains on
+    train_multirun(sweep, "trainer=cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
+                   "callbacks.nan_guard.policy=stop", "+callbacks.nan_at._target_=tests.cluster.faults.NaNGradAt",
+                   "+callbacks.nan_at.step=3,-1", timeout=2 * JOB_TIMEOUT_S)
+    metrics = _metrics(sweep)
+    assert metrics["0"]["status"] == "failed"
+    assert metrics["0"]["error"] == "RuntimeError: NaNGuard: non-finite loss/gradient at step 3 (policy stop)"
+    assert metrics["1"]["status"] == "ok" and metrics["1"]["error"] is None
+    report = _report(sweep)
+    assert "2 jobs, 1 ok, 1 failed" in report
+    assert "NaNGuard: non-finite loss/gradient at step 3" in report
+
+
+@pytest.mark.timeout(4 * JOB_TIMEOUT_S)
+def test_optuna_tpe_sweep_runs_trials_as_slurm_jobs_in_batches_of_two(cluster: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    train_multirun(sweep, "hparams_search=tpe", "trainer=cpu", "trainer.max_epochs=1", "hydra.sweeper.n_trials=4",
+                   "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler.n_startup_trials=2", timeout=3 * JOB_TIMEOUT_S)
+    metrics = _metrics(sweep)
+    assert sorted(metrics) == ["0", "1", "2", "3"]
+    assert all(r["status"] == "ok" for r in metrics.values()), [r["error"] for r in metrics.values()]
+    jobs = submitit_job_ids(sweep)
+    arrays = sorted({job.split("_")[0] for job in jobs}, key=int)
+    assert len(jobs) == 4 and len(arrays) == 2  # two batches, each one SLURM array of 2 trials
+    assert all(job_info(job)["JobState"] == "COMPLETED" for job in jobs)
+    # TPE proposed the second batch after the first one's results: its learning rates are new
+    lrs = [float(next(o for o in r["overrides"] if o.startswith("optimizer.lr=")).split("=")[1])
+           for _, r in sorted(metrics.items())]
+    assert len(set(lrs)) == 4
+    assert (sweep / "optimization_results.yaml").is_file()
