@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -17,21 +16,19 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lit_tricks.builders import build_callbacks, build_datamodule, build_loggers, build_model, build_module
 from lit_tricks.config_checks import check_config
-from lit_tricks.functional.atomic import atomic_write_bytes
-from lit_tricks.sweeps.ddp import build_trainer, job_guard
-from lit_tricks.sweeps.jobs import sweep_failure_value
+from lit_tricks.fault.atomic import atomic_write_bytes
+from lit_tricks.trainers.build import build_trainer
+from lit_tricks.trainers.jobs import job_guard, sweep_failure_value
 
+# The build_* helpers live in lit_tricks.builders; they stay importable from here for compatibility.
 __all__ = ["build_callbacks", "build_datamodule", "build_loggers", "build_model", "build_module", "run_dir", "train"]
 
 log = logging.getLogger(__name__)
-
-#: The model constructor keywords filled from the DataModule when the target accepts them.
-MODEL_FILL = ("num_classes", "in_channels", "image_size")
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -42,71 +39,6 @@ def run_dir(cfg: DictConfig) -> Path:
         return Path(HydraConfig.get().runtime.output_dir)
     except (ValueError, ImportError):
         return Path(str(OmegaConf.select(cfg, "paths.output_dir", default=os.getcwd())))
-
-
-def _accepted_kwargs(target: Any) -> set[str] | None:
-    """Names a callable accepts, or None when it takes ``**kwargs``."""
-    try:
-        params = inspect.signature(target).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params}
-
-
-def _maybe_instantiate(node: Any, **kwargs: Any) -> Any:
-    if node is None or (isinstance(node, DictConfig) and "_target_" not in node):
-        return None
-    return instantiate(node, **kwargs)
-
-
-def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    """Instantiate ``cfg.data`` with the augmentation pipeline of ``cfg.augment``, then set it up for fitting."""
-    transform = _maybe_instantiate(cfg.get("augment"))
-    dm = instantiate(cfg.data, train_transform=transform) if transform is not None else instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
-
-
-def build_model(cfg: DictConfig, dm: Any) -> torch.nn.Module:
-    """Instantiate ``cfg.model``, filling num_classes / in_channels / image_size from the DataModule."""
-    dims = getattr(dm, "model_dims", dm.dims)  # what the model sees after preprocessing (PCA: a flat (k, 1, 1))
-    values = {"num_classes": dm.num_classes, "in_channels": dims[0], "image_size": tuple(dims[1:])}
-    accepted = _accepted_kwargs(get_object(cfg.model._target_))
-    fill = {k: v for k, v in values.items() if (accepted is None or k in accepted) and k not in cfg.model}
-    return instantiate(cfg.model, **fill)
-
-
-def build_module(cfg: DictConfig, model: torch.nn.Module, dm: Any) -> pl.LightningModule:
-    """Instantiate ``cfg.module`` around ``model`` with the optimizer/scheduler partials and the data preprocessor."""
-    kwargs: dict[str, Any] = {"model": model}
-    accepted = _accepted_kwargs(get_object(cfg.module._target_))
-    if accepted is None or "preprocess" in accepted:
-        kwargs["preprocess"] = getattr(dm, "preprocessor", None)
-    if cfg.get("optimizer") is not None:
-        kwargs["optimizer"] = instantiate(cfg.optimizer)
-    scheduler = _maybe_instantiate(cfg.get("scheduler"))
-    if scheduler is not None:
-        kwargs["scheduler"] = scheduler
-    return instantiate(cfg.module, **kwargs)
-
-
-def _instantiate_dict(node: Any) -> list[Any]:
-    if not node:
-        return []
-    return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]
-
-
-def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """Instantiate every entry of the ``callbacks`` dict (null entries are off)."""
-    return _instantiate_dict(cfg.get("callbacks"))
-
-
-def build_loggers(cfg: DictConfig) -> list[Any]:
-    """Instantiate every entry of the ``logger`` dict; an empty dict means no logger."""
-    return _instantiate_dict(cfg.get("logger"))
 
 
 def _resume_path(cfg: DictConfig, out: Path) -> str | None:
@@ -233,7 +165,7 @@ def train(cfg: DictConfig) -> float:
     """
     check_config(cfg)
     out = run_dir(cfg)
-    monitor = str(cfg.get("monitor", "val/acc"))
+    monitor = str(cfg.get("monitor", "val/loss"))  # the default of conf/train.yaml
     record: dict[str, Any] = {"monitor": monitor, "overrides": _overrides(), "status": "ok", "error": None}
     try:
         with job_guard(cfg):

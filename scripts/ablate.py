@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from lit_tricks.functional.atomic import atomic_write_bytes  # noqa: E402
+from lit_tricks.fault.atomic import atomic_write_bytes  # noqa: E402
 from lit_tricks.sweeps.ablation import (  # noqa: E402
     ABLATION_SETS,
     BASELINE,

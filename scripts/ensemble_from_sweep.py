@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from lit_tricks.functional.atomic import atomic_write_bytes
+from lit_tricks.fault.atomic import atomic_write_bytes
 from lit_tricks.sweeps.ensemble import evaluate_sweep_ensemble
 
 

@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
+from lit_tricks.builders import build_callbacks, build_datamodule, build_model, build_module
 from lit_tricks.callbacks import CheckpointEnsemble
-from lit_tricks.run import build_callbacks, build_datamodule, build_model, build_module
-from lit_tricks.sweeps.ddp import build_trainer
+from lit_tricks.trainers.build import build_trainer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

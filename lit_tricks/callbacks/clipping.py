@@ -175,7 +175,7 @@ class GradientClipping(Callback):
         history = state_dict.get("norm_history")
         if history is not None:
             history = torch.as_tensor(history, dtype=torch.float32)
-            if history.numel() != self.history:  # history length changed between runs: keep the newest values
+            if history.numel() != self.history:  # length changed: keeps the first ring slots, not the newest values
                 kept = torch.zeros(self.history, dtype=torch.float32)
                 n = min(self.history, history.numel())
                 kept[:n] = history[:n]

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lit_tricks.functional.atomic import atomic_torch_save
+from lit_tricks.fault.atomic import atomic_torch_save
 from lit_tricks.functional.ema import (
     BUFFER_MODES,
     copy_,

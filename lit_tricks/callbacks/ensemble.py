@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 
-from lit_tricks.functional.atomic import atomic_torch_save
+from lit_tricks.fault.atomic import atomic_torch_save
 from lit_tricks.functional.ensemble import (
     COMBINERS,
     EnsembleModule,

@@ -7,6 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_tricks.diagnostics.training_step import training_step_loss_fn
 from lit_tricks.functional.gradcheck import SUSPICIOUS, WRONG, GradCheckReport, LossFn, gradient_check
 
 __all__ = ["GradientCheck", "GradientCheckError"]
@@ -61,8 +62,9 @@ class GradientCheck(pl.Callback):
         if self.done:
             return
         self.done = True
-        report = gradient_check(pl_module, batch, self.loss_fn, entries_per_tensor=self.entries_per_tensor,
-                                eps=self.eps, seed=self.seed, max_samples=self.max_samples)
+        report = gradient_check(pl_module, batch, self.loss_fn or training_step_loss_fn,
+                                entries_per_tensor=self.entries_per_tensor, eps=self.eps, seed=self.seed,
+                                max_samples=self.max_samples)
         self.report = report
         limit = self.max_error if self.max_error is not None else (WRONG if report.has_kinks else SUSPICIOUS)
         if report.max_error <= limit:

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_tricks.functional.atomic import atomic_save_figure
+from lit_tricks.fault.atomic import atomic_save_figure
 from lit_tricks.functional.diagnosis import Diagnosis, diagnose, ema_smooth, first_samples
 
 __all__ = ["HISTORY_KEYS", "LearningCurves", "diagnose_history", "plot_learning_curves"]

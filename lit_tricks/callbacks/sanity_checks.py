@@ -14,8 +14,8 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from lit_tricks.diagnostics.training_step import training_step_loss
 from lit_tricks.functional.diagnosis import first_samples
-from lit_tricks.functional.gradcheck import training_step_loss
 
 __all__ = ["SanityCheckError", "SanityChecks"]
 

@@ -13,7 +13,7 @@ import torch
 
 from lit_tricks.data.base import SplitDataModule, merged_signature
 from lit_tricks.data.sampling import ImageSource, TensorImages
-from lit_tricks.functional.atomic import atomic_torch_save
+from lit_tricks.fault.atomic import atomic_torch_save
 
 __all__ = ["MNIST1D_DEFAULTS", "MNIST1DDataModule", "generate_mnist1d"]
 

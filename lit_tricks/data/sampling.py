@@ -25,7 +25,7 @@ from lit_tricks.data.splits import mix_seed
 
 try:
     from torchdata.stateful_dataloader import StatefulDataLoader
-except ImportError:  # pragma: no cover - torchdata is a core dependency; plain DataLoader replays the epoch
+except ImportError:  # pragma: no cover - torchdata is optional (extra `resume`); a plain DataLoader replays the epoch
     StatefulDataLoader = None
 
 __all__ = [

@@ -4,7 +4,7 @@
 transaction whose temp file lives in ``$TMPDIR``; when that is another filesystem than the checkpoint directory the
 final move falls back to copy + unlink, so a kill during the copy leaves a truncated ``last.ckpt`` (and an orphan temp
 file in ``$TMPDIR``), and nothing is fsynced. Here the bytes go to a temp file beside the target (same filesystem),
-are flushed and fsynced, and ``os.replace`` swaps them in (:func:`lit_tricks.functional.atomic.atomic_open`).
+are flushed and fsynced, and ``os.replace`` swaps them in (:func:`lit_tricks.fault.atomic.atomic_open`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 
-from lit_tricks.functional.atomic import TMP_PREFIX, atomic_open
+from lit_tricks.fault.atomic import TMP_PREFIX, atomic_open
 
 __all__ = [
     "AtomicCheckpointIO", "CorruptCheckpointError", "clean_stale_temp_files", "corrupt_message", "is_remote_path",

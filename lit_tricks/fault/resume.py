@@ -8,7 +8,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from lit_tricks.functional.atomic import TMP_PREFIX
+from lit_tricks.fault.atomic import TMP_PREFIX
 
 __all__ = ["checkpoint_is_intact", "find_resume_checkpoint", "is_training_checkpoint", "list_checkpoints"]
 

@@ -1,75 +1,19 @@
-"""Crash-safe file writes: temp file in the same directory, flush + fsync, ``os.replace``."""
+"""Deprecated: moved to :mod:`lit_tricks.fault.atomic` (file IO is not tensor math); every name read here warns."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-from typing import IO, Any
+import importlib
+import warnings
+from typing import Any
 
-import torch
+_NAMES = ("TMP_PREFIX", "atomic_open", "atomic_save_figure", "atomic_torch_save", "atomic_write_bytes")
 
-__all__ = ["TMP_PREFIX", "atomic_open", "atomic_save_figure", "atomic_torch_save", "atomic_write_bytes"]
-
-TMP_PREFIX = ".tmp-"
+__all__ = list(_NAMES)
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Open ``path`` for binary writing so that readers see the old file or the whole new one, never a part.
-
-    The data goes to a temp file beside ``path`` (same filesystem, whatever ``$TMPDIR`` is), is flushed and
-    fsynced, then renamed over ``path`` with ``os.replace``; the directory is fsynced too. On any error the
-    temp file is removed and ``path`` is untouched.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + target.name + ".", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
-
-
-def atomic_write_bytes(data: bytes, path: str | os.PathLike[str]) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
-    with atomic_open(path) as fh:
-        fh.write(data)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj, path)``, atomically: serialized in memory first, then written by :func:`atomic_open`."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(buffer.getvalue(), path)
-
-
-def atomic_save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> Path:
-    """Render a matplotlib figure to PNG in memory, write it with :func:`atomic_write_bytes`, close the figure."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    import matplotlib.pyplot as plt  # only reached with a figure in hand, so matplotlib is installed
-
-    plt.close(fig)
-    out = Path(path)
-    atomic_write_bytes(buffer.getvalue(), out)
-    return out
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"lit_tricks.functional.atomic.{name} moved to lit_tricks.fault.atomic.{name}; the old path will be"
+                  " removed", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module("lit_tricks.fault.atomic"), name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,6 @@ __all__ = [
     "TensorCheck",
     "gradient_check",
     "relative_error",
-    "training_step_loss",
     "verdict",
 ]
 
@@ -115,32 +114,6 @@ class GradCheckReport:
         return "\n".join(lines)
 
 
-def training_step_loss(module: nn.Module, batch: Any, batch_idx: int = 0) -> tuple[torch.Tensor, bool]:
-    """The loss of ``module.training_step(batch, batch_idx)`` on a module outside any Trainer; ``(loss, fell_back)``.
-
-    A detached copy has no trainer: when its ``training_step`` needs one, the loss falls back to cross-entropy of
-    ``module(x)`` against ``y`` for an ``(x, y, ...)`` batch (``fell_back`` is then True).
-    """
-    step = getattr(module, "training_step", None)
-    if step is None:
-        raise TypeError(f"loss_fn: {type(module).__name__} has no training_step; pass loss_fn(module, batch)")
-    try:
-        out = step(batch, batch_idx)
-    except RuntimeError as err:
-        if "not attached to a `Trainer`" not in str(err) or not isinstance(batch, tuple | list) or len(batch) < 2:
-            raise
-        return nn.functional.cross_entropy(module(batch[0]), batch[1]), True
-    if isinstance(out, Mapping):
-        out = out.get("loss")
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"loss_fn: training_step must return a loss tensor or {{'loss': tensor}}, got {type(out)}")
-    return out, False
-
-
-def _default_loss(module: nn.Module, batch: Any) -> torch.Tensor:
-    return training_step_loss(module, batch)[0]
-
-
 def _to_double(batch: Any) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.double() if batch.is_floating_point() else batch
@@ -171,7 +144,7 @@ def _sample_indices(numel: int, k: int, generator: torch.Generator) -> list[int]
 def gradient_check(
     module: nn.Module,
     batch: Any,
-    loss_fn: LossFn | None = None,
+    loss_fn: LossFn,
     *,
     entries_per_tensor: int = 10,
     eps: float | None = None,
@@ -185,9 +158,8 @@ def gradient_check(
     The module is deep-copied and cast to float64 (``module`` itself is untouched); dropout layers are put in eval
     mode, every loss evaluation runs under a forked RNG seeded with ``seed`` (so batch-level augmentation draws the
     same numbers each time) and the batch is fixed.
-    ``loss_fn``: ``(module, batch) -> scalar``; default the module's ``training_step(batch, 0)`` (a Lightning
-    module's ``self.log`` calls only warn without a trainer; a step that needs ``self.trainer`` falls back to
-    cross-entropy of ``module(x)`` on ``(x, y)`` batches). ``entries_per_tensor``: sampled entries of each
+    ``loss_fn``: ``(module, batch) -> scalar`` (for a LightningModule's own ``training_step`` pass
+    :func:`lit_tricks.diagnostics.training_step.training_step_loss_fn`). ``entries_per_tensor``: sampled entries of each
     parameter tensor (all when smaller). ``eps``: the step ``h``; None = 1e-5 for smooth models, 1e-6 with kinks
     (fewer kinks crossed). ``rel_floor``: an entry whose gradient is below
     ``rel_floor`` times the largest sampled one of its tensor is compared relative to that floor instead (in float64
@@ -204,7 +176,7 @@ def gradient_check(
         raise ValueError(f"eps must be > 0 or None, got {eps}")
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
-    fn = loss_fn or _default_loss
+    fn = loss_fn
     model = copy.deepcopy(module).double()
     for m in model.modules():
         if isinstance(m, _DROPOUT):

@@ -3,7 +3,8 @@ torchvision classifier by name."""
 
 from lit_tricks.models.cnn import SmallCNN
 from lit_tricks.models.cnn1d import ConvNet1d
+from lit_tricks.models.heads import find_head
 from lit_tricks.models.mlp import MLP
 from lit_tricks.models.tv import torchvision_model
 
-__all__ = ["MLP", "ConvNet1d", "SmallCNN", "torchvision_model"]
+__all__ = ["MLP", "ConvNet1d", "SmallCNN", "find_head", "torchvision_model"]

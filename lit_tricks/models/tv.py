@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from lit_tricks.modules.surgery import find_head
+from lit_tricks.models.heads import find_head
 
 __all__ = ["torchvision_model"]
 

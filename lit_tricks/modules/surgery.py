@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 from lit_tricks.functional.ensemble import recalibrate_bn_
+from lit_tricks.models.heads import find_head
 
 __all__ = [
     "DROPOUT_KINDS",
@@ -189,19 +190,6 @@ class DropConnectLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, p={self.p}"
-
-
-def find_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear] | None:
-    """(parent, attribute, layer) of the classifier head: the last ``nn.Linear`` registered in ``model``."""
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name:
-            last = name
-    if last is None:
-        return None
-    parent_name, _, attr = last.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    return parent, attr, parent.get_submodule(attr)  # type: ignore[return-value]
 
 
 def _check_p(p: float) -> None:

@@ -22,8 +22,9 @@ from lit_tricks.functional.param_groups import (
     split_decay,
 )
 from lit_tricks.functional.regularization import jacobian_penalty, l1_penalty, l2_penalty
+from lit_tricks.models.heads import find_head
 from lit_tricks.modules.insertion import DROPOUT_PLACEMENTS, apply_dropout, apply_norm
-from lit_tricks.modules.surgery import DROPOUT_KINDS, find_head, init_weights, parse_norm
+from lit_tricks.modules.surgery import DROPOUT_KINDS, init_weights, parse_norm
 
 __all__ = ["LOSSES", "TrickModule", "callable_from_spec", "callable_to_spec"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from lit_tricks.functional.atomic import atomic_save_figure
+from lit_tricks.fault.atomic import atomic_save_figure
 from lit_tricks.sweeps.stats import bootstrap_ci, paired_bootstrap_ci
 
 __all__ = [

@@ -47,8 +47,8 @@ def evaluate_sweep_ensemble(sweep_dir: str | Path, top_k: int = 3, combine: str 
     """
     import lightning.pytorch as pl
 
+    from lit_tricks.builders import build_datamodule, build_model, build_module
     from lit_tricks.callbacks.ensemble import CheckpointEnsemble
-    from lit_tricks.run import build_datamodule, build_model, build_module
 
     report = build_report(sweep_dir)
     members = ensemble_members(report, top_k)

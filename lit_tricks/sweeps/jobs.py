@@ -1,33 +1,20 @@
-"""What a failed job of a Hydra multirun hands back to its sweeper so that the sweep goes on."""
+"""Deprecated: moved to :mod:`lit_tricks.trainers.jobs`; every name read here warns with a DeprecationWarning."""
 
 from __future__ import annotations
 
-import math
+import importlib
+import warnings
+from typing import Any
 
-__all__ = ["sweep_failure_value", "sweeper_target"]
+_MOVED = {"sweep_failure_value": "lit_tricks.trainers.jobs", "sweeper_target": "lit_tricks.trainers.jobs"}
 
-
-def sweeper_target() -> str | None:
-    """``hydra.sweeper._target_`` of the running Hydra app, or None outside Hydra."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        return None
-    if not HydraConfig.initialized():
-        return None
-    target = HydraConfig.get().sweeper.get("_target_")
-    return None if target is None else str(target)
+__all__ = sorted(_MOVED)
 
 
-def sweep_failure_value(err: BaseException) -> float:
-    """Return nan for a failed job, or re-raise ``err`` where the sweeper cannot take nan.
-
-    Hydra's basic sweeper stops the whole sweep when a job raises, so a failed job returns nan. The Optuna sweeper
-    (hydra-optuna-sweeper 1.3 with optuna 2.10) crashes on nan ("Values cannot be specified when state is FAIL")
-    but records a job that raises as a failed trial and goes on (with ``max_failure_rate`` high enough, as in
-    ``conf/hparams_search/``), so there the error is re-raised.
-    """
-    target = sweeper_target() or ""
-    if "optuna" in target.lower():
-        raise err
-    return math.nan
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    new = _MOVED[name]
+    warnings.warn(f"lit_tricks.sweeps.jobs.{name} moved to {new}.{name}; the old path will be removed",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(new), name)

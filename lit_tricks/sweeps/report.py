@@ -387,7 +387,7 @@ def _plot(report: SweepReport, path: Path) -> Path | None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{report.sweep_dir.name}: objective ({report.direction}) vs hyperparameters")
     fig.tight_layout()
-    from lit_tricks.functional.atomic import atomic_open
+    from lit_tricks.fault.atomic import atomic_open
 
     with atomic_open(path) as fh:
         fig.savefig(fh, format="png", dpi=100)
@@ -397,7 +397,7 @@ def _plot(report: SweepReport, path: Path) -> Path | None:
 
 def write_report(report: SweepReport, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.csv`` and ``objective.png`` (default: into the sweep directory)."""
-    from lit_tricks.functional.atomic import atomic_write_bytes
+    from lit_tricks.fault.atomic import atomic_write_bytes
 
     out = Path(out_dir) if out_dir is not None else report.sweep_dir
     paths = {"markdown": out / "report.md", "csv": out / "report.csv"}

@@ -1,4 +1,4 @@
-"""NaNGuard, RNGState and Preemption on the tiny model, in-process (the subprocess battery is tests/faults/)."""
+"""NaNGuard, RNGState and Preemption on the tiny model, in-process (the subprocess battery is tests/fault/battery/)."""
 
 from __future__ import annotations
 

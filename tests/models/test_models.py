@@ -38,3 +38,16 @@ def test_torchvision_model_adapts_stem_channels_and_head() -> None:
     assert big.conv1.stride == (2, 2) and big.fc.out_features == 5
     with pytest.raises(ValueError, match="torchvision classification model"):
         torchvision_model("resnet19")
+
+
+def test_find_head_is_the_last_linear_and_surgery_reexports_it() -> None:
+    from torch import nn
+
+    from lit_tricks.models import find_head
+    from lit_tricks.modules import surgery
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 3)))
+    parent, attr, layer = find_head(model)  # type: ignore[misc]
+    assert parent is model[2] and attr == "0" and layer is model[2][0]
+    assert find_head(nn.Sequential(nn.ReLU())) is None
+    assert surgery.find_head is find_head

@@ -19,20 +19,18 @@ import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.utils import get_object
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lit_tricks.sweeps import ddp as ddp_mod
-from lit_tricks.sweeps.ddp import (
+from lit_tricks.trainers import jobs as jobs_mod
+from lit_tricks.trainers.build import build_trainer
+from lit_tricks.trainers.jobs import child_rank_command, config_hash, job_guard
+from lit_tricks.trainers.strategies import (
     HydraSafeDDPStrategy,
     HydraSafeFSDPStrategy,
-    build_trainer,
-    child_rank_command,
-    config_hash,
     ddp_strategy,
     fsdp_strategy,
-    job_guard,
     scale_learning_rates,
 )
 from tests.helpers.tiny import TinyClassifier
@@ -75,7 +73,7 @@ def test_trainer_option_keys_match_trainer_and_strategy_signatures(option: str, 
         bad = [k for k in strategy if not str(k).startswith("_") and k not in params]
         assert not bad, f"trainer={option}: {strategy._target_} does not accept {bad}"
         # the strategy builds without a GPU (no process group until fit)
-        built = ddp_mod.instantiate(OmegaConf.to_container(strategy, resolve=True))
+        built = instantiate(OmegaConf.to_container(strategy, resolve=True))
         assert isinstance(built, HydraSafeDDPStrategy | HydraSafeFSDPStrategy)
         assert built._timeout == timedelta(seconds=float(strategy.timeout_s))
     if option in GPU_ONLY:
@@ -199,12 +197,12 @@ def test_job_guard_kills_child_ranks_when_the_job_fails() -> None:
     world_size = os.environ.get("WORLD_SIZE")
     try:
         with pytest.raises(RuntimeError, match="boom"), job_guard(OmegaConf.create({})):
-            ddp_mod._JOB.children.append(child)
+            jobs_mod._JOB.children.append(child)
             os.environ["WORLD_SIZE"] = "2"
             raise RuntimeError("boom")
         assert child.poll() is not None  # reaped, not left waiting in a collective
         assert os.environ.get("WORLD_SIZE") == world_size
-        assert ddp_mod._JOB.children == [] and ddp_mod._JOB.cfg is None
+        assert jobs_mod._JOB.children == [] and jobs_mod._JOB.cfg is None
     finally:
         if child.poll() is None:
             child.kill()

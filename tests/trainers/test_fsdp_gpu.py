@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lit_tricks.sweeps.ddp import HydraSafeFSDPStrategy, fsdp_strategy
+from lit_tricks.trainers.strategies import HydraSafeFSDPStrategy, fsdp_strategy
 from tests.helpers.tiny import BlobsDataModule, TinyClassifier
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP needs a CUDA GPU")

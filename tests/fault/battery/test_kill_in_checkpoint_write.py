@@ -17,7 +17,7 @@ import torch
 
 from lit_tricks.fault.checkpoint_io import AtomicCheckpointIO, CorruptCheckpointError
 from lit_tricks.fault.resume import find_resume_checkpoint
-from tests.faults.conftest import load, run_driver
+from tests.fault.battery.conftest import load, run_driver
 
 SHM = Path("/dev/shm")
 KILL_STEP, AFTER_BYTES = 5, 1000

@@ -1,8 +1,8 @@
 """The fault battery's training job: a tiny run with shuffle, dropout, augmentation and per-step checkpoints, into
 which faults are injected deterministically (the process kills itself at a given step; no sleeping, no races).
 
-Run as a script (``python tests/faults/driver.py --root DIR --out result.pt [fault flags]``) or in-process through
-:func:`run`. Faults, all keyed to ``trainer.global_step`` (the optimizer step about to happen, counted from 0):
+Run as a script (``python tests/fault/battery/driver.py --root DIR --out result.pt [fault flags]``) or in-process
+through :func:`run`. Faults, all keyed to ``trainer.global_step`` (the optimizer step about to happen, counted from 0):
 
 - ``--kill-at-step K``: SIGKILL after step K's forward/backward, before its optimizer step (mid-step: step K is lost).
 - ``--kill-in-write-at-step K --kill-after-bytes N``: SIGKILL after N bytes of step K's ``last.ckpt`` were written.
@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

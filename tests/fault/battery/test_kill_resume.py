@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import differences, final_state_differences, load, run_driver
+from tests.fault.battery.conftest import differences, final_state_differences, load, run_driver
 
 KILLS = (4, 6, 13)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import final_state_differences, load, run_driver
+from tests.fault.battery.conftest import final_state_differences, load, run_driver
 
 SIGTERM_STEP = 8
 

@@ -1,7 +1,7 @@
 """A tiny ``@hydra.main`` app that trains under a lit_tricks trainer config the way ``lit_tricks.run`` does.
 
 Every rank writes ``<probe_dir>/<pid>.json`` with its rank, config hash, run dir and environment; rank 0 writes
-``metrics.json`` into the run dir. Used by tests/trainer/test_ddp_hydra.py in subprocesses.
+``metrics.json`` into the run dir. Used by tests/trainers/test_ddp_hydra.py in subprocesses.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from lit_tricks.sweeps.ddp import build_trainer, config_hash, job_guard
+from lit_tricks.trainers.build import build_trainer
+from lit_tricks.trainers.jobs import config_hash, job_guard
 from tests.helpers.tiny import BlobsDataModule, TinyClassifier
 
 ENV_KEYS = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import final_state_differences, load, run_driver
+from tests.fault.battery.conftest import final_state_differences, load, run_driver
 
 KILL_STEP = 4  # 3 steps per epoch per rank: mid epoch 1
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.faults.conftest import load, run_driver
+from tests.fault.battery.conftest import load, run_driver
 
 NAN_STEP = 8  # global_step when the NaN loss happens; its record is step NAN_STEP + 1
 SNAPSHOT_EVERY = 3  # rollback's snapshot is refreshed after steps 3, 6, 9, ...
