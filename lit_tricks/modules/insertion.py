@@ -69,7 +69,8 @@ class HiddenSite:
     @property
     def channels(self) -> int:
         """Output channels (conv) or features (linear) of ``layer``."""
-        return int(getattr(self.layer, "out_channels", None) or self.layer.out_features)
+        channels = getattr(self.layer, "out_channels", None) or getattr(self.layer, "out_features")  # noqa: B009
+        return int(channels)
 
 
 def hidden_sites(model: nn.Module) -> list[HiddenSite]:
