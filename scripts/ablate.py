@@ -3,6 +3,7 @@
     python scripts/ablate.py                          # 10 seeds on digits (~20-30 min on a laptop CPU)
     python scripts/ablate.py data.train_size=300      # the same with a 300-sample training subset
     python scripts/ablate.py --seeds 1 --quick        # smoke run (trainer.fast_dev_run=true)
+    python scripts/ablate.py --set mnist1d --seeds 5  # MNIST-1D: experiment=mnist1d_tricks vs mnist1d_baseline
 
 Each run is ``scripts/train.py <variant overrides> seed=<s> <extra overrides>`` in its own process and run
 directory (``<out>/runs/<variant>/seed<s>``); a run whose ``metrics.json`` says ``ok`` is reused, so an interrupted
@@ -26,8 +27,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from lit_tricks.fault.atomic import atomic_write_bytes  # noqa: E402
 from lit_tricks.sweeps.ablation import (  # noqa: E402
+    ABLATION_SETS,
     BASELINE,
-    DEFAULT_ABLATIONS,
     TRICKS,
     ablation_bar_plot,
     ablation_markdown,
@@ -80,7 +81,7 @@ def check_variants(variants: dict[str, list[str]], strict: set[str], extra: Sequ
                   f"({str(err).splitlines()[0]})")
             continue
         if cfg == tricks_cfg:
-            print(f"ablate: skipping {name!r}: {overrides} changes nothing (the trick is not in experiment=tricks)")
+            print(f"ablate: skipping {name!r}: {overrides} changes nothing (the trick is not in the tricks experiment)")
             continue
         kept[name] = overrides
     return kept
@@ -125,6 +126,9 @@ def parse_minus(values: Sequence[str]) -> dict[str, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. data.train_size=300")
+    parser.add_argument("--set", default="default", choices=sorted(ABLATION_SETS),
+                        help="experiments and tricks-minus-one list: default (experiment=tricks/baseline) | mnist1d "
+                             "(experiment=mnist1d_tricks/mnist1d_baseline)")
     parser.add_argument("--seeds", type=int, default=10, help="number of paired seeds (default 10)")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke mode: ++trainer.fast_dev_run=true")
@@ -145,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     extra = list(args.overrides) + (["++trainer.fast_dev_run=true"] if args.quick else [])
     user = parse_minus(args.minus)
-    variants = build_variants(user or DEFAULT_ABLATIONS)
+    tricks_exp, baseline_exp, ablations = ABLATION_SETS[args.set]
+    variants = build_variants(user or ablations, tricks_overrides=[f"experiment={tricks_exp}"],
+                              baseline_overrides=[f"experiment={baseline_exp}"])
     if args.variants:
         wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
         unknown = [v for v in wanted if v not in variants]
@@ -155,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = check_variants(variants, strict={f"{TRICKS} - {n}" for n in user}, extra=extra)
 
     tag = "_".join(slug(o) for o in args.overrides)
-    out = args.out or ROOT / "outputs" / ("ablation" + (f"_{tag}" if tag else "") + ("_quick" if args.quick else ""))
+    name = "ablation" + ("" if args.set == "default" else f"_{args.set}")
+    out = args.out or ROOT / "outputs" / (name + (f"_{tag}" if tag else "") + ("_quick" if args.quick else ""))
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     print(f"ablate: {len(variants)} variants x {len(seeds)} seeds -> {out}")

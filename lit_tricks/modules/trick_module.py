@@ -29,8 +29,9 @@ from lit_tricks.functional.param_groups import (
 from lit_tricks.functional.regularization import jacobian_penalty, l1_penalty, l2_penalty
 from lit_tricks.models.heads import find_head
 from lit_tricks.modules.decay import build_optimizer, decay_mode
+from lit_tricks.modules.insertion import DROPOUT_PLACEMENTS, apply_dropout, apply_norm
 from lit_tricks.modules.specs import as_factory, callable_from_spec, callable_to_spec, plain
-from lit_tricks.modules.surgery import DROPOUT_KINDS, init_weights, parse_norm, set_dropout, swap_norm
+from lit_tricks.modules.surgery import DROPOUT_KINDS, init_weights, parse_norm
 from lit_tricks.modules.tasks import BINNED_POINTS, LOSSES, bin_edges, is_regression_output, task_loss
 from lit_tricks.validation import check_number
 from lit_tricks.weight_variants import WeightVariants
@@ -54,9 +55,12 @@ class TrickModule(pl.LightningModule):
         binned_point: the point prediction taken from the bin distribution: mean (expected value; best for squared
             error) | median (best for absolute error) | mode.
         norm: keep | batch | group | ``group:<n>`` | ``{kind: group, num_groups: n}`` | layer | weight | none
-            (see :func:`~lit_tricks.modules.surgery.swap_norm`).
+            (see :func:`~lit_tricks.modules.surgery.swap_norm`); on a model without norm layers, batch/group/layer
+            insert one before each hidden activation (:func:`~lit_tricks.modules.insertion.apply_norm`).
         dropout: None keeps the model's dropout; a p in [0, 1) is set by
-            :func:`~lit_tricks.modules.surgery.set_dropout` with ``dropout_kind`` dropout | dropconnect | gaussian.
+            :func:`~lit_tricks.modules.insertion.apply_dropout` with ``dropout_kind`` dropout | dropconnect |
+            gaussian and ``dropout_placement`` head (one layer before the head) | every_hidden (after every hidden
+            activation).
         init: default | xavier_uniform | xavier_normal | kaiming_uniform | kaiming_normal | orthogonal, or a dict
             ``{scheme, mode, nonlinearity, gain}``; biases zero.
         weight_decay: lambda of the decayed tensors (conv/linear weights; not biases, norm or embedding params,
@@ -102,6 +106,7 @@ class TrickModule(pl.LightningModule):
         norm: str | Mapping[str, Any] = "keep",
         dropout: float | None = None,
         dropout_kind: str = "dropout",
+        dropout_placement: str = "head",
         init: str | Mapping[str, Any] = "default",
         weight_decay: float = 0.0,
         decoupled: bool = True,
@@ -132,6 +137,8 @@ class TrickModule(pl.LightningModule):
             dropout = check_number("dropout", dropout, 0.0, 1.0)
         if dropout_kind not in DROPOUT_KINDS:
             raise ValueError(f"dropout_kind must be one of {list(DROPOUT_KINDS)}, got {dropout_kind!r}")
+        if dropout_placement not in DROPOUT_PLACEMENTS:
+            raise ValueError(f"dropout_placement must be one of {list(DROPOUT_PLACEMENTS)}, got {dropout_placement!r}")
         parse_norm(norm)
         if scheduler_interval not in (None, "step", "epoch"):
             raise ValueError(f"scheduler_interval must be one of [None, 'step', 'epoch'], got {scheduler_interval!r}")
@@ -154,8 +161,8 @@ class TrickModule(pl.LightningModule):
         hparams = {
             "num_classes": num_classes, "loss": loss, "label_smoothing": label_smoothing,
             "bins": None if bins is None else [float(b) for b in bins], "binned_point": binned_point,
-            "norm": norm, "dropout": dropout,
-            "dropout_kind": dropout_kind, "init": init, "weight_decay": weight_decay, "decoupled": bool(decoupled),
+            "norm": norm, "dropout": dropout, "dropout_kind": dropout_kind, "dropout_placement": dropout_placement,
+            "init": init, "weight_decay": weight_decay, "decoupled": bool(decoupled),
             "no_decay": list(no_decay), "l1": l1, "jacobian_reg": jacobian_reg,
             "jacobian_projections": jacobian_projections,
             "optimizer": None if self._optimizer_factory is None else callable_to_spec(self._optimizer_factory),
@@ -165,9 +172,9 @@ class TrickModule(pl.LightningModule):
         self.save_hyperparameters(plain(hparams), logger=True)
 
         init_weights(model, init)
-        swap_norm(model, norm)
+        apply_norm(model, norm)
         if dropout is not None:
-            set_dropout(model, dropout, dropout_kind)
+            apply_dropout(model, dropout, dropout_kind, dropout_placement)
         self.model = model
         self.preprocess = preprocess if preprocess is not None else nn.Identity()
         self.batch_augment = batch_augment

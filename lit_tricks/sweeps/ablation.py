@@ -14,8 +14,10 @@ from lit_tricks.fault.atomic import atomic_save_figure
 from lit_tricks.sweeps.stats import bootstrap_ci, paired_bootstrap_ci
 
 __all__ = [
+    "ABLATION_SETS",
     "BASELINE",
     "DEFAULT_ABLATIONS",
+    "MNIST1D_ABLATIONS",
     "TRICKS",
     "AblationRow",
     "ablation_bar_plot",
@@ -40,6 +42,25 @@ DEFAULT_ABLATIONS: dict[str, list[str]] = {
     "dropout": ["module.dropout=0.0"],
     "EMA of weights": ["~callbacks.ema"],
     "gradient clipping": ["~callbacks.clipping"],
+}
+
+#: The same for ``experiment=mnist1d_tricks`` (the paper's CNN on MNIST-1D; see docs/mnist1d.md).
+MNIST1D_ABLATIONS: dict[str, list[str]] = {
+    "inserted BatchNorm": ["module.norm=keep"],
+    "dropout (every hidden)": ["module.dropout=null"],
+    "weight decay": ["module.weight_decay=0.0"],
+    "one-cycle lr": ["scheduler=none"],
+    "augmentation (shift + noise)": ["augment=none"],
+    "input noise": ["augment=mnist1d_shift"],
+    "label smoothing": ["module.label_smoothing=0.0"],
+    "gradient clipping": ["~callbacks.clipping"],
+    "EMA of weights": ["~callbacks.ema"],
+}
+
+#: ``scripts/ablate.py --set <name>``: (tricks experiment, baseline experiment, tricks-minus-one overrides).
+ABLATION_SETS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
+    "default": ("tricks", "baseline", DEFAULT_ABLATIONS),
+    "mnist1d": ("mnist1d_tricks", "mnist1d_baseline", MNIST1D_ABLATIONS),
 }
 
 RunFn = Callable[[list[str]], Mapping[str, Any]]

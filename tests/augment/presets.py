@@ -9,7 +9,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "augment"
-PRESETS = sorted(p.stem for p in CONF.glob("*.yaml"))
+# Image presets (raw [0, 1] images); the mnist1d* presets are 1-D signal pipelines, tested in test_signal.py.
+PRESETS = sorted(p.stem for p in CONF.glob("*.yaml") if not p.stem.startswith("mnist1d"))
+SIGNAL_PRESETS = sorted(p.stem for p in CONF.glob("mnist1d*.yaml"))
 
 
 def load_preset(name: str) -> tuple[Any, Any]:

@@ -1,0 +1,122 @@
+"""Time to accuracy on MNIST-1D (as airbench defines it for CIFAR-10): the paper's CNN recipe vs
+``experiment=mnist1d_fast``, steps and CPU seconds, FINAL test accuracy over paired seeds (no early stop on test).
+
+Each run is ``scripts/train.py experiment=<recipe> seed=<s>`` in its own process; its CPU seconds (user + sys of
+that process, start-up included) are written beside its ``metrics.json`` as ``cpu.json``. The run directories
+follow ``scripts/ablate.py``'s layout (``<out>/runs/<variant>/seed<s>``, default ``outputs/mnist1d_study``), so a
+finished run is reused by both (``--set mnist1d --out outputs/mnist1d_study``) and the study may run in sittings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import md_table  # noqa: E402
+
+__all__ = ["RECIPES", "bench_mnist1d", "run_recipe"]
+
+#: (label, run-directory variant, experiment name)
+RECIPES = [
+    ("paper's CNN recipe (`experiment=mnist1d_baseline`)", "baseline", "mnist1d_baseline"),
+    ("lit_tricks (`experiment=mnist1d_fast`)", "fast", "mnist1d_fast"),
+]
+TARGET = 0.94
+STUDY_DIR = ROOT / "outputs" / "mnist1d_study"
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_recipe(out: Path, variant: str, experiment: str, seed: int, extra: list[str]) -> dict[str, Any]:
+    """One training run (reused when ``metrics.json`` says ok and ``cpu.json`` exists): test/acc, CPU and wall s."""
+    run_dir = out / "runs" / variant / f"seed{seed}"
+    metrics_path, cpu_path = run_dir / "metrics.json", run_dir / "cpu.json"
+    if metrics_path.is_file() and cpu_path.is_file():
+        record = json.loads(metrics_path.read_text())
+        if record.get("status") == "ok":
+            return {"acc": float(record["metrics"]["test/acc"]), **json.loads(cpu_path.read_text()), "reused": True}
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), f"experiment={experiment}", f"seed={seed}", *extra,
+           f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    cpu0, wall0 = _children_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    cpu, wall = _children_cpu() - cpu0, time.perf_counter() - wall0
+    if proc.returncode != 0 or not metrics_path.is_file():
+        raise RuntimeError(f"run failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+    timing = {"cpu_seconds": cpu, "wall_seconds": wall}
+    cpu_path.write_text(json.dumps(timing))
+    record = json.loads(metrics_path.read_text())
+    return {"acc": float(record["metrics"]["test/acc"]), **timing, "reused": False}
+
+
+def _steps(experiment: str, extra: list[str]) -> int:
+    """Optimizer steps of the recipe: epochs x ceil(training samples / batch size) (from the composed config)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", *[o for o in extra if "hydra" not in o]])
+    GlobalHydra.instance().clear()
+    if cfg.trainer.get("fast_dev_run"):
+        return 1
+    n_train = int(int(cfg.data.num_samples) // 10 * 10 * float(cfg.data.train_split)) - int(cfg.data.val_size)
+    return int(cfg.trainer.max_epochs) * math.ceil(n_train / int(cfg.data.batch_size))
+
+
+def bench_mnist1d(quick: bool) -> tuple[str, str]:
+    """Both recipes over paired seeds (``LIT_TRICKS_MNIST1D_SEEDS``, default 5; quick: 1 seed, fast_dev_run)."""
+    from lit_tricks.sweeps.stats import bootstrap_ci
+
+    seeds = [0] if quick else list(range(int(os.environ.get("LIT_TRICKS_MNIST1D_SEEDS", "5"))))
+    tmp = tempfile.TemporaryDirectory() if quick else None
+    out = Path(tmp.name) if tmp is not None else STUDY_DIR
+    extra = ["logger=none", f"paths.data_dir={out / 'data' if quick else ROOT / 'outputs' / 'data'}"]
+    if quick:
+        extra.append("++trainer.fast_dev_run=true")
+    rows: list[list[str]] = []
+    summary: dict[str, tuple[int, float]] = {}
+    try:
+        for label, variant, experiment in RECIPES:
+            runs = [run_recipe(out, variant, experiment, s, extra) for s in seeds]
+            accs = [r["acc"] for r in runs]
+            mean = sum(accs) / len(accs)
+            low, high = bootstrap_ci(accs)
+            cpu = sum(r["cpu_seconds"] for r in runs) / len(runs)
+            steps = _steps(experiment, extra)
+            summary[variant] = (steps, mean)
+            rows.append([label, str(steps), str(len(seeds)), f"{100 * mean:.2f}",
+                         f"[{100 * low:.2f}, {100 * high:.2f}]",
+                         f"{100 * min(accs):.1f}-{100 * max(accs):.1f}", f"{cpu:.0f}",
+                         "yes" if mean >= TARGET else "no"])
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    (b_steps, _), (f_steps, f_mean) = summary["baseline"], summary["fast"]
+    body = [
+        f"MNIST-1D (4000 train / 1000 test), seeds {seeds[0]}..{seeds[-1]} paired; final weights, no early stop. "
+        "CPU s = user + sys of the whole `scripts/train.py` process (start-up and data loading included), "
+        "1 torch thread." + (" Quick mode: fast_dev_run, numbers meaningless." if quick else ""),
+        "",
+        md_table(["recipe", "optimizer steps", "seeds", "final test acc %", "95% CI (bootstrap)", "range",
+                  "CPU s / run", f">= {100 * TARGET:.0f}%"], rows),
+        "",
+        f"- steps: paper recipe / fast = **{b_steps / f_steps:.1f}x** (target >= 5x); fast recipe mean "
+        f"{100 * f_mean:.2f}% {'reaches' if f_mean >= TARGET else 'does NOT reach'} the paper's {100 * TARGET:.0f}%.",
+    ]
+    return "MNIST-1D time to 94% (paper recipe vs mnist1d_fast)", "\n".join(body)
