@@ -63,7 +63,8 @@ def test_sweep_with_a_failing_job_finishes_the_other_and_reports_the_reason(clus
 def test_optuna_tpe_sweep_runs_trials_as_slurm_jobs_in_batches_of_two(cluster: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     train_multirun(sweep, "hparams_search=tpe", "trainer=cpu", "trainer.max_epochs=1", "hydra.sweeper.n_trials=4",
-                   "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler.n_startup_trials=2", timeout=3 * JOB_TIMEOUT_S)
+                   "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler_kwargs.n_startup_trials=2",
+                   f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", timeout=3 * JOB_TIMEOUT_S)
     metrics = _metrics(sweep)
     assert sorted(metrics) == ["0", "1", "2", "3"]
     assert all(r["status"] == "ok" for r in metrics.values()), [r["error"] for r in metrics.values()]
