@@ -189,12 +189,11 @@ def sweeper_target() -> str | None:
 
 
 def sweep_failure_value(err: BaseException) -> float:
-    """Return nan for a failed job, or re-raise ``err`` where the sweeper cannot take nan.
+    """Return nan for a failed job, or re-raise ``err`` where the sweeper records exceptions itself.
 
-    Hydra's basic sweeper stops the whole sweep when a job raises, so a failed job returns nan. The Optuna sweeper
-    (hydra-optuna-sweeper 1.3 with optuna 2.10) crashes on nan ("Values cannot be specified when state is FAIL")
-    but records a job that raises as a failed trial and goes on (with ``max_failure_rate`` high enough, as in
-    ``conf/hparams_search/``), so there the error is re-raised.
+    Hydra's basic sweeper stops the whole sweep when a job raises, so a failed job returns nan. An Optuna sweeper
+    (``hydra/sweeper=lit_optuna``) tells the study FAIL with the root error, or PRUNED for ``optuna.TrialPruned``,
+    when the job raises, and goes on, so there the error is re-raised.
     """
     target = sweeper_target() or ""
     if "optuna" in target.lower():
