@@ -1,9 +1,10 @@
 """A throwaway PostgreSQL server for tests: Debian's ``postgresql`` started as user ``postgres`` (``runuser``) on a
-private socket directory and a free local port, removed after. ``make test-db`` installs the package."""
+private socket directory and a free local port, removed after. Installed with apt-get when missing (root)."""
 
 from __future__ import annotations
 
 import glob
+import os
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,19 @@ def pg_bindir() -> Path | None:
     """The newest installed ``/usr/lib/postgresql/<version>/bin`` with initdb and pg_ctl, or None."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     return Path(found[-1]).parent if found else None
+
+
+def ensure_postgres(timeout: float = 600.0) -> Path | None:
+    """``pg_bindir()``, installing Debian's ``postgresql`` with apt-get first when it is missing and we are root
+    (a fresh CI machine); None when it is missing and cannot be installed here."""
+    found = pg_bindir()
+    if found is not None or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return found
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=timeout, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"], check=True,
+                   capture_output=True, timeout=timeout, env=env)
+    return pg_bindir()
 
 
 def _free_port() -> int:

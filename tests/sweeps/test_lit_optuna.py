@@ -32,7 +32,7 @@ from lit_tricks.sweeps.study import (
     parse_search_space,
     record_heartbeat,
 )
-from tests.sweeps.postgres import pg_bindir, postgres_server
+from tests.sweeps.postgres import ensure_postgres, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = Path(__file__).resolve().parent / "optuna_app" / "app.py"
@@ -214,9 +214,10 @@ def test_two_workers_share_a_journal_file_study(tmp_path: Path) -> None:
 
 @pytest.mark.db
 @pytest.mark.slow
-@pytest.mark.timeout(240)
-@pytest.mark.skipif(pg_bindir() is None, reason="PostgreSQL not installed: make test-db installs it")
+@pytest.mark.timeout(900)  # installs postgresql with apt-get on a fresh machine (~1-2 min), then ~1 min
 def test_two_workers_share_a_postgresql_study(tmp_path: Path) -> None:
+    if ensure_postgres() is None:
+        pytest.skip("PostgreSQL is not installed and apt-get cannot install it here (needs root): make test-db")
     with postgres_server() as url:
         two_workers(tmp_path, url)
 
