@@ -140,6 +140,7 @@ def _direction_problem(cfg: DictConfig) -> str | None:
         direction = next(iter(direction), None)
     mode = _get(cfg, "monitor_mode")
     expected = {"min": "minimize", "max": "maximize"}.get(str(mode))
+    direction = {"min": "minimize", "max": "maximize"}.get(str(direction), direction)  # lit_optuna's aliases
     if direction is None or expected is None or str(direction) == expected:
         return None
     return (f"hydra.sweeper.direction={direction}: disagrees with monitor_mode={mode} "

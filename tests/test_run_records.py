@@ -47,7 +47,12 @@ def test_every_relation_problem_is_named_at_once(tmp_path: Path) -> None:
 
 
 def test_optuna_direction_must_agree_with_monitor_mode(tmp_path: Path) -> None:
+    # lit_optuna follows monitor_mode by default (direction: ${monitor_mode}, min/max aliases accepted)
     cfg = compose_cfg(tmp_path, "hparams_search=tpe", "monitor=val/acc", "monitor_mode=max", hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    check_config(cfg)
+    cfg = compose_cfg(tmp_path, "hparams_search=tpe", "monitor=val/acc", "monitor_mode=max",
+                      "hydra.sweeper.direction=minimize", hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     try:
         with open_dict(cfg):

@@ -27,6 +27,8 @@ def _hydra_main(cfg: DictConfig) -> float:
     try:
         return train(cfg)
     except ConfigError as err:
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # a job on a cluster: its launcher must get the error back
+            raise
         print(f"lit_tricks: {err}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:  # a single run (under -m train() records the failure and returns)
