@@ -157,7 +157,8 @@ def test_no_import_cycle_between_packages() -> None:
     graph = room_graph()
     cycle = find_cycle(graph)
     assert cycle is None, f"import cycle between lit_tricks packages: {' -> '.join(cycle)}"
-    assert max(levels(graph).values()) <= 5, levels(graph)
+    # 6 levels: ... -> config_checks -> run -> cli (the console entry points sit on top of run)
+    assert max(levels(graph).values()) <= 6, levels(graph)
 
 
 def test_find_cycle_finds_a_cycle() -> None:

@@ -54,7 +54,7 @@ class Preemption(Callback):
         dirpath: str | None = None,
         filename: str = "preempted.ckpt",
         requeue: bool | str = "auto",
-        requeue_signals: tuple[str, ...] | list[str] = ("SIGUSR1",),
+        requeue_signals: tuple[str, ...] | list[str] | str | None = None,
     ) -> None:
         super().__init__()
         valid = {s.name for s in signal.valid_signals() if isinstance(s, signal.Signals)} - {"SIGKILL", "SIGSTOP"}
@@ -68,6 +68,8 @@ class Preemption(Callback):
             raise ValueError(f"requeue: expected true, false or 'auto', got {requeue!r}")
         if not filename.endswith(".ckpt"):
             raise ValueError(f"filename: must end with '.ckpt' (resume=auto looks for *.ckpt), got {filename!r}")
+        if requeue_signals is None:  # SLURM's time-limit warning, where the platform has it
+            requeue_signals = tuple(name for name in ("SIGUSR1",) if name in valid)
         requeue_names = [requeue_signals] if isinstance(requeue_signals, str) else list(requeue_signals)
         for name in requeue_names:
             if name not in valid:
