@@ -155,3 +155,15 @@ def test_a_module_without_backbone_fails_with_one_line(tmp_path: Path) -> None:
     module = TrickModule(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten()))
     with pytest.raises(ValueError, match="no nn.Module `backbone`"):
         tiny_trainer(tmp_path, callbacks=[BackboneFinetuning(1)]).fit(module, datamodule=BlobsDataModule())
+
+
+@pytest.mark.parametrize(("optimizer", "decay_in_group"), [(torch.optim.AdamW, True), (torch.optim.SGD, False)])
+def test_finetune_param_groups_follow_the_decay_mode(optimizer: Any, decay_in_group: bool) -> None:
+    """AdamW decays natively (the group's weight_decay); SGD + decoupled leaves it 0 and the module's hook decays."""
+    net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    module = TrickModule(net, weight_decay=0.05, optimizer=functools.partial(optimizer, lr=0.1))
+    module.configure_optimizers()
+    groups = module.finetune_param_groups(list(net[:2].parameters()))
+    assert [len(g["params"]) for g in groups] == [1, 3] and groups[0]["params"][0] is net[0].weight
+    assert [g["weight_decay"] for g in groups] == [0.05 if decay_in_group else 0.0, 0.0]
+    assert [g["lit_tricks_decay"] for g in groups] == [0.05, 0.0]
