@@ -153,7 +153,7 @@ def test_backbone_is_everything_but_the_head() -> None:
 
 def test_a_module_without_backbone_fails_with_one_line(tmp_path: Path) -> None:
     module = TrickModule(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten()))
-    with pytest.raises(ValueError, match="no nn.Module `backbone`"):
+    with pytest.raises(ValueError, match=r"no nn\.Module `backbone`"):
         tiny_trainer(tmp_path, callbacks=[BackboneFinetuning(1)]).fit(module, datamodule=BlobsDataModule())
 
 
