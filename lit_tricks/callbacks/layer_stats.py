@@ -1,4 +1,5 @@
-"""LayerStats: per-layer activation mean/std, dead-ReLU fraction, gradient norm and update/weight ratio."""
+"""LayerStats: per-layer activation mean/std, dead-ReLU fraction, gradient norm and update/weight ratio; optionally
+activation and gradient histograms to TensorBoard."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
@@ -35,6 +37,11 @@ class LayerStats(pl.Callback):
     units, or a weight (ndim >= 2) whose update ratio is off from ``ratio_target`` (~1e-3, the notes' rule of thumb)
     by more than ``ratio_factor``. Conditions are checked from step ``check_from_step`` on (skip warm-up).
     Only ``nn.Module`` layers are seen: a functional ``F.relu`` in ``forward`` is invisible to the hooks.
+
+    ``log_histograms``: at the same steps, also write the full distribution of each layer's output
+    (``layer_stats/<module>/act``) and of each parameter's gradient (``layer_stats/<param>/grad``) to every
+    ``TensorBoardLogger`` of the trainer (``logger.experiment.add_histogram``; its Histograms/Distributions tabs).
+    Without a TensorBoardLogger it warns once at fit start and logs none. The tensors are copied only at those steps.
     """
 
     def __init__(
@@ -45,6 +52,7 @@ class LayerStats(pl.Callback):
         ratio_factor: float = 10.0,
         check_from_step: int = 0,
         log: bool = True,
+        log_histograms: bool = False,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
@@ -58,6 +66,9 @@ class LayerStats(pl.Callback):
         self.ratio_factor = ratio_factor
         self.check_from_step = check_from_step
         self.log = log
+        self.log_histograms = bool(log_histograms)
+        self._histograms: dict[str, torch.Tensor] = {}  # tag -> tensor, at a measured step with a TensorBoardLogger
+        self._tensorboards: list[TensorBoardLogger] = []
         self.warned: set[str] = set()
         self.last: dict[str, float] = {}
         self._handles: list[Any] = []
@@ -80,6 +91,8 @@ class LayerStats(pl.Callback):
             self._stats[f"{name}/act_std"] = stats["std"]
             if isinstance(module, DEAD_MODULES):
                 self._stats[f"{name}/dead_frac"] = stats["dead_fraction"]
+            if self._tensorboards:  # a copy: an in-place activation after this layer would change the output
+                self._histograms[f"{name}/act"] = output.detach().clone()
 
         return hook
 
@@ -87,6 +100,16 @@ class LayerStats(pl.Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._tensorboards = []
+        if not self.log_histograms:
+            return
+        self._tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not self._tensorboards:
+            kinds = ", ".join(type(lg).__name__ for lg in trainer.loggers) or "no logger"
+            rank_zero_warn(f"LayerStats(log_histograms=True): histograms need a TensorBoardLogger, the trainer has "
+                           f"{kinds}; no histograms are logged (add logger=tensorboard)", category=LayerStatsWarning)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -97,7 +120,7 @@ class LayerStats(pl.Callback):
         if step % self.every_n_steps or step == self._active_step:
             return
         self._active_step = step
-        self._stats, self._before = {}, {}
+        self._stats, self._before, self._histograms = {}, {}, {}
         self._remove_hooks()
         for name, module in pl_module.named_modules():
             if isinstance(module, STAT_MODULES):
@@ -113,6 +136,8 @@ class LayerStats(pl.Callback):
                 if p.grad is not None:
                     self._stats[f"{name}/grad_norm"] = float(p.grad.detach().float().norm())
                     self._before[name] = p.detach().clone()
+                    if self._tensorboards:
+                        self._histograms[f"{name}/grad"] = p.grad.detach().clone()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -129,6 +154,10 @@ class LayerStats(pl.Callback):
             metrics = {f"layer_stats/{k}": v for k, v in self.last.items()}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
+        for tensorboard in self._tensorboards:
+            for tag, values in self._histograms.items():
+                tensorboard.experiment.add_histogram(f"layer_stats/{tag}", values.float(), global_step=step)
+        self._histograms = {}
         if step >= self.check_from_step:
             self._check(pl_module, step)
 

@@ -1,9 +1,11 @@
-"""NaNGuard: catch a non-finite loss or gradient before the optimizer step, and never checkpoint non-finite weights."""
+"""NaNGuard: catch a non-finite loss or gradient, or a loss that has exploded, before the optimizer step, and never
+checkpoint non-finite weights."""
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,7 +18,7 @@ __all__ = ["POLICIES", "NaNGuard", "NonFiniteCheckpointError"]
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the divergence check's reference and counter
 
 #: What NaNGuard does with a step whose loss or gradients are not finite.
 POLICIES: dict[str, str] = {
@@ -63,6 +65,17 @@ class NaNGuard(Callback):
     :class:`NonFiniteCheckpointError`) to write a checkpoint whose weights or optimizer state are not finite, so the
     last good checkpoint is never replaced by a broken one. Lightning alone trains on after a NaN loss and its
     ModelCheckpoint overwrites ``last.ckpt`` with NaN weights.
+
+    Divergence (off unless ``divergence_factor`` is set): a finite loss that explodes is a bad step too, handled by
+    the same ``policy``. The step's loss is the sum of the losses passed to backward since the last optimizer step
+    (with gradient accumulation Lightning divides each micro-batch loss by ``accumulate_grad_batches``, so this is the
+    mean over the accumulated batch). The reference ``L_ref`` is the mean of the first ``divergence_ref_steps`` finite
+    step losses; a step is bad when the loss was above ``divergence_factor * L_ref`` at each of the last
+    ``divergence_window`` steps (one noisy batch does not trigger it; ``divergence_window=1`` acts on the first). Under
+    DDP the step loss is averaged over the ranks first (in the same collective as the NaN flag), so every rank holds
+    the same reference and counter. Both are in :meth:`state_dict`: a resumed run keeps its reference. After a
+    rollback the counter restarts. With ``skip_step`` a loss that stays high drops every step until
+    ``max_consecutive`` stops the run.
     """
 
     def __init__(
@@ -73,6 +86,9 @@ class NaNGuard(Callback):
         max_consecutive: int = 10,
         check_grads: bool = True,
         check_on_save: bool = True,
+        divergence_factor: float | None = None,
+        divergence_ref_steps: int = 5,
+        divergence_window: int = 3,
     ) -> None:
         super().__init__()
         if policy not in POLICIES:
@@ -83,19 +99,36 @@ class NaNGuard(Callback):
             raise ValueError(f"snapshot_every_n_steps: expected an integer >= 1, got {snapshot_every_n_steps!r}")
         if int(max_consecutive) < 1:
             raise ValueError(f"max_consecutive: expected an integer >= 1, got {max_consecutive!r}")
+        if divergence_factor is not None and not float(divergence_factor) > 1.0:
+            raise ValueError(f"divergence_factor: expected None (off) or a number > 1, got {divergence_factor!r}")
+        if int(divergence_ref_steps) < 1:
+            raise ValueError(f"divergence_ref_steps: expected an integer >= 1, got {divergence_ref_steps!r}")
+        if int(divergence_window) < 1:
+            raise ValueError(f"divergence_window: expected an integer >= 1, got {divergence_window!r}")
         self.policy = policy
         self.lr_factor = float(lr_factor)
         self.snapshot_every_n_steps = int(snapshot_every_n_steps)
         self.max_consecutive = int(max_consecutive)
         self.check_grads = check_grads
         self.check_on_save = check_on_save
+        self.divergence_factor = None if divergence_factor is None else float(divergence_factor)
+        self.divergence_ref_steps = int(divergence_ref_steps)
+        self.divergence_window = int(divergence_window)
         # persistent state
         self.bad_steps: list[int] = []
         self.rollbacks = 0
         self.lr_scale = 1.0
         self.consecutive = 0
+        self.diverged_steps: list[int] = []
+        self.ref_sum = 0.0  # sum and count of the first divergence_ref_steps finite step losses
+        self.ref_count = 0
+        self.above = 0  # steps in a row whose loss was above divergence_factor * reference
         # per-step, in memory
         self._loss_ok: torch.Tensor | None = None
+        self._step_loss: torch.Tensor | None = None  # sum of the losses passed to backward since the last step
+        self._checked_step = -1  # global step whose loss the divergence check has seen (L-BFGS re-evaluates)
+        self._batch_start_step = -1
+        self._warned_ref = False
         self._step_bad = False
         self._buffers: list[torch.Tensor] | None = None
         self._snapshot: dict[str, Any] | None = None
@@ -110,20 +143,28 @@ class NaNGuard(Callback):
     # ---- hooks -----------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.stop_reason = None
+        self._loss_ok = self._step_loss = None
+        self._buffers = None
+        self._checked_step = -1
         if self.policy == "rollback":
             self._take_snapshot(trainer, pl_module)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        # with gradient accumulation several batches make one step: what is gathered for a step (loss flags, the
+        # step loss, the BatchNorm statistics from before its first batch) is reset when the step has consumed it
         self._step_bad = False
-        self._loss_ok = None
-        if self.policy == "skip_step":  # a bad batch's forward already moved the BatchNorm running statistics
+        self._batch_start_step = trainer.global_step
+        if self.policy == "skip_step" and self._buffers is None:  # a bad step's forwards moved the BN statistics
             buffers = [b for b in pl_module.buffers() if b.is_floating_point() or b.dtype == torch.long]
             self._buffers = [b.detach().clone() for b in buffers]
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         ok = torch.isfinite(loss.detach()).all()
         self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok
+        if self.divergence_factor is not None:
+            value = loss.detach().float().sum()
+            self._step_loss = value if self._step_loss is None else self._step_loss + value
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
@@ -132,11 +173,19 @@ class NaNGuard(Callback):
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             ok = ok.to(grads[0].device) & _finite_flag(grads) if grads else ok
         self._loss_ok = None
-        bad = not bool(ok)  # the one host sync per step: the step must be decided before it happens
-        if trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if not bad:
+        step_loss, self._step_loss = self._step_loss, None
+        diverged = False
+        if self.divergence_factor is None:
+            bad = not bool(ok)  # the one host sync per step: the step must be decided before it happens
+            if trainer.world_size > 1:
+                bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        else:
+            bad, diverged = self._decide(trainer, ok, step_loss)
+        if not bad and not diverged:
             return
+        why = "non-finite loss/gradient" if bad else (
+            f"loss above {self.divergence_factor:g} x the reference {self.reference:.4g} for "
+            f"{self.divergence_window} step(s) in a row")
         self._step_bad = True
         optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps the torch one
         if self.policy != "rollback":
@@ -146,24 +195,31 @@ class NaNGuard(Callback):
                 p.grad = None
         step = trainer.global_step
         self.bad_steps.append(step)
+        if diverged and not bad:
+            self.diverged_steps.append(step)
         self.consecutive += 1
         if self.policy == "stop":
-            log.error("NaNGuard: non-finite loss/gradient at step %d; update dropped, stopping", step)
+            log.error("NaNGuard: %s at step %d; update dropped, stopping", why, step)
             trainer.should_stop = True
-            self.stop_reason = f"NaNGuard: non-finite loss/gradient at step {step} (policy stop)"
+            self.stop_reason = f"NaNGuard: {why} at step {step} (policy stop)"
         elif self.policy == "skip_step":
-            log.warning("NaNGuard: non-finite loss/gradient at step %d; update dropped", step)
+            log.warning("NaNGuard: %s at step %d; update dropped", why, step)
             self._restore_buffers(pl_module)
         else:
+            if diverged:
+                log.warning("NaNGuard: %s at step %d; rolling back", why, step)
+                self.above = 0  # the losses counted belong to the weights rolled back
             self._undo_after_step(optimizer, None, lambda: self._rollback(trainer, pl_module, step))
         if self.consecutive >= self.max_consecutive and not trainer.should_stop:
-            log.error("NaNGuard: %d non-finite steps in a row; stopping", self.consecutive)
+            log.error("NaNGuard: %d bad steps in a row; stopping", self.consecutive)
             trainer.should_stop = True
-            self.stop_reason = f"NaNGuard: {self.consecutive} non-finite steps in a row, the last at step {step}"
+            self.stop_reason = f"NaNGuard: {self.consecutive} bad steps in a row, the last at step {step} ({why})"
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._flush_pending()
+        if trainer.global_step == self._batch_start_step:  # accumulating: no optimizer step ended in this batch
+            return
         self._buffers = None
         if self._step_bad:
             return
@@ -190,13 +246,58 @@ class NaNGuard(Callback):
     # ---- state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "bad_steps": list(self.bad_steps), "rollbacks": self.rollbacks,
-                "lr_scale": self.lr_scale, "consecutive": self.consecutive}
+                "lr_scale": self.lr_scale, "consecutive": self.consecutive,
+                "diverged_steps": list(self.diverged_steps), "ref_sum": self.ref_sum, "ref_count": self.ref_count,
+                "above": self.above}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.bad_steps = [int(s) for s in state_dict.get("bad_steps", [])]
         self.rollbacks = int(state_dict.get("rollbacks", 0))
         self.lr_scale = float(state_dict.get("lr_scale", 1.0))
         self.consecutive = int(state_dict.get("consecutive", 0))
+        self.diverged_steps = [int(s) for s in state_dict.get("diverged_steps", [])]
+        self.ref_sum = float(state_dict.get("ref_sum", 0.0))
+        self.ref_count = int(state_dict.get("ref_count", 0))
+        self.above = int(state_dict.get("above", 0))
+
+    # ---- divergence ------------------------------------------------------------------------------------------
+    @property
+    def reference(self) -> float:
+        """The reference loss: the mean of the first ``divergence_ref_steps`` finite step losses (NaN before any)."""
+        return self.ref_sum / self.ref_count if self.ref_count else math.nan
+
+    def _decide(self, trainer: pl.Trainer, ok: torch.Tensor, step_loss: torch.Tensor | None) -> tuple[bool, bool]:
+        """(non-finite, diverged) for this step, agreed by all ranks: one collective and one host sync."""
+        first = trainer.global_step != self._checked_step  # later closure evaluations of a step are not counted
+        self._checked_step = trainer.global_step
+        device = step_loss.device if step_loss is not None else ok.device
+        has_loss = step_loss is not None and first
+        loss = step_loss if step_loss is not None and first else torch.zeros((), device=device)
+        packed = torch.stack([(~ok).float().to(device), loss, torch.tensor(float(has_loss), device=device)])
+        if trainer.world_size > 1:  # any rank non-finite = all; the step loss averaged over the ranks
+            packed = trainer.strategy.reduce(packed, reduce_op="sum")
+        n_bad, loss_sum, n_loss = packed.tolist()  # the host sync: the step must be decided before it happens
+        if not n_loss:
+            return n_bad > 0, False
+        return n_bad > 0, self.observe_loss(loss_sum / n_loss)
+
+    def observe_loss(self, value: float) -> bool:
+        """Count one step loss; True when it is the ``divergence_window``-th in a row above
+        ``divergence_factor * reference`` (the reference is gathered from the first ``divergence_ref_steps``)."""
+        if self.divergence_factor is None or not math.isfinite(value):
+            return False  # a non-finite loss is the NaN check's: it leaves the reference and the counter alone
+        if self.ref_count < self.divergence_ref_steps:
+            self.ref_sum += value
+            self.ref_count += 1
+            return False
+        if self.reference <= 0:
+            if not self._warned_ref:
+                self._warned_ref = True
+                log.warning("NaNGuard: reference loss %.4g <= 0; the divergence check (a multiple of it) is off",
+                            self.reference)
+            return False
+        self.above = self.above + 1 if value > self.divergence_factor * self.reference else 0
+        return self.above >= self.divergence_window
 
     # ---- policies --------------------------------------------------------------------------------------------
     def _undo_after_step(self, optimizer: torch.optim.Optimizer, saved: dict[str, Any] | None,

@@ -324,6 +324,39 @@ class TrickModule(pl.LightningModule):
         """A table of which tensors of the model get which weight decay and L1 (print it)."""
         return describe_param_groups(self.model, self.weight_decay, self.l1, exclude=self.no_decay)
 
+    @property
+    def backbone(self) -> nn.Module:
+        """Every layer of the model but its head (:func:`~lit_tricks.models.heads.find_head`), for
+        :class:`~lit_tricks.callbacks.backbone_finetuning.BackboneFinetuning`: a ``ModuleList`` of the model's leaf
+        layers, plus holders of the parameters that a parent module owns itself (e.g. a ViT's class token)."""
+        head = find_head(self.model)
+        if head is None:
+            raise AttributeError("backbone: the model has no nn.Linear head (lit_tricks.models.heads.find_head)")
+        layers: list[nn.Module] = []
+        for module in self.model.modules():
+            if module is head[2]:
+                continue
+            if not list(module.children()):
+                layers.append(module)
+            elif module._parameters:
+                holder = nn.Module()
+                for name, p in module.named_parameters(recurse=False):
+                    holder.register_parameter(name, p)
+                layers.append(holder)
+        return nn.ModuleList(layers)
+
+    def finetune_param_groups(self, params: list[nn.Parameter]) -> list[dict[str, Any]]:
+        """Optimizer groups for ``params`` unfrozen after :meth:`configure_optimizers` (BackboneFinetuning), under
+        this module's weight-decay rule: decayed tensors and the rest (biases, norms, ``no_decay``), as there."""
+        decayed = {id(p) for p in self._decay_params()}
+        native = self._decay_mode == "native"
+        groups = [
+            {"params": [p for p in params if id(p) in decayed], "weight_decay": self.weight_decay if native else 0.0,
+             "lit_tricks_decay": self.weight_decay},
+            {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0, "lit_tricks_decay": 0.0},
+        ]
+        return [g for g in groups if g["params"]]
+
     def configure_optimizers(self) -> Any:
         factory = self._optimizer_factory
         if factory is None:

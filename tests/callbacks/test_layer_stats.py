@@ -6,8 +6,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+import pytest
 import torch
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torch import nn
 
 from lit_tricks.callbacks.layer_stats import LayerStats, LayerStatsWarning
@@ -86,3 +89,64 @@ def test_stats_math() -> None:
     assert dead_fraction(images, channel_dim=1) == 0.75
     w = torch.ones(10)
     assert abs(update_ratio(w, w + 1e-3) - 1e-3) < 1e-7  # float32 rounding of 1.001
+
+
+class _RecordAt(Callback):
+    """Oracle: at the given steps, net.0's output (own forward hook) and net.4.weight's gradient."""
+
+    def __init__(self, steps: set[int]) -> None:
+        self.steps, self.act, self.grad = steps, {}, {}  # type: ignore[var-annotated]
+        self._handle: Any = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step in self.steps:
+            self._handle = pl_module.net[0].register_forward_hook(  # type: ignore[index]
+                lambda m, i, o: self.act.__setitem__(step, o.detach().clone()))
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+            self.grad[trainer.global_step] = pl_module.net[4].weight.grad.detach().clone()  # type: ignore[index]
+
+
+def test_histograms_read_back_from_the_tensorboard_event_file(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import HISTOGRAMS, EventAccumulator
+
+    torch.manual_seed(0)
+    cb = LayerStats(every_n_steps=3, log_histograms=True)
+    record = _RecordAt({0, 3})
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=5, limit_val_batches=0,
+                           callbacks=[record, cb], logger=logger)
+    trainer.fit(TinyClassifier(), datamodule=BlobsDataModule())
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={HISTOGRAMS: 0})
+    events.Reload()
+    tags = set(events.Tags()["histograms"])
+    assert {"layer_stats/net.0/act", "layer_stats/net.2/act", "layer_stats/net.4/act",
+            "layer_stats/net.0.weight/grad", "layer_stats/net.1.bias/grad", "layer_stats/net.4.weight/grad"} <= tags
+    for tag, oracle in (("layer_stats/net.0/act", record.act), ("layer_stats/net.4.weight/grad", record.grad)):
+        hists = events.Histograms(tag)
+        assert [h.step for h in hists] == [0, 3]  # every_n_steps
+        for h in hists:
+            values = oracle[h.step].double()
+            got = h.histogram_value
+            assert got.num == values.numel() and got.min == pytest.approx(float(values.min()), rel=1e-6)
+            assert got.max == pytest.approx(float(values.max()), rel=1e-6)
+            assert got.sum == pytest.approx(float(values.sum()), rel=1e-5, abs=1e-6)
+            assert got.sum_squares == pytest.approx(float((values**2).sum()), rel=1e-5)
+
+
+def test_histograms_without_tensorboard_warn_once_and_log_scalars(tmp_path: Path) -> None:
+    logger = ListLogger()
+    cb = LayerStats(every_n_steps=2, log_histograms=True)
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0, callbacks=[cb],
+                           logger=logger)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TinyClassifier(), datamodule=BlobsDataModule())
+    tb = [w for w in caught if issubclass(w.category, LayerStatsWarning) and "TensorBoardLogger" in str(w.message)]
+    assert len(tb) == 1 and "ListLogger" in str(tb[0].message)
+    assert [step for step, _ in logger.rows] == [0, 2] and not cb._histograms
