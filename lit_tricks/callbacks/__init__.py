@@ -3,6 +3,7 @@
 Each works with any LightningModule: ``Trainer(callbacks=[EMAWeights(), GradientClipping(max_norm=1.0)])``.
 """
 
+from lit_tricks.callbacks.backbone_finetuning import BackboneFinetuning
 from lit_tricks.callbacks.clipping import GradientClipping
 from lit_tricks.callbacks.early_stopping import EarlyStopping
 from lit_tricks.callbacks.ema import EMAWeights
@@ -16,6 +17,7 @@ from lit_tricks.callbacks.rng_state import RNGState
 from lit_tricks.callbacks.sanity_checks import SanityCheckError, SanityChecks
 
 __all__ = [
+    "BackboneFinetuning",
     "CheckpointEnsemble",
     "EMAWeights",
     "EarlyStopping",
