@@ -9,13 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import JOB_TIMEOUT_S, job_info, run, submitit_job_ids, train_multirun
+from tests.cluster.conftest import JOB_TIMEOUT_S, job_info, run, submitit_job_ids, train_multirun, wait_for
 
 pytestmark = pytest.mark.slurm
 
 
 def _metrics(sweep_dir: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))}
+
+
+def _final_info(job: str) -> dict[str, str] | None:
+    """``job_info(job)`` once slurmctld has moved the job out of COMPLETING, else None."""
+    info = job_info(job)
+    return None if info.get("JobState") == "COMPLETING" else info
 
 
 def _report(sweep_dir: Path) -> str:
@@ -35,7 +41,7 @@ def test_multinode_ddp_sweep_runs_each_job_on_two_nodes(cluster: Path, tmp_path:
     jobs = submitit_job_ids(sweep)
     assert len(jobs) == 2
     for job in jobs:  # each sweep job: one SLURM job of 2 nodes x 1 task, finished cleanly
-        info = job_info(job)
+        info = wait_for(lambda j=job: _final_info(j), 60, f"job {job} to leave COMPLETING")
         assert (info["JobState"], info["NumNodes"], info["NumTasks"], info["ExitCode"]) == ("COMPLETED", "2", "2",
                                                                                              "0:0")
     report = _report(sweep)
@@ -71,7 +77,9 @@ def test_optuna_tpe_sweep_runs_trials_as_slurm_jobs_in_batches_of_two(cluster: P
     jobs = submitit_job_ids(sweep)
     arrays = sorted({job.split("_")[0] for job in jobs}, key=int)
     assert len(jobs) == 4 and len(arrays) == 2  # two batches, each one SLURM array of 2 trials
-    assert all(job_info(job)["JobState"] == "COMPLETED" for job in jobs)
+    # the results come back as pickles, possibly before slurmctld has moved the last job out of COMPLETING
+    wait_for(lambda: all(job_info(job).get("JobState") == "COMPLETED" for job in jobs), 60,
+             "every trial's SLURM job COMPLETED")
     # TPE proposed the second batch after the first one's results: its learning rates are new
     lrs = [float(next(o for o in r["overrides"] if o.startswith("optimizer.lr=")).split("=")[1])
            for _, r in sorted(metrics.items())]
