@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_tricks.builders import build_callbacks, build_datamodule, build_loggers, build_model, build_module
 from lit_tricks.callbacks.nan_guard import NaNGuard
+from lit_tricks.compat import csv_logger_version, pin_csv_logger_version
 from lit_tricks.config_checks import check_config, check_norm_groups
 from lit_tricks.fault.atomic import atomic_write_bytes
 from lit_tricks.records import error_chain, new_record, root_error, write_record
@@ -129,12 +130,12 @@ def _continue_csv_logs(loggers: list[Any], resume_ckpt: str) -> None:
 
     step = int(torch.load(resume_ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
     for lg in loggers:
-        if not isinstance(lg, CSVLogger) or lg._version is not None:
+        if not isinstance(lg, CSVLogger) or csv_logger_version(lg) is not None:
             continue
         version = _latest_version(Path(lg.root_dir))
         if version is None:
             continue
-        lg._version = version
+        pin_csv_logger_version(lg, version)
         path = Path(lg.log_dir) / "metrics.csv"
         rows: list[dict[str, str]] = []
         if path.is_file():

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from lit_tricks.compat import installed_checkpoint_io
 from lit_tricks.fault.atomic import atomic_torch_save
 from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.ema import (
@@ -269,7 +270,7 @@ class EMAWeights(Callback):
         variants = weight_variants_of(pl_module)
         if variants is not None:
             variants.remove("ema", self.ema_context)
-        if self._installed_io is not None and trainer.strategy._checkpoint_io is self._installed_io:
+        if self._installed_io is not None and installed_checkpoint_io(trainer.strategy) is self._installed_io:
             trainer.strategy.checkpoint_io = self._installed_io.inner
         self._installed_io = None
         self._module = self._trainer = None

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 
+from lit_tricks.compat import module_trainer
 from lit_tricks.fault.atomic import atomic_torch_save
 from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.ensemble import (
@@ -78,7 +79,7 @@ def _clone(module: _M) -> _M:
     """``deepcopy(module)`` that shares (never copies) the Trainer and its callbacks, which a module may reference
     through bound methods (e.g. the weight-variants protocol)."""
     memo: dict[int, Any] = {}
-    trainer = getattr(module, "_trainer", None)
+    trainer = module_trainer(module)
     if trainer is not None:
         memo[id(trainer)] = trainer
         for callback in getattr(trainer, "callbacks", []):
@@ -522,7 +523,7 @@ class CheckpointEnsemble(Callback):
         averaged = average_state_dicts(self.member_state_dicts())
         soup.load_state_dict(_strip_prefixes(averaged, soup.state_dict().keys()))
         if dataloader is None:
-            trainer = pl_module._trainer
+            trainer = module_trainer(pl_module)
             dataloader = getattr(trainer, "train_dataloader", None) if trainer is not None else None
         if dataloader is not None:
             device = next(iter(soup.parameters()), torch.zeros(())).device

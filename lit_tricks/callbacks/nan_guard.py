@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lit_tricks.compat import unwrap_optimizer
 from lit_tricks.fault.state_keys import warn_changed_args
 
 __all__ = ["POLICIES", "NaNGuard", "NonFiniteCheckpointError"]
@@ -138,7 +139,7 @@ class NaNGuard(Callback):
         if not bad:
             return
         self._step_bad = True
-        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+        optimizer = unwrap_optimizer(optimizer)  # a LightningOptimizer wraps the torch one
         if self.policy != "rollback":
             self._undo_after_step(optimizer, _copy_step_state(optimizer))
         for group in optimizer.param_groups:  # drop this step's update

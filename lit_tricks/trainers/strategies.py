@@ -15,11 +15,14 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.strategies.launchers.subprocess_script import _basic_subprocess_cmd
-from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
+from lit_tricks.compat import (
+    SubprocessScriptLauncher,
+    basic_subprocess_cmd,
+    set_num_threads_if_needed,
+    set_strategy_launcher,
+)
 from lit_tricks.trainers.jobs import _JOB, _hydra_child_base, child_rank_command
 
 __all__ = ["HydraSafeDDPStrategy", "HydraSafeFSDPStrategy", "ddp_strategy", "fsdp_strategy", "scale_learning_rates"]
@@ -27,7 +30,7 @@ __all__ = ["HydraSafeDDPStrategy", "HydraSafeFSDPStrategy", "ddp_strategy", "fsd
 log = logging.getLogger(__name__)
 
 
-class _HydraSafeLauncher(_SubprocessScriptLauncher):
+class _HydraSafeLauncher(SubprocessScriptLauncher):
     """Lightning's script launcher, but child ranks run the job's composed config and no watchdog kills the sweep.
 
     Lightning's child-process observer SIGKILLs the *main* process when a child fails, which would end a whole
@@ -39,7 +42,7 @@ class _HydraSafeLauncher(_SubprocessScriptLauncher):
         self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
         if not self.cluster_environment.creates_processes_externally:
             self._call_children_scripts()
-        _set_num_threads_if_needed(num_processes=self.num_processes)
+        set_num_threads_if_needed(self.num_processes)
         return function(*args, **kwargs)
 
     def _call_children_scripts(self) -> None:
@@ -58,7 +61,7 @@ class _HydraSafeLauncher(_SubprocessScriptLauncher):
             if os.environ.get("PL_GLOBAL_SEED") is None:
                 env_copy.pop("PL_GLOBAL_SEED", None)
             if base is None:
-                command, cwd = _basic_subprocess_cmd(), None
+                command, cwd = list(basic_subprocess_cmd()), None
             else:
                 config_dir, run_dir, job_name, chdir, cwd, job_num = base
                 command = child_rank_command(local_rank, config_dir, run_dir, job_name, chdir, job_num)
@@ -92,10 +95,10 @@ class _HydraSafeMixin:
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()  # type: ignore[misc]
-        launcher = getattr(self, "_launcher", None)
-        if type(launcher) is _SubprocessScriptLauncher:
+        launcher = self.launcher  # type: ignore[attr-defined]
+        if type(launcher) is SubprocessScriptLauncher:
             safe = _HydraSafeLauncher(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
-            setattr(self, "_launcher", safe)  # noqa: B010 - the mixin does not redeclare Strategy._launcher
+            set_strategy_launcher(self, safe)  # type: ignore[arg-type]
 
     def setup_optimizers(self, trainer: pl.Trainer) -> None:
         super().setup_optimizers(trainer)  # type: ignore[misc]
