@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from lit_tricks.compat import (
@@ -23,6 +22,7 @@ from lit_tricks.compat import (
     set_num_threads_if_needed,
     set_strategy_launcher,
 )
+from lit_tricks.functional.lr_scale import scale_lr_
 from lit_tricks.trainers.jobs import _JOB, _hydra_child_base, child_rank_command
 
 __all__ = ["HydraSafeDDPStrategy", "HydraSafeFSDPStrategy", "ddp_strategy", "fsdp_strategy", "scale_learning_rates"]
@@ -70,22 +70,8 @@ class _HydraSafeLauncher(SubprocessScriptLauncher):
             _JOB.children.append(proc)
 
 
-def scale_learning_rates(optimizers: list[torch.optim.Optimizer], schedulers: list[Any], factor: float) -> None:
-    """Multiply every param group's ``lr`` (and ``initial_lr``) and every scheduler's ``base_lrs`` by ``factor``.
-
-    Linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch SGD"): with a k times larger global batch,
-    use a k times larger learning rate.
-    """
-    for opt in optimizers:
-        for group in opt.param_groups:
-            for key in ("lr", "initial_lr"):
-                if key in group and isinstance(group[key], float | int):
-                    group[key] = group[key] * factor
-    for sched in schedulers:
-        if hasattr(sched, "base_lrs"):
-            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
-        if hasattr(sched, "_last_lr"):
-            sched._last_lr = [float(lr) * factor for lr in sched._last_lr]
+#: Linear scaling rule (Goyal et al. 2017): :func:`lit_tricks.functional.lr_scale.scale_lr_` under its older name.
+scale_learning_rates = scale_lr_
 
 
 class _HydraSafeMixin:
@@ -105,7 +91,7 @@ class _HydraSafeMixin:
         if self.scale_lr:
             factor = int(trainer.world_size) * int(trainer.accumulate_grad_batches)
             schedulers = [c.scheduler for c in self.lr_scheduler_configs]  # type: ignore[attr-defined]
-            scale_learning_rates(self.optimizers, schedulers, factor)  # type: ignore[attr-defined]
+            scale_lr_(self.optimizers, schedulers, factor)  # type: ignore[attr-defined]
             log.info("scale_lr: learning rates x%d (world size x gradient accumulation)", factor)
 
 
