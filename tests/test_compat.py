@@ -223,7 +223,7 @@ def test_checkpoint_path_type() -> None:
 def test_basic_subprocess_cmd() -> None:
     cmd = list(compat.basic_subprocess_cmd())
     assert cmd[0] == sys.executable
-    assert cmd[-len(sys.argv) + 1:] == sys.argv[1:] or len(sys.argv) == 1
+    assert cmd[len(cmd) - (len(sys.argv) - 1):] == sys.argv[1:]  # the same arguments again
 
 
 def test_set_num_threads_if_needed(monkeypatch: pytest.MonkeyPatch) -> None:
