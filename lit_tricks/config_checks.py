@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # The allowed values live with the code that uses them (one source each).
 from lit_tricks.data.preprocessing import PREPROCESSING
+from lit_tricks.hydra_utils import hydra_config
 from lit_tricks.modules.surgery import INIT_SCHEMES, NORM_KINDS
 from lit_tricks.validation import is_number, number_problem
 
@@ -129,12 +130,8 @@ def _relation_problems(cfg: DictConfig) -> list[str]:
 
 def _direction_problem(cfg: DictConfig) -> str | None:
     """The Optuna sweeper's direction must agree with ``monitor_mode`` (min -> minimize, max -> maximize)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else None
-    except (ImportError, ValueError):
-        return None
+    hc = hydra_config()
+    sweeper = hc.sweeper if hc is not None else None
     direction = sweeper.get("direction") if sweeper is not None else None
     if isinstance(direction, list | tuple) or (direction is not None and not isinstance(direction, str)):
         direction = next(iter(direction), None)

@@ -24,8 +24,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_tricks.builders import build_callbacks, build_datamodule, build_loggers, build_model, build_module
 from lit_tricks.callbacks.nan_guard import NaNGuard
+from lit_tricks.compat import csv_logger_version, pin_csv_logger_version
 from lit_tricks.config_checks import check_config, check_norm_groups
 from lit_tricks.fault.atomic import atomic_write_bytes
+from lit_tricks.hydra_utils import hydra_config
 from lit_tricks.records import error_chain, new_record, root_error, write_record
 from lit_tricks.trainers.build import build_trainer
 from lit_tricks.trainers.jobs import job_guard, sweep_failure_value
@@ -43,12 +45,10 @@ SUMMARY_LOGGER = "lit_tricks.summary"
 
 def run_dir(cfg: DictConfig) -> Path:
     """This job's output directory (Hydra's run dir when running under Hydra)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except (ValueError, ImportError):
-        return Path(str(OmegaConf.select(cfg, "paths.output_dir", default=os.getcwd())))
+    hc = hydra_config()
+    if hc is not None:
+        return Path(hc.runtime.output_dir)
+    return Path(str(OmegaConf.select(cfg, "paths.output_dir", default=os.getcwd())))
 
 
 def _resume_path(cfg: DictConfig, out: Path) -> str | None:
@@ -77,22 +77,15 @@ def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 
 def _overrides() -> list[str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except (ValueError, ImportError):
-        return []
+    hc = hydra_config()
+    return list(hc.overrides.task) if hc is not None else []
 
 
 def _is_multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    from hydra.types import RunMode
 
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except (ValueError, ImportError):
-        return False
+    hc = hydra_config()
+    return hc is not None and hc.mode == RunMode.MULTIRUN
 
 
 def _attach_hydra_file_log() -> None:
@@ -129,12 +122,12 @@ def _continue_csv_logs(loggers: list[Any], resume_ckpt: str) -> None:
 
     step = int(torch.load(resume_ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
     for lg in loggers:
-        if not isinstance(lg, CSVLogger) or lg._version is not None:
+        if not isinstance(lg, CSVLogger) or csv_logger_version(lg) is not None:
             continue
         version = _latest_version(Path(lg.root_dir))
         if version is None:
             continue
-        lg._version = version
+        pin_csv_logger_version(lg, version)
         path = Path(lg.log_dir) / "metrics.csv"
         rows: list[dict[str, str]] = []
         if path.is_file():

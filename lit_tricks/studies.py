@@ -15,6 +15,8 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
+from lit_tricks.hydra_utils import hydra_config
+
 __all__ = ["PRUNERS", "build_pruner", "current_trial", "default_storage_url", "open_storage", "resolve_storage_url"]
 
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
@@ -88,13 +90,9 @@ def build_pruner(name: str | None, kwargs: Mapping[str, Any] | None = None) -> o
 
 
 def _sweeper_cfg() -> tuple[Any, Any] | None:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-    except ImportError:  # pragma: no cover
+    hc = hydra_config()
+    if hc is None:
         return None
-    if not HydraConfig.initialized():
-        return None
-    hc = HydraConfig.get()
     sweeper = hc.sweeper
     if "LitOptunaSweeper" not in str(sweeper.get("_target_", "")) or sweeper.get("trial") is None:
         return None

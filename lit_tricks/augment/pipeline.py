@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from lit_tricks.hydra_utils import to_plain
+
 __all__ = ["STEPS", "Pipeline", "RandomCropSame", "RandomJPEG", "make_step"]
 
 
@@ -85,17 +87,6 @@ STEPS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> dicts/lists (torchvision checks for list/tuple)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        return value
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def _lists_to_tuples(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
@@ -103,7 +94,7 @@ def _lists_to_tuples(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 def make_step(step: Any) -> Callable[[Tensor], Tensor]:
     """One pipeline step from ``"hflip"``, ``{"rotation": {"degrees": 10}}``, ``{"name": "rotation", ...}`` or a
     callable (e.g. a transform Hydra built from ``_target_: torchvision.transforms.v2.RandomRotation``)."""
-    step = _plain(step)
+    step = to_plain(step)
     if isinstance(step, str):
         name, kwargs = step, {}
     elif isinstance(step, Mapping) and "name" in step:
@@ -132,7 +123,7 @@ class Pipeline(nn.Module):
 
     def __init__(self, steps: Sequence[Any] = ()) -> None:
         super().__init__()
-        steps = _plain(steps)
+        steps = to_plain(steps)
         if isinstance(steps, str | Mapping) or not isinstance(steps, Sequence):
             raise TypeError(f"steps: expected a list of augmentation steps, got {type(steps).__name__}")
         self.steps = nn.ModuleList()

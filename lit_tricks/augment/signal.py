@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_tricks.hydra_utils import to_plain
+
 __all__ = ["SIGNAL_STEPS", "AmplitudeScale", "RandomShift1d", "SignalNoise", "SignalPipeline"]
 
 SHIFT_MODES = ("zeros", "edge", "roll")
@@ -103,13 +105,7 @@ class SignalPipeline(nn.Module):
 
     def __init__(self, steps: Sequence[Any] = ()) -> None:
         super().__init__()
-        try:
-            from omegaconf import DictConfig, ListConfig, OmegaConf
-
-            if isinstance(steps, DictConfig | ListConfig):
-                steps = OmegaConf.to_container(steps, resolve=True)  # type: ignore[assignment]
-        except ImportError:  # pragma: no cover - omegaconf comes with hydra
-            pass
+        steps = to_plain(steps)  # a ListConfig from Hydra: a plain list
         if isinstance(steps, str | Mapping) or not isinstance(steps, Sequence):
             raise TypeError(f"steps: expected a list of signal augmentation steps, got {type(steps).__name__}")
         self.steps = nn.ModuleList(self._make(s) for s in steps)

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from lit_tricks.compat import logs_this_step, unwrap_optimizer
 from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.clip import (
     CLIP_MODES,
@@ -178,10 +179,10 @@ class GradientClipping(Callback):
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if not grads_of(params):
             return
-        raw = getattr(optimizer, "_optimizer", optimizer)
+        raw = unwrap_optimizer(optimizer)
         idx = next((i for i, opt in enumerate(trainer.optimizers) if opt is raw), 0)
         norm = self.clip_(params, idx)
-        if self.log and _logs_this_step(trainer):
+        if self.log and logs_this_step(trainer):
             tail = f"_opt{idx}" if idx else ""
             pl_module.log(f"{self.log_prefix}/grad_norm{tail}", norm.detach(), on_step=True, on_epoch=False)
             pl_module.log(f"{self.log_prefix}/clipped_fraction{tail}", self.clipped_fraction, on_step=True,
@@ -229,9 +230,3 @@ class GradientClipping(Callback):
         self.steps = int(state_dict.get("steps", 0))
         self.clipped_steps = torch.as_tensor(state_dict.get("clipped_steps", 0.0), dtype=torch.float32).clone()
 
-
-def _logs_this_step(trainer: pl.Trainer) -> bool:
-    """Whether Lightning writes step metrics on this batch (every ``log_every_n_steps``): on other batches a
-    ``self.log`` call is discarded at batch end, and costs as much as the norm itself on small models."""
-    connector = getattr(trainer, "_logger_connector", None)
-    return bool(getattr(connector, "should_update_logs", True))

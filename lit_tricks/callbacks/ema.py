@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from lit_tricks.compat import installed_checkpoint_io
 from lit_tricks.fault.atomic import atomic_torch_save
 from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.ema import (
@@ -28,11 +29,11 @@ from lit_tricks.functional.ema import (
     decay_from_half_life,
     ema_update_,
     named_ema_tensors,
-    strip_wrapper_prefixes,
     update_buffers_,
     warmup_decay,
 )
 from lit_tricks.functional.ensemble import recalibrate_bn_
+from lit_tricks.functional.wrappers import match_wrapped_keys
 from lit_tricks.weight_variants import weight_variants_of
 
 __all__ = ["EMA_CHECKPOINT_SUFFIX", "EMAWeights", "ema_checkpoint_path"]
@@ -269,7 +270,7 @@ class EMAWeights(Callback):
         variants = weight_variants_of(pl_module)
         if variants is not None:
             variants.remove("ema", self.ema_context)
-        if self._installed_io is not None and trainer.strategy._checkpoint_io is self._installed_io:
+        if self._installed_io is not None and installed_checkpoint_io(trainer.strategy) is self._installed_io:
             trainer.strategy.checkpoint_io = self._installed_io.inner
         self._installed_io = None
         self._module = self._trainer = None
@@ -403,17 +404,16 @@ class EMAWeights(Callback):
             return
         source: dict[str, Tensor] = {}
         if self._pending is not None:
-            by_plain = {strip_wrapper_prefixes(k): v for k, v in self._pending.items()}
+            matched = match_wrapped_keys(self._pending, names)  # the loaded EMA may come from a wrapped model
             model_by_name = dict(params + buffers)
-            missing = [n for n in names if strip_wrapper_prefixes(n) not in by_plain]
-            wrong = [n for n in names if n not in missing
-                     and by_plain[strip_wrapper_prefixes(n)].shape != model_by_name[n].shape]
+            missing = [n for n in names if n not in matched]
+            wrong = [n for n in names if n not in missing and matched[n].shape != model_by_name[n].shape]
             if missing or wrong:
                 raise RuntimeError(
                     f"EMAWeights: the loaded EMA state has no tensors for {missing[:5]} and other shapes for "
                     f"{wrong[:5]}; it belongs to another model"
                 )
-            source = {n: by_plain[strip_wrapper_prefixes(n)] for n in names}
+            source = {n: matched[n] for n in names}
         self._pending = None
         self._names = names
         model_tensors = self._model_params + self._model_buffers

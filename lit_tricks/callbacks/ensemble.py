@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 
+from lit_tricks.compat import module_trainer
 from lit_tricks.fault.atomic import atomic_torch_save
 from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.ensemble import (
@@ -24,6 +25,7 @@ from lit_tricks.functional.ensemble import (
     export_ensemble,
     recalibrate_bn_,
 )
+from lit_tricks.functional.wrappers import match_wrapped_keys
 
 __all__ = ["CheckpointEnsemble", "load_member_state_dict", "top_k_decision"]
 
@@ -31,26 +33,7 @@ log = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
 _MODES = ("min", "max")
-_PREFIXES = ("_orig_mod.", "module.")
 _M = TypeVar("_M", bound=nn.Module)
-
-
-def _strip_prefixes(state_dict: dict[str, Tensor], reference_keys: Iterable[str]) -> dict[str, Tensor]:
-    """Drop ``_orig_mod.``/``module.`` key prefixes (torch.compile / DDP wrappers) that ``reference_keys`` lack."""
-    ref = set(reference_keys)
-    if set(state_dict) == ref:
-        return state_dict
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        changed = True
-        while changed and new not in ref:
-            changed = False
-            for prefix in _PREFIXES:
-                if new.startswith(prefix):
-                    new, changed = new[len(prefix):], True
-        out[new] = value
-    return out
 
 
 def top_k_decision(kept: list[float], score: float, k: int, mode: str) -> tuple[bool, int | None, float]:
@@ -78,7 +61,7 @@ def _clone(module: _M) -> _M:
     """``deepcopy(module)`` that shares (never copies) the Trainer and its callbacks, which a module may reference
     through bound methods (e.g. the weight-variants protocol)."""
     memo: dict[int, Any] = {}
-    trainer = getattr(module, "_trainer", None)
+    trainer = module_trainer(module)
     if trainer is not None:
         memo[id(trainer)] = trainer
         for callback in getattr(trainer, "callbacks", []):
@@ -483,7 +466,7 @@ class CheckpointEnsemble(Callback):
         modules = []
         for sd in self.member_state_dicts():
             member = _clone(pl_module)
-            member.load_state_dict(_strip_prefixes(sd, member.state_dict().keys()))
+            member.load_state_dict(match_wrapped_keys(sd, member.state_dict().keys()))
             member.to(device).eval().requires_grad_(False)
             modules.append(member)
         return modules
@@ -520,9 +503,9 @@ class CheckpointEnsemble(Callback):
         dataloader, when attached)."""
         soup = _clone(pl_module)
         averaged = average_state_dicts(self.member_state_dicts())
-        soup.load_state_dict(_strip_prefixes(averaged, soup.state_dict().keys()))
+        soup.load_state_dict(match_wrapped_keys(averaged, soup.state_dict().keys()))
         if dataloader is None:
-            trainer = pl_module._trainer
+            trainer = module_trainer(pl_module)
             dataloader = getattr(trainer, "train_dataloader", None) if trainer is not None else None
         if dataloader is not None:
             device = next(iter(soup.parameters()), torch.zeros(())).device

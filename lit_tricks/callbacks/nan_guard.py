@@ -12,7 +12,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lit_tricks.compat import unwrap_optimizer
 from lit_tricks.fault.state_keys import warn_changed_args
+from lit_tricks.functional.lr_scale import scale_lr_
 
 __all__ = ["POLICIES", "NaNGuard", "NonFiniteCheckpointError"]
 
@@ -187,7 +189,7 @@ class NaNGuard(Callback):
             f"loss above {self.divergence_factor:g} x the reference {self.reference:.4g} for "
             f"{self.divergence_window} step(s) in a row")
         self._step_bad = True
-        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+        optimizer = unwrap_optimizer(optimizer)  # a LightningOptimizer wraps the torch one
         if self.policy != "rollback":
             self._undo_after_step(optimizer, _copy_step_state(optimizer))
         for group in optimizer.param_groups:  # drop this step's update
@@ -353,14 +355,7 @@ class NaNGuard(Callback):
             pl_module.load_state_dict(snap["model"])
         for opt, state in zip(trainer.optimizers, snap["optimizers"]):
             opt.load_state_dict(copy.deepcopy(state))  # a copy: the optimizer must not alias the snapshot
-            for group in opt.param_groups:
-                group["lr"] = group["lr"] * self.lr_factor
-                if "initial_lr" in group:
-                    group["initial_lr"] = group["initial_lr"] * self.lr_factor
-        for config in trainer.lr_scheduler_configs:
-            base = getattr(config.scheduler, "base_lrs", None)
-            if isinstance(base, list):
-                config.scheduler.base_lrs = [lr * self.lr_factor for lr in base]  # type: ignore[attr-defined]
+        scale_lr_(trainer.optimizers, [config.scheduler for config in trainer.lr_scheduler_configs], self.lr_factor)
         self.rollbacks += 1
         self.lr_scale *= self.lr_factor
         log.warning("NaNGuard: non-finite loss/gradient at step %d; rolled back to step %d, lr x%g (now x%g)",

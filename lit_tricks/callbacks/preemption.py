@@ -16,6 +16,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_tricks.compat import cluster_environment, inside_accumulation_window
+
 __all__ = ["Preemption"]
 
 log = logging.getLogger(__name__)
@@ -112,8 +114,7 @@ class Preemption(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # runs before Lightning registers its signal handlers (Trainer._run): one owner of USR1/TERM, this callback
         # where Lightning's signal connector looks (a single-device strategy has no cluster_environment of its own)
-        connector = getattr(trainer, "_accelerator_connector", None)
-        environment = getattr(connector, "cluster_environment", None)
+        environment = cluster_environment(trainer)
         if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
             log.info("Preemption: Lightning's SLURM auto-requeue switched off (Preemption saves and requeues)")
             environment.auto_requeue = False
@@ -196,4 +197,4 @@ def _inside_accumulation_window(trainer: pl.Trainer, pl_module: pl.LightningModu
     """
     if not pl_module.automatic_optimization or trainer.accumulate_grad_batches <= 1:
         return False
-    return bool(trainer.fit_loop.epoch_loop._should_accumulate())
+    return inside_accumulation_window(trainer)

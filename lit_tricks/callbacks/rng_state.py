@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
+from lit_tricks.compat import restart_train_iterator
 from lit_tricks.fault.rng import collect_rng_states, restore_rng_states
 
 __all__ = ["RNGState"]
@@ -74,9 +75,7 @@ class RNGState(Callback):
             # The uninterrupted run creates the next epoch's train iterator now, after the save; creating one
             # draws its base seed from the RNG. The resumed run created it before the states were restored:
             # create it again so the same draw happens on the same state.
-            fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
-            if fetcher is not None:
-                iter(fetcher)
+            restart_train_iterator(trainer)
 
 
 def _resumes_at_epoch_end(trainer: pl.Trainer) -> bool:

@@ -22,8 +22,8 @@ from typing import IO, Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.fabric.utilities.types import _PATH
 
+from lit_tricks.compat import CheckpointPath
 from lit_tricks.fault.atomic import TMP_PREFIX, atomic_open
 
 __all__ = [
@@ -42,12 +42,12 @@ class CorruptCheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read (truncated or corrupted)."""
 
 
-def is_remote_path(path: _PATH) -> bool:
+def is_remote_path(path: CheckpointPath) -> bool:
     """Whether ``path`` is a URL (``s3://``, ``gs://``, ...) rather than a local path."""
     return "://" in str(path) and not str(path).startswith("file://")
 
 
-def clean_stale_temp_files(directory: _PATH, min_age_s: float = 0.0) -> list[str]:
+def clean_stale_temp_files(directory: CheckpointPath, min_age_s: float = 0.0) -> list[str]:
     """Delete the ``.tmp-*`` files an interrupted atomic write left in ``directory``; returns the removed paths.
 
     ``min_age_s``: only remove temp files older than this (protects a concurrent writer in the same directory).
@@ -79,7 +79,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.clean_on_start = clean_on_start
         self._cleaned: set[str] = set()
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: CheckpointPath, storage_options: Any | None = None
+    ) -> None:
         """Serialize ``checkpoint`` in memory, then write it atomically to ``path``."""
         if storage_options is not None:
             raise TypeError(
@@ -102,7 +104,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(
         self,
-        path: _PATH,
+        path: CheckpointPath,
         map_location: Callable | None = lambda storage, loc: storage,
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
@@ -118,7 +120,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 raise  # a readable file holding objects weights_only refuses: not corruption
             raise CorruptCheckpointError(corrupt_message(path, err)) from err
 
-    def remove_checkpoint(self, path: _PATH) -> None:
+    def remove_checkpoint(self, path: CheckpointPath) -> None:
         """Delete a checkpoint file (also when it is a link, as ModelCheckpoint's ``save_last="link"`` makes)."""
         if not is_remote_path(path) and os.path.islink(str(path)):
             os.unlink(str(path))
@@ -132,7 +134,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self._cleaned.add(key)
 
 
-def corrupt_message(path: _PATH, err: BaseException) -> str:
+def corrupt_message(path: CheckpointPath, err: BaseException) -> str:
     """One line: which file is unreadable, why, and the newest loadable checkpoint beside it."""
     from lit_tricks.fault.resume import find_resume_checkpoint
 

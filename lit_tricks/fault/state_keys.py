@@ -4,39 +4,32 @@ key and would silently start that callback afresh. :func:`warn_changed_args` say
 
 from __future__ import annotations
 
-import ast
 import logging
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from lit_tricks.compat import legacy_state_key, state_key_args
+
 __all__ = ["changed_args", "warn_changed_args"]
 
 log = logging.getLogger(__name__)
-
-
-def _args_of(key: str, prefix: str) -> dict[str, Any] | None:
-    try:
-        value = ast.literal_eval(key[len(prefix):])
-    except (ValueError, SyntaxError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def changed_args(callback: Callback, checkpoint: dict[str, Any]) -> list[tuple[str, dict[str, tuple[Any, Any]]]]:
     """``[(stored state_key, {arg: (old, new)})]`` for the states of ``callback``'s class in ``checkpoint`` saved
     with other identifying arguments, when none was saved under ``callback.state_key`` itself."""
     states = checkpoint.get("callbacks") or {}
-    if callback.state_key in states or callback._legacy_state_key in states:
+    if callback.state_key in states or legacy_state_key(callback) in states:
         return []
     prefix = type(callback).__qualname__
-    mine = _args_of(callback.state_key, prefix) or {}
+    mine = state_key_args(callback.state_key, prefix) or {}
     out = []
     for key in states:
         if not isinstance(key, str) or not key.startswith(prefix + "{"):
             continue
-        old = _args_of(key, prefix)
+        old = state_key_args(key, prefix)
         if old is None:
             continue
         diff = {k: (old.get(k), mine.get(k)) for k in sorted(set(old) | set(mine)) if old.get(k) != mine.get(k)}

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lit_tricks.functional.wrappers import strip_wrapper_prefixes  # re-exported: its old home
+
 __all__ = [
     "BUFFER_MODES",
     "copy_",
@@ -25,7 +27,6 @@ __all__ = [
 ]
 
 BUFFER_MODES = ("copy", "average")
-_WRAPPER_PREFIXES = ("_orig_mod.", "module.", "_forward_module.")
 
 
 def decay_from_half_life(half_life_steps: float, update_every_n_steps: int = 1) -> float:
@@ -104,16 +105,6 @@ def named_ema_tensors(module: nn.Module) -> tuple[list[tuple[str, Tensor]], list
         (params if p.is_floating_point() or p.is_complex() else buffers).append((name, p))
     buffers.extend(module.named_buffers())
     return params, buffers
-
-
-def strip_wrapper_prefixes(name: str) -> str:
-    """Drop every ``_orig_mod.`` (torch.compile), ``module.`` (DDP/DataParallel) and ``_forward_module.`` segment.
-
-    Used to match tensor names across wrapped and unwrapped models, e.g.
-    ``"model._orig_mod.fc.weight" -> "model.fc.weight"``.
-    """
-    parts = [p for p in name.split(".") if p + "." not in _WRAPPER_PREFIXES]
-    return ".".join(parts)
 
 
 def _on_devices_of(dst: Sequence[Tensor], src: Sequence[Tensor]) -> list[Tensor]:

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import Tensor
 
+from lit_tricks.hydra_utils import to_plain
+
 __all__ = ["as_factory", "callable_from_spec", "callable_to_spec", "plain"]
 
 
@@ -62,22 +64,13 @@ def callable_from_spec(spec: Mapping[str, Any]) -> Callable[..., Any]:
     return functools.partial(fn, *args, **kwargs) if (args or kwargs) else functools.partial(fn)
 
 
-def _no_omegaconf(value: Any) -> Any:
-    """OmegaConf containers as plain lists/dicts (optimizer state must load with ``weights_only=True``)."""
-    if type(value).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def as_factory(value: Any, name: str) -> Callable[..., Any] | None:
     if value is None:
         return None
     if isinstance(value, Mapping) or (hasattr(value, "keys") and "_target_" in value):
         return callable_from_spec(plain(value))
     if isinstance(value, functools.partial):  # Hydra passes ListConfig/DictConfig kwargs: make them plain
-        return functools.partial(value.func, *value.args, **{k: _no_omegaconf(v) for k, v in value.keywords.items()})
+        return functools.partial(value.func, *value.args, **{k: to_plain(v) for k, v in value.keywords.items()})
     if callable(value):
         return value  # type: ignore[no-any-return]
     raise TypeError(f"{name} must be a partial/callable taking the {'params' if name == 'optimizer' else 'optimizer'}"

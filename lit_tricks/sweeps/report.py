@@ -416,11 +416,9 @@ def _plot(report: SweepReport, path: Path) -> Path | None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{report.sweep_dir.name}: objective ({report.direction}) vs hyperparameters")
     fig.tight_layout()
-    from lit_tricks.fault.atomic import atomic_open
+    from lit_tricks.fault.atomic import atomic_save_figure
 
-    with atomic_open(path) as fh:
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
+    atomic_save_figure(fig, path, dpi=100)  # closes the figure
     return path
 
 

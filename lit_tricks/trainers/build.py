@@ -8,20 +8,13 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lit_tricks.hydra_utils import hydra_config
 from lit_tricks.trainers.strategies import ddp_strategy
 
 __all__ = ["DDP_NAMES", "build_trainer"]
 
 #: Strategy names that build_trainer upgrades to the Hydra-safe DDP strategy (popen launcher) under Hydra.
 DDP_NAMES = {"ddp": False, "ddp_find_unused_parameters_true": True, "ddp_find_unused_parameters_false": False}
-
-
-def _hydra_initialized() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-    except ImportError:  # pragma: no cover
-        return False
-    return HydraConfig.initialized()
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], logger: Any) -> pl.Trainer:
@@ -39,6 +32,6 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], logger: Any) ->
                          " got trainer.accelerator=cpu: set trainer.sync_batchnorm=false or use trainer=ddp")
     kwargs: dict[str, Any] = instantiate(container, _convert_="all")
     strategy = kwargs.get("strategy")
-    if isinstance(strategy, str) and strategy in DDP_NAMES and _hydra_initialized():
+    if isinstance(strategy, str) and strategy in DDP_NAMES and hydra_config() is not None:
         kwargs["strategy"] = ddp_strategy(find_unused_parameters=DDP_NAMES[strategy])
     return pl.Trainer(**kwargs, callbacks=callbacks, logger=logger)

@@ -33,6 +33,8 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from lit_tricks.hydra_utils import hydra_config
+
 __all__ = ["child_rank_command", "config_hash", "job_guard", "sweep_failure_value", "sweeper_target"]
 
 log = logging.getLogger(__name__)
@@ -101,13 +103,9 @@ def child_rank_command(local_rank: int, config_dir: str, run_dir: str, job_name:
 
 def _hydra_child_base() -> tuple[str, str, str, bool, str, int | None] | None:
     """(config dir, run dir, job name, chdir, original cwd, job num) for child ranks; None when Hydra is not in use."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-    except ImportError:  # pragma: no cover - hydra is a dependency
+    hc = hydra_config()
+    if hc is None:
         return None
-    if not HydraConfig.initialized():
-        return None
-    hc = HydraConfig.get()
     run_dir = str(hc.runtime.output_dir)
     if _JOB.cfg is not None:
         config_dir = tempfile.mkdtemp(prefix="lit_tricks_ddp_")
@@ -178,13 +176,10 @@ def job_guard(cfg: DictConfig) -> Iterator[None]:
 
 def sweeper_target() -> str | None:
     """``hydra.sweeper._target_`` of the running Hydra app, or None outside Hydra."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-    except ImportError:  # pragma: no cover - hydra is a dependency
+    hc = hydra_config()
+    if hc is None:
         return None
-    if not HydraConfig.initialized():
-        return None
-    target = HydraConfig.get().sweeper.get("_target_")
+    target = hc.sweeper.get("_target_")
     return None if target is None else str(target)
 
 

@@ -14,12 +14,15 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
-from lightning.fabric.strategies.launchers.subprocess_script import _basic_subprocess_cmd
-from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
+from lit_tricks.compat import (
+    SubprocessScriptLauncher,
+    basic_subprocess_cmd,
+    set_num_threads_if_needed,
+    set_strategy_launcher,
+)
+from lit_tricks.functional.lr_scale import scale_lr_
 from lit_tricks.trainers.jobs import _JOB, _hydra_child_base, child_rank_command
 
 __all__ = ["HydraSafeDDPStrategy", "HydraSafeFSDPStrategy", "ddp_strategy", "fsdp_strategy", "scale_learning_rates"]
@@ -27,7 +30,7 @@ __all__ = ["HydraSafeDDPStrategy", "HydraSafeFSDPStrategy", "ddp_strategy", "fsd
 log = logging.getLogger(__name__)
 
 
-class _HydraSafeLauncher(_SubprocessScriptLauncher):
+class _HydraSafeLauncher(SubprocessScriptLauncher):
     """Lightning's script launcher, but child ranks run the job's composed config and no watchdog kills the sweep.
 
     Lightning's child-process observer SIGKILLs the *main* process when a child fails, which would end a whole
@@ -39,7 +42,7 @@ class _HydraSafeLauncher(_SubprocessScriptLauncher):
         self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
         if not self.cluster_environment.creates_processes_externally:
             self._call_children_scripts()
-        _set_num_threads_if_needed(num_processes=self.num_processes)
+        set_num_threads_if_needed(self.num_processes)
         return function(*args, **kwargs)
 
     def _call_children_scripts(self) -> None:
@@ -58,7 +61,7 @@ class _HydraSafeLauncher(_SubprocessScriptLauncher):
             if os.environ.get("PL_GLOBAL_SEED") is None:
                 env_copy.pop("PL_GLOBAL_SEED", None)
             if base is None:
-                command, cwd = _basic_subprocess_cmd(), None
+                command, cwd = list(basic_subprocess_cmd()), None
             else:
                 config_dir, run_dir, job_name, chdir, cwd, job_num = base
                 command = child_rank_command(local_rank, config_dir, run_dir, job_name, chdir, job_num)
@@ -67,22 +70,8 @@ class _HydraSafeLauncher(_SubprocessScriptLauncher):
             _JOB.children.append(proc)
 
 
-def scale_learning_rates(optimizers: list[torch.optim.Optimizer], schedulers: list[Any], factor: float) -> None:
-    """Multiply every param group's ``lr`` (and ``initial_lr``) and every scheduler's ``base_lrs`` by ``factor``.
-
-    Linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch SGD"): with a k times larger global batch,
-    use a k times larger learning rate.
-    """
-    for opt in optimizers:
-        for group in opt.param_groups:
-            for key in ("lr", "initial_lr"):
-                if key in group and isinstance(group[key], float | int):
-                    group[key] = group[key] * factor
-    for sched in schedulers:
-        if hasattr(sched, "base_lrs"):
-            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
-        if hasattr(sched, "_last_lr"):
-            sched._last_lr = [float(lr) * factor for lr in sched._last_lr]
+#: Linear scaling rule (Goyal et al. 2017): :func:`lit_tricks.functional.lr_scale.scale_lr_` under its older name.
+scale_learning_rates = scale_lr_
 
 
 class _HydraSafeMixin:
@@ -92,17 +81,17 @@ class _HydraSafeMixin:
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()  # type: ignore[misc]
-        launcher = getattr(self, "_launcher", None)
-        if type(launcher) is _SubprocessScriptLauncher:
+        launcher = self.launcher  # type: ignore[attr-defined]
+        if type(launcher) is SubprocessScriptLauncher:
             safe = _HydraSafeLauncher(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
-            setattr(self, "_launcher", safe)  # noqa: B010 - the mixin does not redeclare Strategy._launcher
+            set_strategy_launcher(self, safe)  # type: ignore[arg-type]
 
     def setup_optimizers(self, trainer: pl.Trainer) -> None:
         super().setup_optimizers(trainer)  # type: ignore[misc]
         if self.scale_lr:
             factor = int(trainer.world_size) * int(trainer.accumulate_grad_batches)
             schedulers = [c.scheduler for c in self.lr_scheduler_configs]  # type: ignore[attr-defined]
-            scale_learning_rates(self.optimizers, schedulers, factor)  # type: ignore[attr-defined]
+            scale_lr_(self.optimizers, schedulers, factor)  # type: ignore[attr-defined]
             log.info("scale_lr: learning rates x%d (world size x gradient accumulation)", factor)
 
 

@@ -1,0 +1,255 @@
+"""Every function of :mod:`lit_tricks.compat` against the installed Lightning: when an upgrade moves one of the
+private internals it reads, the test of that function fails by name. One tiny fit (module-scoped) feeds the tests
+that need a running Trainer."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+import lightning
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.strategies import SingleDeviceStrategy
+
+from lit_tricks import compat
+from tests.helpers.tiny import BlobsDataModule, TinyClassifier, tiny_trainer
+from tests.test_architecture import imports_of
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class _Recorder(Logger):
+    """Keeps the ``probe`` values Lightning wrote to the logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probes: list[float] = []
+
+    @property
+    def name(self) -> str:
+        return "recorder"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if "probe" in metrics:
+            self.probes.append(float(metrics["probe"]))
+
+
+class _Probe(Callback):
+    """Calls the compat functions from inside a fit and records what they answered."""
+
+    def __init__(self) -> None:
+        self.logs_at: dict[int, bool] = {}  # global step -> logs_this_step
+        self.accumulating: list[tuple[int, bool]] = []  # (batch_idx, inside_accumulation_window)
+        self.unwrapped_is_raw: list[bool] = []
+        self.trainer_of_module: list[bool] = []
+        self.restarted: bool | None = None
+        self.rng_moved: bool | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        before = torch.get_rng_state()
+        self.restarted = compat.restart_train_iterator(trainer)
+        self.rng_moved = not torch.equal(before, torch.get_rng_state())  # a new iterator draws its base seed
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.trainer_of_module.append(compat.module_trainer(pl_module) is trainer)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.accumulating.append((batch_idx, compat.inside_accumulation_window(trainer)))
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        self.unwrapped_is_raw.append(compat.unwrap_optimizer(optimizer) is trainer.optimizers[0])
+        step = trainer.global_step
+        self.logs_at[step] = compat.logs_this_step(trainer)
+        pl_module.log("probe", float(step), on_step=True, on_epoch=False)
+
+
+class _CountingEarlyStopping(EarlyStopping):
+    """Lightning's EarlyStopping, counting the calls of the private hook lit_tricks' EarlyStopping overrides."""
+
+    def __init__(self) -> None:
+        super().__init__(monitor="val/loss", patience=100)
+        self.checks = 0
+
+    def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
+        self.checks += 1
+        super()._run_early_stopping_check(trainer)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[pl.Trainer, _Probe, _Recorder, _CountingEarlyStopping]:
+    probe, recorder, stopper = _Probe(), _Recorder(), _CountingEarlyStopping()
+    trainer = tiny_trainer(
+        tmp_path_factory.mktemp("compat"), max_epochs=2, limit_train_batches=6, limit_val_batches=1,
+        accumulate_grad_batches=2, log_every_n_steps=2, logger=recorder, callbacks=[probe, stopper],
+        enable_checkpointing=False,
+    )
+    trainer.fit(TinyClassifier(), datamodule=BlobsDataModule(n=192, batch_size=32))
+    return trainer, probe, recorder, stopper
+
+
+def test_the_installed_lightning_is_the_tested_one() -> None:
+    assert lightning.__version__.startswith(compat.TESTED_LIGHTNING + "."), lightning.__version__
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert f'"lightning>={compat.TESTED_LIGHTNING},<3"' in pyproject
+
+
+def test_compat_imports_only_lightning_torch_and_the_standard_library() -> None:
+    ours, others = imports_of("lit_tricks.compat")
+    assert not ours
+    assert not others - set(sys.stdlib_module_names) - {"lightning", "torch"}
+
+
+def test_private_overrides_still_exist_in_lightning() -> None:
+    for cls, names in compat.PRIVATE_OVERRIDES.items():
+        for name in names:
+            assert callable(getattr(cls, name, None)), f"{cls.__qualname__}.{name} is gone"
+    es = EarlyStopping
+    assert list(inspect.signature(es._run_early_stopping_check).parameters) == ["self", "trainer"]
+    assert list(inspect.signature(es._should_skip_check).parameters) == ["self", "trainer"]
+    assert isinstance(inspect.getattr_static(es, "_log_info"), staticmethod)
+    assert list(inspect.signature(es._log_info).parameters) == ["trainer", "message", "log_rank_zero_only"]
+
+
+def test_lightning_calls_the_overridden_early_stopping_check(fitted: Any) -> None:
+    trainer, _, _, stopper = fitted
+    assert trainer.current_epoch == 2
+    assert stopper.checks == 2  # once per validation (every epoch)
+    assert stopper.best_score is not None and torch.isfinite(stopper.best_score)
+
+
+def test_unwrap_optimizer() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    assert compat.unwrap_optimizer(LightningOptimizer(opt)) is opt
+    assert compat.unwrap_optimizer(opt) is opt
+
+
+def test_unwrap_optimizer_in_a_hook(fitted: Any) -> None:
+    _, probe, _, _ = fitted
+    assert probe.unwrapped_is_raw and all(probe.unwrapped_is_raw)
+
+
+def test_module_trainer(fitted: Any) -> None:
+    _, probe, _, _ = fitted
+    assert probe.trainer_of_module and all(probe.trainer_of_module)
+    module = TinyClassifier()
+    assert compat.module_trainer(module) is None
+    with pytest.raises(RuntimeError):
+        _ = module.trainer  # the public property raises when none is attached
+    assert compat.module_trainer(torch.nn.Linear(2, 2)) is None
+
+
+def test_logs_this_step_says_when_step_metrics_reach_the_logger(fitted: Any) -> None:
+    _, probe, recorder, _ = fitted
+    logged = {int(v) for v in recorder.probes}
+    said = {step for step, yes in probe.logs_at.items() if yes}
+    assert said == logged
+    assert said and said != set(probe.logs_at)  # log_every_n_steps=2: some steps log, some do not
+
+
+def test_inside_accumulation_window(fitted: Any) -> None:
+    _, probe, _, _ = fitted
+    assert len(probe.accumulating) == 12
+    assert all(acc == ((i + 1) % 2 != 0) for i, acc in probe.accumulating), probe.accumulating
+
+
+def test_restart_train_iterator(fitted: Any) -> None:
+    _, probe, _, _ = fitted
+    assert probe.restarted is True
+    assert probe.rng_moved is True
+
+
+def test_cluster_environment(tmp_path: Path) -> None:
+    assert isinstance(compat.cluster_environment(tiny_trainer(tmp_path)), LightningEnvironment)
+    slurm = SLURMEnvironment(auto_requeue=True)
+    trainer = tiny_trainer(tmp_path, plugins=[slurm])
+    assert compat.cluster_environment(trainer) is slurm
+
+
+def test_installed_checkpoint_io() -> None:
+    strategy = SingleDeviceStrategy(torch.device("cpu"))
+    assert compat.installed_checkpoint_io(strategy) is None  # looking creates nothing
+    assert compat.installed_checkpoint_io(strategy) is None
+    io = TorchCheckpointIO()
+    strategy.checkpoint_io = io
+    assert compat.installed_checkpoint_io(strategy) is io
+
+
+def test_legacy_state_key_and_state_key_args() -> None:
+    stopper = EarlyStopping(monitor="val/acc", mode="max")
+    assert compat.legacy_state_key(stopper) is EarlyStopping
+    key = stopper._generate_state_key(monitor="val/acc", mode="max", n=3)
+    assert compat.state_key_args(key, "EarlyStopping") == {"monitor": "val/acc", "mode": "max", "n": 3}
+    assert compat.state_key_args(stopper.state_key, "EarlyStopping") == {"monitor": "val/acc", "mode": "max"}
+    assert compat.state_key_args(key, "ModelCheckpoint") is None
+    assert compat.state_key_args("EarlyStopping{'x': object()}", "EarlyStopping") is None
+
+
+def test_csv_logger_version(tmp_path: Path) -> None:
+    (tmp_path / "lightning_logs" / "version_0").mkdir(parents=True)
+    logger = CSVLogger(tmp_path)
+    assert compat.csv_logger_version(logger) is None
+    assert compat.csv_logger_version(CSVLogger(tmp_path, version=4)) == 4
+    compat.pin_csv_logger_version(logger, 0)
+    assert compat.csv_logger_version(logger) == 0
+    assert logger.version == 0  # not the next free one (1)
+    assert Path(logger.log_dir).name == "version_0"
+
+
+def test_checkpoint_path_type() -> None:
+    assert set(typing.get_args(compat.CheckpointPath)) == {str, Path}
+
+
+def test_basic_subprocess_cmd() -> None:
+    cmd = list(compat.basic_subprocess_cmd())
+    assert cmd[0] == sys.executable
+    assert cmd[len(cmd) - (len(sys.argv) - 1):] == sys.argv[1:]  # the same arguments again
+
+
+def test_set_num_threads_if_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        compat.set_num_threads_if_needed(2)
+        expected = max(1, len(os.sched_getaffinity(0)) // 2) if hasattr(os, "sched_getaffinity") else None
+        assert os.environ["OMP_NUM_THREADS"] == str(torch.get_num_threads())
+        if expected is not None:
+            assert torch.get_num_threads() == expected
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(threads)
+        compat.set_num_threads_if_needed(1)  # set already: left alone
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_set_strategy_launcher_through_the_hydra_safe_strategy(tmp_path: Path) -> None:
+    from lit_tricks.trainers.strategies import _HydraSafeLauncher, ddp_strategy
+
+    strategy = ddp_strategy(process_group_backend="gloo")
+    tiny_trainer(tmp_path, devices=2, strategy=strategy)  # configures the launcher; launches nothing before fit
+    assert type(strategy.launcher) is _HydraSafeLauncher
+    assert isinstance(strategy.launcher, compat.SubprocessScriptLauncher)
+    marker = object()
+    compat.set_strategy_launcher(strategy, marker)
+    assert strategy.launcher is marker
