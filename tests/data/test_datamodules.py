@@ -109,8 +109,8 @@ def test_train_size_and_bootstrap() -> None:
     ({"fold": 5, "num_folds": 5}, r"fold: expected None or an int in \[0, num_folds=5\), got 5"),
     ({"num_folds": 1}, r"num_folds"),
     ({"train_size": 0}, r"train_size"),
-    ({"preprocessing": "whiten"}, r"preprocessing: expected one of \['center', 'center_per_feature', 'minmax', 'none', 'pca', "
-                                     r"'pca_whiten', 'standardize', 'zca'\]"),
+    ({"preprocessing": "whiten"}, r"preprocessing: expected one of \['center', 'center_per_feature', 'minmax', "
+                                  r"'none', 'pca', 'pca_whiten', 'standardize', 'zca'\]"),
     ({"pca_components": 1.5}, r"pca_components"),
 ])
 def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], message: str) -> None:
