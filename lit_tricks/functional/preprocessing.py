@@ -219,6 +219,6 @@ def zca_whiten(x: Tensor, mean: Tensor, whitening: Tensor) -> Tensor:
 
 
 def pca_whiten(x: Tensor, mean: Tensor, components: Tensor, eigenvalues: Tensor, epsilon: float | Tensor) -> Tensor:
-    """PCA-whitened coordinates of the flattened batch, ``(N, k)``: ``(x - mean) U_k^T / sqrt(eigenvalues + epsilon)``."""
+    """PCA-whitened flat batch ``(N, k)``: ``(x - mean) U_k^T / sqrt(eigenvalues + epsilon)``."""
     z = pca_project(x, mean, components)
     return z * (eigenvalues.to(z.dtype) + torch.as_tensor(epsilon, dtype=z.dtype, device=z.device)).rsqrt()
