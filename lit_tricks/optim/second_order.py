@@ -192,19 +192,21 @@ class LevenbergMarquardt(GaussNewton):
 
     A trial step that lowers the loss is taken and lambda shrinks by ``factor`` (toward Gauss-Newton); one that does
     not is rejected and lambda grows by ``factor`` (toward a short gradient-descent step), up to ``max_tries``
-    times per step. The loss therefore never increases. Marquardt (1963) scaling by ``diag(J^T J)``. ``lr`` (1 by
-    default) scales the trial step.
+    times per step, kept within ``[min_damping, max_damping]``. The loss therefore never increases. Marquardt (1963)
+    scaling by ``diag(J^T J)``. ``lr`` (1 by default) scales the trial step.
     """
 
     method = "Levenberg-Marquardt"
 
     def __init__(self, model: nn.Module, residual_fn: ResidualFn = _residual, *, damping: float = 1e-3,
-                 factor: float = 10.0, max_tries: int = 20, min_damping: float = 1e-12,
+                 factor: float = 10.0, max_tries: int = 20, min_damping: float = 1e-12, max_damping: float = 1e16,
                  max_params: int = DEFAULT_MAX_PARAMS) -> None:
         super().__init__(model, residual_fn, lr=1.0, max_params=max_params)
         if damping <= 0 or factor <= 1 or max_tries < 1:
             raise ValueError(f"need damping > 0, factor > 1, max_tries >= 1; got {damping}, {factor}, {max_tries}")
         self.damping, self.factor, self.max_tries, self.min_damping = damping, factor, max_tries, min_damping
+        # at the minimum every trial is rejected: without a ceiling damping grows factor**max_tries a step, to inf
+        self.max_damping = max_damping
         self.accepted = 0
         self.rejected = 0
 
@@ -226,7 +228,7 @@ class LevenbergMarquardt(GaussNewton):
                 self.damping = max(self.damping / self.factor, self.min_damping)
                 self.accepted += 1
                 break
-            self.damping *= self.factor
+            self.damping = min(self.damping * self.factor, self.max_damping)
             self.rejected += 1
         self.steps += 1
         return before

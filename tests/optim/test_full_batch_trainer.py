@@ -54,7 +54,9 @@ def test_least_squares_lands_on_the_closed_form_solution(tmp_path: Path, option:
     got = np.concatenate([linear.weight.detach().numpy().ravel(), linear.bias.detach().numpy()])
     np.testing.assert_allclose(got, exact, atol=2e-4)  # float32 model; the start is far (init) from the solution
     if option == "lm":
-        assert module.optimizers().optimizer.method.accepted >= 2  # LM took real steps (it rejects at the minimum)
+        opt = module.optimizers().optimizer
+        assert opt.method.accepted >= 2  # LM took real steps (it rejects every trial at the minimum)
+        assert opt.param_groups[0]["damping"] <= 1e16  # and the damping stops at its ceiling (was 1e75 after 6 steps)
 
 
 def test_mini_batches_are_refused_with_the_fix(tmp_path: Path) -> None:
