@@ -117,3 +117,19 @@ def test_bagging_command_and_bad_bag_sizes(tmp_path: Path, capsys: pytest.Captur
     assert bag_main(["--bags", "3", "--eval-only", "--out", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bag: sweep_dir=") and "is not a directory" in err
+
+
+def test_bagging_preset_is_a_basic_multirun_over_seeds_with_bootstrap() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=["hparams_search=bagging"], return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    assert str(cfg.hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
+    assert cfg.hydra.sweeper._target_ == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    assert cfg.hydra.sweeper.params == {"seed": "range(0,5)"}
+    assert cfg.data.bootstrap is True and cfg.data.bootstrap_seed is None and cfg.task_name == "bagging"
