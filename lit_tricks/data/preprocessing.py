@@ -14,22 +14,30 @@ import torch
 from torch import Tensor, nn
 
 from lit_tricks.functional.preprocessing import (
+    center_channels,
+    center_features,
     fit_channel_minmax,
     fit_channel_stats,
+    fit_feature_mean,
     fit_pca,
+    fit_pca_whitening,
     fit_zca,
     minmax_scale,
     pca_project,
+    pca_whiten,
     standardize,
     zca_whiten,
 )
 
 __all__ = [
     "PREPROCESSING",
+    "CenterChannels",
+    "CenterFeatures",
     "FittedPreprocessor",
     "MinMaxScale",
     "NoPreprocessing",
     "PCAProject",
+    "PCAWhiten",
     "Standardize",
     "ZCAWhiten",
     "build_preprocessor",
@@ -83,6 +91,28 @@ class NoPreprocessing(FittedPreprocessor):
         return x
 
 
+class CenterChannels(FittedPreprocessor):
+    """``x - mean[c]``: one training mean per channel subtracted, no scaling (the notes' per-channel centring)."""
+
+    buffer_names = ("mean",)
+    mean: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_fitted()
+        return center_channels(x, self.mean)
+
+
+class CenterFeatures(FittedPreprocessor):
+    """``x - mean``, one training mean per feature (pixel and channel): the notes' ``X -= np.mean(X, axis=0)``."""
+
+    buffer_names = ("mean",)
+    mean: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_fitted()
+        return center_features(x, self.mean)
+
+
 class Standardize(FittedPreprocessor):
     """``(x - mean[c]) / std[c]`` with per-channel statistics of the training split."""
 
@@ -126,6 +156,26 @@ class PCAProject(FittedPreprocessor):
         return (int(self.components.shape[0]), 1, 1)
 
 
+class PCAWhiten(FittedPreprocessor):
+    """PCA whitening ``(x - mean) U_k^T / sqrt(eigenvalue + epsilon)`` on the top-k components; flat ``(N, k)`` output.
+
+    ``epsilon`` is a one-element buffer, so the checkpoint carries it with the statistics.
+    """
+
+    buffer_names = ("mean", "components", "explained_variance", "epsilon")
+    mean: Tensor
+    components: Tensor
+    explained_variance: Tensor
+    epsilon: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_fitted()
+        return pca_whiten(x, self.mean, self.components, self.explained_variance, self.epsilon)
+
+    def output_dims(self, dims: tuple[int, int, int]) -> tuple[int, int, int]:
+        return (int(self.components.shape[0]), 1, 1)
+
+
 class ZCAWhiten(FittedPreprocessor):
     """ZCA whitening ``(x - mean) W`` of the flattened image; keeps the image shape."""
 
@@ -140,6 +190,14 @@ class ZCAWhiten(FittedPreprocessor):
 
 def _fit_none(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
     return NoPreprocessing()
+
+
+def _fit_center(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
+    return CenterChannels(mean=fit_channel_stats(images)[0])
+
+
+def _fit_center_per_feature(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
+    return CenterFeatures(mean=fit_feature_mean(images))
 
 
 def _fit_standardize(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
@@ -157,17 +215,28 @@ def _fit_pca(images: Iterable[Tensor] | Tensor, pca_components: int | float = 0.
     return PCAProject(mean=mean, components=components, explained_variance=variance)
 
 
+def _fit_pca_whiten(images: Iterable[Tensor] | Tensor, pca_components: int | float = 0.99, zca_epsilon: float = 0.1,
+                    **_: Any) -> FittedPreprocessor:
+    mean, components, variance = fit_pca_whitening(images, pca_components, zca_epsilon)
+    return PCAWhiten(mean=mean, components=components, explained_variance=variance,
+                     epsilon=torch.tensor([float(zca_epsilon)]))
+
+
 def _fit_zca(images: Iterable[Tensor] | Tensor, zca_epsilon: float = 0.1, **_: Any) -> FittedPreprocessor:
     mean, whitening = fit_zca(images, zca_epsilon)
     return ZCAWhiten(mean=mean, whitening=whitening)
 
 
-#: name -> (module class, fit function taking the training images and the options pca_components / zca_epsilon).
+#: name -> (module class, fit function taking the training images and the options pca_components / zca_epsilon;
+#: zca_epsilon is the whitening epsilon of both zca and pca_whiten).
 PREPROCESSING: dict[str, tuple[type[FittedPreprocessor], Callable[..., FittedPreprocessor]]] = {
     "none": (NoPreprocessing, _fit_none),
+    "center": (CenterChannels, _fit_center),
+    "center_per_feature": (CenterFeatures, _fit_center_per_feature),
     "standardize": (Standardize, _fit_standardize),
     "minmax": (MinMaxScale, _fit_minmax),
     "pca": (PCAProject, _fit_pca),
+    "pca_whiten": (PCAWhiten, _fit_pca_whiten),
     "zca": (ZCAWhiten, _fit_zca),
 }
 

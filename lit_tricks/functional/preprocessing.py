@@ -13,12 +13,17 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "center_channels",
+    "center_features",
     "fit_channel_minmax",
     "fit_channel_stats",
+    "fit_feature_mean",
     "fit_pca",
+    "fit_pca_whitening",
     "fit_zca",
     "minmax_scale",
     "pca_project",
+    "pca_whiten",
     "standardize",
     "zca_whiten",
 ]
@@ -81,6 +86,19 @@ def fit_channel_minmax(images: Tensor | Iterable[Tensor]) -> tuple[Tensor, Tenso
         hi = c_hi if hi is None else torch.maximum(hi, c_hi)
     assert lo is not None and hi is not None  # _chunks raises on empty input
     return lo.float(), hi.float()
+
+
+def fit_feature_mean(images: Tensor | Iterable[Tensor]) -> Tensor:
+    """Mean of every feature (pixel and channel) over the samples: ``X.mean(axis=0)``, shaped ``(C, ...)``.
+
+    The notes' (002) most common preprocessing step, ``X -= np.mean(X, axis=0)``, subtracts it.
+    """
+    count = 0
+    total = torch.zeros(0, dtype=torch.float64)
+    for chunk in _chunks(images):
+        total = chunk.sum(dim=0) if count == 0 else total + chunk.sum(dim=0)
+        count += chunk.shape[0]
+    return (total / count).float()
 
 
 def _mean_and_covariance(images: Tensor | Iterable[Tensor]) -> tuple[Tensor, Tensor]:
@@ -149,8 +167,32 @@ def fit_zca(images: Tensor | Iterable[Tensor], epsilon: float = 0.1) -> tuple[Te
     return mean.float(), whitening.float()
 
 
+def fit_pca_whitening(images: Tensor | Iterable[Tensor], components: int | float = 0.99,
+                      epsilon: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+    """PCA whitening: ``(mean (D,), components (k, D), eigenvalues (k,))`` of :func:`fit_pca`; ``epsilon`` is checked
+    here and applied by :func:`pca_whiten`, ``z = (x - mean) U_k^T / sqrt(eigenvalue + epsilon)``.
+
+    The notes (001, 002): rotate into the eigenbasis, then divide every coordinate by the square root of its
+    eigenvalue; epsilon keeps low-variance directions from being blown up to noise. The whitened covariance is
+    ``diag(l / (l + epsilon))``, the identity as epsilon -> 0.
+    """
+    if not epsilon > 0:
+        raise ValueError(f"epsilon: expected a positive float, got {epsilon!r}")
+    return fit_pca(images, components)
+
+
 def _channel_view(stat: Tensor, x: Tensor) -> Tensor:
     return stat.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def center_channels(x: Tensor, mean: Tensor) -> Tensor:
+    """``x - mean[c]`` on a batch ``(N, C, ...)``: one mean per channel, no scaling."""
+    return x - _channel_view(mean, x)
+
+
+def center_features(x: Tensor, mean: Tensor) -> Tensor:
+    """``x - mean`` with one mean per feature (``mean`` shaped like one sample, ``(C, ...)``)."""
+    return x - mean.to(x.dtype)
 
 
 def standardize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -174,3 +216,9 @@ def zca_whiten(x: Tensor, mean: Tensor, whitening: Tensor) -> Tensor:
     """``(x - mean) W`` on the flattened batch, reshaped back to the input's shape."""
     flat = x.reshape(x.shape[0], -1)
     return ((flat - mean.to(flat.dtype)) @ whitening.to(flat.dtype)).reshape(x.shape)
+
+
+def pca_whiten(x: Tensor, mean: Tensor, components: Tensor, eigenvalues: Tensor, epsilon: float | Tensor) -> Tensor:
+    """PCA-whitened flat batch ``(N, k)``: ``(x - mean) U_k^T / sqrt(eigenvalues + epsilon)``."""
+    z = pca_project(x, mean, components)
+    return z * (eigenvalues.to(z.dtype) + torch.as_tensor(epsilon, dtype=z.dtype, device=z.device)).rsqrt()

@@ -14,13 +14,15 @@ from typing import Any
 
 import torch
 
+from lit_tricks.optim.second_order import SecondOrderOptimizer
+
 __all__ = ["COUPLED_NATIVE", "DECAY_MODES", "ONE_GROUP_OPTIMIZERS", "build_optimizer", "decay_mode"]
 
 DECAY_MODES = ("native", "hook", "loss")
 #: Optimizers whose own ``weight_decay`` is classic (coupled) L2: ``grad += wd * w``.
 COUPLED_NATIVE = ("SGD", "Adam", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "ASGD")
-#: Optimizers that take one flat parameter list, no parameter groups (torch's L-BFGS).
-ONE_GROUP_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.LBFGS,)
+#: Optimizers that take one flat parameter list, no parameter groups (torch's L-BFGS, the second-order methods).
+ONE_GROUP_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.LBFGS, SecondOrderOptimizer)
 
 
 def _target_class(factory: Callable[..., Any]) -> Any:

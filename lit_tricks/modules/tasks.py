@@ -15,7 +15,7 @@ from torch import Tensor
 
 from lit_tricks.functional.losses import binned_loss, soft_target_cross_entropy
 
-__all__ = ["BINNED_POINTS", "LOSSES", "bin_edges", "is_regression_output", "task_loss"]
+__all__ = ["BINNED_POINTS", "LOSSES", "bin_edges", "is_regression_output", "task_loss", "task_residual"]
 
 LOSSES = ("cross_entropy", "mse", "binned")
 #: Point predictions from a bin distribution: mean (best for squared error), median (absolute error), mode.
@@ -51,3 +51,14 @@ def task_loss(loss: str, out: Tensor, y: Tensor, label_smoothing: float, edges: 
         return F.mse_loss(out.reshape(y.shape), y.to(out.dtype))
     target = y.to(out.dtype) if y.is_floating_point() else F.one_hot(y, out.shape[-1]).to(out.dtype)
     return F.mse_loss(out, target)
+
+
+def task_residual(loss: str, out: Tensor, y: Tensor) -> Tensor:
+    """Residuals ``r`` with ``mean(r^2)`` equal to the ``mse`` task loss (for Gauss-Newton / Levenberg-Marquardt):
+    ``out - y`` for a regression output, ``out - one_hot(y)`` for classification."""
+    if loss != "mse":
+        raise ValueError(f"loss={loss!r}: residuals exist for loss='mse' only (a sum of squares)")
+    if is_regression_output(loss, out):
+        return (out.reshape(y.shape) - y.to(out.dtype)).reshape(-1)
+    target = y.to(out.dtype) if y.is_floating_point() else F.one_hot(y, out.shape[-1]).to(out.dtype)
+    return (out - target).reshape(-1)

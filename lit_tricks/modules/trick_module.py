@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any
 
 import lightning.pytorch as pl
@@ -29,10 +29,11 @@ from lit_tricks.functional.param_groups import (
 from lit_tricks.functional.regularization import jacobian_penalty, l1_penalty, l2_penalty
 from lit_tricks.models.heads import find_head
 from lit_tricks.modules.decay import build_optimizer, decay_mode
+from lit_tricks.modules.full_batch import check_full_batch_module, check_one_batch, second_order_class
 from lit_tricks.modules.insertion import DROPOUT_PLACEMENTS, apply_dropout, apply_norm
 from lit_tricks.modules.specs import as_factory, callable_from_spec, callable_to_spec, plain
 from lit_tricks.modules.surgery import DROPOUT_KINDS, init_weights, parse_norm
-from lit_tricks.modules.tasks import BINNED_POINTS, LOSSES, bin_edges, is_regression_output, task_loss
+from lit_tricks.modules.tasks import BINNED_POINTS, LOSSES, bin_edges, is_regression_output, task_loss, task_residual
 from lit_tricks.validation import check_number
 from lit_tricks.weight_variants import WeightVariants
 
@@ -72,7 +73,9 @@ class TrickModule(pl.LightningModule):
         l1: adds ``l1 * sum |w|`` over the decayed tensors to the loss (with weight_decay: elastic net).
         jacobian_reg: adds ``jacobian_reg * mean_n ||d model(x_n) / d x_n||_F^2`` (random projections,
             Hoffman et al. 2019) where x is the model input (after ``preprocess``).
-        optimizer: ``params -> Optimizer`` partial; None = ``SGD(lr=0.1, momentum=0.9)``.
+        optimizer: ``params -> Optimizer`` partial; None = ``SGD(lr=0.1, momentum=0.9)``. A second-order optimizer
+            (``lit_tricks.optim.NewtonOptimizer``, ...) switches to manual optimization, one full-batch step per
+            training batch (:mod:`~lit_tricks.modules.full_batch`).
         scheduler: ``optimizer -> LRScheduler`` partial, wrapped by ``lit_tricks.schedules.lr_scheduler_config``.
         scheduler_interval: "step" | "epoch" overrides the interval that config chose.
         preprocess: module applied to raw inputs inside ``forward`` (statistics as buffers: in checkpoints).
@@ -198,6 +201,12 @@ class TrickModule(pl.LightningModule):
         self._decay_pending = False
         self._flat_params = False
         self.metrics = nn.ModuleDict()
+        self._second_order = second_order_class(self._optimizer_factory)
+        self.automatic_optimization = self._second_order is None
+        if self._second_order is not None:
+            check_full_batch_module(self._second_order, model, loss=loss, weight_decay=weight_decay, l1=l1,
+                                    jacobian_reg=jacobian_reg, batch_augment=batch_augment,
+                                    scheduler=self._scheduler_factory)
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
@@ -227,6 +236,11 @@ class TrickModule(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
+        if not self.automatic_optimization:  # a second-order optimizer: one step on the full batch
+            loss_before = self.optimizers().step(closure=lambda: (x, y))  # type: ignore[union-attr]
+            self.log("train/loss", float(loss_before), on_step=True, on_epoch=True, prog_bar=True,
+                     batch_size=x.shape[0], sync_dist=True)
+            return torch.as_tensor(float(loss_before))
         if self.batch_augment is not None:
             x, y = self.batch_augment(x, y)
         h = self.preprocess(x)
@@ -367,6 +381,8 @@ class TrickModule(pl.LightningModule):
         if extra:
             groups.append({"params": extra, "weight_decay": 0.0, "lit_tricks_decay": 0.0})
         optimizer, self._flat_params = build_optimizer(factory, groups)
+        if self._second_order is not None:
+            optimizer.bind(self, self.compute_loss, functools.partial(task_residual, self.loss_name))  # type: ignore
         self._decay_mode = decay_mode(optimizer, self.weight_decay, self.decoupled, self._flat_params)
         if self._decay_mode != "native":
             for g in optimizer.param_groups:
@@ -411,6 +427,10 @@ class TrickModule(pl.LightningModule):
                              "preprocess=<an instance of that class> to load_from_checkpoint") from err
 
     def on_train_start(self) -> None:
+        if self._second_order is not None:
+            dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+            check_one_batch(self._second_order.name, self.trainer.num_training_batches,
+                            len(dataset) if isinstance(dataset, Sized) else None)
         optimizers = self.trainer.optimizers
         if any(isinstance(o, torch.optim.LBFGS) for o in optimizers) and self.trainer.num_training_batches > 1:
             rank_zero_warn(f"L-BFGS is a full-batch method but gets {self.trainer.num_training_batches} mini-batches "

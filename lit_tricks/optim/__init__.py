@@ -3,9 +3,23 @@
 from lit_tricks.optim.second_order import (
     DEFAULT_MAX_PARAMS,
     GaussNewton,
+    GaussNewtonOptimizer,
     LevenbergMarquardt,
+    LevenbergMarquardtOptimizer,
     Newton,
+    NewtonOptimizer,
+    SecondOrderOptimizer,
     check_full_batch,
 )
 
-__all__ = ["DEFAULT_MAX_PARAMS", "GaussNewton", "LevenbergMarquardt", "Newton", "check_full_batch"]
+__all__ = [
+    "DEFAULT_MAX_PARAMS",
+    "GaussNewton",
+    "GaussNewtonOptimizer",
+    "LevenbergMarquardt",
+    "LevenbergMarquardtOptimizer",
+    "Newton",
+    "NewtonOptimizer",
+    "SecondOrderOptimizer",
+    "check_full_batch",
+]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ("lit-tricks-train", "lit-tricks-report", "lit-tricks-ensemble", "lit-tricks-curves")
+COMMANDS = ("lit-tricks-train", "lit-tricks-report", "lit-tricks-ensemble", "lit-tricks-curves", "lit-tricks-bag")
 
 
 @pytest.mark.slow

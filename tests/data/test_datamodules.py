@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lit_tricks.data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, MNISTDataModule
-from lit_tricks.data.preprocessing import PCAProject, Standardize
+from lit_tricks.data.preprocessing import CenterChannels, CenterFeatures, PCAProject, Standardize
 
 
 def digits(**kwargs: Any) -> DigitsDataModule:
@@ -52,6 +52,21 @@ def test_standardize_statistics_come_from_the_training_split_only() -> None:
     np.testing.assert_allclose(dm.preprocessor.std.numpy(), [train.std()], rtol=1e-5)
     assert abs(float(dm.preprocessor.mean) - float(pixels.mean())) > 1e-4  # all-data stats differ
     assert abs(float(dm.preprocessor.std) - float(pixels.std())) > 1e-4
+
+
+def test_centering_statistics_come_from_the_training_split_only() -> None:
+    """center_per_feature subtracts the notes' X.mean(axis=0) of the training split; center one mean per channel."""
+    dm = digits(preprocessing="center_per_feature")
+    pixels = dm.source.images.double().numpy()  # type: ignore[union-attr]
+    train = pixels[dm.split_indices["train"].numpy()]
+    assert isinstance(dm.preprocessor, CenterFeatures)
+    np.testing.assert_allclose(dm.preprocessor.mean.numpy(), train.mean(axis=0), atol=1e-6)
+    assert np.abs(dm.preprocessor.mean.numpy() - pixels.mean(axis=0)).max() > 1e-4  # all-data means differ
+    x = torch.as_tensor(pixels[:5], dtype=torch.float32)
+    np.testing.assert_allclose(dm.preprocessor(x).numpy(), pixels[:5] - train.mean(axis=0), atol=1e-6)
+    channel = digits(preprocessing="center").preprocessor
+    assert isinstance(channel, CenterChannels)
+    np.testing.assert_allclose(channel.mean.numpy(), [train.mean()], rtol=1e-6)
 
 
 def test_pca_preprocessing_reports_flat_model_dims() -> None:
@@ -94,7 +109,8 @@ def test_train_size_and_bootstrap() -> None:
     ({"fold": 5, "num_folds": 5}, r"fold: expected None or an int in \[0, num_folds=5\), got 5"),
     ({"num_folds": 1}, r"num_folds"),
     ({"train_size": 0}, r"train_size"),
-    ({"preprocessing": "whiten"}, r"preprocessing: expected one of \['minmax', 'none', 'pca', 'standardize', 'zca'\]"),
+    ({"preprocessing": "whiten"}, r"preprocessing: expected one of \['center', 'center_per_feature', 'minmax', "
+                                  r"'none', 'pca', 'pca_whiten', 'standardize', 'zca'\]"),
     ({"pca_components": 1.5}, r"pca_components"),
 ])
 def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], message: str) -> None:
@@ -215,15 +231,16 @@ def test_resumable_sampler_shards_ranks_and_restores_its_position() -> None:
     assert list(ResumableSampler(data, seed=1)) != list(ResumableSampler(data, seed=2))  # type: ignore[arg-type]
 
 
-def test_predict_on_raw_inputs_is_unchanged_after_checkpoint_reload(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["pca", "pca_whiten", "center", "center_per_feature"])
+def test_predict_on_raw_inputs_is_unchanged_after_checkpoint_reload(tmp_path: Path, kind: str) -> None:
     """The preprocessor's statistics travel in the checkpoint: a module rebuilt from it (PCA buffers of a shape
     unknown at construction) predicts the same on raw inputs."""
     from lit_tricks.models import MLP
     from lit_tricks.modules.trick_module import TrickModule
     from tests.helpers.tiny import tiny_trainer
 
-    dm = digits(preprocessing="pca", pca_components=0.9)
-    k = dm.model_dims[0]
+    dm = digits(preprocessing=kind, pca_components=0.9, zca_epsilon=0.01)
+    k = int(np.prod(dm.model_dims))
     module = TrickModule(MLP(num_classes=10, in_features=k), preprocess=dm.preprocessor)
     trainer = tiny_trainer(tmp_path, max_steps=3, limit_val_batches=0, enable_checkpointing=False)
     trainer.fit(module, datamodule=dm)
@@ -234,4 +251,5 @@ def test_predict_on_raw_inputs_is_unchanged_after_checkpoint_reload(tmp_path: Pa
     reloaded.eval()
     with torch.no_grad():
         assert torch.equal(reloaded(x), module(x))
-    assert type(reloaded.preprocess) is PCAProject
+    assert type(reloaded.preprocess) is type(dm.preprocessor)
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.preprocess.buffers(), dm.preprocessor.buffers(), strict=True))

@@ -8,12 +8,17 @@ import torch
 
 from lit_tricks.data.preprocessing import PCAProject, build_preprocessor, fit_preprocessor
 from lit_tricks.functional.preprocessing import (
+    center_channels,
+    center_features,
     fit_channel_minmax,
     fit_channel_stats,
+    fit_feature_mean,
     fit_pca,
+    fit_pca_whitening,
     fit_zca,
     minmax_scale,
     pca_project,
+    pca_whiten,
     standardize,
     zca_whiten,
 )
@@ -80,7 +85,53 @@ def test_zca_whitens_to_near_identity_and_keeps_shape() -> None:
         fit_zca(x, epsilon=0.0)
 
 
-@pytest.mark.parametrize("kind", ["none", "standardize", "minmax", "pca", "zca"])
+def test_center_per_feature_is_numpy_mean_subtraction_over_axis_0() -> None:
+    """The notes' X -= np.mean(X, axis=0): every feature (channel and pixel) gets its own training mean."""
+    x, other = images(), images(n=20, seed=1)
+    mean = fit_feature_mean(iter(x.split(37)))  # streamed in uneven chunks
+    ref = x.double().numpy()
+    assert mean.shape == (3, 4, 4)
+    np.testing.assert_allclose(mean.numpy(), ref.mean(axis=0), atol=1e-6)
+    centered = center_features(x, mean).double().numpy()
+    np.testing.assert_allclose(centered, ref - ref.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(centered.mean(axis=0), np.zeros((3, 4, 4)), atol=1e-5)
+    # held-out data is shifted by the training mean, not centred on its own
+    np.testing.assert_allclose(center_features(other, mean).numpy(), other.numpy() - ref.mean(axis=0), atol=1e-5)
+
+
+def test_center_subtracts_one_mean_per_channel_and_keeps_the_scale() -> None:
+    x = images()
+    mean = fit_channel_stats(x)[0]
+    ref = x.double().numpy()
+    y = center_channels(x, mean).double().numpy()
+    np.testing.assert_allclose(y, ref - ref.mean(axis=(0, 2, 3), keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(y.std(axis=(0, 2, 3)), ref.std(axis=(0, 2, 3)), rtol=1e-5)  # no scaling
+
+
+@pytest.mark.parametrize("eps", [1e-2, 1.0])
+def test_pca_whitening_matches_numpy_and_its_covariance_is_lambda_over_lambda_plus_eps(eps: float) -> None:
+    """z = (x - mu) U_k^T / sqrt(l + eps) (the notes: Xrot / sqrt(S + eps)); cov(z) = diag(l / (l + eps))."""
+    x = images(n=2000, c=1, hw=3)
+    flat = x.reshape(len(x), -1).double().numpy()
+    centered = flat - flat.mean(0)
+    cov = centered.T @ centered / len(flat)
+    values, vectors = np.linalg.eigh(cov)
+    values, vectors = values[::-1][:6], vectors[:, ::-1][:, :6]
+    ref = centered @ vectors / np.sqrt(values + eps)
+    mean, comps, var = fit_pca_whitening(x, 6, eps)
+    z = pca_whiten(x, mean, comps, var, eps).double().numpy()
+    assert z.shape == (2000, 6)
+    np.testing.assert_allclose(np.abs(z), np.abs(ref), atol=1e-4)  # per-component signs are a convention
+    z_cov = (z - z.mean(0)).T @ (z - z.mean(0)) / len(z)
+    np.testing.assert_allclose(z_cov, np.diag(values / (values + eps)), atol=1e-4)
+    tiny = pca_whiten(x, mean, comps, var, 1e-9).double().numpy()
+    np.testing.assert_allclose(np.cov(tiny, rowvar=False, bias=True), np.eye(6), atol=1e-3)  # eps -> 0: identity
+    with pytest.raises(ValueError, match="epsilon"):
+        fit_pca_whitening(x, 6, 0.0)
+
+
+@pytest.mark.parametrize("kind", ["none", "center", "center_per_feature", "standardize", "minmax", "pca",
+                                  "pca_whiten", "zca"])
 def test_module_state_dict_round_trip_gives_same_outputs(kind: str) -> None:
     x = images(c=1)
     fitted = fit_preprocessor(kind, x, pca_components=0.95, zca_epsilon=0.01)

@@ -36,7 +36,8 @@ from tests.sweeps.postgres import ensure_postgres, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = Path(__file__).resolve().parent / "optuna_app" / "app.py"
-PRESETS = sorted(p.stem for p in (ROOT / "conf" / "hparams_search").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (ROOT / "conf" / "hparams_search").glob("*.yaml")
+           if p.stem != "bagging")  # bagging: Hydra's basic sweeper over seeds (tests/sweeps/test_bagging.py)
 # Test-speed heartbeat: a silent worker's trials are failed after 2 s.
 FAST = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2", "hydra.sweeper.poll_interval=0.2"]
 

@@ -22,7 +22,8 @@ from tests.sweeps.sweep_app.app import objective
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = Path(__file__).resolve().parent / "sweep_app" / "app.py"
-PRESETS = sorted(p.stem for p in (ROOT / "conf" / "hparams_search").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (ROOT / "conf" / "hparams_search").glob("*.yaml")
+           if p.stem != "bagging")  # bagging: Hydra's basic sweeper over seeds (tests/sweeps/test_bagging.py)
 
 
 def run_sweep(tmp_path: Path, *overrides: str) -> Path:
