@@ -61,6 +61,9 @@ def lr_scheduler_config(
     A partial gets ``total_steps`` and ``steps_per_epoch`` from :func:`trainer_steps` when its target accepts them
     and they are not set. Interval: ``"step"`` for lit_tricks schedules and OneCycleLR, ``"epoch"`` for
     reduce-on-plateau (with its ``monitor``, default ``val/loss``) and for other torch schedulers.
+    Reduce-on-plateau steps once per validation: its ``frequency`` is the Trainer's ``check_val_every_n_epoch``
+    (Lightning steps it after epoch ``e`` when ``(e + 1) % frequency == 0``, the epochs that validate), so an
+    epoch without validation neither fails (``strict``) nor re-counts the last validation's metric.
     """
     if scheduler is None:
         return None
@@ -92,4 +95,12 @@ def lr_scheduler_config(
         config["interval"] = "epoch"
         config["monitor"] = getattr(built, "monitor", "val/loss")
         config["strict"] = True
+        config["frequency"] = _validation_every_n_epochs(trainer)
     return config
+
+
+def _validation_every_n_epochs(trainer: Any) -> int:
+    """The Trainer's ``check_val_every_n_epoch`` when it is an int >= 1, else 1 (no Trainer, or validation by
+    steps across epochs with ``check_val_every_n_epoch=None``)."""
+    every = getattr(trainer, "check_val_every_n_epoch", None)
+    return every if isinstance(every, int) and not isinstance(every, bool) and every >= 1 else 1

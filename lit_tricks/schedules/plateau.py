@@ -12,7 +12,7 @@ from lit_tricks.functional import schedules as F
 
 __all__ = ["ReduceOnPlateau"]
 
-_VERSION = 1
+_VERSION = 2
 _TRANSIENT = ("optimizer", "_hook_handle")
 
 
@@ -23,6 +23,10 @@ class ReduceOnPlateau(ReduceLROnPlateau):
     dict, interval "epoch"). The warm-up (``warmup_steps`` or ``warmup_epochs``, ``warmup``, ``start_factor`` as in
     :class:`~lit_tricks.schedules.schedule.Schedule`) runs per optimizer step through an optimizer step post-hook:
     lr = plateau lr * warmup factor(optimizer steps taken). Other arguments are torch's.
+
+    The plateau lrs live in ``base_lrs`` (torch's name for the lrs a schedule multiplies), so an external lr change
+    made through :func:`lit_tricks.functional.lr_scale.scale_lr_` (``NaNGuard``'s rollback cut, the linear scaling
+    rule of ``trainers``) scales them too and the next plateau step or warm-up step keeps it.
     """
 
     interval = "epoch"
@@ -66,7 +70,7 @@ class ReduceOnPlateau(ReduceLROnPlateau):
                          threshold_mode=threshold_mode, cooldown=cooldown, min_lr=min_lr, eps=eps)
         self.monitor, self.warmup_steps, self.warmup, self.start_factor = monitor, warmup_steps, warmup, start_factor
         self.optimizer_steps = 0
-        self.plateau_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]  # the plateau lrs, before the warm-up
         self._hook_handle: Any = None
         if warmup_steps > 0:
             ref = weakref.ref(self)
@@ -82,17 +86,22 @@ class ReduceOnPlateau(ReduceLROnPlateau):
 
     def _apply_warmup(self) -> None:
         f = F.warmup_factor(self.optimizer_steps, self.warmup_steps, self.start_factor, self.warmup)
-        for group, lr in zip(self.optimizer.param_groups, self.plateau_lrs, strict=True):
+        for group, lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = lr * f
         self._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
 
     def step(self, metrics: Any, epoch: int | None = None) -> None:  # type: ignore[override]
         """One plateau check on ``metrics``; a reduction applies to the plateau lr, under the warm-up factor."""
-        for group, lr in zip(self.optimizer.param_groups, self.plateau_lrs, strict=True):
+        for group, lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = lr
         super().step(metrics, epoch)
-        self.plateau_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self._apply_warmup()
+
+    @property
+    def plateau_lrs(self) -> list[float]:
+        """The plateau lrs (reduced by ``factor`` on plateaus, before the warm-up factor): ``base_lrs``."""
+        return list(self.base_lrs)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-typed state (no optimizer, no hook handle), loadable with ``torch.load(weights_only=True)``."""
@@ -103,6 +112,8 @@ class ReduceOnPlateau(ReduceLROnPlateau):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the plateau counters, plateau lrs and warm-up progress."""
         state = {k: v for k, v in state_dict.items() if k not in (*_TRANSIENT, "version")}
+        if "plateau_lrs" in state:  # version 1 named the plateau lrs so
+            state["base_lrs"] = state.pop("plateau_lrs")
         super().load_state_dict(state)
         self._apply_warmup()
 

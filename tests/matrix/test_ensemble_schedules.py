@@ -291,10 +291,7 @@ def test_plateau_with_nan_scores_matches_torch(tmp_path: Path) -> None:
     assert [lr[0] for lr in rec.lrs] == pytest.approx(torch_plateau_lrs(scores), rel=1e-12)
 
 
-@cell("ReduceOnPlateau", "val_schedule", "xfail",
-      "new bug (matrix): lr_scheduler_config gives ReduceOnPlateau `strict: True`, so with check_val_every_n_epoch>1 "
-      "the fit dies at the first epoch without validation (MisconfigurationException `ReduceLROnPlateau conditioned "
-      "on metric ... which is not available`); lit_tricks/schedules/config.py")
+@cell("ReduceOnPlateau", "val_schedule")
 def test_plateau_every_2_epochs_matches_torch_on_the_validated_epochs(tmp_path: Path) -> None:
     scores = [3.0, 3.0, 3.0, 3.0, 3.0, 3.0]
     rec = StepRecorder()
@@ -304,9 +301,7 @@ def test_plateau_every_2_epochs_matches_torch_on_the_validated_epochs(tmp_path: 
     assert [lr[0] for lr in rec.lrs] == pytest.approx([r for r in reference for _ in (0, 1)], rel=1e-12)
 
 
-@cell("ReduceOnPlateau", "lr_sources", "xfail",
-      "new bug (matrix): NaNGuard(policy='rollback') cuts the lr, ReduceOnPlateau's next step puts its own "
-      "remembered lr (plateau_lrs) back and the cut is lost; lit_tricks/schedules/plateau.py")
+@cell("ReduceOnPlateau", "lr_sources")
 def test_plateau_keeps_nan_guard_lr_cut(tmp_path: Path) -> None:
     class NaNPlateau(Plateau):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lit_tricks.functional.lr_scale import scale_lr_
 from lit_tricks.schedules import (
     BODIES,
     ConstantLR,
@@ -121,6 +122,33 @@ def test_plateau_warmup_and_reduction() -> None:
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.5 * BASE) and other.num_bad_epochs == sched.num_bad_epochs
 
 
+def test_plateau_keeps_an_lr_scaled_by_scale_lr_under_warmup_and_reduction() -> None:
+    opt = _sgd()
+    sched = ReduceOnPlateau(opt, monitor="val/x", factor=0.5, patience=0, warmup_steps=4, start_factor=0.0)
+    opt.step()
+    scale_lr_([opt], [sched], 0.1)  # e.g. NaNGuard's rollback cut
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.25 * BASE)
+    opt.step()  # the warm-up goes on from the scaled plateau lr
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 * BASE)
+    sched.step(1.0)  # improvement: the scaled lr stays
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 * BASE)
+    sched.step(1.0)  # no improvement: halve the scaled lr
+    assert sched.plateau_lrs == [pytest.approx(0.05 * BASE)]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5 * BASE)
+
+
+def test_plateau_loads_a_version_1_state_with_plateau_lrs() -> None:
+    sched = ReduceOnPlateau(_sgd(), monitor="val/x", warmup_steps=2)
+    state = sched.state_dict()
+    state["plateau_lrs"] = [0.5 * BASE]
+    del state["base_lrs"]
+    state["version"] = 1
+    opt = _sgd()
+    other = ReduceOnPlateau(opt, monitor="val/x", warmup_steps=2)
+    other.load_state_dict(state)
+    assert other.plateau_lrs == [0.5 * BASE] and opt.param_groups[0]["lr"] == pytest.approx(0.5 * BASE * 0.01)
+
+
 def test_lr_scheduler_config_fills_and_intervals() -> None:
     trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=7, accumulate_grad_batches=2)
     config = lr_scheduler_config(scheduler_partial("warmup_cosine"), _sgd(), trainer)
@@ -129,6 +157,11 @@ def test_lr_scheduler_config_fills_and_intervals() -> None:
     assert config["scheduler"].warmup_steps == 8  # warmup_epochs=2
     plateau = lr_scheduler_config(scheduler_partial("plateau"), _sgd(), trainer)
     assert plateau is not None and plateau["interval"] == "epoch" and plateau["monitor"] == "val/loss"
+    assert plateau["frequency"] == 1  # no check_val_every_n_epoch on the trainer
+    for every, frequency in ((3, 3), (1, 1), (None, 1)):  # plateau steps on the validated epochs only
+        validating = SimpleNamespace(**vars(trainer), check_val_every_n_epoch=every)
+        config = lr_scheduler_config(scheduler_partial("plateau"), _sgd(), validating)
+        assert config is not None and config["frequency"] == frequency
     opt = _sgd()
     built = torch.optim.lr_scheduler.StepLR(opt, step_size=2)
     assert lr_scheduler_config(built, opt, trainer) == {"scheduler": built, "interval": "epoch", "frequency": 1}
