@@ -29,6 +29,7 @@ from lit_tricks.functional.ema import (
     decay_from_half_life,
     ema_update_,
     named_ema_tensors,
+    state_dict_aliases,
     update_buffers_,
     warmup_decay,
 )
@@ -149,6 +150,7 @@ class EMAWeights(Callback):
         self.steps = 0  # optimizer steps seen over every fit of the same module (step_idx + 1 of should_update)
         # EMA tensors, aligned with the model tensors below (names are pl_module.state_dict keys)
         self._names: list[str] = []
+        self._aliases: dict[str, list[str]] = {}  # every state_dict key of a tensor shared under several names
         self._ema_params: list[Tensor] = []
         self._ema_buffers: list[Tensor] = []
         self._pending: dict[str, Tensor] | None = None  # loaded state, matched to the model on first use
@@ -385,8 +387,10 @@ class EMAWeights(Callback):
             return
         sd = checkpoint["state_dict"]
         for name, raw in zip(self._names, self._backup):
-            if name in sd:
-                sd[name] = raw.detach().clone()
+            value = raw.detach().clone()
+            for key in self._aliases.get(name, (name,)):  # a tied tensor: all its names, else the last one wins
+                if key in sd:
+                    sd[key] = value
 
     # ------------------------------------------------------------------ internals
     def _should_swap(self, for_metrics: bool) -> bool:
@@ -400,6 +404,7 @@ class EMAWeights(Callback):
         names = [n for n, _ in params] + [n for n, _ in buffers]
         self._model_params = [t.detach() for _, t in params]
         self._model_buffers = [t.detach() for _, t in buffers]
+        self._aliases = state_dict_aliases(pl_module)
         if self._pending is None and names == self._names and _same_shapes(self._ema_params, self._model_params):
             return
         source: dict[str, Tensor] = {}
@@ -469,8 +474,9 @@ class EMAWeights(Callback):
         ema_ckpt = {k: v for k, v in checkpoint.items() if k not in skip}
         sd = dict(checkpoint["state_dict"])
         for name, tensor in self.ema_state_dict.items():
-            if name in sd:
-                sd[name] = tensor
+            for key in self._aliases.get(name, (name,)):  # a tied tensor: all its names, else the last one wins
+                if key in sd:
+                    sd[key] = tensor
         ema_ckpt["state_dict"] = sd
         ema_ckpt["lit_tricks_ema"] = {"version": _STATE_VERSION, "num_updates": self.num_updates,
                                       "decay": self.base_decay, "source": Path(path).name}

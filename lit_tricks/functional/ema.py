@@ -21,6 +21,7 @@ __all__ = [
     "decay_from_half_life",
     "ema_update_",
     "named_ema_tensors",
+    "state_dict_aliases",
     "strip_wrapper_prefixes",
     "update_buffers_",
     "warmup_decay",
@@ -105,6 +106,20 @@ def named_ema_tensors(module: nn.Module) -> tuple[list[tuple[str, Tensor]], list
         (params if p.is_floating_point() or p.is_complex() else buffers).append((name, p))
     buffers.extend(module.named_buffers())
     return params, buffers
+
+
+def state_dict_aliases(module: nn.Module) -> dict[str, list[str]]:
+    """Every ``state_dict`` key of each tensor shared under several names (tied weights, a module reachable twice):
+    ``{name named_ema_tensors gives: [that name, the other names]}``; tensors with one name are left out.
+
+    ``named_parameters``/``named_buffers`` give a shared tensor once, ``state_dict`` under every name, and loading
+    such a ``state_dict`` copies each key in turn into the one tensor: the last key wins, so whoever writes values
+    into a ``state_dict`` must write all the names.
+    """
+    names: dict[int, list[str]] = {}
+    for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(t), []).append(name)
+    return {group[0]: group for group in names.values() if len(group) > 1}
 
 
 def _on_devices_of(dst: Sequence[Tensor], src: Sequence[Tensor]) -> list[Tensor]:

@@ -13,6 +13,7 @@ from lit_tricks.functional.ema import (
     decay_from_half_life,
     ema_update_,
     named_ema_tensors,
+    state_dict_aliases,
     strip_wrapper_prefixes,
     update_buffers_,
     warmup_decay,
@@ -114,3 +115,22 @@ def test_strip_wrapper_prefixes() -> None:
     assert strip_wrapper_prefixes("model._orig_mod.fc.weight") == "model.fc.weight"
     assert strip_wrapper_prefixes("module.net.0.bias") == "net.0.bias"
     assert strip_wrapper_prefixes("net.0.bias") == "net.0.bias"
+
+
+def test_state_dict_aliases_lists_every_key_of_a_shared_tensor() -> None:
+    enc, dec, bn = nn.Linear(2, 2), nn.Linear(2, 2), nn.BatchNorm1d(2)
+    dec.weight = enc.weight
+    net = nn.ModuleDict({"enc": enc, "dec": dec, "bn": bn, "again": nn.ModuleDict({"bn": bn})})
+    aliases = state_dict_aliases(net)
+    assert aliases == {
+        "enc.weight": ["enc.weight", "dec.weight"],
+        "bn.weight": ["bn.weight", "again.bn.weight"],
+        "bn.bias": ["bn.bias", "again.bn.bias"],
+        "bn.running_mean": ["bn.running_mean", "again.bn.running_mean"],
+        "bn.running_var": ["bn.running_var", "again.bn.running_var"],
+        "bn.num_batches_tracked": ["bn.num_batches_tracked", "again.bn.num_batches_tracked"],
+    }
+    params, buffers = named_ema_tensors(net)
+    firsts = {n for n, _ in params + buffers}
+    assert set(aliases) <= firsts  # keyed by the names named_ema_tensors gives
+    assert all(k in net.state_dict() for group in aliases.values() for k in group)

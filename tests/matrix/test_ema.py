@@ -65,11 +65,6 @@ def test_ema_accumulation_matches_lightning_ema_weight_averaging(accumulation_pa
     assert_close(ours.ema_state_dict, reference)
 
 
-TIED_BUG = ("new bug (matrix): with tied/shared tensors the EMA knows one name per tensor, so the -ema twin and a raw "
-            "checkpoint saved while the EMA is swapped in keep the other alias's values, which win on load; "
-            "lit_tricks/callbacks/ema.py (_write_ema_checkpoint, _put_raw_weights)")
-
-
 @cell("EMAWeights", "tied")
 def test_ema_tied_parameters_recurrence(tmp_path: Path) -> None:
     ema, rec = EMAWeights(decay=0.7, apply_at_end=False), StepRecorder()
@@ -78,7 +73,7 @@ def test_ema_tied_parameters_recurrence(tmp_path: Path) -> None:
     assert_close(ema.ema_state_dict, recurrence(rec.start, rec.params, 0.7))
 
 
-@cell("EMAWeights", "tied", "xfail", TIED_BUG)
+@cell("EMAWeights", "tied")
 def test_ema_twin_checkpoint_of_tied_model_loads_the_ema(tmp_path: Path) -> None:
     ema = EMAWeights(decay=0.7, apply_at_end=False)
     fit(tmp_path, tied_classifier(), [ema, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
@@ -90,7 +85,7 @@ def test_ema_twin_checkpoint_of_tied_model_loads_the_ema(tmp_path: Path) -> None
     assert_close(float_params(fresh), {k: v for k, v in ema.ema_state_dict.items() if k in float_params(fresh)})
 
 
-@cell("EMAWeights", "tied", "xfail", TIED_BUG)
+@cell("EMAWeights", "tied")
 def test_ema_raw_checkpoint_after_apply_at_end_of_tied_model_is_raw(tmp_path: Path) -> None:
     ema = EMAWeights(decay=0.7, apply_at_end=True, save_ema_checkpoint=False)
     model = tied_classifier()
