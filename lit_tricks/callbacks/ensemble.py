@@ -102,7 +102,11 @@ class CheckpointEnsemble(Callback):
     the files in ``checkpoint_paths`` (Lightning checkpoints or state dicts, e.g. the best checkpoint of each job of
     a multirun). Snapshots are captured at train epoch end (after validation, so ModelCheckpoint's ``last.ckpt``
     of that epoch lists them when it saves at train epoch end, Lightning's default when validating every epoch),
-    top-k members right after the validation that scored them, cycle-end members at the step ending a cycle.
+    cycle-end members at the step ending a cycle. Top-k members are the weights validation evaluated (the module's
+    weights when no validation ran); they are ranked when ModelCheckpoint ranks (its
+    ``_should_save_on_train_epoch_end`` rule): at validation end when validation runs every few epochs or several
+    times an epoch, else at train epoch end after the module's ``on_train_epoch_end`` (so a metric logged only in
+    training, even in that hook, ranks), before ModelCheckpoint's save of that epoch lists the members.
 
     Members are files ``<dirpath>/member-epochEEE-stepSSSSSS.pt`` written atomically by rank 0, or kept inside the
     callback state with ``keep_inline=True``. The callback state lists them (path, score, epoch, step, why), so
@@ -176,6 +180,7 @@ class CheckpointEnsemble(Callback):
         self._warned_batch = False
         self._warned_monitor = False
         self._evaluated: dict[str, Tensor] | None = None
+        self._unranked: tuple[dict[str, Tensor], int, int] | None = None  # (state, epoch, step) awaiting its score
         self._run_dir: str | None = None  # the member folder of this run (when dirpath is None)
 
     @property
@@ -222,14 +227,15 @@ class CheckpointEnsemble(Callback):
         return stored.keys() == state.keys() and all(torch.equal(stored[k], state[k]) for k in state)
 
     def _capture(
-        self, trainer: pl.Trainer, state: dict[str, Tensor], tag: str, score: float | None
+        self, trainer: pl.Trainer, state: dict[str, Tensor], tag: str, score: float | None,
+        at: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
-        """Add ``tag`` to the member holding ``state`` at the current (epoch, step), writing it if it is new.
+        """Add ``tag`` to the member holding ``state`` at ``at`` = (epoch, step) (default: now), writing it if new.
 
         Two sources hitting the same step share one member when their weights are equal (they differ when an EMA
         callback had its weights swapped in for the validation that scored a top-k member).
         """
-        epoch, step = int(trainer.current_epoch), int(trainer.global_step)
+        epoch, step = at if at is not None else (int(trainer.current_epoch), int(trainer.global_step))
         same_step = self._at(epoch, step)
         record = next((m for m in same_step if self._same_weights(m, state)), None)
         if record is None:
@@ -270,7 +276,9 @@ class CheckpointEnsemble(Callback):
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b
 
-    def _update_top_k(self, trainer: pl.Trainer, state: dict[str, Tensor]) -> None:
+    def _update_top_k(
+        self, trainer: pl.Trainer, state: dict[str, Tensor], at: tuple[int, int] | None = None
+    ) -> None:
         if self.monitor is None or self.top_k is None:
             return
         value = trainer.callback_metrics.get(self.monitor)
@@ -278,7 +286,7 @@ class CheckpointEnsemble(Callback):
             if not self._warned_monitor:
                 log.warning(
                     "CheckpointEnsemble(monitor=%r): no such metric at the end of epoch %d; logged metrics: %s",
-                    self.monitor, trainer.current_epoch, sorted(trainer.callback_metrics),
+                    self.monitor, trainer.current_epoch if at is None else at[0], sorted(trainer.callback_metrics),
                 )
                 self._warned_monitor = True
             return
@@ -290,7 +298,7 @@ class CheckpointEnsemble(Callback):
         if drop is not None:
             self._drop_tag(trainer, ranked[drop], "top_k")
         order = 1 + max((int(m.get("top_k_order", 0)) for m in self.members), default=0)
-        record = self._capture(trainer, state, "top_k", stored)
+        record = self._capture(trainer, state, "top_k", stored, at)
         record["top_k_order"] = order
 
     def _sync(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -311,6 +319,7 @@ class CheckpointEnsemble(Callback):
         self._keep_members_on_load = False
         if stage == "fit":
             self._run_dir = None
+            self._evaluated = self._unranked = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.dirpath is None and not self.keep_inline:  # after a restore: rank 0 picks the folder for all
@@ -336,14 +345,38 @@ class CheckpointEnsemble(Callback):
             and self.monitor is not None
         )
 
+    @staticmethod
+    def _ranks_at_train_epoch_end(trainer: pl.Trainer) -> bool:
+        """ModelCheckpoint's ``_should_save_on_train_epoch_end`` (Lightning 2.x) without its explicit override:
+        not with time-based validation, nor with ``check_val_every_n_epoch != 1``; yes without validation
+        batches; else when validation runs once per epoch (``val_check_interval == 1.0``)."""
+        if getattr(trainer, "_val_check_time_interval", None) is not None:
+            return False
+        if trainer.check_val_every_n_epoch != 1:
+            return False
+        num_val = trainer.num_val_batches
+        if (sum(num_val) if isinstance(num_val, list) else num_val) == 0:
+            return True
+        return bool(trainer.val_check_interval == 1.0)
+
+    def _rank_unranked(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Rank the train-epoch-end candidate, now that the module's ``on_train_epoch_end`` has logged."""
+        if self._unranked is None:
+            return False
+        state, epoch, step = self._unranked
+        self._unranked = None
+        self._update_top_k(trainer, state, at=(epoch, step))
+        self._sync(trainer, pl_module)
+        return True
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # what is evaluated now (EMA weights if a callback swapped them in); the score is known at validation end
         self._evaluated = _cpu_state(pl_module) if self._scores_validation(trainer) else None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # top-k members are the weights that produced the score, captured before ModelCheckpoint saves
-        if not self._scores_validation(trainer) or self._evaluated is None:
-            return
+        if not self._scores_validation(trainer) or self._evaluated is None or self._ranks_at_train_epoch_end(trainer):
+            return  # ranked at train epoch end (with the weights evaluated here)
         state, self._evaluated = self._evaluated, None
         self._update_top_k(trainer, state)
         self._sync(trainer, pl_module)
@@ -367,13 +400,27 @@ class CheckpointEnsemble(Callback):
         if self.every_n_epochs is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._capture(trainer, _cpu_state(pl_module), "epoch", None)
             changed = True
-        if self.top_k is not None and self.monitor is not None and not trainer.enable_validation:
-            self._update_top_k(trainer, _cpu_state(pl_module))  # a training metric: scored at epoch end
-            changed = True
+        if self._scores_validation(trainer) and self._ranks_at_train_epoch_end(trainer):
+            # Lightning calls the module's on_train_epoch_end (which may log the monitor) after this hook and
+            # before ModelCheckpoint's: rank there (on_save_checkpoint) or at the next hook, whichever is first
+            state = self._evaluated if self._evaluated is not None else _cpu_state(pl_module)
+            self._evaluated = None
+            self._unranked = (state, int(trainer.current_epoch), int(trainer.global_step))
         if changed:
             self._sync(trainer, pl_module)
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rank_unranked(trainer, pl_module)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning has already put state_dict() in the checkpoint: refresh it when a member was just ranked
+        if self._rank_unranked(trainer, pl_module) and self.state_key in checkpoint.get("callbacks", {}):
+            checkpoint["callbacks"][self.state_key] = self.state_dict()
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rank_unranked(trainer, pl_module)
         if self.top_k is None or self.monitor is not None:
             return
         ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)

@@ -70,10 +70,7 @@ def test_ensemble_nan_score_ranks_worst_like_model_checkpoint(tmp_path: Path) ->
     assert top_scores(ens) == pytest.approx(mc_scores(mc)) and mc_scores(mc) == pytest.approx([0.3, 0.5])
 
 
-@cell("CheckpointEnsemble", "monitor", "xfail",
-      "new bug (matrix): CheckpointEnsemble(top_k, monitor=<a metric logged in training only>) never ranks anything "
-      "(it scores at validation end only), while ModelCheckpoint ranks it at train epoch end; "
-      "lit_tricks/callbacks/ensemble.py")
+@cell("CheckpointEnsemble", "monitor")
 def test_ensemble_train_only_monitor_ranks_like_model_checkpoint(tmp_path: Path) -> None:
     ens = CheckpointEnsemble(top_k=2, monitor="train/score", keep_inline=True)
     mc = ModelCheckpoint(dirpath=tmp_path / "mc", monitor="train/score", save_top_k=2)
