@@ -79,9 +79,11 @@ class RNGState(Callback):
 
 
 def _resumes_at_epoch_end(trainer: pl.Trainer) -> bool:
-    """Whether the checkpoint being resumed was taken after the last batch of an epoch completed."""
+    """Whether the checkpoint being resumed was taken after the last batch of an epoch ran: at train epoch end, or
+    in that batch's ``on_train_batch_end`` (a step checkpoint, Preemption), where the batch counts as processed but
+    not yet completed; Lightning resumes both with the next epoch."""
     total = trainer.num_training_batches
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
     return total != float("inf") and total > 0 and done >= total
 
 

@@ -85,9 +85,9 @@ def test_rng_state_round_trip_restores_at_train_start() -> None:
     other = RNGState()
     other.load_state_dict(torch.load(buffer, weights_only=True))
     torch.manual_seed(99)
-    trainer: Any = SimpleNamespace(num_training_batches=4,
-                                   fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(
-                                       batch_progress=SimpleNamespace(current=SimpleNamespace(completed=1)))))
+    position = SimpleNamespace(completed=1, processed=1)  # mid-epoch: batch 2 of 4 not yet done
+    trainer: Any = SimpleNamespace(num_training_batches=4, fit_loop=SimpleNamespace(
+        epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=position))))
     other.on_train_start(trainer, None)  # type: ignore[arg-type]
     assert torch.equal(torch.rand(3), expected)
 

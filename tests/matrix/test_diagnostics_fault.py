@@ -298,10 +298,7 @@ def test_preemption_mid_window_saves_at_the_window_end(tmp_path: Path, batch: in
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@cell("Preemption", "iterable", "xfail",
-      "new bug (matrix): a SIGTERM at the last batch of an epoch saves at that batch's end; resuming from it with "
-      "torchdata's StatefulDataLoader skips the whole next epoch (the restored, exhausted loader position is applied "
-      "to the next epoch's iterator); lit_tricks/callbacks/preemption.py + Lightning's loop restart")
+@cell("Preemption", "iterable")
 def test_preemption_at_the_last_batch_of_an_epoch_resumes_the_next_epoch(tmp_path: Path) -> None:
     ref = _run(tmp_path / "ref", [], 2)
     pre = Preemption(dirpath=str(tmp_path / "pre"))
