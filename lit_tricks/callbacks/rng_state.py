@@ -83,7 +83,8 @@ def _resumes_at_epoch_end(trainer: pl.Trainer) -> bool:
     in that batch's ``on_train_batch_end`` (a step checkpoint, Preemption), where the batch counts as processed but
     not yet completed; Lightning resumes both with the next epoch."""
     total = trainer.num_training_batches
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    current = trainer.fit_loop.epoch_loop.batch_progress.current  # a _ProcessedTracker, typed as its base class
+    done = getattr(current, "processed", current.completed)
     return total != float("inf") and total > 0 and done >= total
 
 

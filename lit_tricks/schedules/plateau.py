@@ -101,7 +101,7 @@ class ReduceOnPlateau(ReduceLROnPlateau):
     @property
     def plateau_lrs(self) -> list[float]:
         """The plateau lrs (reduced by ``factor`` on plateaus, before the warm-up factor): ``base_lrs``."""
-        return list(self.base_lrs)
+        return [float(lr) for lr in self.base_lrs]
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-typed state (no optimizer, no hook handle), loadable with ``torch.load(weights_only=True)``."""

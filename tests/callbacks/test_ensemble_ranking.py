@@ -83,6 +83,31 @@ def test_nan_score_is_the_worst_top_k_member_in_a_fit(tmp_path: Path, mode: str,
     assert sorted(m["epoch"] for m in ens.members) == _lightning_kept(scores, 2, mode)
 
 
+class _TrainScripted(TinyClassifier):
+    """Logs ``train/score`` in its own ``on_train_epoch_end`` (Lightning calls it after the non-monitoring
+    callbacks' hooks, CheckpointEnsemble's included)."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.scores = scores
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/score", torch.tensor(self.scores[self.current_epoch]))
+
+
+@pytest.mark.parametrize("limit_val_batches", [0, 1])
+def test_train_only_metric_ranks_without_model_checkpoint(tmp_path: Path, limit_val_batches: int) -> None:
+    """No ModelCheckpoint to rank at: the epoch's candidate is ranked at the next epoch start / at train end, on the
+    epoch's own score (not the previous epoch's, still in callback_metrics at that epoch's end)."""
+    scores = [3.0, 1.0, 2.0, 0.5]
+    ens = CheckpointEnsemble(top_k=2, monitor="train/score", keep_inline=True)
+    trainer = tiny_trainer(tmp_path, max_epochs=4, limit_train_batches=1, limit_val_batches=limit_val_batches,
+                           callbacks=[ens], enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer.fit(_TrainScripted(scores), BlobsDataModule())
+    assert sorted((m["epoch"], m["score"]) for m in ens.members) == [(1, 1.0), (3, 0.5)]
+    assert sorted(m["epoch"] for m in ens.members) == _lightning_kept(scores, 2, "min")
+
+
 def test_two_fits_in_one_root_dir_keep_their_own_member_files(tmp_path: Path) -> None:
     runs = []
     for seed in (0, 1):
