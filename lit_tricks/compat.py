@@ -119,6 +119,12 @@ def inside_accumulation_window(trainer: pl.Trainer) -> bool:
     return bool(trainer.fit_loop.epoch_loop._should_accumulate())
 
 
+def time_based_validation(trainer: pl.Trainer) -> bool:
+    """Whether validation runs on a wall-clock interval (``val_check_interval="00:00:10:00"`` or a timedelta / dict):
+    ``trainer._val_check_time_interval`` is set."""
+    return getattr(trainer, "_val_check_time_interval", None) is not None
+
+
 def restart_train_iterator(trainer: pl.Trainer) -> bool:
     """Create the train dataloader's iterator again (``iter(trainer.fit_loop._data_fetcher)``); False if none.
 

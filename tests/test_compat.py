@@ -179,6 +179,11 @@ def test_restart_train_iterator(fitted: Any) -> None:
     assert probe.rng_moved is True
 
 
+def test_time_based_validation(tmp_path: Path) -> None:
+    assert compat.time_based_validation(tiny_trainer(tmp_path, val_check_interval={"minutes": 1})) is True
+    assert compat.time_based_validation(tiny_trainer(tmp_path, val_check_interval=0.5)) is False
+
+
 def test_cluster_environment(tmp_path: Path) -> None:
     assert isinstance(compat.cluster_environment(tiny_trainer(tmp_path)), LightningEnvironment)
     slurm = SLURMEnvironment(auto_requeue=True)

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 
-from lit_tricks.compat import module_trainer
+from lit_tricks.compat import module_trainer, time_based_validation
 from lit_tricks.fault.atomic import atomic_torch_save
 from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.ensemble import (
@@ -350,7 +350,7 @@ class CheckpointEnsemble(Callback):
         """ModelCheckpoint's ``_should_save_on_train_epoch_end`` (Lightning 2.x) without its explicit override:
         not with time-based validation, nor with ``check_val_every_n_epoch != 1``; yes without validation
         batches; else when validation runs once per epoch (``val_check_interval == 1.0``)."""
-        if getattr(trainer, "_val_check_time_interval", None) is not None:
+        if time_based_validation(trainer):
             return False
         if trainer.check_val_every_n_epoch != 1:
             return False
