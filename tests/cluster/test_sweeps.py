@@ -18,10 +18,14 @@ def _metrics(sweep_dir: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))}
 
 
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
+
+
 def _final_info(job: str) -> dict[str, str] | None:
-    """``job_info(job)`` once slurmctld has moved the job out of COMPLETING, else None."""
+    """``job_info(job)`` once the job has reached a final state, else None: submitit hands back a job's result as
+    soon as its pickle is written, while slurmctld may still show the job RUNNING or COMPLETING for a moment."""
     info = job_info(job)
-    return None if info.get("JobState") == "COMPLETING" else info
+    return info if info.get("JobState") in FINAL_STATES else None
 
 
 def _report(sweep_dir: Path) -> str:
@@ -41,7 +45,7 @@ def test_multinode_ddp_sweep_runs_each_job_on_two_nodes(cluster: Path, tmp_path:
     jobs = submitit_job_ids(sweep)
     assert len(jobs) == 2
     for job in jobs:  # each sweep job: one SLURM job of 2 nodes x 1 task, finished cleanly
-        info = wait_for(lambda j=job: _final_info(j), 60, f"job {job} to leave COMPLETING")
+        info = wait_for(lambda j=job: _final_info(j), 60, f"job {job} to reach a final state")
         assert (info["JobState"], info["NumNodes"], info["NumTasks"], info["ExitCode"]) == ("COMPLETED", "2", "2",
                                                                                              "0:0")
     report = _report(sweep)
