@@ -192,10 +192,10 @@ def apply_norm(model: nn.Module, norm: str | Mapping[str, Any]) -> nn.Module:
 def apply_dropout(model: nn.Module, p: float, kind: str = "dropout", placement: str = "head") -> nn.Module:
     """``module.dropout`` with ``module.dropout_placement``: head = :func:`~lit_tricks.modules.surgery.set_dropout`
     (one layer before the head) | every_hidden = inverted dropout (or :class:`GaussianDropout` for
-    ``kind=gaussian``) after every hidden activation, or for ``kind=dropconnect`` every hidden ``nn.Linear``
-    becomes a :class:`DropConnectLinear` (same parameters and keys); the model's own Dropout layers are left as
-    built. Returns ``model``."""
-    from lit_tricks.modules.surgery import DROPOUT_KINDS, DropConnectLinear, GaussianDropout, set_dropout
+    ``kind=gaussian``) after every hidden activation, or for ``kind=dropconnect`` / ``weight_noise`` every hidden
+    ``nn.Linear`` becomes a :class:`DropConnectLinear` / :class:`WeightNoiseLinear` (same parameters and keys);
+    the model's own Dropout layers are left as built. Returns ``model``."""
+    from lit_tricks.modules.surgery import DROPOUT_KINDS, WEIGHT_KINDS, GaussianDropout, replace_linear, set_dropout
 
     if placement not in DROPOUT_PLACEMENTS:
         raise ValueError(f"dropout_placement must be one of {list(DROPOUT_PLACEMENTS)}, got {placement!r}")
@@ -207,14 +207,11 @@ def apply_dropout(model: nn.Module, p: float, kind: str = "dropout", placement: 
     if not sites:
         raise ValueError("dropout_placement=every_hidden: the model has no hidden activation module after a "
                          "conv/linear layer (activations applied in forward() cannot be reached)")
-    if kind == "dropconnect":
+    if kind in WEIGHT_KINDS:
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if any(child is s.layer for s in sites) and isinstance(child, nn.Linear):
-                    if isinstance(child, DropConnectLinear):
-                        child.p = p
-                    else:
-                        module._modules[name] = DropConnectLinear.from_linear(child, p)
+                    replace_linear(module, name, child, p, kind)
         return model
     factory: Callable[[float], nn.Module] = GaussianDropout if kind == "gaussian" else nn.Dropout
     insert_dropout(model, p, factory)

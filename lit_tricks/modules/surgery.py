@@ -25,11 +25,14 @@ __all__ = [
     "DROPOUT_KINDS",
     "INIT_SCHEMES",
     "NORM_KINDS",
+    "WEIGHT_KINDS",
     "BatchNormNd",
     "DropConnectLinear",
     "GaussianDropout",
+    "WeightNoiseLinear",
     "find_head",
     "init_weights",
+    "noisy_layers",
     "parse_norm",
     "recalibrate_bn",
     "set_dropout",
@@ -37,7 +40,9 @@ __all__ = [
 ]
 
 NORM_KINDS = ("keep", "batch", "group", "layer", "weight", "none")
-DROPOUT_KINDS = ("dropout", "dropconnect", "gaussian")
+DROPOUT_KINDS = ("dropout", "dropconnect", "gaussian", "weight_noise")
+#: the kinds that act on a Linear layer's weights (the layer is replaced by one sharing its parameters)
+WEIGHT_KINDS = ("dropconnect", "weight_noise")
 _NORM_LAYERS: tuple[type[nn.Module], ...] = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 _DROPOUT_LAYERS: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
@@ -187,14 +192,50 @@ class DropConnectLinear(nn.Linear):
         new.bias = linear.bias
         return new
 
+    def weight_mask(self) -> Tensor:
+        """The training-time multiplier of the weights: Bernoulli(1 - p) / (1 - p) (mean 1)."""
+        return torch.empty_like(self.weight).bernoulli_(1.0 - self.p) / (1.0 - self.p)
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return super().forward(x)
-        mask = torch.empty_like(self.weight).bernoulli_(1.0 - self.p) / (1.0 - self.p)
-        return F.linear(x, self.weight * mask, self.bias)
+        return F.linear(x, self.weight * self.weight_mask(), self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, p={self.p}"
+
+
+class WeightNoiseLinear(DropConnectLinear):
+    """Linear layer whose weights get multiplicative Gaussian noise in training, ``W * (1 + sqrt(p / (1 - p)) *
+    N(0, 1))`` drawn per weight and per forward; eval uses the weights as they are. The multiplier has the mean (1)
+    and variance (``p / (1 - p)``) of DropConnect's, as :class:`GaussianDropout` has those of dropout: the Gaussian
+    counterpart of DropConnect (Wang & Manning, 2013, "Fast dropout training"). ``p`` < 1."""
+
+    def weight_mask(self) -> Tensor:
+        """The training-time multiplier of the weights: 1 + sqrt(p / (1 - p)) * N(0, 1)."""
+        return 1.0 + math.sqrt(self.p / (1.0 - self.p)) * torch.randn_like(self.weight)
+
+
+def weight_layer_class(kind: str) -> type[DropConnectLinear]:
+    """The Linear replacement of a weight-acting dropout ``kind`` (one of :data:`WEIGHT_KINDS`)."""
+    return WeightNoiseLinear if kind == "weight_noise" else DropConnectLinear
+
+
+def replace_linear(parent: nn.Module, name: str, layer: nn.Linear, p: float, kind: str) -> None:
+    """``parent.<name>`` (an ``nn.Linear``) becomes the ``kind`` layer sharing its parameters (and state-dict keys);
+    one that already is of that class only gets the new ``p``."""
+    cls = weight_layer_class(kind)
+    if type(layer) is cls:
+        layer.p = p
+        return
+    parent._modules[name] = cls.from_linear(layer, p)
+
+
+def noisy_layers(model: nn.Module) -> list[str]:
+    """Names of the layers of ``model`` that add noise in training with ``p > 0``: Dropout layers,
+    :class:`GaussianDropout`, :class:`DropConnectLinear` and :class:`WeightNoiseLinear`."""
+    kinds = (*_DROPOUT_LAYERS, GaussianDropout, DropConnectLinear)
+    return [name for name, m in model.named_modules() if isinstance(m, kinds) and float(getattr(m, "p", 0.0)) > 0.0]
 
 
 def _check_p(p: float) -> None:
@@ -206,7 +247,8 @@ def set_dropout(model: nn.Module, p: float, kind: str = "dropout", insert: str =
 
     ``kind``: dropout (set ``p`` of every Dropout layer) | gaussian (every Dropout layer becomes
     :class:`GaussianDropout`) | dropconnect (the head's weights are dropped: the head becomes a
-    :class:`DropConnectLinear` sharing its parameters; other Dropout layers are left alone).
+    :class:`DropConnectLinear` sharing its parameters; other Dropout layers are left alone) | weight_noise (the
+    same with multiplicative Gaussian noise on the head's weights: :class:`WeightNoiseLinear`).
     ``insert`` (dropout/gaussian): auto = put a layer before the head (last ``nn.Linear``) only when ``model`` has
     no Dropout layer | always | never.
     """
@@ -216,14 +258,11 @@ def set_dropout(model: nn.Module, p: float, kind: str = "dropout", insert: str =
     if insert not in ("auto", "always", "never"):
         raise ValueError(f"insert must be one of ['auto', 'always', 'never'], got {insert!r}")
     head = find_head(model)
-    if kind == "dropconnect":
+    if kind in WEIGHT_KINDS:
         if head is None:
-            raise ValueError("dropout_kind='dropconnect' needs an nn.Linear head, and the model has none")
+            raise ValueError(f"dropout_kind={kind!r} needs an nn.Linear head, and the model has none")
         parent, name, layer = head
-        if isinstance(layer, DropConnectLinear):
-            layer.p = p
-        else:
-            parent._modules[name] = DropConnectLinear.from_linear(layer, p)
+        replace_linear(parent, name, layer, p, kind)
         return model
     found = False
     for parent in list(model.modules()):

@@ -32,7 +32,7 @@ from lit_tricks.modules.decay import build_optimizer, decay_mode
 from lit_tricks.modules.full_batch import check_full_batch_module, check_one_batch, second_order_class
 from lit_tricks.modules.insertion import DROPOUT_PLACEMENTS, apply_dropout, apply_norm
 from lit_tricks.modules.specs import as_factory, callable_from_spec, callable_to_spec, plain
-from lit_tricks.modules.surgery import DROPOUT_KINDS, init_weights, parse_norm
+from lit_tricks.modules.surgery import DROPOUT_KINDS, init_weights, noisy_layers, parse_norm
 from lit_tricks.modules.tasks import BINNED_POINTS, LOSSES, bin_edges, is_regression_output, task_loss, task_residual
 from lit_tricks.validation import check_number
 from lit_tricks.weight_variants import WeightVariants
@@ -178,6 +178,11 @@ class TrickModule(pl.LightningModule):
         apply_norm(model, norm)
         if dropout is not None:
             apply_dropout(model, dropout, dropout_kind, dropout_placement)
+        if loss == "mse" and (noisy := noisy_layers(model)):
+            rank_zero_warn(f"TrickModule: dropout ({', '.join(noisy[:3])}{', ...' if len(noisy) > 3 else ''}) feeds a "
+                           "regression output trained with the L2 loss (loss='mse'), which is fragile under dropout "
+                           "(the notes advise against it, especially before the last layer); set module.dropout=0, "
+                           "or loss='binned' to quantize the target into classes")
         self.model = model
         self.preprocess = preprocess if preprocess is not None else nn.Identity()
         self.batch_augment = batch_augment
