@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["hydra_config", "to_plain"]
+__all__ = ["hydra_config", "is_multirun", "to_plain"]
 
 
 def hydra_config() -> Any | None:
@@ -16,6 +16,16 @@ def hydra_config() -> Any | None:
     except ImportError:  # pragma: no cover - hydra is a dependency
         return None
     return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def is_multirun() -> bool:
+    """Whether the running Hydra app is a multirun (``-m``: a sweep whose jobs the sweeper records)."""
+    hc = hydra_config()
+    if hc is None:
+        return False
+    from hydra.types import RunMode
+
+    return bool(hc.mode == RunMode.MULTIRUN)
 
 
 def to_plain(value: Any) -> Any:

@@ -27,7 +27,7 @@ from lit_tricks.callbacks.nan_guard import NaNGuard
 from lit_tricks.compat import csv_logger_version, pin_csv_logger_version
 from lit_tricks.config_checks import check_config, check_norm_groups
 from lit_tricks.fault.atomic import atomic_write_bytes
-from lit_tricks.hydra_utils import hydra_config
+from lit_tricks.hydra_utils import hydra_config, is_multirun
 from lit_tricks.records import error_chain, new_record, root_error, write_record
 from lit_tricks.trainers.build import build_trainer
 from lit_tricks.trainers.jobs import job_guard, sweep_failure_value
@@ -79,13 +79,6 @@ def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
 def _overrides() -> list[str]:
     hc = hydra_config()
     return list(hc.overrides.task) if hc is not None else []
-
-
-def _is_multirun() -> bool:
-    from hydra.types import RunMode
-
-    hc = hydra_config()
-    return hc is not None and hc.mode == RunMode.MULTIRUN
 
 
 def _attach_hydra_file_log() -> None:
@@ -365,14 +358,14 @@ def train(cfg: DictConfig) -> float:
     except Exception as err:
         status = "pruned" if type(err).__name__ == "TrialPruned" else "failed"  # optuna.TrialPruned: OptunaPruning
         record.update(status=status, error=_error_line(err), error_chain=error_chain(err), objective=None)
-        rejected = isinstance(err, ConfigError) and not _is_multirun()
+        rejected = isinstance(err, ConfigError) and not is_multirun()
         if status == "failed":
             _log_traceback(err)
         if rejected:
             _remove_rejected_run_dir(out)
         elif _is_rank_zero():
             write_record(out / "metrics.json", record)
-        if not _is_multirun():
+        if not is_multirun():
             raise
         log.error("job failed, the sweep goes on: %s", record["error"])
         return sweep_failure_value(err)

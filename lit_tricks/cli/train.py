@@ -15,7 +15,8 @@ import hydra
 from omegaconf import DictConfig
 
 from lit_tricks.cli.hydra_errors import condensed_hydra_errors
-from lit_tricks.config_checks import ConfigError
+from lit_tricks.config_checks import ConfigError, SweepConfigError
+from lit_tricks.hydra_utils import is_multirun
 from lit_tricks.records import error_chain, root_error
 from lit_tricks.run import train  # imports Lightning before Hydra sets up logging: its console lines stay plain
 
@@ -27,12 +28,16 @@ def _hydra_main(cfg: DictConfig) -> float:
     try:
         return train(cfg)
     except ConfigError as err:
-        if os.environ.get("SUBMITIT_EXECUTOR"):  # a job on a cluster: its launcher must get the error back
+        # a sweep's job: its sweeper (Optuna: a failed trial) or its cluster launcher must get the error back; only
+        # a problem every job of the sweep has ends the sweep here (in the launching process), with one line
+        if os.environ.get("SUBMITIT_EXECUTOR") or (is_multirun() and not isinstance(err, SweepConfigError)):
             raise
         print(f"lit_tricks: {err}", file=sys.stderr)
         sys.exit(2)
-    except Exception as err:  # a single run (under -m train() records the failure and returns)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as err:
+        # under -m, train() has recorded the job and re-raised only for a sweeper that records exceptions itself
+        # (Optuna: FAIL, or PRUNED for optuna.TrialPruned): exiting here would end the whole sweep
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or is_multirun():
             raise
         chain = error_chain(err)
         print(f"lit_tricks: {root_error(err)}", file=sys.stderr)

@@ -1,0 +1,76 @@
+"""How ``lit-tricks-train`` ends on an error: one line and an exit status for a single run, but under ``-m`` a job's
+error goes back to the sweeper (an Optuna trial FAIL or PRUNED) instead of ending the whole sweep; a real TPE sweep
+with pruned trials through ``scripts/train.py`` finishes with exit status 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+import lit_tricks.cli.train as cli
+from lit_tricks.config_checks import ConfigError, SweepConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+main = cli._hydra_main.__wrapped__  # the function under @hydra.main
+
+
+class TrialPruned(Exception):  # what optuna.TrialPruned looks like to the cli: any exception type
+    pass
+
+
+@pytest.mark.parametrize("err", [TrialPruned("pruned at epoch 1"), RuntimeError("loss diverged"),
+                                 ConfigError(["optimizer.lr=-1: must be > 0"])])
+def test_under_multirun_a_jobs_error_goes_back_to_the_sweeper(monkeypatch: pytest.MonkeyPatch, err: Exception) -> None:
+    def raise_it(cfg: Any) -> float:
+        raise err
+
+    monkeypatch.setattr(cli, "train", raise_it)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(cli, "is_multirun", lambda: True)
+    with pytest.raises(type(err)):
+        main(OmegaConf.create({}))
+    monkeypatch.setattr(cli, "is_multirun", lambda: False)  # a single run: one line and an exit status
+    with pytest.raises(SystemExit) as info:
+        main(OmegaConf.create({}))
+    assert info.value.code == (2 if isinstance(err, ConfigError) else 1)
+
+
+def test_a_problem_of_the_whole_sweep_ends_it_with_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def raise_it(cfg: Any) -> float:
+        raise SweepConfigError(["hydra.sweeper.direction=minimize: disagrees with monitor_mode=max"])
+
+    monkeypatch.setattr(cli, "train", raise_it)
+    monkeypatch.setattr(cli, "is_multirun", lambda: True)
+    with pytest.raises(SystemExit) as info:
+        main(OmegaConf.create({}))
+    assert info.value.code == 2 and "direction=minimize" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_asha_sweep_with_pruned_trials_exits_zero(tmp_path: Path) -> None:
+    """Regression: a pruned trial's TrialPruned reached the cli's single-run handler, which exited the sweep with 1."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(LIT_TRICKS_LOG_DIR=str(tmp_path / "logs"), OMP_NUM_THREADS="1")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "hparams_search=asha", "hydra.sweeper.n_trials=5",
+           "hydra.sweeper.sampler_kwargs.n_startup_trials=5", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=prune", "trainer.max_epochs=3",
+           "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=none", "test=false",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="prune", storage=storage)
+    assert len(study.trials) == 5 and all(t.state.is_finished() for t in study.trials)
+    assert any(t.state.name == "PRUNED" for t in study.trials)  # seeded sampler and training: deterministic
+    for t in study.trials:
+        record = json.loads((tmp_path / "sweep" / str(t.number) / "metrics.json").read_text())
+        assert record["status"] == {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "failed"}[t.state.name], record
