@@ -63,9 +63,9 @@ def test_asha_sweep_with_pruned_trials_exits_zero(tmp_path: Path) -> None:
     env.update(LIT_TRICKS_LOG_DIR=str(tmp_path / "logs"), OMP_NUM_THREADS="1")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "hparams_search=asha", "hydra.sweeper.n_trials=5",
-           "hydra.sweeper.sampler_kwargs.n_startup_trials=5", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=prune", "trainer.max_epochs=3",
-           "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=none", "test=false",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+           "hydra.sweeper.sampler_kwargs.n_startup_trials=5", f"hydra.sweeper.storage={storage}",
+           "hydra.sweeper.study_name=prune", "trainer.max_epochs=3", "trainer.limit_train_batches=2",
+           "trainer.limit_val_batches=1", "logger=none", "test=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="prune", storage=storage)
