@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from lit_tricks.augment.steps import build_step, split_step
 from lit_tricks.hydra_utils import to_plain
 
 __all__ = ["STEPS", "Pipeline", "RandomCropSame", "RandomJPEG", "make_step"]
@@ -95,24 +96,14 @@ def make_step(step: Any) -> Callable[[Tensor], Tensor]:
     """One pipeline step from ``"hflip"``, ``{"rotation": {"degrees": 10}}``, ``{"name": "rotation", ...}`` or a
     callable (e.g. a transform Hydra built from ``_target_: torchvision.transforms.v2.RandomRotation``)."""
     step = to_plain(step)
-    if isinstance(step, str):
-        name, kwargs = step, {}
-    elif isinstance(step, Mapping) and "name" in step:
-        name, kwargs = step["name"], {k: v for k, v in step.items() if k != "name"}
-    elif isinstance(step, Mapping) and len(step) == 1:
-        name, raw = next(iter(step.items()))
-        kwargs = dict(raw or {})
-    elif callable(step):
-        return step  # type: ignore[no-any-return]
-    else:
+    parsed = split_step(step)
+    if parsed is None:
+        if callable(step):
+            return step  # type: ignore[no-any-return]
         raise TypeError(f"augmentation step: expected a name, a one-key mapping {{name: kwargs}} or a callable, "
                         f"got {step!r}")
-    if name not in STEPS:
-        raise ValueError(f"augmentation step: unknown name {name!r}; valid: {sorted(STEPS)}")
-    try:
-        return STEPS[name](**_lists_to_tuples(kwargs))  # type: ignore[no-any-return]
-    except TypeError as err:
-        raise TypeError(f"augmentation step {name!r}: bad arguments {kwargs!r}: {err}") from err
+    step_fn: Callable[[Tensor], Tensor] = build_step(*parsed, STEPS, "augmentation step", convert=_lists_to_tuples)
+    return step_fn
 
 
 class Pipeline(nn.Module):

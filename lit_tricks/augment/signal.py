@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_tricks.augment.steps import build_step, split_step
 from lit_tricks.hydra_utils import to_plain
 
 __all__ = ["SIGNAL_STEPS", "AmplitudeScale", "RandomShift1d", "SignalNoise", "SignalPipeline"]
@@ -112,20 +113,12 @@ class SignalPipeline(nn.Module):
 
     @staticmethod
     def _make(step: Any) -> nn.Module:
-        if isinstance(step, str):
-            name, kwargs = step, {}
-        elif isinstance(step, Mapping) and len(step) == 1:
-            name, raw = next(iter(step.items()))
-            kwargs = dict(raw or {})
-        else:
+        parsed = split_step(step)
+        if parsed is None:
             raise TypeError(f"signal augmentation step: expected a name or a one-key mapping {{name: kwargs}}, "
                             f"got {step!r}")
-        if name not in SIGNAL_STEPS:
-            raise ValueError(f"signal augmentation step: unknown name {name!r}; valid: {sorted(SIGNAL_STEPS)}")
-        try:
-            return SIGNAL_STEPS[name](**kwargs)
-        except TypeError as err:
-            raise TypeError(f"signal augmentation step {name!r}: bad arguments {kwargs!r}: {err}") from err
+        module: nn.Module = build_step(*parsed, SIGNAL_STEPS, "signal augmentation step")
+        return module
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or not x.is_floating_point():
