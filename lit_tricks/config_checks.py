@@ -136,8 +136,10 @@ def _direction_problem(cfg: DictConfig) -> str | None:
     if isinstance(direction, list | tuple) or (direction is not None and not isinstance(direction, str)):
         direction = next(iter(direction), None)
     mode = _get(cfg, "monitor_mode")
-    expected = {"min": "minimize", "max": "maximize"}.get(str(mode))
-    direction = {"min": "minimize", "max": "maximize"}.get(str(direction), direction)  # lit_optuna's aliases
+    # the mode -> direction map of lit_tricks.sweeps.study.DIRECTIONS, kept here: that module needs optuna
+    optuna_direction = {"min": "minimize", "max": "maximize"}
+    expected = optuna_direction.get(str(mode))
+    direction = optuna_direction.get(str(direction), direction)  # lit_optuna's min/max aliases
     if direction is None or expected is None or str(direction) == expected:
         return None
     return (f"hydra.sweeper.direction={direction}: disagrees with monitor_mode={mode} "
