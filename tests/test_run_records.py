@@ -80,6 +80,19 @@ def test_rejections_before_training_name_key_and_value(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("experiment", ["mnist1d_baseline", "mnist1d_tricks"])
+def test_a_test_monitor_without_validation_trains_and_is_the_objective(tmp_path: Path, experiment: str) -> None:
+    # The MNIST-1D recipes have no validation split and monitor test/acc (final weights). A real (not fast_dev_run)
+    # run must pass the monitor check, which once looked for test/acc after the empty sanity pass and refused it.
+    train(compose_cfg(tmp_path, f"experiment={experiment}", f"data.data_dir={tmp_path / 'data'}", "logger=none",
+                      "trainer.max_epochs=1", "trainer.limit_train_batches=3"))
+    record = read_record(tmp_path / "metrics.json")
+    assert record["status"] == "ok"
+    assert record["objective_source"] == "last_epoch"
+    assert record["objective"] == record["metrics"]["test/acc"]
+
+
+@pytest.mark.timeout(180)
 def test_constructor_error_keeps_its_root_cause(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="Error in call to target"):
         train(compose_cfg(tmp_path, "callbacks.ema.decay=1.5", *QUICK))

@@ -15,7 +15,7 @@ class ConvNet1d(nn.Module):
     """``(Conv1d -> ReLU)`` per entry of ``kernels``, flatten, ``Linear`` head: the paper's ConvBase by default.
 
     Defaults: three Conv1d of 25 channels with kernels 5/3/3, stride 2, padding 1 (40 -> 19 -> 10 -> 5 samples),
-    then ``Linear(25 * 5, 10)``: 5,960 parameters, as in the mnist1d repository's ``models.py``. Any input
+    then ``Linear(25 * 5, 10)``: 5,210 parameters, as in the mnist1d repository's ``models.py``. Any input
     ``(N, *, L)`` is read as ``(N, in_channels, L)`` (the DataModule's ``(N, 1, 1, 40)`` included). No norm or
     dropout layers: ``module.norm`` and ``module.dropout_placement=every_hidden`` insert them.
 
