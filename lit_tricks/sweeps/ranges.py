@@ -52,7 +52,9 @@ class SearchDim:
         if self.is_interval:
             low, high = _fmt(self.low, self.integer), _fmt(self.high, self.integer)
             body = f"interval({low}, {high})"
-            return f"{self.name}=tag(log, {body})" if self.log else f"{self.name}={body}"
+            # Hydra's interval() is always float: an integer dimension keeps its `int` tag (the sweeper samples ints)
+            tags = [t for t, on in (("log", self.log), ("int", self.integer)) if on]
+            return f"{self.name}=tag({', '.join(tags)}, {body})" if tags else f"{self.name}={body}"
         choices = ", ".join(_fmt(c) if isinstance(c, int | float) else str(c) for c in self.choices or ())
         return f"{self.name}=choice({choices})"
 
@@ -83,7 +85,7 @@ def parse_search_space(params: Mapping[str, object]) -> dict[str, SearchDim]:
         value = override.value()
         if isinstance(value, IntervalSweep):
             log = "log" in value.tags
-            integer = isinstance(value.start, int) and isinstance(value.end, int)
+            integer = "int" in value.tags or (isinstance(value.start, int) and isinstance(value.end, int))
             dims[name] = SearchDim(name, float(value.start), float(value.end), log=log, integer=integer)  # type: ignore[arg-type]
         elif isinstance(value, RangeSweep):
             start, stop, step = value.start, value.stop, value.step
@@ -146,8 +148,9 @@ def narrow_ranges(dims: Mapping[str, SearchDim], top: Sequence[Mapping[str, obje
 
     margin: fraction of the old range's width (in log units for log dimensions) added on both sides of the span,
     without leaving the old range. When the best value lies within ``edge`` of a border, the new range instead
-    extends ``border_extend`` of the old width beyond that border (the optimum may lie outside).
-    Choice dimensions keep the choices the top jobs used.
+    extends ``border_extend`` of the old width beyond that border (the optimum may lie outside), but never across
+    zero: a range that started at or above 0 (a dropout p, a smoothing factor, an integer count) stays >= 0.
+    Integer dimensions stay integer (``tag(int, ...)``). Choice dimensions keep the choices the top jobs used.
     """
     if not top:
         raise ValueError("top must hold at least one job's parameters to narrow around")
@@ -176,6 +179,8 @@ def narrow_ranges(dims: Mapping[str, SearchDim], top: Sequence[Mapping[str, obje
         pos = position_in_range(dim, nums[0])
         if pos is not None and pos <= edge:
             new_lo = t(low) - border_extend * width
+            if not use_log and low >= 0:
+                new_lo = max(new_lo, 0.0)
         if pos is not None and pos >= 1.0 - edge:
             new_hi = t(high) + border_extend * width
         lo_val, hi_val = (10.0**new_lo, 10.0**new_hi) if use_log else (new_lo, new_hi)

@@ -71,6 +71,28 @@ def test_narrow_ranges_inside_and_past_the_border() -> None:
         narrow_ranges(dims, [])
 
 
+def test_narrowed_int_and_non_negative_ranges_stay_what_they_were() -> None:
+    # seen in a real report: dropout in [0, 0.3] with the best at 0.026 was extended to interval(-0.075, ...), and an
+    # int shift in tag(int, interval(0, 8)) came back as the float interval(1.2, 5.8)
+    dims = parse_search_space({"module.dropout": "interval(0.0, 0.3)", "shift": "tag(int, interval(0, 8))",
+                               "steps": "tag(log, int, interval(10, 1000))", "bias": "interval(-1.0, 1.0)"})
+    assert dims["shift"].integer and dims["steps"].integer and dims["steps"].log
+    top = [{"module.dropout": 0.026, "shift": 4, "steps": 200, "bias": -0.95},
+           {"module.dropout": 0.1, "shift": 2, "steps": 100, "bias": 0.0}]
+    new = narrow_ranges(dims, top)
+    assert new["module.dropout"].low == 0.0 and new["module.dropout"].high == pytest.approx(0.13)
+    assert new["bias"].low < -1.0  # a range that already spans zero still extends past its border
+    assert new["shift"].to_override() == "shift=tag(int, interval(1, 5))"
+    assert new["steps"].to_override().startswith("steps=tag(log, int, interval(")
+    # and what is printed is what the sweeper samples: integers for the int dimensions
+    from lit_tricks.sweeps.study import parse_search_space as optuna_space
+
+    text = {d.name: d.to_override().split("=", 1)[1] for d in new.values()}
+    space = optuna_space(text)[0]
+    assert type(space["shift"]).__name__ == "IntDistribution" and type(space["steps"]).__name__ == "IntDistribution"
+    assert space["module.dropout"].low == 0.0
+
+
 def test_overrides_round_trip_through_hydras_parser() -> None:
     dims = parse_search_space(SPACE)
     text = format_overrides(dims.values())
