@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from lit_tricks.data.preprocessing import PREPROCESSING
 from lit_tricks.hydra_utils import hydra_config
 from lit_tricks.modules.surgery import INIT_SCHEMES, NORM_KINDS
-from lit_tricks.validation import is_number, number_problem
+from lit_tricks.validation import DIRECTIONS, is_number, number_problem
 
 __all__ = ["ConfigError", "SweepConfigError", "check_config", "check_norm_groups"]
 
@@ -136,10 +136,8 @@ def _direction_problem(cfg: DictConfig) -> str | None:
     if isinstance(direction, list | tuple) or (direction is not None and not isinstance(direction, str)):
         direction = next(iter(direction), None)
     mode = _get(cfg, "monitor_mode")
-    # the mode -> direction map of lit_tricks.sweeps.study.DIRECTIONS, kept here: that module needs optuna
-    optuna_direction = {"min": "minimize", "max": "maximize"}
-    expected = optuna_direction.get(str(mode))
-    direction = optuna_direction.get(str(direction), direction)  # lit_optuna's min/max aliases
+    expected = DIRECTIONS.get(str(mode)) if str(mode) in ("min", "max") else None
+    direction = DIRECTIONS.get(str(direction), direction)  # lit_optuna's min/max aliases
     if direction is None or expected is None or str(direction) == expected:
         return None
     return (f"hydra.sweeper.direction={direction}: disagrees with monitor_mode={mode} "

@@ -9,7 +9,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["check_number", "is_int", "is_number", "number_problem"]
+__all__ = ["DIRECTIONS", "check_number", "is_int", "is_number", "number_problem"]
+
+#: ``monitor_mode`` (and lit_optuna's ``direction`` aliases) -> Optuna's study direction; the one map, used by the
+#: start-up direction check (``config_checks``) and the sweeper (``sweeps.study``).
+DIRECTIONS = {"min": "minimize", "max": "maximize", "minimize": "minimize", "maximize": "maximize"}
 
 
 def is_int(value: Any) -> bool:

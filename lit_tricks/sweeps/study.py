@@ -32,6 +32,7 @@ from lit_tricks.studies import (
     open_storage,
     resolve_storage_url,
 )
+from lit_tricks.validation import DIRECTIONS
 
 __all__ = [
     "DIRECTIONS",
@@ -72,7 +73,6 @@ JOB_DIR = "job_dir"
 #: Trial system attribute of our own heartbeat (storages without Optuna's heartbeat: JournalStorage).
 HEARTBEAT_KEY = "lit_tricks:heartbeat"
 
-DIRECTIONS = {"min": "minimize", "max": "maximize", "minimize": "minimize", "maximize": "maximize"}
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 def direction_from_mode(mode: str) -> str:
     """``min``/``max`` (``monitor_mode``) or ``minimize``/``maximize`` -> Optuna's direction."""
