@@ -367,6 +367,18 @@ BENCHES: dict[str, Callable[[bool], Section]] = {
 }
 
 
+def merge_sections(existing: str, sections: list[Section]) -> str:
+    """``existing`` markdown with each ``## title`` section's body replaced by the new one (new titles appended)."""
+    head, *chunks = existing.split("\n## ")
+    parts = [(chunk.split("\n", 1)[0], chunk.split("\n", 1)[1] if "\n" in chunk else "") for chunk in chunks]
+    new = dict(sections)
+    out = [head.rstrip("\n")]
+    for title, body in parts:
+        out.append(f"## {title}\n\n{new.pop(title)}\n" if title in new else f"## {title}\n{body.rstrip()}\n")
+    out += [f"## {title}\n\n{body}\n" for title, body in new.items()]
+    return "\n\n".join(part.rstrip("\n") for part in out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds (smoke test)")
@@ -408,8 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for title, body in sections:
         text += ["", f"## {title}", "", body]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(text) + "\n")
+    out = Path(args.out)
+    if args.only and out.is_file():  # a partial run replaces its sections and keeps the rest of the file
+        note = (f"_This section was re-run alone (`python benchmarks/run_all.py --only ...`) on {stamp}; load average "
+                f"then {info.get('load average (1, 5, 15 min)', '?')} (1, 5, 15 min)._")
+        merged = merge_sections(out.read_text(), [(title, f"{note}\n\n{body}") for title, body in sections])
+        text = [merged.rstrip("\n")]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(text) + "\n")
     print(f"[bench] wrote {args.out}")
     return 0
 

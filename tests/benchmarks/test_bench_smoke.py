@@ -19,3 +19,19 @@ def test_quick_benchmarks_write_all_sections(tmp_path: Path) -> None:
     assert text.count("\n## ") == len(BENCHES)
     assert "failed:" not in text
     assert "clip_grad_norm_(foreach=True)" in text and "EMAWeightAveraging" in text
+
+
+@pytest.mark.timeout(60)
+def test_only_replaces_its_sections_and_keeps_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `--only mnist1d` once rewrote RESULTS.md with that one section, dropping every other measurement
+    import benchmarks.run_all as run_all
+
+    monkeypatch.setitem(run_all.BENCHES, "ema", lambda quick: ("EMA weights", "new ema table"))
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# lit_tricks benchmarks\n\nmachine\n\n## EMA weights\n\nold ema table\n\n## Gradient clipping\n\n"
+                   "clip table\n")
+    assert run_all.main(["--only", "ema", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "old ema table" not in text and "new ema table" in text and "re-run alone" in text
+    assert "## Gradient clipping\n\nclip table" in text and text.index("## EMA weights") < text.index("## Gradient")
+    assert text.startswith("# lit_tricks benchmarks\n\nmachine\n")
