@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -252,5 +253,8 @@ def test_every_preset_runs_one_trial(tmp_path: Path) -> None:
         record = json.loads(found[0].read_text())
         assert record["status"] == "ok", (preset, record.get("error"))
         info = json.loads((found[0].parents[1] / "optuna_study.json").read_text())
-        assert info["study_name"] == preset and info["direction"] == "minimize"  # monitor_mode=min by default
+        mode = yaml.safe_load((found[0].parent / "config_resolved.yaml").read_text())["monitor_mode"]
+        # monitor_mode=min by default (val/loss); hparams_search=mnist1d_tricks maximizes val/acc
+        assert info["study_name"] == preset and info["direction"] == {"min": "minimize", "max": "maximize"}[mode]
+        assert mode == ("max" if preset == "mnist1d_tricks" else "min")
         assert info["storage"] == f"sqlite:///{found[0].parents[3] / 'optuna.db'}"
