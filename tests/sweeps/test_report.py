@@ -161,10 +161,13 @@ def test_sweep_report_script_writes_files(tmp_path: Path, capsys: pytest.Capture
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_hparams_search_presets_compose_seeded(preset: str) -> None:
+    # a preset that selects its own experiment (hparams_search=mnist1d_tricks) needs the real train config
+    own_experiment = "override /experiment" in (ROOT / "conf" / "hparams_search" / f"{preset}.yaml").read_text()
+    conf_dir, name = (ROOT / "conf", "train") if own_experiment else (APP.parent / "conf", "app")
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(APP.parent / "conf"), version_base="1.3"):
-            cfg = compose("app", overrides=[f"hparams_search={preset}"], return_hydra_config=True)
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(name, overrides=[f"hparams_search={preset}"], return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
     sweeper = cfg.hydra.sweeper
