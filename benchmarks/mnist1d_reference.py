@@ -4,7 +4,8 @@ A line-by-line re-implementation of the reference repository's ``ConvBase`` and 
 (github.com/greydanus/mnist1d, ``train.py`` / ``models.py``): three Conv1d of 25 channels (kernels 5/3/3, stride 2,
 padding 1, ReLU), Linear(125, 10); Adam lr 1e-2, no weight decay; batches of 100 taken in the dataset's fixed order
 (``bix = step * 100 % 4000``, no reshuffling); 6000 steps; test accuracy of the final weights. No Lightning and no
-lit_tricks code: the dataset comes straight from ``mnist1d.data.make_dataset(get_dataset_args())``.
+lit_tricks code in the training: the dataset comes straight from ``mnist1d.data.make_dataset(get_dataset_args())``
+(only the summary's bootstrap CI is the library's, ``lit_tricks.sweeps.stats.bootstrap_ci``, as in the ablation).
 
     python benchmarks/mnist1d_reference.py --seeds 10          # one line per seed + mean and bootstrap 95% CI
     python benchmarks/mnist1d_reference.py --seeds 10 --shuffle  # reshuffle every epoch (what the DataModule does)
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # `python benchmarks/mnist1d_reference.py` puts benchmarks/ first on sys.path, where benchmarks/mnist1d.py would
 # shadow the mnist1d package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # lit_tricks from a checkout without installing (the summary's bootstrap CI)
 
 
 class ConvBase(nn.Module):
@@ -79,13 +82,6 @@ def train_one(data: dict[str, np.ndarray], seed: int, steps: int = 6000, batch_s
         return {"acc": float((logits.argmax(-1) == y_test).float().mean()), "loss": float(criterion(logits, y_test))}
 
 
-def bootstrap_ci(values: list[float], n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    arr = np.asarray(values)
-    means = arr[rng.integers(0, len(arr), size=(n_boot, len(arr)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=10)
@@ -105,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             done[key] = train_one(data, seed, steps=args.steps, shuffle=args.shuffle)["acc"]
             path.write_text(json.dumps(done, indent=1))
             print(f"seed {seed}: test acc {done[key]:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    from lit_tricks.sweeps.stats import bootstrap_ci
+
     accs = [done[f"{s}:{args.steps}"] for s in range(args.seeds)]
     lo, hi = bootstrap_ci(accs)
     print(f"plain-torch paper recipe ({args.steps} steps, shuffle={args.shuffle}), seeds 0-{args.seeds - 1}: "
