@@ -1,7 +1,11 @@
-"""One number checker for user input: config start-up checks, constructor arguments and DataModule options.
+"""The one argument checker: every component (callback, module, DataModule, sweeper) validates its own arguments.
 
-:func:`number_problem` returns the text that says what is allowed (``"must be a number in [0, 1)"``) or None;
-:func:`check_number` raises it as a ``ValueError`` naming the argument and the value received.
+Design (one for the whole package): a component checks its constructor arguments with :func:`check_number` /
+:func:`check_choice` (or raises :class:`ArgumentError` itself for a rule of its own); the error names the argument,
+the allowed values and the value received. ``config_checks`` does not restate those rules: it walks the composed
+config, lets each component check its own node, and prefixes the node's key (``callbacks.ema.decay=1.5: ...``); it
+keeps only the rules that span several components. :func:`number_problem` returns the text that says what is
+allowed (``"must be a number in [0, 1)"``) or None.
 """
 
 from __future__ import annotations
@@ -9,11 +13,24 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["DIRECTIONS", "check_number", "is_int", "is_number", "number_problem"]
+__all__ = ["DIRECTIONS", "ArgumentError", "check_choice", "check_number", "is_int", "is_number", "number_problem"]
 
 #: ``monitor_mode`` (and lit_optuna's ``direction`` aliases) -> Optuna's study direction; the one map, used by the
 #: start-up direction check (``config_checks``) and the sweeper (``sweeps.study``).
 DIRECTIONS = {"min": "minimize", "max": "maximize", "minimize": "minimize", "maximize": "maximize"}
+
+
+class ArgumentError(ValueError):
+    """A bad argument of one component: ``arg`` (its name), ``value`` (received) and ``problem`` (what is allowed).
+
+    ``str()`` is one line, ``"[<owner>: ]<arg> <problem>, got <value>"``; config checks read the attributes to name
+    the full config key instead.
+    """
+
+    def __init__(self, arg: str, value: Any, problem: str, owner: str | None = None) -> None:
+        self.arg, self.value, self.problem, self.owner = arg, value, problem, owner
+        text = f"{arg} {problem}, got {value!r}"
+        super().__init__(f"{owner}: {text}" if owner else text)
 
 
 def is_int(value: Any) -> bool:
@@ -41,9 +58,17 @@ def number_problem(value: Any, lo: float = -math.inf, hi: float = math.inf, *, l
 
 
 def check_number(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False,
-                 hi_open: bool = True, integer: bool = False) -> float:
-    """``float(value)``, or ``ValueError("<name> must be a number in [lo, hi), got <value>")``."""
+                 hi_open: bool = True, integer: bool = False, owner: str | None = None) -> float:
+    """``float(value)``, or ``ArgumentError("<name> must be a number in [lo, hi), got <value>")``."""
     problem = number_problem(value, lo, hi, lo_open=lo_open, hi_open=hi_open, integer=integer)
     if problem:
-        raise ValueError(f"{name} {problem}, got {value!r}")
+        raise ArgumentError(name, value, problem, owner)
     return float(value)
+
+
+def check_choice(name: str, value: Any, allowed: Any, owner: str | None = None) -> Any:
+    """``value`` when it is one of ``allowed``, or ``ArgumentError("<name> must be one of [...], got <value>")``."""
+    options = list(allowed)
+    if value not in options:
+        raise ArgumentError(name, value, f"must be one of {options}", owner)
+    return value
