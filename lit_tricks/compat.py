@@ -147,6 +147,29 @@ def installed_checkpoint_io(strategy: Strategy) -> CheckpointIO | None:
     return strategy._checkpoint_io
 
 
+def first_train_loader(trainer: pl.Trainer) -> Any:
+    """``trainer.train_dataloader``, or the first of several (list, tuple or dict of loaders, nested); None if none."""
+    loader: Any = trainer.train_dataloader
+    while isinstance(loader, list | tuple | dict) and loader:
+        loader = next(iter(loader.values())) if isinstance(loader, dict) else loader[0]
+    return None if isinstance(loader, list | tuple | dict) else loader
+
+
+def sharded_strategy_name(strategy: Any) -> str | None:
+    """The name of ``strategy`` when it shards parameters across ranks (FSDP, ModelParallel, DeepSpeed stage 3);
+    looked up by name, since the installed Lightning may lack some of these classes."""
+    from lightning.pytorch import strategies
+
+    kinds = tuple(getattr(strategies, name) for name in ("FSDPStrategy", "ModelParallelStrategy")
+                  if hasattr(strategies, name))
+    if isinstance(strategy, kinds):
+        return type(strategy).__name__
+    deepspeed = getattr(strategies, "DeepSpeedStrategy", None)
+    if deepspeed is not None and isinstance(strategy, deepspeed) and bool(getattr(strategy, "zero_stage_3", False)):
+        return "DeepSpeedStrategy (ZeRO stage 3)"
+    return None
+
+
 def legacy_state_key(callback: pl.Callback) -> Any:
     """The key Lightning < 1.5 stored a callback's state under (``Callback._legacy_state_key``: the class)."""
     return callback._legacy_state_key

@@ -18,12 +18,12 @@ from torch import Tensor, nn
 from lit_tricks.compat import module_trainer, time_based_validation
 from lit_tricks.fault.atomic import atomic_torch_save
 from lit_tricks.fault.state_keys import warn_changed_args
+from lit_tricks.functional.batchnorm import recalibrate_bn_
 from lit_tricks.functional.ensemble import (
     COMBINERS,
     EnsembleModule,
     average_state_dicts,
     export_ensemble,
-    recalibrate_bn_,
 )
 from lit_tricks.functional.wrappers import match_wrapped_keys
 
@@ -556,13 +556,5 @@ class CheckpointEnsemble(Callback):
             dataloader = getattr(trainer, "train_dataloader", None) if trainer is not None else None
         if dataloader is not None:
             device = next(iter(soup.parameters()), torch.zeros(())).device
-
-            def batches() -> Iterable[Any]:
-                for i, batch in enumerate(dataloader):
-                    if bn_batches is not None and i >= bn_batches:
-                        return
-                    x = batch[0] if isinstance(batch, (list, tuple)) else batch
-                    yield x.to(device)
-
-            recalibrate_bn_(soup, batches())
+            recalibrate_bn_(soup, dataloader, num_batches=bn_batches, device=device)
         return soup.eval()

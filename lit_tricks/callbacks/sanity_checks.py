@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,6 +14,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from lit_tricks.compat import first_train_loader
 from lit_tricks.diagnostics.training_step import training_step_loss
 from lit_tricks.functional.diagnosis import first_samples
 
@@ -36,14 +37,6 @@ def _copy_without_dropout(module: nn.Module) -> nn.Module:
         if isinstance(m, _DROPOUT):
             m.eval()
     return clone
-
-
-def _first_loader(loaders: Any) -> Any:
-    if isinstance(loaders, Mapping):
-        return next(iter(loaders.values()))
-    if isinstance(loaders, list | tuple):
-        return loaders[0]
-    return loaders
 
 
 class SanityChecks(pl.Callback):
@@ -111,7 +104,7 @@ class SanityChecks(pl.Callback):
     # -- data -------------------------------------------------------------------------------------------------
     def _samples(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> tuple[Any, ...]:
         """The first ``n`` training samples, read from the dataset (the loader's sampler is not advanced)."""
-        loader = _first_loader(trainer.train_dataloader)
+        loader = first_train_loader(trainer)
         if loader is None:
             raise SanityCheckError("SanityChecks: no training dataloader")
         joined = first_samples(loader, n)

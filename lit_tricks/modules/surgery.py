@@ -7,7 +7,6 @@ finder; each is one public function with its own allowed-value list.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
-from lit_tricks.functional.ensemble import recalibrate_bn_
+from lit_tricks.functional.batchnorm import recalibrate_bn_
 from lit_tricks.models.heads import find_head
 from lit_tricks.validation import check_number
 
@@ -358,7 +357,6 @@ def init_weights(
 
 
 # -------------------------------------------------------------------------------------------------- BN statistics
-@torch.no_grad()
 def recalibrate_bn(
     model: nn.Module,
     loader: Iterable[Any],
@@ -369,17 +367,13 @@ def recalibrate_bn(
     (all when None), as a cumulative average (``momentum=None``), like ``torch.optim.swa_utils.update_bn``.
 
     Use after swapping in averaged weights (EMA/SWA) or any weights whose statistics no longer match. Batches may
-    be tensors or ``(x, ...)`` tuples; ``model(x)`` is called, so pass a module that applies any preprocessing.
-    Training mode and momenta are restored afterwards.
+    be tensors or ``(x, ...)`` tuples (:func:`~lit_tricks.functional.batchnorm.batch_inputs`); ``model(x)`` is
+    called on ``device`` (default: the model's), so pass a module that applies any preprocessing. Training mode and
+    momenta are restored afterwards (:func:`~lit_tricks.functional.batchnorm.recalibrate_bn_`).
     """
-    if num_batches is not None and num_batches < 1:
-        raise ValueError(f"num_batches must be >= 1 or None, got {num_batches!r}")
+    if num_batches is not None:
+        check_number("num_batches", num_batches, 1, integer=True)
     if device is None:
         device = next(iter(model.parameters()), torch.zeros(())).device
-
-    def forward(module: nn.Module, batch: Any) -> None:
-        x = batch[0] if isinstance(batch, list | tuple) else batch
-        module(x.to(device))
-
-    recalibrate_bn_(model, itertools.islice(loader, num_batches), forward)
+    recalibrate_bn_(model, loader, num_batches=num_batches, device=device)
     return model
