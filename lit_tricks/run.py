@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_tricks.builders import build_callbacks, build_datamodule, build_loggers, build_model, build_module
-from lit_tricks.callbacks.nan_guard import NaNGuard
+from lit_tricks.callback_protocols import evaluated_variant, fit_failure, variant_checkpoint
 from lit_tricks.compat import csv_logger_version, pin_csv_logger_version
 from lit_tricks.config_checks import check_config, check_norm_groups
 from lit_tricks.fault.atomic import atomic_write_bytes
@@ -139,8 +139,6 @@ def _continue_csv_logs(loggers: list[Any], resume_ckpt: str) -> None:
 
 def _checkpoint_files(trainer: pl.Trainer, monitor: str) -> tuple[dict[str, str | None], float | None]:
     """(checkpoint files of the run, best score of the ModelCheckpoint watching ``monitor``)."""
-    from lit_tricks.callbacks.ema import ema_checkpoint_path
-
     best, last, score = None, None, None
     for cb in trainer.checkpoint_callbacks:
         if getattr(cb, "monitor", None) == monitor and getattr(cb, "best_model_path", ""):
@@ -153,7 +151,7 @@ def _checkpoint_files(trainer: pl.Trainer, monitor: str) -> tuple[dict[str, str 
         last = last or last_path or None
 
     def twin(path: str | None) -> str | None:
-        return str(ema_checkpoint_path(path)) if path and ema_checkpoint_path(path).is_file() else None
+        return variant_checkpoint(trainer.callbacks, path)  # type: ignore[attr-defined]
 
     if best is None:  # no ModelCheckpoint on the monitor: Lightning's first checkpoint callback
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
@@ -161,10 +159,7 @@ def _checkpoint_files(trainer: pl.Trainer, monitor: str) -> tuple[dict[str, str 
 
 
 def _evaluated_weights(trainer: pl.Trainer) -> str:
-    from lit_tricks.callbacks.ema import EMAWeights
-
-    uses_ema = any(isinstance(cb, EMAWeights) and cb.evaluate_with == "ema" for cb in trainer.callbacks)  # type: ignore[attr-defined]
-    return "ema" if uses_ema else "raw"
+    return evaluated_variant(trainer.callbacks) or "raw"  # type: ignore[attr-defined]
 
 
 class MonitorCheck(pl.Callback):
@@ -222,9 +217,9 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
     for lg in trainer.loggers:
         lg.log_hyperparams(_flatten(resolved))  # type: ignore[arg-type]
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
-    for callback in trainer.callbacks:  # type: ignore[attr-defined]
-        if isinstance(callback, NaNGuard) and callback.stop_reason:  # the guard stopped a diverged run: it failed
-            raise RuntimeError(callback.stop_reason)
+    failure = fit_failure(trainer.callbacks)  # type: ignore[attr-defined]
+    if failure:  # e.g. NaNGuard stopped a diverged run: it failed
+        raise RuntimeError(failure)
     fit_s = time.perf_counter() - started
     metrics = _scalar_metrics(trainer)
     files, best_score = _checkpoint_files(trainer, monitor)

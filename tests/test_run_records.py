@@ -98,7 +98,8 @@ def test_constructor_error_keeps_its_root_cause(tmp_path: Path) -> None:
         train(compose_cfg(tmp_path, "callbacks.ema.decay=1.5", *QUICK))
     record = read_record(tmp_path / "metrics.json")
     assert record["status"] == "failed"
-    assert record["error"].startswith("ValueError: ") and "decay" in record["error"] and "1.5" in record["error"]
+    # ArgumentError (lit_tricks.validation) is the ValueError every component raises for its own arguments
+    assert record["error"].startswith("ArgumentError: ") and "decay" in record["error"] and "1.5" in record["error"]
     assert record["error_chain"][0].startswith("InstantiationException")
     assert record["error_chain"][-1] == record["error"]
 
@@ -128,7 +129,7 @@ def test_sweep_records_every_job_and_goes_on(tmp_path: Path) -> None:
     by_status = {num: (r["status"], r["error"] or "") for num, r in records.items()}
     assert sum(s == "failed" and e.startswith("ConfigError: optimizer.lr=-1") for s, e in by_status.values()) == 3
     decay_fail = [r for r in records.values() if r["status"] == "failed" and "decay" in (r["error"] or "")
-                  and r["error"].startswith("ValueError")]
+                  and r["error"].startswith("ArgumentError")]
     assert len(decay_fail) == 1
     good = [r for r in records.values() if r["status"] == "ok"]
     assert len(good) == 2
@@ -144,7 +145,7 @@ def test_sweep_records_every_job_and_goes_on(tmp_path: Path) -> None:
     assert report.direction == "minimize" and len(report.ok_jobs) == 2
     assert report.ok_jobs[0].objective <= report.ok_jobs[1].objective
     markdown = report.markdown()
-    assert "ValueError" in markdown and "decay" in markdown and "ConfigError: optimizer.lr=-1" in markdown
+    assert "ArgumentError" in markdown and "decay" in markdown and "ConfigError: optimizer.lr=-1" in markdown
 
 
 @pytest.mark.slow
@@ -158,5 +159,5 @@ def test_single_run_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path: Path) 
     proc = run_cli(tmp_path, "callbacks.ema.decay=1.5", "trainer.fast_dev_run=true")
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and ln.startswith("lit_tricks:")]
     assert proc.returncode == 1 and len(lines) <= 3, proc.stderr
-    assert lines[0].startswith("lit_tricks: ValueError: ") and "decay" in lines[0] and "1.5" in lines[0]
+    assert lines[0].startswith("lit_tricks: ArgumentError: ") and "decay" in lines[0] and "1.5" in lines[0]
     assert "Traceback" not in proc.stderr

@@ -82,13 +82,12 @@ class EMAWeights(EMAStateCallback):
         self.update_every_n_steps = update_every_n_steps
         self.start_step = start_step
         self.device = torch.device(device) if device is not None else None
-        self.evaluate_with = evaluate_with
         self.validate_both = validate_both
         self.recalibrate_bn_batches = recalibrate_bn_batches
         self.apply_at_end = apply_at_end
         self.buffers = buffers
         super().__init__(EMAState(decay, half_life_steps=half_life_steps, update_every_n_steps=update_every_n_steps,
-                                  warmup=warmup, buffers=buffers, device=device), save_ema_checkpoint)
+                                  warmup=warmup, buffers=buffers, device=device), save_ema_checkpoint, evaluate_with)
         # persistent state (in state_dict), besides the EMA's
         self.last_step = 0  # trainer.global_step when the callback last saw an optimizer step (this Trainer)
         self.steps = 0  # optimizer steps seen over every fit of the same module (step_idx + 1 of should_update)

@@ -122,11 +122,12 @@ class EMAStateCallback(Callback):
     only its shard of the EMA and no checkpoint would gather it.
     """
 
-    def __init__(self, state: EMAState, save_ema_checkpoint: bool = True) -> None:
+    def __init__(self, state: EMAState, save_ema_checkpoint: bool = True, evaluate_with: str = "ema") -> None:
         super().__init__()
         #: the EMA tensors, their decay rule and the swapping (Trainer-free)
         self.state = state
         self.save_ema_checkpoint = save_ema_checkpoint
+        self.evaluate_with = evaluate_with
         self._installed_io: TwinCheckpointIO | None = None
 
     @property
@@ -171,6 +172,15 @@ class EMAStateCallback(Callback):
             return
         meta = {"version": 1, "num_updates": self.num_updates, "decay": self.base_decay}
         save_ema_twin(checkpoint, path, self.state.write_into, meta)
+
+    def evaluated_variant(self) -> str | None:
+        """``"ema"`` when validation/test evaluate the EMA (:class:`lit_tricks.callback_protocols.EvaluatesVariant`)."""
+        return "ema" if self.evaluate_with == "ema" else None
+
+    def variant_checkpoint(self, path: str | os.PathLike[str]) -> str | None:
+        """The ``-ema`` twin of checkpoint ``path`` when that file exists, else None."""
+        twin = ema_checkpoint_path(path)
+        return str(twin) if twin.is_file() else None
 
     def _ensure(self, pl_module: pl.LightningModule) -> None:
         """Bind to the model's tensors and create (or match the loaded) EMA tensors."""
