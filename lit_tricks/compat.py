@@ -125,6 +125,18 @@ def time_based_validation(trainer: pl.Trainer) -> bool:
     return getattr(trainer, "_val_check_time_interval", None) is not None
 
 
+def checkpoint_ranks_at_train_epoch_end(trainer: pl.Trainer) -> bool:
+    """ModelCheckpoint's ``_should_save_on_train_epoch_end`` (Lightning 2.x) without its explicit override: not with
+    time-based validation, nor with ``check_val_every_n_epoch != 1``; yes without validation batches; else when
+    validation runs once per epoch (``val_check_interval == 1.0``)."""
+    if time_based_validation(trainer) or trainer.check_val_every_n_epoch != 1:
+        return False
+    num_val = trainer.num_val_batches
+    if (sum(num_val) if isinstance(num_val, list) else num_val) == 0:
+        return True
+    return bool(trainer.val_check_interval == 1.0)
+
+
 def restart_train_iterator(trainer: pl.Trainer) -> bool:
     """Create the train dataloader's iterator again (``iter(trainer.fit_loop._data_fetcher)``); False if none.
 
