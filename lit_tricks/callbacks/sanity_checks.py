@@ -17,6 +17,7 @@ from torch import nn
 from lit_tricks.compat import first_train_loader
 from lit_tricks.diagnostics.training_step import training_step_loss
 from lit_tricks.functional.diagnosis import first_samples
+from lit_tricks.validation import check_choice, check_number
 
 __all__ = ["SanityCheckError", "SanityChecks"]
 
@@ -70,16 +71,13 @@ class SanityChecks(pl.Callback):
         seed: int = 0,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     ) -> None:
-        if on_failure not in _ON_FAILURE:
-            raise ValueError(f"on_failure must be one of {_ON_FAILURE}, got {on_failure!r}")
-        if overfit_loss not in _OVERFIT_LOSS:
-            raise ValueError(f"overfit_loss must be one of {_OVERFIT_LOSS}, got {overfit_loss!r}")
-        if not 0.0 < overfit_accuracy <= 1.0:
-            raise ValueError(f"overfit_accuracy must be in (0, 1], got {overfit_accuracy}")
+        check_choice("on_failure", on_failure, _ON_FAILURE, owner="SanityChecks")
+        check_choice("overfit_loss", overfit_loss, _OVERFIT_LOSS, owner="SanityChecks")
+        check_number("overfit_accuracy", overfit_accuracy, 0.0, 1.0, lo_open=True, hi_open=False,
+                     owner="SanityChecks")
         for name, value in (("init_samples", init_samples), ("overfit_samples", overfit_samples),
                             ("overfit_steps", overfit_steps)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+            check_number(name, value, 1, integer=True, owner="SanityChecks")
         self.num_classes = num_classes
         self.check_init_loss = check_init_loss
         self.init_samples = init_samples
