@@ -248,12 +248,15 @@ class SplitDataModule(pl.LightningDataModule):
         return self._eval_loader("test")
 
 
-def merged_signature(cls: type) -> type:
+def merged_signature(cls: type | None = None, *, without: tuple[str, ...] = ()) -> Any:
     """Class decorator: give ``cls.__init__`` the full signature (its own keywords plus the base class's instead of
-    ``**kwargs``), so ``inspect.signature`` and config checks see every accepted key."""
+    ``**kwargs``), so ``inspect.signature``, config checks and the generated base configs see every accepted key;
+    ``without`` names base keywords the class refuses (``@merged_signature(without=("val_fraction",))``)."""
+    if cls is None:
+        return lambda c: merged_signature(c, without=without)
     own = inspect.signature(cls.__init__)  # type: ignore[misc]
     params = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    names = {p.name for p in params}
+    names = {p.name for p in params} | set(without)
     base = inspect.signature(SplitDataModule.__init__).parameters.values()
     extra = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base if p.name not in names and p.name != "self"]
     cls.__init__.__signature__ = own.replace(parameters=params + extra)  # type: ignore[misc]

@@ -8,6 +8,7 @@ compares today's values with it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_object
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 FIXTURE = Path(__file__).with_name("effective_before.json")
@@ -74,11 +75,18 @@ def effective(node: Any) -> Any:
     return dict(sorted(out.items()))
 
 
-def compose_effective(overrides: list[str]) -> dict[str, Any]:
-    """The effective arguments of ``train.yaml`` composed with ``overrides`` (hydra's own node left out)."""
+@functools.cache
+def composed(overrides: tuple[str, ...]) -> DictConfig:
+    """``train.yaml`` composed with :data:`PATHS` and ``overrides`` (cached: read it, do not change it)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[*PATHS, *overrides])
-    container = OmegaConf.to_container(cfg, resolve=True)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def compose_effective(overrides: list[str]) -> dict[str, Any]:
+    """The effective arguments of ``train.yaml`` composed with ``overrides`` (hydra's own node left out)."""
+    container = OmegaConf.to_container(composed(tuple(overrides)), resolve=True)
     assert isinstance(container, dict)
     return effective(container)  # type: ignore[no-any-return]
