@@ -2,9 +2,10 @@
 
 Each target in :data:`BASES` gets a Hydra config ``base/<dotted path with />`` built by hydra-zen's
 ``builds(target, populate_full_signature=True)``: its ``_target_`` (the public path) and every keyword argument
-with the default of the signature. A YAML preset under ``conf/`` starts from one (``defaults: [/base/torch/optim/SGD@_here_]``)
-and sets only what it deliberately changes, with a comment why; a changed code default so reaches Hydra users,
-and every argument stays visible in ``--cfg job`` and overridable without ``+``. The fields are untyped (``Any``):
+with the default of the signature. A YAML preset under ``conf/`` starts from one
+(``defaults: [/base/torch/optim/SGD@_here_]``) and sets only what it deliberately changes, with a comment why; a
+changed code default so reaches Hydra users, and every argument stays visible in ``--cfg job`` and overridable
+without ``+``. The fields are untyped (``Any``):
 each component checks its own arguments (:mod:`lit_tricks.validation`), so a bad value gets the component's
 one-line error, not a second rule in the config layer.
 
@@ -39,9 +40,9 @@ BASES: tuple[str, ...] = (
     "torch.optim.SGD", "lit_tricks.optim.GaussNewtonOptimizer", "lit_tricks.optim.LevenbergMarquardtOptimizer",
     "lit_tricks.optim.NewtonOptimizer",
     "lit_tricks.schedules.Schedule", "lit_tricks.schedules.ReduceOnPlateau", "lit_tricks.schedules.ConstantLR",
-    "lit_tricks.schedules.CosineDecay", "lit_tricks.schedules.ExponentialDecay", "lit_tricks.schedules.InverseSqrtDecay",
-    "lit_tricks.schedules.InverseTimeDecay", "lit_tricks.schedules.LinearDecay", "lit_tricks.schedules.MultiStepDecay",
-    "lit_tricks.schedules.PolynomialDecay", "lit_tricks.schedules.StepDecay",
+    "lit_tricks.schedules.CosineDecay", "lit_tricks.schedules.ExponentialDecay", "lit_tricks.schedules.LinearDecay",
+    "lit_tricks.schedules.InverseSqrtDecay", "lit_tricks.schedules.InverseTimeDecay",
+    "lit_tricks.schedules.MultiStepDecay", "lit_tricks.schedules.PolynomialDecay", "lit_tricks.schedules.StepDecay",
     # augmentation, trainer, loggers
     "lit_tricks.augment.Pipeline", "lit_tricks.augment.SignalPipeline", "lit_tricks.augment.batch_mix",
     "lightning.pytorch.Trainer", "lit_tricks.trainers.ddp_strategy", "lit_tricks.trainers.fsdp_strategy",

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 # The allowed values live with the code that uses them (one source each).
 from lit_tricks.data.preprocessing import PREPROCESSING
 from lit_tricks.hydra_utils import hydra_config
+from lit_tricks.migrate import old_target_problems
 from lit_tricks.modules.surgery import INIT_SCHEMES, NORM_KINDS
 from lit_tricks.validation import DIRECTIONS, is_number, number_problem
 
@@ -167,7 +168,9 @@ def check_norm_groups(norm: Any, model: Any) -> None:
 
 def check_config(cfg: DictConfig, extra_rules: Iterable[tuple[str, Callable[[Any], str | None]]] = ()) -> None:
     """Raise :class:`ConfigError` listing every bad value of ``cfg`` (key, value received, what is allowed)."""
-    problems: list[str] = []
+    problems = old_target_problems(cfg)
+    if problems:  # nothing else can be checked on a config that does not instantiate
+        raise ConfigError(problems)
     for key, rule in [*RULES.items(), *extra_rules]:
         try:
             value = _get(cfg, key)

@@ -30,7 +30,7 @@ from lit_tricks.fault.atomic import atomic_write_bytes
 from lit_tricks.hydra_utils import hydra_config, is_multirun
 from lit_tricks.records import error_chain, new_record, root_error, write_record
 from lit_tricks.trainers.build import build_trainer
-from lit_tricks.trainers.jobs import job_guard, sweep_failure_value
+from lit_tricks.trainers.hydra_job import job_guard, sweep_failure_value
 
 # The build_* helpers live in lit_tricks.builders; they stay importable from here for compatibility.
 __all__ = [

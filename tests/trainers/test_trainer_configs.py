@@ -23,9 +23,9 @@ from hydra.utils import get_object, instantiate
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lit_tricks.trainers import jobs as jobs_mod
+from lit_tricks.trainers import hydra_job as jobs_mod
 from lit_tricks.trainers.build import build_trainer
-from lit_tricks.trainers.jobs import child_rank_command, config_hash, job_guard
+from lit_tricks.trainers.hydra_job import child_rank_command, config_hash, job_guard
 from lit_tricks.trainers.strategies import (
     HydraSafeDDPStrategy,
     HydraSafeFSDPStrategy,
