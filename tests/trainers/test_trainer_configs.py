@@ -113,7 +113,7 @@ def test_bf16_precision_override_reaches_the_trainer(tmp_path: Path, clean_hydra
 
 
 def test_plain_ddp_string_becomes_hydra_safe_only_under_hydra(tmp_path: Path, clean_hydra: None) -> None:
-    cfg = compose_trainer("cpu", tmp_path, "trainer.devices=2", "+trainer.strategy=ddp")
+    cfg = compose_trainer("cpu", tmp_path, "trainer.devices=2", "trainer.strategy=ddp")
     trainer = build_trainer(cfg, callbacks=[], logger=False)
     assert type(trainer.strategy) is DDPStrategy  # Hydra is not running: nothing to protect
 
@@ -123,7 +123,7 @@ def test_plain_ddp_string_is_upgraded_under_hydra(tmp_path: Path, clean_hydra: N
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(overrides=["+trainer=cpu", f"+paths.output_dir={tmp_path}", "trainer.devices=2",
-                                 "+trainer.strategy=ddp_find_unused_parameters_true"], return_hydra_config=True)
+                                 "trainer.strategy=ddp_find_unused_parameters_true"], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     try:
         trainer = build_trainer(cfg, callbacks=[], logger=False)
