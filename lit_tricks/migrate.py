@@ -72,7 +72,7 @@ def _targets(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
     """(key path, value) of every ``_target_`` under ``node``."""
     if isinstance(node, DictConfig):
         for key in node:
-            sub = f"{path}.{key}" if path else str(key)
+            sub = f"{path}.{key!s}" if path else str(key)
             child = node._get_node(key)
             if key == "_target_" and isinstance(node[key], str):
                 yield sub, str(node[key])
@@ -92,7 +92,7 @@ def old_target_problems(cfg: DictConfig) -> list[str]:
 def _rewrite(node: Any, changes: list[str], path: str = "") -> None:
     if isinstance(node, DictConfig):
         for key in node:
-            sub = f"{path}.{key}" if path else str(key)
+            sub = f"{path}.{key!s}" if path else str(key)
             value = node._get_node(key)
             if key == "_target_" and isinstance(node[key], str) and (new := new_target(str(node[key]))):
                 changes.append(f"{sub}: {node[key]} -> {new}")
