@@ -14,12 +14,14 @@ The Hydra plugin ``hydra_plugins.lit_tricks_searchpath`` calls :func:`register_b
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
+from omegaconf import DictConfig
 
-__all__ = ["BASES", "EXCLUDE", "base_name", "register_bases"]
+__all__ = ["BASES", "EXCLUDE", "base_name", "load_preset", "register_bases"]
 
 #: Public paths of the targets the presets start from.
 BASES: tuple[str, ...] = (
@@ -119,3 +121,22 @@ def register_bases(store: ConfigStore | None = None) -> None:
         group, _, name = base_name(path).rpartition("/")
         store.store(group=group, name=name, node=build_base(path), provider="lit_tricks")
     _REGISTERED = True
+
+
+def load_preset(group: str, name: str) -> DictConfig:
+    """``conf/<group>/<name>.yaml`` composed alone (its base configs included), as the config of a run holds it:
+    ``load_preset("scheduler", "cosine").scheduler``; a ``# @package _global_`` preset (``augment=mixup``) gives
+    every node it sets. Composes with Hydra's compose API, so call it outside a running Hydra app."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    conf = Path(__file__).resolve().parent / "conf"
+    if not (conf / group / f"{name}.yaml").is_file():
+        valid = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        raise ValueError(f"{group}={name!r}: no such preset; valid: {valid}")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            return compose(overrides=[f"+{group}={name}"])
+    finally:
+        GlobalHydra.instance().clear()
