@@ -8,8 +8,8 @@ refuses what it refuses (the stand-in's hidden layer has zero width: no surgery 
 arguments go through :func:`lit_tricks.trainers.build.check_trainer_args`. An
 :class:`~lit_tricks.validation.ArgumentError` becomes ``<config key>.<arg>=<value>: <problem>``, another
 ``ValueError``/``TypeError`` of a constructor ``<config key>: <its message>``. Kept here are only the rules that span
-several components (or keys), the run's own ``seed``, and the optimizer's learning rate, which torch's optimizers
-accept at 0 (a run that never moves).
+several components (or keys), the run's own ``seed``, and the optimizer's ``lr`` and ``momentum``, which torch's
+optimizers accept at values no run should have (lr=0 never moves, momentum >= 1 diverges).
 """
 
 from __future__ import annotations
@@ -53,9 +53,11 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
 
 
-#: The run's own keys and the optimizer's lr: key -> check(value) returning what is allowed, or None.
+#: The run's own keys, and the two optimizer arguments torch's optimizers accept although no run should have them
+#: (lr=0 never moves, momentum >= 1 diverges): key -> check(value) returning what is allowed, or None.
 RULES: dict[str, Callable[[Any], str | None]] = {
-    "optimizer.lr": lambda v: number_problem(v, 0.0, lo_open=True),  # torch accepts 0; null is refused below
+    "optimizer.lr": lambda v: number_problem(v, 0.0, lo_open=True),  # null is refused below
+    "optimizer.momentum": lambda v: number_problem(v, 0.0, 1.0),
     "seed": lambda v: number_problem(v, 0, integer=True),
 }
 

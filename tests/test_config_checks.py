@@ -54,6 +54,7 @@ def test_every_problem_is_reported_at_once_with_the_component_key() -> None:
     ("augment.steps=[{spin: {}}]", "augment:"),
     ("trainer.max_epochs=-2", "trainer.max_epochs=-2: must be an integer in [-1, inf)"),
     ("optimizer.lr=abc", "optimizer.lr='abc': must be a number"),
+    ("optimizer.momentum=1.5", "optimizer.momentum=1.5: must be a number in [0, 1)"),
 ])
 def test_each_component_names_its_key(override: str, needle: str) -> None:
     problems = problems_of(override)
