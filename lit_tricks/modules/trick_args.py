@@ -14,9 +14,9 @@ from typing import Any
 from lit_tricks.modules.insertion import DROPOUT_PLACEMENTS
 from lit_tricks.modules.surgery import DROPOUT_KINDS, parse_norm
 from lit_tricks.modules.tasks import BINNED_POINTS, LOSSES
-from lit_tricks.validation import ArgumentError, check_choice, check_number
+from lit_tricks.validation import CheckAll, check_choice, check_number
 
-__all__ = ["check_regularization", "check_surgery", "check_task", "check_training"]
+__all__ = ["check_groups", "check_regularization", "check_surgery", "check_task", "check_training"]
 
 
 def check_task(loss: str, label_smoothing: float, binned_point: str, num_classes: int | None, top_k: int) -> float:
@@ -46,12 +46,25 @@ def check_regularization(weight_decay: float, l1: float, jacobian_reg: float,
             check_number("jacobian_reg", jacobian_reg, 0.0))
 
 
+def check_groups(task: tuple[Any, ...], surgery: tuple[Any, ...], regularization: tuple[Any, ...]
+                 ) -> tuple[float, float | None, tuple[float, float, float]]:
+    """The three groups' checks with every bad argument reported at once: ``(label_smoothing, dropout,
+    (weight_decay, l1, jacobian_reg))``."""
+    with CheckAll() as checks:
+        label_smoothing = checks(check_task, *task)
+        dropout = checks(check_surgery, *surgery)
+        penalties = checks(check_regularization, *regularization)
+    assert label_smoothing is not None and penalties is not None  # CheckAll raised otherwise
+    return label_smoothing, dropout, penalties
+
+
 def check_training(scheduler_interval: str | None, optimizer_kwargs: Mapping[str, Any]) -> None:
     """The optimization options: the interval override, and no ``weight_decay`` inside the optimizer partial."""
     check_choice("scheduler_interval", scheduler_interval, (None, "step", "epoch"))
     if float(optimizer_kwargs.get("weight_decay", 0.0) or 0.0) != 0.0:
-        raise ArgumentError("optimizer", optimizer_kwargs["weight_decay"], "sets weight_decay in the optimizer; set "
-                            "module weight_decay instead (decay is applied through parameter groups)")
+        # a plain ValueError: the key is the optimizer's (another config node), not one of the module's arguments
+        raise ValueError(f"optimizer: weight_decay={optimizer_kwargs['weight_decay']!r} set in the optimizer; set "
+                         "module weight_decay instead (decay is applied through parameter groups)")
 
 
 def plain_bins(bins: Sequence[float] | None) -> list[float] | None:

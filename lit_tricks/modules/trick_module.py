@@ -42,7 +42,7 @@ from lit_tricks.modules.specs import (
 from lit_tricks.modules.surgery import init_weights, noisy_layers
 from lit_tricks.modules.task_steps import TaskSteps
 from lit_tricks.modules.tasks import LOSSES, bin_edges, task_residual
-from lit_tricks.modules.trick_args import check_regularization, check_surgery, check_task, check_training, plain_bins
+from lit_tricks.modules.trick_args import check_groups, check_training, plain_bins
 from lit_tricks.weight_variants import WeightVariants
 
 __all__ = ["LOSSES", "PREPROCESS_KEY", "TrickModule", "callable_from_spec", "callable_to_spec"]
@@ -140,9 +140,9 @@ class TrickModule(TaskSteps):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         #: weight variants (e.g. the EMA) evaluated beside the trained weights: lit_tricks.weight_variants
         self.weight_variants = WeightVariants()
-        label_smoothing = check_task(loss, label_smoothing, binned_point, num_classes, top_k)
-        dropout = check_surgery(norm, dropout, dropout_kind, dropout_placement)
-        weight_decay, l1, jacobian_reg = check_regularization(weight_decay, l1, jacobian_reg, jacobian_projections)
+        label_smoothing, dropout, (weight_decay, l1, jacobian_reg) = check_groups(  # every bad argument at once
+            (loss, label_smoothing, binned_point, num_classes, top_k), (norm, dropout, dropout_kind, dropout_placement),
+            (weight_decay, l1, jacobian_reg, jacobian_projections))
         edges = bin_edges(loss, bins)
         self._optimizer_factory = as_factory(optimizer, "optimizer")
         self._scheduler_factory = as_factory(scheduler, "scheduler")

@@ -1,6 +1,6 @@
 """Optuna studies behind ``hydra/sweeper=lit_optuna``: samplers by name, the search space in Hydra's override
 syntax, the rule that counts finished trials, heartbeats, and the study as the sweep report sees it. Storage URLs,
-pruners and the running job's trial live in :mod:`lit_tricks.studies` (the pruning callback needs them too).
+pruners and the running job's trial live in :mod:`lit_tricks.optuna_job` (the pruning callback needs them too).
 
 Needs the ``sweep`` extra (optuna >= 4); imported lazily by everything else of lit_tricks.
 """
@@ -24,7 +24,7 @@ from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from lit_tricks.studies import (
+from lit_tricks.optuna_job import (
     PRUNERS,
     build_pruner,
     current_trial,
