@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from lit_tricks.posthoc.ema import SELECT
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                         "-ema.ckpt")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/posthoc_ema)")
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata's loaders, as lit_tricks.run
     from lit_tricks.posthoc.ema import find_snapshot_dir, posthoc_ema_report
     from lit_tricks.posthoc.evaluate import load_state, rebuild_run
 

@@ -20,12 +20,13 @@ from lit_tricks.posthoc.evaluate import (
     has_batchnorm,
     load_state,
     markdown_table,
+    rebuild_run,
     score_logits,
     split_loaders,
 )
 from lit_tricks.validation import ArgumentError, check_choice
 
-__all__ = ["SOUP_SELECT", "run_members", "soup_report"]
+__all__ = ["SOUP_SELECT", "evaluate_run_soups", "run_members", "soup_report"]
 
 #: What the greedy soup and the best member are chosen by (held-out split only).
 SOUP_SELECT = ("val/acc", "val/nll")
@@ -96,3 +97,14 @@ def soup_report(members: Sequence[tuple[str, Mapping[str, Tensor]]], module: nn.
         atomic_write_bytes(markdown_table(rows, columns).encode(), out / "soup.md")
         atomic_write_bytes(json.dumps(result, indent=2).encode(), out / "soup.json")
     return result
+
+
+def evaluate_run_soups(run_dir: str | Path, *, select: str = "val/acc", combine_method: str = "mean_prob",
+                       bn_batches: int | None = None) -> dict[str, Any]:
+    """:func:`soup_report` over one run's snapshot members (:func:`run_members`), its data and module rebuilt from
+    its config; writes ``<run_dir>/soup/soup.md`` and ``soup.json``."""
+    members = run_members(run_dir)
+    _, dm, module = rebuild_run(run_dir)
+    result = soup_report(members, module, dm, select=select, bn_batches=bn_batches, combine_method=combine_method,
+                         out_dir=Path(run_dir) / "soup")
+    return {"run_dir": str(run_dir), **result}
