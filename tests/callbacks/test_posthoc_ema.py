@@ -143,3 +143,44 @@ def test_bad_arguments_raise_one_line(kwargs: dict[str, Any], match: str) -> Non
     with pytest.raises(ArgumentError, match=match) as err:
         PostHocEMA(**kwargs)
     assert "\n" not in str(err.value) and str(err.value).startswith("PostHocEMA: ")
+
+
+def test_a_second_fit_continues_the_profiles_and_its_snapshots(tmp_path: Path) -> None:
+    cb = PostHocEMA(snapshot_every_n_steps=3, dirpath=str(tmp_path / "s"))
+    model = no_dropout(TinyClassifier())
+    tiny_trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[cb]).fit(model, datamodule=StatefulBlobs())
+    assert [s for s, _ in list_snapshots(tmp_path / "s")] == [3, 6, 8]
+    tiny_trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[cb]).fit(model, datamodule=StatefulBlobs())
+    assert cb.profiles.steps == 16  # a new Trainer starts at global_step 0; the profiles' time goes on
+    assert [s for s, _ in list_snapshots(tmp_path / "s")] == [3, 6, 9, 12, 15, 16]  # 8 was the first fit's end
+
+
+class Tied(TinyClassifier):
+    """The last layer's weight is tied to a second head (one tensor, two state_dict keys)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head2 = nn.Linear(16, 3)
+        self.head2.weight = self.net[4].weight
+
+
+def test_tied_weights_are_tracked_once_and_loaded_under_every_name(tmp_path: Path) -> None:
+    from lit_tricks.posthoc.evaluate import load_weights_
+
+    cb = PostHocEMA(snapshot_every_n_steps=4, dirpath=str(tmp_path / "s"))
+    model = Tied()
+    tiny_trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[cb]).fit(model, datamodule=StatefulBlobs())
+    assert "head2.weight" not in cb.profiles.names and "net.4.weight" in cb.profiles.names
+    (ema,) = reconstruct_posthoc_ema(tmp_path / "s", [0.1])
+    fresh = Tied()
+    load_weights_(fresh, ema)
+    assert fresh.head2.weight is fresh.net[4].weight and torch.equal(fresh.net[4].weight, ema["net.4.weight"])
+
+
+def test_sharded_strategies_are_refused_in_one_line() -> None:
+    from types import SimpleNamespace
+
+    strategy = type("FSDPStrategy", (), {})()
+    with pytest.raises(ValueError, match="sharded strategies") as err:
+        PostHocEMA().setup(SimpleNamespace(strategy=strategy), TinyClassifier(), "fit")  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
