@@ -139,7 +139,7 @@ class PostHocEMA(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.last_step = trainer.global_step
-        self._dir = str(self._choose_dir(trainer))  # every rank: a refusal stops all of them (shared file system)
+        self._dir = str(self._choose_dir(trainer).absolute())  # every rank: a refusal stops all (shared file system)
         if trainer.is_global_zero:
             self._remove_stale()
         self._restored = False
