@@ -26,7 +26,7 @@ from lit_tricks.posthoc.evaluate import EVAL_SPLITS, evaluate_weights, has_batch
 from lit_tricks.validation import ArgumentError, check_choice, check_number
 
 __all__ = ["PostHocEMAEvaluation", "find_snapshot_dir", "load_snapshot", "posthoc_ema_report",
-           "reconstruct_posthoc_ema"]
+           "reconstruct_posthoc_ema", "selection_key"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,18 @@ def reconstruct_posthoc_ema(snapshot_dir: str | Path, sigma_rels: Sequence[float
     return [{**params, **{k: v.clone() for k, v in buffers.items()}} for params in synthesize(inputs(), coefficients)]
 
 
+def selection_key(scores: Mapping[str, float], select: str) -> tuple[float, float]:
+    """Larger is better: ``select`` (a split's acc, or its nll negated), then the split's other score for ties
+    (accuracy on a few hundred samples ties often); NaN ranks last. The report keeps the first of equal keys."""
+    split, metric = select.split("/")
+
+    def up(key: str) -> float:
+        value = float(scores[key]) if key.endswith("/acc") else -float(scores[key])
+        return -math.inf if math.isnan(value) else value
+
+    return up(select), up(f"{split}/{'nll' if metric == 'acc' else 'acc'}")
+
+
 def _plot(rows: list[dict[str, Any]], reference: dict[str, Any] | None, path: Path) -> Path | None:
     try:
         import matplotlib
@@ -122,11 +134,11 @@ def posthoc_ema_report(snapshot_dir: str | Path, module: nn.Module, dm: Any, sig
                        out_dir: str | Path, *, select: str | None = "val/acc", step: int | None = None,
                        bn_batches: int | None = None, reference: Mapping[str, Tensor] | None = None,
                        reference_name: str = "final weights") -> dict[str, Any]:
-    """Synthesize, score and compare the EMAs of ``sigma_rels``; the best by ``select`` (a split's acc or nll)
-    is exported as ``<out_dir>/posthoc-ema-best.ckpt`` (``select=None``: none chosen, none exported). Writes
-    ``posthoc_ema.json``, ``posthoc_ema.md`` and ``posthoc_ema.png`` into ``out_dir``; ``reference`` (e.g. the run's
-    final weights) is scored the same way. The module's own weights are put back afterwards. Returns the rows, the
-    best and the files."""
+    """Synthesize, score and compare the EMAs of ``sigma_rels``; the best by ``select`` (a split's acc or nll; ties
+    broken by the other, :func:`selection_key`) is exported as ``<out_dir>/posthoc-ema-best.ckpt`` (``select=None``:
+    none chosen, none exported). Writes ``posthoc_ema.json``, ``posthoc_ema.md`` and ``posthoc_ema.png`` into
+    ``out_dir``; ``reference`` (e.g. the run's final weights) is scored the same way. The module's own weights are
+    put back afterwards. Returns the rows, the best and the files."""
     loaders = split_loaders(dm)
     if select is not None and check_choice("select", select, SELECT).split("/")[0] not in loaders:
         raise ArgumentError("select", select, f"needs a {select.split('/')[0]} split; the run has {sorted(loaders)}"
@@ -137,16 +149,15 @@ def posthoc_ema_report(snapshot_dir: str | Path, module: nn.Module, dm: Any, sig
     saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
     rows: list[dict[str, Any]] = []
     ref_row: dict[str, Any] | None = None
-    best: tuple[float, dict[str, Any], dict[str, Tensor]] | None = None
-    sign = 1.0 if select is None or select.endswith("/acc") else -1.0
+    best: tuple[tuple[float, float], dict[str, Any], dict[str, Tensor]] | None = None
     try:
         for sigma_rel, state in zip(sigma_rels, states):
             metrics, _, _ = evaluate_weights(module, state, loaders, train, bn_batches)
             row = {"sigma_rel": sigma_rel, "gamma": sigma_rel_to_gamma(sigma_rel), **metrics}
             rows.append(row)
-            score = sign * metrics[select] if select is not None else math.nan
-            if select is not None and (best is None or (not math.isnan(score) and not score <= best[0])):
-                best = (score, row, {k: v.detach().clone() for k, v in module.state_dict().items()})
+            if select is not None and (best is None or selection_key(metrics, select) > best[0]):
+                best = (selection_key(metrics, select), row, {k: v.detach().clone() for k, v in
+                                                              module.state_dict().items()})
         if reference is not None:
             ref_row = {"name": reference_name, **evaluate_weights(module, reference, loaders, train, bn_batches)[0]}
     finally:

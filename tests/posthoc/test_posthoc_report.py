@@ -36,7 +36,7 @@ def test_report_scores_each_length_and_exports_the_best(tmp_path: Path,
     result = posthoc_ema_report(snapshots, model, dm, [0.2, 0.03, 0.1], tmp_path, reference=before)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the module's weights are back
     assert [r["sigma_rel"] for r in result["rows"]] == [0.03, 0.1, 0.2]
-    best = max(result["rows"], key=lambda r: r["val/acc"])  # the first among equal scores
+    best = max(result["rows"], key=lambda r: (r["val/acc"], -r["val/nll"]))  # accuracy, then NLL for ties
     assert result["best"] == best and result["reference"]["name"] == "final weights"
     assert json.loads((tmp_path / "posthoc_ema.json").read_text())["best"]["sigma_rel"] == best["sigma_rel"]
     table = (tmp_path / "posthoc_ema.md").read_text()
