@@ -115,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results, seeds)
     from benchmarks.common import machine_info
 
+    minutes = (time.perf_counter() - started) / 60
     text += (f"`python benchmarks/mnist1d_posthoc.py --seeds {args.seeds}` on {machine_info()['cpu']}, one torch "
-             f"thread per process, {(time.perf_counter() - started) / 60:.0f} min for what was not already there.\n")
+             "thread per process" + (f", {minutes:.0f} min for what was not already there" if minutes >= 1 else "")
+             + ".\n")
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(text)
     if args.table is not None:
