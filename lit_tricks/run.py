@@ -126,6 +126,9 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, model, dm)
     loggers = build_loggers(cfg)
     callbacks = [MonitorCheck(monitor), *build_callbacks(cfg)]
+    from hydra.utils import instantiate  # conf/callbacks/posthoc_ema.yaml: built (arguments checked) before the fit
+
+    posthoc = instantiate(cfg.posthoc_ema) if cfg.get("posthoc_ema") else None
     if not loggers:  # LearningRateMonitor refuses to run without a logger; with logger=none there is nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     resume = resolve_resume(cfg.get("resume"), out)
@@ -157,6 +160,8 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
         test_metrics = {k: v for k, v in _scalar_metrics(trainer).items() if k.startswith("test/")}
         metrics.update(test_metrics)
         reproduced.update({k: (best_file if files["best"] else last_file) for k in test_metrics})
+    if posthoc is not None and trainer.is_global_zero and not trainer.interrupted:  # EMA length chosen post hoc
+        metrics.update(posthoc(trainer, module, dm, out / "posthoc_ema"))
     if best_score is not None:
         objective, source = best_score, "best_checkpoint"
     else:

@@ -48,11 +48,13 @@ def differences(before: Any, now: Any, path: str = "", callee: str = "") -> Iter
         yield path, callee, arg, before, now
 
 
-def test_fixture_covers_every_case() -> None:
-    assert set(BEFORE["cases"]) | {"train"} == set(CASES), "rerun tests/conf/record_before.py on the old commit"
+def test_every_recorded_case_still_exists() -> None:
+    """No preset of the recorded commit disappeared; presets added since have no "before" (tests/conf/test_presets.py
+    holds them to the same rules)."""
+    assert set(BEFORE["cases"]) | {"train"} <= set(CASES)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(set(CASES) & (set(BEFORE["cases"]) | {"train"})))
 def test_effective_arguments_unchanged_but_the_decided_defaults(name: str) -> None:
     before = BEFORE["train"] if name == "train" else {**BEFORE["train"], **BEFORE["cases"][name]}
     now = compose_effective(CASES[name])
