@@ -22,7 +22,7 @@ log() { echo "cluster-up: $*"; }
 
 install_packages() {
   local cmd missing=0
-  for cmd in slurmctld slurmd munged sinfo sacct slurmdbd mariadbd mariadb-install-db; do
+  for cmd in slurmctld slurmd munged sinfo sacct sacctmgr slurmdbd mariadbd mariadb-install-db mariadb; do
     command -v "$cmd" >/dev/null || missing=1
   done
   [ "$missing" = 1 ] || return 0

@@ -4,6 +4,7 @@ is bounded). ``CLUSTER_DIR`` and ``CLUSTER_PORT_BASE`` are passed on to ``make``
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -109,6 +110,14 @@ def job_info(job_id: str) -> dict[str, str]:
         if sep and key not in info:
             info[key] = value
     return info
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None while it does not exist (or is being written)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def sacct_state(job_id: str) -> str:

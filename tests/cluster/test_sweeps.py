@@ -19,6 +19,7 @@ from tests.cluster.conftest import (
     job_env,
     job_info,
     multirun_command,
+    read_json,
     run,
     sacct_state,
     submitit_job_ids,
@@ -101,7 +102,7 @@ def test_optuna_sweep_in_batches_of_two_records_a_job_killed_from_outside_as_fai
     with subprocess.Popen(cmd, cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as sweeper:
         try:
-            marker = wait_for(lambda: _read_json(sweep / "0" / "stalled"), JOB_TIMEOUT_S, "trial 0 to stall")
+            marker = wait_for(lambda: read_json(sweep / "0" / "stalled"), JOB_TIMEOUT_S, "trial 0 to stall")
             os.kill(marker["pid"], signal.SIGKILL)
             out, _ = sweeper.communicate(timeout=3 * JOB_TIMEOUT_S)
         finally:
@@ -129,10 +130,3 @@ def test_optuna_sweep_in_batches_of_two_records_a_job_killed_from_outside_as_fai
     report = _report(sweep)
     assert "4 jobs, 3 ok, 1 failed" in report
     assert f"SLURM job {marker['job']} ended FAILED" in report
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

@@ -14,23 +14,26 @@ import pytest
 
 from lit_tricks.cli import report as report_cli
 from lit_tricks.cli import workers
-from tests.cluster.conftest import DDP_VARIABLES, JOB_TIMEOUT_S, REPO, TINY, job_info, run, sacct_state, wait_for
+from tests.cluster.conftest import (
+    DDP_VARIABLES,
+    JOB_TIMEOUT_S,
+    REPO,
+    TINY,
+    job_info,
+    read_json,
+    run,
+    sacct_state,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slurm
 
 N_TRIALS = 4
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _queued(job: str) -> list[str]:
     """The array's tasks SLURM still holds (pending, running, completing): ``<job>_<task> <state>`` lines."""
-    return run(["squeue", "-h", "-j", job, "-o", "%i %T"], timeout=30).stdout.split("\n")[:-1]
+    return run(["squeue", "-h", "-j", job, "-o", "%i %T"], timeout=30).stdout.splitlines()
 
 
 @pytest.mark.timeout(3 * JOB_TIMEOUT_S)
@@ -62,7 +65,7 @@ def test_three_workers_one_cancelled_one_requeued_mid_trial_end_at_exactly_n_tri
     script = (sweep / "workers" / f"{job}.sbatch").read_text()
     assert "#SBATCH --array=0-2" in script and "#SBATCH --requeue" in script
 
-    a, b = (wait_for(lambda n=n: _read_json(sweep / str(n) / "stalled"), JOB_TIMEOUT_S, f"trial {n} to stall")
+    a, b = (wait_for(lambda n=n: read_json(sweep / str(n) / "stalled"), JOB_TIMEOUT_S, f"trial {n} to stall")
             for n in (0, 1))
     assert report_cli.main([str(sweep)]) == 0  # the report reads the study while it runs: trials 0, 1 are running
     table = capsys.readouterr().out
