@@ -173,19 +173,21 @@ wait_until() {
 }
 sql() { mariadb --no-defaults --socket="$DB_SOCKET" --user=root --batch --skip-column-names -e "$1"; }
 
-# MariaDB, started by hand (no systemd): a private data directory, 127.0.0.1 only, root by its unix socket
+# MariaDB, started by hand (no systemd): a private data directory, 127.0.0.1 only, root by its unix socket; a small
+# buffer pool (the database holds this cluster's few jobs) and the lock wait slurmdbd asks for
+DB_OPTS=(--innodb-buffer-pool-size=32M --innodb-lock-wait-timeout=900)
 if ! pid_alive "$CLUSTER_DIR/run/mariadb.pid" mariadbd; then
   if [ ! -d "$DB_DATA/mysql" ]; then
     log "creating the accounting database's data directory"
     rm -rf "$DB_DATA"
     mariadb-install-db --no-defaults --datadir="$DB_DATA" --user=root --auth-root-authentication-method=socket \
-      --skip-test-db > "$CLUSTER_DIR/log/mariadb-install.log" 2>&1
+      --skip-test-db "${DB_OPTS[@]}" > "$CLUSTER_DIR/log/mariadb-install.log" 2>&1
   fi
   log "starting MariaDB"
   rm -f "$DB_SOCKET"
   setsid mariadbd --no-defaults --datadir="$DB_DATA" --socket="$DB_SOCKET" --port="$DB_PORT" --bind-address=127.0.0.1 \
     --pid-file="$CLUSTER_DIR/run/mariadb.pid" --log-error="$CLUSTER_DIR/log/mariadb.log" --user=root \
-    --skip-name-resolve --innodb-buffer-pool-size=32M > /dev/null 2>&1 < /dev/null &
+    --skip-name-resolve "${DB_OPTS[@]}" > /dev/null 2>&1 < /dev/null &
   wait_until "$WAIT_S" MariaDB sql "SELECT 1"
 fi
 if ! pid_alive "$CLUSTER_DIR/run/slurmctld.pid" slurmctld; then
