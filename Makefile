@@ -43,7 +43,8 @@ test: lint typecheck docs pytest
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q --timeout=300 -m "not slurm and not db" $(PYTEST_ARGS)
 
-# A local 2-node SLURM cluster (installs slurm-wlm and munge with apt when missing); see docs/cluster.md.
+# A local 2-node SLURM cluster with accounting (installs slurm-wlm, slurmdbd, munge, MariaDB with apt when missing);
+# CLUSTER_PORT_BASE (ports base..base+4) and CLUSTER_DIR (default .cluster) give a checkout its own; see docs/cluster.md.
 cluster-up:
 	scripts/cluster/up.sh
 
