@@ -1,7 +1,10 @@
-"""Per-sample augmentation of 1-D signals (MNIST-1D): random shift (zero/edge padding or roll), Gaussian noise,
-amplitude scale. Works on any float tensor ``(*, L)``: the last dimension is the signal's time axis.
+"""Augmentation of 1-D signals (MNIST-1D): random shift (zero/edge padding or roll), Gaussian noise, amplitude
+scale. Works on any float tensor ``(*, L)``: the last dimension is the signal's time axis.
 
-Randomness comes from torch's global RNG, so the DataModule's per-sample seed reproduces it (as for images).
+``forward`` augments one sample from torch's global RNG (the DataModule's per-sample seed reproduces it, as for
+images); ``apply_batch(x, generator)`` augments a batch ``(N, *, L)`` at once, each sample with its own draws (one
+tensor op per step draws all N shifts, noises or scales from ``generator``): what
+:class:`lit_tricks.data.tensor_loader.TensorLoader` calls, one seeded generator per batch.
 """
 
 from __future__ import annotations
@@ -53,6 +56,22 @@ class RandomShift1d(nn.Module):
         out = padded[..., :length] if k > 0 else padded[..., s:]
         return out.reshape(x.shape)
 
+    def apply_batch(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Each sample of ``x (N, *, L)`` shifted by its own draw (kept with probability ``p``)."""
+        n, length = x.shape[0], x.shape[-1]
+        k = torch.randint(-self.max_shift, self.max_shift + 1, (n,), generator=generator)
+        if self.p < 1.0:
+            k = torch.where(torch.rand(n, generator=generator) < self.p, k, 0)
+        src = torch.arange(length) - k[:, None]  # out[i] = x[i - k], as torch.roll / the padded slices
+        flat = x.reshape(n, -1, length)
+        if self.mode == "roll":
+            src = src % length
+        index = src.clamp(0, length - 1)[:, None, :].expand_as(flat)
+        out = flat.gather(-1, index)
+        if self.mode == "zeros":
+            out = out * ((src >= 0) & (src < length))[:, None, :].to(out.dtype)
+        return out.reshape(x.shape)
+
     def extra_repr(self) -> str:
         return f"max_shift={self.max_shift}, mode={self.mode}, p={self.p}"
 
@@ -68,6 +87,11 @@ class SignalNoise(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.sigma * torch.randn_like(x) if self.sigma > 0 else x
+
+    def apply_batch(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        if self.sigma == 0:
+            return x
+        return x + self.sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
@@ -85,6 +109,10 @@ class AmplitudeScale(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         factor = self.low + (self.high - self.low) * float(torch.rand(()))
         return x * factor
+
+    def apply_batch(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return x * (self.low + (self.high - self.low) * torch.rand(shape, generator=generator, dtype=x.dtype))
 
     def extra_repr(self) -> str:
         return f"low={self.low}, high={self.high}"
@@ -121,8 +149,19 @@ class SignalPipeline(nn.Module):
         return module
 
     def forward(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or not x.is_floating_point():
-            raise TypeError(f"SignalPipeline input: expected a float tensor (*, L), got {type(x).__name__}")
+        self._check(x)
         for step in self.steps:
             x = step(x)
         return x
+
+    def apply_batch(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """The steps on a batch ``(N, *, L)``, every sample with its own draws, all from ``generator``."""
+        self._check(x)
+        for step in self.steps:
+            x = step.apply_batch(x, generator)
+        return x
+
+    @staticmethod
+    def _check(x: Tensor) -> None:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"SignalPipeline input: expected a float tensor (*, L), got {type(x).__name__}")
