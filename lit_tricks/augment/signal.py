@@ -10,7 +10,7 @@ tensor op per step draws all N shifts, noises or scales from ``generator``): wha
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -158,7 +158,7 @@ class SignalPipeline(nn.Module):
         """The steps on a batch ``(N, *, L)``, every sample with its own draws, all from ``generator``."""
         self._check(x)
         for step in self.steps:
-            x = step.apply_batch(x, generator)
+            x = cast(Any, step).apply_batch(x, generator)  # every SIGNAL_STEPS module has it
         return x
 
     @staticmethod
