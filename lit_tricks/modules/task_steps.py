@@ -30,9 +30,9 @@ def step_value_read(trainer: pl.Trainer, names: tuple[str, ...] = (TRAIN_LOSS, f
     """Whether a value logged with ``on_step=True`` at this batch is read by anyone: Lightning writes step metrics
     now (every ``log_every_n_steps``), the progress bar shows them, a fast_dev_run, the epoch's or the fit's last
     batch (the values a run ends with), or a callback monitors one of ``names`` (a checkpoint every k steps)."""
-    if logs_this_step(trainer) or trainer.progress_bar_callback is not None or trainer.fast_dev_run:  # type: ignore
-        return True
     if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or 0 <= trainer.max_steps <= trainer.global_step + 1:
+        return True
+    if trainer.progress_bar_callback is not None or trainer.fast_dev_run or logs_this_step(trainer):  # type: ignore
         return True
     return any(getattr(cb, "monitor", None) in names for cb in trainer.callbacks)  # type: ignore[attr-defined]
 

@@ -213,6 +213,8 @@ class TrickModule(TaskSteps):
         out = self.model(h)
         loss = self.compute_loss(out, y)
         self.log_train_loss(loss, x.shape[0])  # train/loss_step and train/loss_epoch, self.log when read
+        if not (self.l1 > 0 or self.jacobian_reg > 0 or self._decay_mode == "loss"):
+            return loss
         penalty = loss.new_zeros(())
         if self.l1 > 0:
             penalty = penalty + self.l1 * l1_penalty(self._decay_params())
@@ -220,10 +222,8 @@ class TrickModule(TaskSteps):
             penalty = penalty + self.weight_decay * l2_penalty(self._decay_params())
         if self.jacobian_reg > 0:
             penalty = penalty + self.jacobian_reg * jacobian_penalty(out, h, self.jacobian_projections)
-        if self.l1 > 0 or self.jacobian_reg > 0 or self._decay_mode == "loss":
-            self.accumulate_epoch_mean("train/penalty", penalty.detach(), x.shape[0])  # logged at the epoch end
-            return loss + penalty
-        return loss
+        self.accumulate_epoch_mean("train/penalty", penalty.detach(), x.shape[0])  # logged at the epoch end
+        return loss + penalty
 
     # --------------------------------------------------------------------------------------------- optimizers
     def describe_param_groups(self) -> str:
