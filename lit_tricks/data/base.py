@@ -223,13 +223,15 @@ class SplitDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader[Any] | TensorLoader:
         """Resumable training batches: a :class:`~lit_tricks.data.tensor_loader.TensorLoader` (one indexing op per
-        batch) for an in-memory pool without workers, else a ``StatefulDataLoader``; the same batches either way."""
+        batch) for an in-memory pool without workers (nor ``Trainer(overfit_batches)``), else a
+        ``StatefulDataLoader``; the same batches either way."""
         source = self._require_setup()
         seed = self.data_seed()
         dataset = SplitDataset(source, self.split_indices["train"], self.train_transform, seed=seed)
         trainer = getattr(self, "trainer", None)
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        if self.num_workers == 0 and isinstance(source, TensorImages):
+        # Lightning's overfit_batches swaps the sampler of a DataLoader for a SequentialSampler: keep one for it
+        if self.num_workers == 0 and isinstance(source, TensorImages) and not getattr(trainer, "overfit_batches", 0):
             sampler = ResumableSampler(dataset, seed=seed, shuffle=self.shuffle, num_replicas=replicas, rank=rank,
                                        drop_last=self.drop_last)
             return TensorLoader(dataset, sampler, self.batch_size, drop_last=self.drop_last,

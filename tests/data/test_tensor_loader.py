@@ -178,3 +178,25 @@ def test_datamodules_use_it_in_memory_without_workers(tmp_path: Any) -> None:
     fixed = MNIST1DDataModule(data_dir=None, num_samples=200, shuffle=False, batch_size=50)
     first = epoch(fixed.train_dataloader(), 3, 1)[0][0]
     assert torch.equal(first, fixed.dataset("train").source.batch(fixed.split_indices["train"][:50]))
+
+
+def test_overfit_batches_gets_the_dataloader_lightning_can_make_sequential(tmp_path: Any) -> None:
+    """``Trainer(overfit_batches=2)`` replaces a DataLoader's sampler by a SequentialSampler (the TensorLoader has
+    none to replace): the DataModule hands it a DataLoader, and both epochs train on the same first 2 batches."""
+    from torch import nn
+
+    from lit_tricks.modules import TrickModule
+    from tests.helpers.tiny import tiny_trainer
+
+    seen: list[list[int]] = []
+
+    class Recorder(TrickModule):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            seen.append(batch[1].tolist())
+            return super().training_step(batch, batch_idx)
+
+    dm = DigitsDataModule(batch_size=16, val_fraction=0.0)
+    trainer = tiny_trainer(tmp_path, overfit_batches=2, max_epochs=2, limit_val_batches=0)
+    trainer.fit(Recorder(nn.Sequential(nn.Flatten(), nn.Linear(64, 10))), datamodule=dm)
+    assert not isinstance(trainer.train_dataloader, TensorLoader)
+    assert len(seen) == 4 and seen[:2] == seen[2:]
