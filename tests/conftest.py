@@ -2,8 +2,9 @@
 
 Test tiers (docs/guide/install.md, "Test tiers"): a test that starts a process (subprocess, multiprocessing,
 DataLoader workers), a process group (DDP/FSDP), a cluster or a database is marked ``slow``; ``make test-fast``
-runs ``-m "not slow"``. ``ddp``, ``slurm`` and ``db`` imply ``slow`` (added here). A test without ``slow`` that
-starts a process or a process group fails, naming the mark to add.
+runs ``-m "not slow"``. A test without ``slow`` that starts a process or a process group fails, naming the mark to
+add. ``serial`` tests (several processes at once, or wall-clock deadlines) run alone, after the parallel pass of
+``make test``. ``ddp``, ``slurm`` and ``db`` imply ``slow`` and ``serial`` (added here).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ os.environ.setdefault("PL_DISABLE_FORK", "1")
 for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(name).setLevel(logging.WARNING)
 
-#: Marks that put a test in the slow tier by themselves.
-IMPLY_SLOW = ("ddp", "slurm", "db")
+#: Marks that put a test in the slow tier and in make test's serial pass by themselves.
+IMPLY_SLOW_SERIAL = ("ddp", "slurm", "db")
 
 #: Probes the standard library runs by itself (ctypes.util.find_library, platform.processor): allowed everywhere.
 SYSTEM_PROBES = ("ldconfig", "uname")
@@ -53,8 +54,10 @@ if torch.distributed.is_available():
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.get_closest_marker("slow") is None and any(item.get_closest_marker(m) for m in IMPLY_SLOW):
-            item.add_marker(pytest.mark.slow)
+        if any(item.get_closest_marker(m) for m in IMPLY_SLOW_SERIAL):
+            for mark in ("slow", "serial"):
+                if item.get_closest_marker(mark) is None:
+                    item.add_marker(mark)
 
 
 def _program(cmd: Any) -> str:
