@@ -178,6 +178,7 @@ def test_config_hash_ignores_key_order_and_hydra_node() -> None:
     assert config_hash(a) != config_hash(b)
 
 
+@pytest.mark.slow  # a (1-rank) process group
 def test_job_guard_restores_env_threads_and_destroys_process_group(tmp_path: Path) -> None:
     before = dict(os.environ)
     threads = torch.get_num_threads()
@@ -192,6 +193,7 @@ def test_job_guard_restores_env_threads_and_destroys_process_group(tmp_path: Pat
     assert not dist.is_initialized()
 
 
+@pytest.mark.slow
 def test_job_guard_kills_child_ranks_when_the_job_fails() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     world_size = os.environ.get("WORLD_SIZE")
