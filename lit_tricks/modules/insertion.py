@@ -24,6 +24,8 @@ from typing import Any
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from lit_tricks.validation import check_choice
+
 __all__ = [
     "ACTIVATIONS",
     "DROPOUT_PLACEMENTS",
@@ -191,27 +193,31 @@ def apply_norm(model: nn.Module, norm: str | Mapping[str, Any]) -> nn.Module:
 
 def apply_dropout(model: nn.Module, p: float, kind: str = "dropout", placement: str = "head") -> nn.Module:
     """``module.dropout`` with ``module.dropout_placement``: head = :func:`~lit_tricks.modules.surgery.set_dropout`
-    (one layer before the head) | every_hidden = inverted dropout (or :class:`GaussianDropout` for
-    ``kind=gaussian``) after every hidden activation, or for ``kind=dropconnect`` / ``weight_noise`` every hidden
-    ``nn.Linear`` becomes a :class:`DropConnectLinear` / :class:`WeightNoiseLinear` (same parameters and keys);
-    the model's own Dropout layers are left as built. Returns ``model``."""
-    from lit_tricks.modules.surgery import DROPOUT_KINDS, WEIGHT_KINDS, GaussianDropout, replace_linear, set_dropout
+    (on the head's input, or the head's weights) | every_hidden = inverted dropout (or ``GaussianDropout`` for
+    ``kind=gaussian``) after every hidden activation; for the weight kinds (dropconnect, weight_noise,
+    additive_weight_noise) every hidden Linear/Conv layer gets the noise on its weights, sharing its parameters
+    (:func:`~lit_tricks.modules.noise.add_weight_noise`); zoneout: every ``nn.GRU`` keeps each hidden unit with
+    probability ``p`` per step (:func:`~lit_tricks.modules.zoneout.apply_zoneout`). The model's own Dropout layers
+    are left as built; no state-dict key changes. Returns ``model``."""
+    from lit_tricks.modules.noise import WEIGHT_KINDS, GaussianDropout, add_weight_noise
+    from lit_tricks.modules.surgery import DROPOUT_KINDS, set_dropout
+    from lit_tricks.modules.zoneout import apply_zoneout
 
-    if placement not in DROPOUT_PLACEMENTS:
-        raise ValueError(f"dropout_placement must be one of {list(DROPOUT_PLACEMENTS)}, got {placement!r}")
-    if kind not in DROPOUT_KINDS:
-        raise ValueError(f"dropout_kind must be one of {list(DROPOUT_KINDS)}, got {kind!r}")
+    check_choice("dropout_placement", placement, DROPOUT_PLACEMENTS)
+    check_choice("dropout_kind", kind, DROPOUT_KINDS)
     if placement == "head":
         return set_dropout(model, p, kind)
+    if kind == "zoneout":
+        apply_zoneout(model, p)
+        return model
     sites = hidden_sites(model)
     if not sites:
         raise ValueError("dropout_placement=every_hidden: the model has no hidden activation module after a "
-                         "conv/linear layer (activations applied in forward() cannot be reached)")
+                         "conv/linear layer (activations applied in forward() cannot be reached; a GRU takes "
+                         "dropout_kind=zoneout)")
     if kind in WEIGHT_KINDS:
-        for module in list(model.modules()):
-            for name, child in list(module.named_children()):
-                if any(child is s.layer for s in sites) and isinstance(child, nn.Linear):
-                    replace_linear(module, name, child, p, kind)
+        for site in sites:
+            add_weight_noise(site.parent, site.layer_path.rpartition(".")[2], p, kind)
         return model
     factory: Callable[[float], nn.Module] = GaussianDropout if kind == "gaussian" else nn.Dropout
     insert_dropout(model, p, factory)
