@@ -17,7 +17,7 @@ model (unexpected keys). Dropout has no parameters, so it changes no key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,16 +146,22 @@ def insert_around_activations(
     return changed
 
 
-def insert_norm(model: nn.Module, kind: str, num_groups: int | None = None) -> int:
+def insert_norm(model: nn.Module, kind: str, num_groups: int | None = None,
+                layers: Sequence[str] | None = None) -> int:
     """Add a ``kind`` norm between each hidden conv/linear and its activation (in place, sites that already have a
     norm are skipped); returns how many were inserted. ``group`` needs ``num_groups`` to divide every layer's
     channels, else ``ValueError`` naming the layer and its channel count (nothing is changed then); None = per layer
-    the largest divisor <= 32."""
+    the largest divisor <= 32. ``layers``: fnmatch patterns of the conv/linear layers' paths to norm (None: all);
+    a pattern that matches no hidden layer is refused in one line (the notes (000): BatchNorm may be applied to
+    selected layers only)."""
+    from lit_tricks.modules.surgery import matching_paths
+
     if kind not in INSERT_NORM_KINDS:
         raise ValueError(f"norm: insertable kinds are {list(INSERT_NORM_KINDS)}, got {kind!r}")
+    chosen = matching_paths([s.layer_path for s in hidden_sites(model)], layers, "hidden conv/linear layers")
 
     def norm(site: HiddenSite) -> nn.Module | None:
-        if site.has_norm:
+        if site.has_norm or site.layer_path not in chosen:
             return None
         where = f"layer {site.layer_path} ({type(site.layer).__name__})"
         return make_norm(kind, site.channels, num_groups, where)
@@ -180,13 +186,17 @@ def has_norm(model: nn.Module) -> bool:
 def apply_norm(model: nn.Module, norm: str | Mapping[str, Any]) -> nn.Module:
     """``module.norm``: on a model with norm layers, swap them (:func:`~lit_tricks.modules.surgery.swap_norm`); on a
     model without any, ``batch | group:<n> | layer`` *insert* one before each hidden activation (:func:`insert_norm`;
-    ``group:<n>`` must then divide every layer's channels). Returns ``model``."""
-    from lit_tricks.modules.surgery import parse_norm, swap_norm
+    ``group:<n>`` must then divide every layer's channels); a mapping's ``layers`` selects the layers. A model with
+    neither norm layers nor a hidden activation module is refused in one line. Returns ``model``."""
+    from lit_tricks.modules.surgery import norm_layers, parse_norm, swap_norm
 
     kind, groups = parse_norm(norm)
     if kind in INSERT_NORM_KINDS and not has_norm(model):
+        if not hidden_sites(model):
+            raise ValueError(f"norm={kind}: the model has no norm layer to swap and no hidden conv/linear layer "
+                             f"followed by an activation module to insert one at")
         explicit = (isinstance(norm, str) and ":" in norm) or (isinstance(norm, Mapping) and "num_groups" in norm)
-        insert_norm(model, kind, groups if explicit else None)
+        insert_norm(model, kind, groups if explicit else None, norm_layers(norm))
         return model
     return swap_norm(model, norm)
 

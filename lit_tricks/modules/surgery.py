@@ -8,7 +8,8 @@ and the head finder.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -42,7 +43,9 @@ __all__ = [
     "WeightNoiseLinear",
     "find_head",
     "init_weights",
+    "matching_paths",
     "noisy_layers",
+    "norm_layers",
     "parse_norm",
     "recalibrate_bn",
     "set_dropout",
@@ -66,8 +69,12 @@ class BatchNormNd(_BatchNorm):
 
 
 def parse_norm(norm: str | Mapping[str, Any]) -> tuple[str, int]:
-    """``"group:8"`` / ``{"kind": "group", "num_groups": 8}`` / ``"layer"`` -> (kind, num_groups) with validation."""
+    """``"group:8"`` / ``{"kind": "group", "num_groups": 8}`` / ``"layer"`` -> (kind, num_groups) with validation
+    (a mapping may also hold ``layers``: :func:`norm_layers`)."""
     if isinstance(norm, Mapping):
+        unknown = sorted(set(norm) - {"kind", "num_groups", "layers"})
+        if unknown:
+            raise ArgumentError("norm", dict(norm), f"has unknown keys {unknown} (allowed: kind, num_groups, layers)")
         kind, groups = norm.get("kind"), norm.get("num_groups", 32)
     elif isinstance(norm, str):
         kind, _, rest = norm.partition(":")
@@ -79,7 +86,36 @@ def parse_norm(norm: str | Mapping[str, Any]) -> tuple[str, int]:
     if kind not in NORM_KINDS:
         raise ArgumentError("norm", norm, f"must be one of {list(NORM_KINDS)} (or group:<n>)")
     check_number("num_groups", groups, 1, integer=True, owner="norm")
+    if kind == "weight" and norm_layers(norm) is not None:
+        raise ArgumentError("layers", norm_layers(norm), "selects norm layers for kind batch/group/layer/none; "
+                            "kind=weight reparametrizes every conv/linear layer", owner="norm")
     return str(kind), int(groups)
+
+
+def norm_layers(norm: str | Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The ``layers`` of a norm mapping: fnmatch patterns of the layer paths the norm surgery acts on (None: all).
+
+    A swap matches the norm layers' own paths (SmallCNN: ``features.1``); an insertion matches the conv/linear layer
+    a new norm follows (MLP: ``features.1``, ConvNet1d: ``features.0``): BatchNorm on selected layers only."""
+    layers = norm.get("layers") if isinstance(norm, Mapping) else None
+    if layers is None:
+        return None
+    if isinstance(layers, str) or not layers or not all(isinstance(p, str) for p in layers):
+        raise ArgumentError("layers", layers, "must be a non-empty list of layer-path patterns (fnmatch), e.g. "
+                            "['features.0']", owner="norm")
+    return tuple(layers)
+
+
+def matching_paths(paths: Sequence[str], patterns: Sequence[str] | None, what: str) -> set[str]:
+    """The ``paths`` matching any of ``patterns`` (all of them for None); a pattern matching none is refused in one
+    line listing the ``what`` paths there are."""
+    if patterns is None:
+        return set(paths)
+    for pattern in patterns:
+        if not fnmatch.filter(paths, pattern):
+            raise ArgumentError("layers", list(patterns), f"pattern {pattern!r} matches none of the model's {what} "
+                                f"{list(paths)}", owner="norm")
+    return {p for p in paths if any(fnmatch.fnmatchcase(p, pattern) for pattern in patterns)}
 
 
 def _channels(layer: nn.Module) -> int | None:
@@ -142,17 +178,19 @@ def swap_norm(model: nn.Module, kind: str | Mapping[str, Any]) -> nn.Module:
     | none (Identity) | weight (norm layers removed and every Conv/Linear weight reparametrized as
     ``w = g * v / ||v||`` with ``torch.nn.utils.parametrizations.weight_norm``; Salimans & Kingma, 2016).
     Affine scale/shift are copied where the shapes match. Channel-wise swaps assume channels on dim 1 (CNNs,
-    MLPs); a LayerNorm over several trailing dims is left as is.
+    MLPs); a LayerNorm over several trailing dims is left as is. A mapping's ``layers`` (:func:`norm_layers`) limits
+    the swap to the norm layers whose paths match, e.g. ``{kind: none, layers: ["features.4"]}`` keeps BatchNorm on
+    the other layers only.
     """
     norm_kind, num_groups = parse_norm(kind)
     if norm_kind == "keep":
         return model
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, _NORM_LAYERS):
-                new = _replacement(child, norm_kind, num_groups)
-                if new is not None:
-                    parent._modules[name] = new
+    found = [(f"{pp}.{name}" if pp else name, parent, name, child) for pp, parent in model.named_modules()
+             for name, child in parent.named_children() if isinstance(child, _NORM_LAYERS)]
+    chosen = matching_paths([f[0] for f in found], norm_layers(kind), "norm layers")
+    for path, parent, name, child in found:
+        if path in chosen and (new := _replacement(child, norm_kind, num_groups)) is not None:
+            parent._modules[name] = new
     if norm_kind == "weight":
         from torch.nn.utils.parametrizations import weight_norm
         from torch.nn.utils.parametrize import is_parametrized
