@@ -26,7 +26,11 @@ def check_task(loss: str, label_smoothing: float, binned_point: str, num_classes
     if num_classes is not None:
         check_number("num_classes", num_classes, 1, integer=True)
     check_number("top_k", top_k, 0, integer=True)
-    return check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+    smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+    if smoothing and loss == "mse":
+        raise ArgumentError("label_smoothing", label_smoothing, "must be 0 with loss='mse' (it smooths class targets "
+                            "for cross_entropy and binned; mse regresses the targets as given)")
+    return smoothing
 
 
 def check_surgery(norm: str | Mapping[str, Any], dropout: float | None, dropout_kind: str,
@@ -35,7 +39,14 @@ def check_surgery(norm: str | Mapping[str, Any], dropout: float | None, dropout_
     parse_norm(norm)
     check_choice("dropout_kind", dropout_kind, DROPOUT_KINDS)
     check_choice("dropout_placement", dropout_placement, DROPOUT_PLACEMENTS)
-    return None if dropout is None else check_number("dropout", dropout, 0.0, 1.0)
+    if dropout is None:
+        for arg, value, default in (("dropout_kind", dropout_kind, "dropout"),
+                                    ("dropout_placement", dropout_placement, "head")):
+            if value != default:
+                raise ArgumentError(arg, value, "needs module.dropout=<p> (dropout=null keeps the model's own "
+                                    "dropout layers as built)")
+        return None
+    return check_number("dropout", dropout, 0.0, 1.0)
 
 
 def check_regularization(weight_decay: float, l1: float, jacobian_reg: float,

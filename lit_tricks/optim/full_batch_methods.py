@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import parametrize
 
 __all__ = [
     "DEFAULT_MAX_PARAMS", "FullBatchMethod", "GaussNewton", "LevenbergMarquardt", "Newton", "batch_statistics",
@@ -167,9 +168,10 @@ class Newton(FullBatchMethod):
 
         flat = self._flat()
         grad = torch.func.grad(f)(flat)
-        if any(isinstance(m, _BatchNorm) and m.training for m in self.model.modules()):
+        if any((isinstance(m, _BatchNorm) and m.training) or parametrize.is_parametrized(m)
+               for m in self.model.modules()):
             # torch.func's second derivatives of batch_norm with batch statistics are wrong (torch 2.14; pytorch
-            # issue 196699): reverse-over-reverse autograd instead, checked against the hand-written Hessian
+            # issue 196699) and weight_norm has no forward-mode derivative: reverse-over-reverse autograd there
             h = torch.autograd.functional.hessian(f, flat, vectorize=True)
         else:
             h = hessian(f)(flat)
