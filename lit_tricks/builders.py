@@ -48,16 +48,16 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 def _check_flat_input(cfg: DictConfig, dm: Any, target: Any) -> None:
     """Refuse, in one line, one of our image/signal/sequence models after a preprocessor with a flat output (PCA)."""
-    from lit_tricks.config_checks import ConfigError
     from lit_tricks.models import ConvNet1d, GRU1d, SmallCNN, torchvision_model
+    from lit_tricks.validation import ArgumentError
 
     if not getattr(getattr(dm, "preprocessor", None), "flat_output", False):
         return
     if target in (SmallCNN, ConvNet1d, GRU1d, torchvision_model):
         kind = OmegaConf.select(cfg, "data.preprocessing", default="pca")
-        raise ConfigError([f"data.preprocessing={kind}: outputs a flat vector of {dm.model_dims[0]} principal "
-                           f"components per sample, which model={cfg.model._target_} (an image/signal model) cannot "
-                           f"take; use model=mlp, mlp_mnist1d or logreg_mnist1d, or data.preprocessing=zca"])
+        raise ArgumentError("data.preprocessing", kind, f"outputs a flat vector of {dm.model_dims[0]} principal "
+                            f"components per sample, which model={cfg.model._target_} (an image/signal model) cannot "
+                            f"take: use model=mlp, mlp_mnist1d or logreg_mnist1d, or data.preprocessing=zca")
 
 
 def build_model(cfg: DictConfig, dm: Any) -> torch.nn.Module:

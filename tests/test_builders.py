@@ -8,9 +8,9 @@ import torch
 from omegaconf import OmegaConf
 
 from lit_tricks.builders import build_model
-from lit_tricks.config_checks import ConfigError
 from lit_tricks.data import DigitsDataModule
 from lit_tricks.models import MLP
+from lit_tricks.validation import ArgumentError
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,11 @@ def pca_digits() -> DigitsDataModule:
 ])
 def test_pca_with_an_image_model_is_refused_in_one_line(pca_digits: DigitsDataModule, model: dict[str, str]) -> None:
     cfg = OmegaConf.create({"model": model, "data": {"preprocessing": "pca"}})
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ArgumentError) as err:
         build_model(cfg, pca_digits)
-    (problem,) = err.value.problems
-    assert "\n" not in problem
-    assert problem.startswith("data.preprocessing=pca: outputs a flat vector of 12 principal components per sample")
+    problem = str(err.value)
+    assert "\n" not in problem and err.value.arg == "data.preprocessing" and err.value.value == "pca"
+    assert problem.startswith("data.preprocessing outputs a flat vector of 12 principal components per sample")
     assert "model=mlp, mlp_mnist1d or logreg_mnist1d" in problem and model["_target_"] in problem
 
 
