@@ -212,24 +212,14 @@ def _fit_center_per_feature(images: Iterable[Tensor] | Tensor, **_: Any) -> Fitt
     return CenterFeatures(mean=fit_feature_mean(images))
 
 
-def _fit_standardize(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
-    mean, std = fit_channel_stats(images)
-    return Standardize(mean=mean, std=std)
+def _fit_scaler(cls: type[FittedPreprocessor],
+                fit: Callable[[Iterable[Tensor] | Tensor], tuple[Tensor, Tensor]]) -> Callable[..., FittedPreprocessor]:
+    """The fit function of a two-statistic scaler: ``cls(**dict(zip(cls.buffer_names, fit(images))))``."""
 
+    def fitter(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
+        return cls(**dict(zip(cls.buffer_names, fit(images), strict=True)))
 
-def _fit_minmax(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
-    lo, hi = fit_channel_minmax(images)
-    return MinMaxScale(lo=lo, hi=hi)
-
-
-def _fit_standardize_per_feature(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
-    mean, std = fit_feature_stats(images)
-    return Standardize(mean=mean, std=std)
-
-
-def _fit_minmax_per_feature(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
-    lo, hi = fit_feature_minmax(images)
-    return MinMaxScale(lo=lo, hi=hi)
+    return fitter
 
 
 def _fit_pca(images: Iterable[Tensor] | Tensor, pca_components: int | float = 0.99, **_: Any) -> FittedPreprocessor:
@@ -255,10 +245,10 @@ PREPROCESSING: dict[str, tuple[type[FittedPreprocessor], Callable[..., FittedPre
     "none": (NoPreprocessing, _fit_none),
     "center": (CenterChannels, _fit_center),
     "center_per_feature": (CenterFeatures, _fit_center_per_feature),
-    "standardize": (Standardize, _fit_standardize),
-    "minmax": (MinMaxScale, _fit_minmax),
-    "standardize_per_feature": (Standardize, _fit_standardize_per_feature),
-    "minmax_per_feature": (MinMaxScale, _fit_minmax_per_feature),
+    "standardize": (Standardize, _fit_scaler(Standardize, fit_channel_stats)),
+    "minmax": (MinMaxScale, _fit_scaler(MinMaxScale, fit_channel_minmax)),
+    "standardize_per_feature": (Standardize, _fit_scaler(Standardize, fit_feature_stats)),
+    "minmax_per_feature": (MinMaxScale, _fit_scaler(MinMaxScale, fit_feature_minmax)),
     "pca": (PCAProject, _fit_pca),
     "pca_whiten": (PCAWhiten, _fit_pca_whiten),
     "zca": (ZCAWhiten, _fit_zca),
