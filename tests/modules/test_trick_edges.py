@@ -180,3 +180,27 @@ def test_head_placement_loads_a_checkpoint_saved_with_the_old_sequential_keys() 
              for k, v in module.model.state_dict().items()}
     module.model.load_state_dict(state)  # strict: the keys of a head once wrapped in Sequential(Dropout, head)
     assert torch.equal(module.model.out.weight, state["out.1.weight"])
+
+
+def test_surgered_models_survive_pickle_and_deepcopy() -> None:
+    """The inserted head dropout (a pre-hook), noisy convs and zoneout GRUs are plain modules and module-level hooks:
+    a pickled or deep-copied model computes the same and keeps its noise (EMA copies, DDP spawn, torch.save)."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    models = [TrickModule(UserNet(), dropout=0.5).model,
+              TrickModule(_cnn(), dropout=0.3, dropout_kind="dropconnect", dropout_placement="every_hidden").model,
+              TrickModule(GRU1d(num_classes=3, in_channels=1, image_size=(1, 6), hidden_size=2), dropout=0.2,
+                          dropout_kind="zoneout", dropout_placement="every_hidden").model]
+    inputs = [torch.randn(8, 1, 1, 12), torch.randn(8, 1, 8, 8), torch.randn(8, 1, 1, 6)]
+    for model, x in zip(models, inputs):
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        for twin in (torch.load(buffer, weights_only=False), copy.deepcopy(model)):
+            assert list(twin.state_dict()) == list(model.state_dict())
+            model.eval(), twin.eval()
+            torch.testing.assert_close(twin(x), model(x))
+            twin.train()
+            assert not torch.equal(twin(x), twin(x))
