@@ -6,7 +6,7 @@ weight noise, zoneout: they make the curvature noise), terms outside the data lo
 penalty, batch augmentation: use the method's ``damping`` instead of weight decay), LR schedules (Lightning does not
 step them in manual optimization), and for the least-squares methods any loss but ``mse``; at the start of training,
 mini-batches (``data.batch_size`` below the training set size). BatchNorm is handled, not refused: the step uses the
-full batch's statistics (deterministic) and the running statistics move once per step
+full batch's statistics (deterministic), and the running statistics become the full batch's after each step
 (:class:`~lit_tricks.optim.full_batch_methods.FullBatchMethod`).
 """
 

@@ -66,8 +66,9 @@ class FullBatchMethod:
 
     BatchNorm in training mode: on the same full batch every step, its batch statistics make the loss a
     deterministic function of the weights, so the curvature and the step use them (within
-    :func:`batch_statistics`); the running statistics (for eval) move once per step, by one forward at the weights
-    before the step, as a first-order step's forward moves them.
+    :func:`batch_statistics`). The running statistics (for eval) are then set to the full batch's at the weights
+    after the step (momentum 1 for one forward): the training set's population statistics of the network as it now
+    is, which the notes (000) take from the final network, instead of an average lagging over a few full-batch steps.
     """
 
     method = "second-order method"
@@ -93,11 +94,19 @@ class FullBatchMethod:
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
         """One step on the full batch ``(inputs, targets)``; returns the loss before the step."""
         self._check_batch(inputs, targets)
-        if _tracking_norms(self.model):
-            with torch.no_grad():
-                self.model(inputs)  # the running statistics move once, at the weights before the step
         with batch_statistics(self.model):
             loss = self._step(inputs, targets)
+        norms = _tracking_norms(self.model)
+        if norms:
+            momenta = [m.momentum for m in norms]
+            for m in norms:
+                m.momentum = 1.0
+            try:
+                with torch.no_grad():
+                    self.model(inputs)  # running statistics = the full batch's, at the new weights
+            finally:
+                for m, momentum in zip(norms, momenta):
+                    m.momentum = momentum
         self.steps += 1
         return loss
 
