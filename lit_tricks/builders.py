@@ -12,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["build_callbacks", "build_datamodule", "build_loggers", "build_model", "build_module"]
 
@@ -46,10 +46,25 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return dm
 
 
+def _check_flat_input(cfg: DictConfig, dm: Any, target: Any) -> None:
+    """Refuse, in one line, one of our image/signal/sequence models after a preprocessor with a flat output (PCA)."""
+    from lit_tricks.models import ConvNet1d, GRU1d, SmallCNN, torchvision_model
+    from lit_tricks.validation import ArgumentError
+
+    if not getattr(getattr(dm, "preprocessor", None), "flat_output", False):
+        return
+    if target in (SmallCNN, ConvNet1d, GRU1d, torchvision_model):
+        kind = OmegaConf.select(cfg, "data.preprocessing", default="pca")
+        raise ArgumentError("data.preprocessing", kind, f"outputs a flat vector of {dm.model_dims[0]} principal "
+                            f"components per sample, which model={cfg.model._target_} (an image/signal model) cannot "
+                            f"take: use model=mlp, mlp_mnist1d or logreg_mnist1d, or data.preprocessing=zca")
+
+
 def build_model(cfg: DictConfig, dm: Any) -> torch.nn.Module:
     """Instantiate ``cfg.model``, filling num_classes / in_channels / image_size from the DataModule."""
     dims = getattr(dm, "model_dims", dm.dims)  # what the model sees after preprocessing (PCA: a flat (k, 1, 1))
     values = {"num_classes": dm.num_classes, "in_channels": dims[0], "image_size": tuple(dims[1:])}
+    _check_flat_input(cfg, dm, get_object(cfg.model._target_))
     accepted = _accepted_kwargs(get_object(cfg.model._target_))
     fill = {k: v for k, v in values.items() if (accepted is None or k in accepted) and k not in cfg.model}
     return instantiate(cfg.model, **fill)

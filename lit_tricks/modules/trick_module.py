@@ -42,7 +42,7 @@ from lit_tricks.modules.specs import (
 from lit_tricks.modules.surgery import init_weights, noisy_layers
 from lit_tricks.modules.task_steps import TaskSteps
 from lit_tricks.modules.tasks import LOSSES, bin_edges, task_residual
-from lit_tricks.modules.trick_args import check_groups, check_training, plain_bins
+from lit_tricks.modules.trick_args import check_config, check_groups, check_training, plain_bins
 from lit_tricks.weight_variants import WeightVariants
 
 __all__ = ["LOSSES", "PREPROCESS_KEY", "TrickModule", "callable_from_spec", "callable_to_spec"]
@@ -66,12 +66,12 @@ class TrickModule(TaskSteps):
         binned_point: the point prediction taken from the bin distribution: mean (expected value; best for squared
             error) | median (best for absolute error) | mode.
         norm: keep | batch | group | ``group:<n>`` | ``{kind: group, num_groups: n}`` | layer | weight | none
-            (see :func:`~lit_tricks.modules.surgery.swap_norm`); on a model without norm layers, batch/group/layer
-            insert one before each hidden activation (:func:`~lit_tricks.modules.insertion.apply_norm`).
-        dropout: None keeps the model's dropout; a p in [0, 1) is set by
-            :func:`~lit_tricks.modules.insertion.apply_dropout` with ``dropout_kind`` dropout | dropconnect |
-            gaussian and ``dropout_placement`` head (one layer before the head) | every_hidden (after every hidden
-            activation).
+            (swap_norm); a model without norm layers gets one inserted before each hidden activation, at the layers
+            a mapping's ``layers`` selects (:func:`~lit_tricks.modules.insertion.apply_norm`).
+        dropout: None keeps the model's dropout; a p in [0, 1) is applied by
+            :func:`~lit_tricks.modules.insertion.apply_dropout` with ``dropout_kind`` (on activations, on linear/conv
+            weights, on a GRU's state) and ``dropout_placement`` head (the head's input or weights) | every_hidden
+            (after every hidden activation, on every hidden layer's weights, every GRU).
         init: default | xavier_uniform | xavier_normal | kaiming_uniform | kaiming_normal | orthogonal, or a dict
             ``{scheme, mode, nonlinearity, gain}``; biases zero.
         weight_decay: lambda of the decayed tensors (conv/linear weights; not biases, norm or embedding params,
@@ -106,6 +106,8 @@ class TrickModule(TaskSteps):
 
         module = TrickModule.load_from_checkpoint(path, model=SmallCNN(num_classes=10))
     """
+
+    check_config: classmethod[Any, Any, None] = classmethod(check_config)  #: start-up check of the arguments (no model)
 
     def __init__(
         self,

@@ -118,6 +118,13 @@ def _all_targets(node: Any) -> Iterator[str]:
 def assert_public(target: str) -> None:
     module_name, _, name = target.rpartition(".")
     module = importlib.import_module(module_name)
+    if module_name.startswith("hydra_plugins."):
+        # Hydra finds a plugin (sweeper, launcher) only under the path it registered while scanning hydra_plugins:
+        # f"{cls.__module__}.{cls.__name__}" (hydra.core.plugins.Plugins); the package path is refused at run time.
+        obj = getattr(module, name)
+        assert f"{obj.__module__}.{obj.__qualname__}" == target, f"{target}: Hydra knows this plugin as " \
+            f"{obj.__module__}.{obj.__qualname__}"
+        return
     assert Path(str(module.__file__)).name == "__init__.py", (
         f"{target}: name it from its package ({module_name} is a module)")
     assert getattr(module, name, None) is not None, f"{target}: {module_name} does not export {name}"
