@@ -76,8 +76,8 @@ class ShardedEMACheckpoints:
         if self._shards_pending is None:
             return
         if self._loaded_dir is None:
-            raise RuntimeError("EMAWeights: the callback state names sharded EMA weights, but no distributed checkpoint "
-                               "was loaded through ModelParallelStrategy; resume from the checkpoint directory")
+            raise RuntimeError("EMAWeights: the callback state names sharded EMA weights, but no distributed "
+                               "checkpoint was loaded through ModelParallelStrategy; resume from its directory")
         load_shards_({"ema": self.state.ema_state_dict}, self._loaded_dir / self._shards_pending)
         self._shards_pending = None
 

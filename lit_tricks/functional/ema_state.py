@@ -67,10 +67,11 @@ class EMAState:
     half_life_steps)`` when ``half_life_steps`` is given, or with ``warmup`` ``min(d, (1 + t) / (10 + t))`` where
     ``t = num_updates`` (TensorFlow's ``ExponentialMovingAverage``). Buffers are copied (``buffers="copy"``) or
     averaged (``"average"``; integer buffers are always copied). ``device``: where the EMA lives (None: beside each
-    weight). ``ema_dtype``: one of :data:`EMA_DTYPES` (default: an fp32 shadow for bf16/fp16 weights, costing 4 bytes
-per parameter instead of 2; see :func:`shadow_dtype`). Sharded (DTensor) parameters get DTensor shadows placed like
-them; ``device`` must then be None. Names are the module's ``state_dict`` keys; a loaded state is matched to the module on the next
-    :meth:`bind` (tolerating ``_orig_mod.``/``module.`` prefixes), and refused when it belongs to another model.
+    weight). ``ema_dtype``: one of :data:`EMA_DTYPES` (default: an fp32 shadow for bf16/fp16 weights, costing 4
+    bytes per parameter instead of 2; see :func:`shadow_dtype`). Sharded (DTensor) parameters get DTensor shadows
+    placed like them (``device`` must be None then). Names are the module's ``state_dict`` keys; a loaded state is
+    matched to the module on the next :meth:`bind` (tolerating ``_orig_mod.``/``module.`` prefixes), and refused
+    when it belongs to another model.
     """
 
     def __init__(

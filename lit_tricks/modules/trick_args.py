@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lit_tricks.modules.insertion import DROPOUT_PLACEMENTS
+from lit_tricks.modules.sharding import SHARD_MODES
 from lit_tricks.modules.surgery import DROPOUT_KINDS, parse_norm
 from lit_tricks.modules.tasks import BINNED_POINTS, LOSSES
 from lit_tricks.validation import ArgumentError, check_choice, check_number
@@ -46,9 +47,11 @@ def check_regularization(weight_decay: float, l1: float, jacobian_reg: float,
             check_number("jacobian_reg", jacobian_reg, 0.0))
 
 
-def check_training(scheduler_interval: str | None, optimizer_kwargs: Mapping[str, Any]) -> None:
-    """The optimization options: the interval override, and no ``weight_decay`` inside the optimizer partial."""
+def check_training(scheduler_interval: str | None, optimizer_kwargs: Mapping[str, Any], shard: str = "auto") -> None:
+    """The optimization options: the interval override, no ``weight_decay`` inside the optimizer partial, and the
+    sharding mode."""
     check_choice("scheduler_interval", scheduler_interval, (None, "step", "epoch"))
+    check_choice("shard", shard, list(SHARD_MODES))
     if float(optimizer_kwargs.get("weight_decay", 0.0) or 0.0) != 0.0:
         raise ArgumentError("optimizer", optimizer_kwargs["weight_decay"], "sets weight_decay in the optimizer; set "
                             "module weight_decay instead (decay is applied through parameter groups)")
