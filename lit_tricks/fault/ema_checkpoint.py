@@ -57,15 +57,17 @@ def remove_twin(path: str | os.PathLike[str]) -> None:
 
 
 def save_ema_twin(checkpoint: dict[str, Any], path: str | os.PathLike[str], put_weights: Callable[[dict], None],
-                  meta: dict[str, Any]) -> None:
+                  meta: dict[str, Any], write: bool = True) -> None:
     """Write the twin of ``checkpoint`` (saved at ``path``): its entries less the training state, ``state_dict``
-    rewritten by ``put_weights(state_dict)``, and ``meta`` under ``"lit_tricks_ema"``; atomically."""
+    rewritten by ``put_weights(state_dict)``, and ``meta`` under ``"lit_tricks_ema"``; atomically. ``write=False``
+    (ranks > 0 of a sharded full-file save) only calls ``put_weights``, which gathers the EMA with rank 0."""
     twin = {k: v for k, v in checkpoint.items() if k not in _TRAINING_STATE}
-    state_dict = dict(checkpoint["state_dict"])
+    state_dict = dict(checkpoint.get("state_dict", {}))
     put_weights(state_dict)
     twin["state_dict"] = state_dict
     twin["lit_tricks_ema"] = {**meta, "source": Path(path).name}
-    atomic_torch_save(twin, ema_checkpoint_path(path))
+    if write:
+        atomic_torch_save(twin, ema_checkpoint_path(path))
 
 
 class TwinWriter(Protocol):

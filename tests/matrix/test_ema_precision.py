@@ -15,6 +15,7 @@ from torch import nn
 from lit_tricks.callbacks.ema import EMAWeights
 from lit_tricks.functional.ema_state import shadow_dtype
 from tests.helpers.tiny import BlobsDataModule, tiny_trainer
+from tests.matrix.cells import cell
 
 DECAY = 0.999
 STEPS = 200
@@ -68,6 +69,7 @@ def _recurrence(seen: list[torch.Tensor]) -> torch.Tensor:
     return ema
 
 
+@cell("EMAWeights", "low_precision")
 @pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
 def test_low_precision_ema_keeps_an_fp32_shadow_that_tracks_the_recurrence(tmp_path: Path, precision: str) -> None:
     ema, weights = _fit(tmp_path, precision, None)
