@@ -26,7 +26,10 @@ def finite_flag(tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.tensor(True)
     # max |x| per tensor: NaN if any element is NaN, inf if any is inf; exact (no overflow, unlike the 2-norm) and no
     # tensor-sized temporaries
-    peaks = torch._foreach_norm(locals_of(t.detach() for t in tensors), ord=float("inf"))
+    parts = [t for t in locals_of(t.detach() for t in tensors) if t.numel()]  # a shard may be empty
+    if not parts:
+        return torch.tensor(True)
+    peaks = torch._foreach_norm(parts, ord=float("inf"))
     return torch.isfinite(torch.stack([p.float().to(peaks[0].device) for p in peaks])).all()
 
 

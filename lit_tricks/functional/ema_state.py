@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lit_tricks.functional import sharded
 from lit_tricks.functional.ema import (
     BUFFER_MODES,
     copy_,
@@ -37,7 +38,6 @@ from lit_tricks.functional.ema import (
     update_buffers_,
     warmup_decay,
 )
-from lit_tricks.functional.sharded import is_dtensor, locals_of, shard_like
 from lit_tricks.functional.wrappers import match_wrapped_keys
 
 __all__ = ["EMA_DTYPES", "EMAState", "shadow_dtype"]
@@ -138,7 +138,7 @@ class EMAState:
         names = self.attach(module)
         model_tensors = self.model_params + self.model_buffers
         if self.pending is None and names == self.names and _same_shapes(self.ema_params, self.model_params) and all(
-                is_dtensor(e) == is_dtensor(m) for e, m in zip(self.ema_params, self.model_params)):
+                sharded.is_dtensor(e) == sharded.is_dtensor(m) for e, m in zip(self.ema_params, self.model_params)):
             return
         source: dict[str, Tensor] = {}
         if self.pending is not None:
@@ -174,11 +174,11 @@ class EMAState:
         A DTensor ``model_tensor`` gets a DTensor placed like it, holding this rank's chunk of ``source`` (a full
         tensor loaded from a checkpoint, or a DTensor)."""
         dtype = shadow_dtype(self.ema_dtype, model_tensor.dtype)
-        if is_dtensor(model_tensor):
+        if sharded.is_dtensor(model_tensor):
             if self.device is not None:
                 raise ValueError(f"EMAWeights(device={str(self.device)!r}): offloading is not supported for sharded "
                                  "(DTensor) weights; use device=None (each rank keeps its shard beside the weights)")
-            return shard_like(source, model_tensor, dtype)
+            return sharded.shard_like(source, model_tensor, dtype)
         return source.detach().to(device=self.device or model_tensor.device, dtype=dtype, copy=True)
 
     # ------------------------------------------------------------------ updates
@@ -200,8 +200,8 @@ class EMAState:
 
         On local shards (each rank averages its own part of a DTensor, no communication), ``current`` cast to the
         shadow's dtype (a bf16 weight into an fp32 shadow)."""
-        shadows = locals_of(ema)
-        weights = [w if w.dtype == e.dtype else w.to(e.dtype) for e, w in zip(shadows, locals_of(current))]
+        shadows = sharded.locals_of(ema)
+        weights = [w if w.dtype == e.dtype else w.to(e.dtype) for e, w in zip(shadows, sharded.locals_of(current))]
         ema_update_(shadows, weights, decay)
 
     def set_buffers(self, values: Sequence[Tensor]) -> None:
@@ -266,7 +266,7 @@ class EMAState:
         if model_dtype:
             values = [v.to(d) for v, d in zip(values, self.model_dtypes)]
         if full:
-            values = [(v.full_tensor() if is_dtensor(v) else v).to("cpu") for v in values]
+            values = [sharded.full(v).to("cpu") for v in values]
         for name, value in zip(self.names, values):
             for key in self.aliases.get(name, (name,)):
                 if key in state_dict:
@@ -277,7 +277,7 @@ class EMAState:
         DTensors gathered into full CPU tensors (a collective: every rank calls it)."""
         ema = self.ema_state_dict
         if full:
-            ema = {k: (v.full_tensor() if is_dtensor(v) else v).cpu() for k, v in ema.items()}
+            ema = {k: sharded.full(v).cpu() for k, v in ema.items()}
         if not ema and self.pending is not None:
             ema = dict(self.pending)
         return {"num_updates": self.num_updates, "ema": ema}

@@ -10,26 +10,34 @@ communicate only what they must: a global norm (:func:`global_norm`), a gathered
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
 
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 try:  # torch built without distributed support has no DTensor: nothing is ever sharded then
     import torch.distributed as dist
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    from torch.distributed.tensor import DTensor as _DTensor
+    from torch.distributed.tensor import distribute_tensor
 except ImportError:  # pragma: no cover - depends on the torch build
-    DTensor = None  # type: ignore[assignment,misc]
+    _DTensor = None  # type: ignore[assignment,misc]
 
 __all__ = [
-    "full_state_dict", "global_norm", "has_dtensors", "is_dtensor", "load_full_state_dict_", "local", "local_chunk",
-    "locals_of", "reduce_over_shards_", "shard_like",
+    "full", "full_state_dict", "global_norm", "has_dtensors", "is_dtensor", "load_full_state_dict_", "local",
+    "local_chunk", "locals_of", "reduce_over_shards_", "shard_like",
 ]
 
 
-def is_dtensor(t: Any) -> bool:
+def is_dtensor(t: Any) -> TypeGuard[DTensor]:
     """Whether ``t`` is a DTensor (a shard of a tensor spread over ranks)."""
-    return DTensor is not None and isinstance(t, DTensor)
+    return _DTensor is not None and isinstance(t, _DTensor)
+
+
+def full(t: Tensor) -> Tensor:
+    """The whole tensor: a DTensor gathered (a collective every rank holding a shard must enter), else ``t``."""
+    return t.full_tensor() if is_dtensor(t) else t
 
 
 def local(t: Tensor) -> Tensor:
@@ -115,9 +123,10 @@ def global_norm(tensors: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
 
 def _power_sum(tensors: Sequence[Tensor], p: float) -> Tensor:
     """``sum |x|^p`` over all entries of ``tensors`` (``max |x|`` for ``p = inf``), float32, 0 when empty."""
+    tensors = [t for t in tensors if t.numel()]  # a rank's shard may be empty (1 row over 2 ranks)
     if not tensors:
         return torch.zeros(())
-    norms = torch.stack([n.float().to(tensors[0].device) for n in torch._foreach_norm(list(tensors), p)])
+    norms = torch.stack([n.float().to(tensors[0].device) for n in torch._foreach_norm(tensors, p)])
     return norms.max() if p == float("inf") else norms.pow(p).sum()
 
 
@@ -125,7 +134,7 @@ def _power_sum(tensors: Sequence[Tensor], p: float) -> Tensor:
 def full_state_dict(module: nn.Module) -> dict[str, Tensor]:
     """``module.state_dict()`` as full CPU tensors on every rank (DTensors gathered: a collective every rank of the
     mesh must enter); a plain module's tensors are copied to the CPU."""
-    return {k: (v.full_tensor() if is_dtensor(v) else v).detach().to("cpu", copy=True)
+    return {k: full(v).detach().to("cpu", copy=True)
             for k, v in module.state_dict().items()}
 
 
