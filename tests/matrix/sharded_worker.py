@@ -11,7 +11,8 @@ callback, several fits per launch (a process start costs seconds here); each ran
 - ``lightning_clip``: Lightning's own ``gradient_clip_val`` (the oracle of global-norm clipping), 2 steps.
 - ``from1``: resume on 2 ranks from the full file of the unsharded single-process run (``--from-file``).
 - ``to1`` (``--devices 1``): resume on 1 rank from the 2-rank run's checkpoints (``--from-dir``, ``--from-file``),
-  and a TrickModule with ``shard=auto`` under the same strategy.
+  a TrickModule with ``shard=auto`` under the same strategy, and the ``-ema`` twin directory loaded by
+  ``trainer.test(ckpt_path=...)``.
 
 ``run_single`` is the unsharded single-process run of the same data (the tests run it in-process).
 """
@@ -47,6 +48,7 @@ from lit_tricks.callbacks import (  # noqa: E402
     RNGState,
 )
 from lit_tricks.data import sampling  # noqa: E402
+from lit_tricks.fault.ema_checkpoint import ema_checkpoint_path  # noqa: E402
 from lit_tricks.fault.resume import find_resume_checkpoint  # noqa: E402
 from lit_tricks.functional.sharded import full_state_dict, is_dtensor, local  # noqa: E402
 from lit_tricks.modules.sharding import shard_model  # noqa: E402
@@ -104,6 +106,8 @@ class Net(pl.LightningModule):
         x, y = batch
         self.log("val/loss", nn.functional.cross_entropy(self(x), y), sync_dist=True)
 
+    test_step = validation_step
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.3, momentum=0.9)
 
@@ -116,6 +120,8 @@ class Net(pl.LightningModule):
 
     def val_dataloader(self) -> Any:
         return torch.utils.data.DataLoader(Blobs(), batch_size=32)
+
+    test_dataloader = val_dataloader
 
 
 def _gather(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -273,6 +279,9 @@ def to_one(root: Path, from_dir: str, from_file: str) -> dict[str, Any]:
     data = Blobs()
     trainer.fit(module, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.x, data.y), batch_size=16))
     out["trick"] = {"sharded": [is_dtensor(p) for p in module.parameters()], "step": trainer.global_step}
+    net = Net()  # the -ema twin directory loaded as a model checkpoint by the strategy
+    trainer_for(root / "twin", 1, []).test(net, ckpt_path=str(ema_checkpoint_path(from_dir)), verbose=False)
+    out["twin_loaded"] = full_state_dict(net)
     return out
 
 

@@ -254,6 +254,10 @@ def test_sharded_resume_reshards_from_one_rank_to_two_and_two_to_one(runs: dict[
     assert differences(start["weights"], saved["state_dict"]) == []
     assert differences(start["ema"], ema_state["ema"]) == []
     assert runs["to1"]["dir"]["global_step"] == runs["to1"]["file"]["global_step"] == 18
+    # the twin of a 2-rank distributed checkpoint, loaded as a model checkpoint by a 1-rank strategy: the EMA
+    twin = _consolidated(root / "ref" / "checkpoints" / "epoch=1-step=12-ema.ckpt", tmp_path / "t.pt")["state_dict"]
+    ema, tolerance = _recurrence(runs["ref"][0], 12)
+    assert differences(runs["to1"]["twin_loaded"], twin) == [] and not _close(twin, ema, tolerance)
     # TrickModule(shard="auto") shards every parameter under the same strategy
     assert runs["to1"]["trick"]["step"] == 2 and all(runs["to1"]["trick"]["sharded"])
 
