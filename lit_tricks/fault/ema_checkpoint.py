@@ -178,7 +178,8 @@ class EMAStateCallback(ShardedEMACheckpoints, Callback):
         """Write ``<path stem>-ema.ckpt``: the checkpoint with EMA weights in ``state_dict``, no training state.
 
         The hook called (rank 0, after the strategy's CheckpointIO wrote ``checkpoint`` to ``path``) for every
-        checkpoint while ``save_ema_checkpoint=True``; override it to write the twin elsewhere or otherwise.
+        checkpoint while ``save_ema_checkpoint=True``; override it to write the twin elsewhere or otherwise. Under
+        ``ModelParallelStrategy`` the twins are written on every rank by :meth:`after_save` instead.
         """
         if is_ema_twin(path) or not self.state.names:
             return

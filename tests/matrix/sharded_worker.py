@@ -274,8 +274,12 @@ def to_one(root: Path, from_dir: str, from_file: str) -> dict[str, Any]:
 
     out = {"dir": fit(root / "dir", 1, True, ckpt_path=from_dir), "file": fit(root / "file", 1, False,
                                                                               ckpt_path=from_file)}
+    from lit_tricks.trainers.strategies import model_parallel_strategy
+
     module = TrickModule(nn.Sequential(nn.Linear(DIM, 5), nn.ReLU(), nn.Linear(5, CLASSES)), num_classes=CLASSES)
-    trainer = trainer_for(root / "trick", 1, [], max_steps=2, enable_checkpointing=False, limit_val_batches=0)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, strategy=model_parallel_strategy(timeout_s=60), max_steps=2,
+                         logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         callbacks=[ModelCheckpoint(dirpath=str(root / "trick"), save_last=True)])
     data = Blobs()
     trainer.fit(module, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.x, data.y), batch_size=16))
     out["trick"] = {"sharded": [is_dtensor(p) for p in module.parameters()], "step": trainer.global_step}

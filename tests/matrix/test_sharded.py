@@ -260,6 +260,9 @@ def test_sharded_resume_reshards_from_one_rank_to_two_and_two_to_one(runs: dict[
     assert differences(runs["to1"]["twin_loaded"], twin) == [] and not _close(twin, ema, tolerance)
     # TrickModule(shard="auto") shards every parameter under the same strategy
     assert runs["to1"]["trick"]["step"] == 2 and all(runs["to1"]["trick"]["sharded"])
+    # through lit_tricks' model_parallel_strategy (trainer=fsdp_cpu): its directories are swapped in whole
+    assert (root / "to1" / "trick" / "last.ckpt" / "meta.pt").is_file()
+    assert not list((root / "to1" / "trick").glob(".tmp-*"))
 
 
 def test_sharded_checkpoint_directories_are_found_and_checked_by_resume(runs: dict[str, Any]) -> None:
