@@ -51,9 +51,9 @@ def locals_of(tensors: Iterable[Tensor]) -> list[Tensor]:
     return [local(t) for t in tensors]
 
 
-def has_dtensors(module: nn.Module) -> bool:
-    """Whether any parameter of ``module`` is a DTensor (the module is sharded)."""
-    return any(is_dtensor(p) for p in module.parameters())
+def has_dtensors(module: nn.Module | None) -> bool:
+    """Whether any parameter of ``module`` is a DTensor (the module is sharded); False for None."""
+    return module is not None and any(is_dtensor(p) for p in module.parameters())
 
 
 def local_chunk(full: Tensor, like: Tensor) -> Tensor:
