@@ -8,6 +8,7 @@ callback, several fits per launch (a process start costs seconds here); each ran
   after clipping (first steps) and probes of every clipping mode on the same gradients.
 - ``term_dir`` / ``term_full``: SIGTERM on rank 0 at step ``SIGTERM_STEP`` (Preemption saves and exits with 0),
   then ``resume=auto`` in the same process; distributed checkpoints / one full file.
+- ``bf16``: ``bf16-true`` weights, 8 steps: the EMA's fp32 shards.
 - ``lightning_clip``: Lightning's own ``gradient_clip_val`` (the oracle of global-norm clipping), 2 steps.
 - ``from1``: resume on 2 ranks from the full file of the unsharded single-process run (``--from-file``).
 - ``to1`` (``--devices 1``): resume on 1 rank from the 2-rank run's checkpoints (``--from-dir``, ``--from-file``),
@@ -269,6 +270,18 @@ def lightning_clip(root: Path) -> dict[str, Any]:
     return {"weights": post}
 
 
+def bf16(root: Path) -> dict[str, Any]:
+    """``bf16-true`` weights sharded over the ranks: the EMA keeps fp32 shards (distributed checkpoints)."""
+    pl.seed_everything(7, verbose=False)
+    ema, probe = EMAWeights(decay=0.99, apply_at_end=False), Probe("pre")
+    cbs: list[Callback] = [probe, ema, ModelCheckpoint(dirpath=str(root), save_last=True)]
+    trainer = trainer_for(root, 2, cbs, precision="bf16-true", max_steps=8, limit_val_batches=0)
+    trainer.fit(Net(nan_rank=-2))
+    return {"ema": _gather(ema.ema_state_dict), "dtypes": sorted({str(e.dtype) for e in ema.state.ema_params}),
+            "sharded": all(is_dtensor(e) for e in ema.state.ema_params), "records": probe.records,
+            "weight_dtype": str(next(trainer.lightning_module.parameters()).dtype)}
+
+
 def to_one(root: Path, from_dir: str, from_file: str) -> dict[str, Any]:
     from lit_tricks.modules.trick_module import TrickModule
 
@@ -305,6 +318,8 @@ def main() -> None:
             out = fit(root / "ref", args.devices)
         elif phase in ("term_dir", "term_full"):
             out = terminate_and_resume(root / phase, args.devices, phase == "term_dir")
+        elif phase == "bf16":
+            out = bf16(root / phase)
         elif phase == "lightning_clip":
             out = lightning_clip(root / phase)
         elif phase == "from1":

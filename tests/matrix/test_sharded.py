@@ -46,12 +46,12 @@ def _launch(root: Path, devices: int, phases: str, **paths: Path) -> None:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("fsdp2")
     single = W.run_single(root / "single")
-    _launch(root, 2, "ref,term_dir,term_full,lightning_clip,from1",
+    _launch(root, 2, "ref,term_dir,term_full,lightning_clip,from1,bf16",
             from_file=root / "single" / "checkpoints" / STEP12)
     _launch(root, 1, "to1", from_dir=root / "ref" / "checkpoints" / STEP12,
             from_file=root / "term_full" / "checkpoints" / STEP12)
     out: dict[str, Any] = {"root": root, "single": single}
-    for phase in ("ref", "term_dir", "term_full", "lightning_clip", "from1"):
+    for phase in ("ref", "term_dir", "term_full", "lightning_clip", "from1", "bf16"):
         out[phase] = [torch.load(root / f"{phase}_rank{r}.pt", weights_only=False) for r in (0, 1)]
     out["to1"] = torch.load(root / "to1_rank0.pt", weights_only=False)
     return out
@@ -274,3 +274,22 @@ def test_sharded_checkpoint_directories_are_found_and_checked_by_resume(runs: di
     shard.write_bytes(shard.read_bytes()[:-8])  # a truncated shard: resume skips it with a reason
     assert "truncated" in str(checkpoint_is_intact(root / "checkpoints" / "last.ckpt"))
     assert find_resume_checkpoint(root) == str(root / "checkpoints" / "epoch=2-step=18.ckpt")
+
+
+@cell("EMAWeights", "low_precision")
+def test_sharded_bf16_weights_keep_fp32_ema_shards_that_follow_the_fp32_recurrence(runs: dict[str, Any],
+                                                                                   tmp_path: Path) -> None:
+    run = runs["bf16"][0]
+    assert run["weight_dtype"] == "torch.bfloat16" and run["sharded"] and run["dtypes"] == ["torch.float32"]
+    weights = {0: next(r for r in run["records"] if r.get("step") == 0)["weights"]}
+    weights.update({r["step_end"]: r["weights"] for r in run["records"] if "step_end" in r})
+    ema = {k: v.double() for k, v in weights[0].items()}
+    for t in range(8):
+        ema = {k: 0.99 * v + 0.01 * weights[t + 1][k].double() for k, v in ema.items()}
+    start = {k: v.double() for k, v in weights[0].items()}
+    moved = sum(float((v - start[k]).norm()) for k, v in ema.items())
+    magnitude = max(float(v.abs().max()) for v in ema.values())
+    assert moved > 0 and not _close(run["ema"], ema, 8 * 4 * EPS * magnitude)  # fp32 accuracy, not bf16's
+    twin = _consolidated(runs["root"] / "bf16" / "last-ema.ckpt", tmp_path / "twin.pt")["state_dict"]
+    assert {str(v.dtype) for v in twin.values()} == {"torch.bfloat16"}  # the twin: the model's dtype
+    assert differences(twin, {k: v.to(torch.bfloat16) for k, v in run["ema"].items()}) == []
