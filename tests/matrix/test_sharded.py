@@ -25,7 +25,7 @@ from tests.fault.battery.conftest import differences
 from tests.matrix import sharded_worker as W
 from tests.matrix.cells import cell
 
-pytestmark = [pytest.mark.slow, pytest.mark.ddp, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.ddp, pytest.mark.timeout(600)]
 WORKER = Path(W.__file__)
 EPS = torch.finfo(torch.float32).eps
 STEP12 = "epoch=1-step=12.ckpt"
@@ -37,7 +37,7 @@ def _launch(root: Path, devices: int, phases: str, **paths: Path) -> None:
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     extra = [a for k, v in paths.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     proc = subprocess.run([sys.executable, str(WORKER), "--root", str(root), "--devices", str(devices), "--phases",
-                           phases, *extra], env=env, capture_output=True, text=True, timeout=600)
+                           phases, *extra], env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, f"worker {phases} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n" \
                                  f"{proc.stderr[-5000:]}"
 
