@@ -16,6 +16,7 @@ from torch import nn
 
 from lit_tricks.modules.initialization import init_weights
 from lit_tricks.modules.insertion import DROPOUT_PLACEMENTS
+from lit_tricks.modules.sharding import SHARD_MODES
 from lit_tricks.modules.surgery import DROPOUT_KINDS, parse_norm
 from lit_tricks.modules.tasks import BINNED_POINTS, LOSSES, bin_edges
 from lit_tricks.validation import ArgumentError, CheckAll, check_choice, check_number
@@ -73,9 +74,11 @@ def check_groups(task: tuple[Any, ...], surgery: tuple[Any, ...], regularization
     return label_smoothing, dropout, penalties
 
 
-def check_training(scheduler_interval: str | None, optimizer_kwargs: Mapping[str, Any]) -> None:
-    """The optimization options: the interval override, and no ``weight_decay`` inside the optimizer partial."""
+def check_training(scheduler_interval: str | None, optimizer_kwargs: Mapping[str, Any], shard: str = "auto") -> None:
+    """The optimization options: the interval override, no ``weight_decay`` inside the optimizer partial, and the
+    sharding mode."""
     check_choice("scheduler_interval", scheduler_interval, (None, "step", "epoch"))
+    check_choice("shard", shard, list(SHARD_MODES))
     if float(optimizer_kwargs.get("weight_decay", 0.0) or 0.0) != 0.0:
         # a plain ValueError: the key is the optimizer's (another config node), not one of the module's arguments
         raise ValueError(f"optimizer: weight_decay={optimizer_kwargs['weight_decay']!r} set in the optimizer; set "
@@ -99,7 +102,7 @@ def check_config(cls: type, kwargs: Mapping[str, Any], optimizer: Any = None) ->
                (a["weight_decay"], a["l1"], a["jacobian_reg"], a["jacobian_projections"]))
         checks(init_weights, nn.Module(), a["init"])  # the scheme and its options (a module without layers)
         checks(bin_edges, a["loss"], a["bins"])
-    check_training(a["scheduler_interval"], getattr(optimizer, "keywords", None) or {})
+    check_training(a["scheduler_interval"], getattr(optimizer, "keywords", None) or {}, a["shard"])
 
 
 def plain_bins(bins: Sequence[float] | None) -> list[float] | None:
