@@ -1,0 +1,116 @@
+"""lit_optuna reruns that used to lose or misstate trials: an interrupted grid point, a changed choice list, a
+refused rerun of a finished sweep, a preempted trial continued from its checkpoint. In-process runs of the stand-in
+app (tests/sweeps/optuna_app), so each sweep costs a fraction of a second."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from optuna.trial import TrialState
+
+from lit_tricks.sweeps.report import build_report
+from lit_tricks.sweeps.trials import CONTINUES, FAIL_REASON, RESUME_FROM, is_counted
+from lit_tricks.validation import ArgumentError
+from tests.sweeps.optuna_app.app import main
+
+FAST = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2", "hydra.sweeper.poll_interval=0.1"]
+GRID = ["hydra/sweeper=lit_optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null",
+        "hydra.sweeper.study_name=grid", "trainer.max_epochs=1"]
+
+
+@pytest.fixture
+def sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``sweep(*overrides)``: one ``app.py -m ...`` run in this process (HYDRA_FULL_ERROR: errors propagate)."""
+    monkeypatch.setenv("OPTUNA_APP_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.chdir(tmp_path)
+
+    def run(*overrides: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["app.py", "-m", *FAST, *overrides])
+        GlobalHydra.instance().clear()
+        try:
+            main()
+        finally:
+            GlobalHydra.instance().clear()
+
+    return run
+
+
+def study(tmp_path: Path, name: str) -> optuna.Study:
+    url = f"sqlite:///{tmp_path / 'logs' / 'optuna_app' / 'optuna.db'}"
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def sweep_dir(tmp_path: Path) -> Path:
+    return tmp_path / "logs" / "optuna_app" / "multiruns"
+
+
+def test_an_interrupted_grid_point_is_evaluated_on_resume_and_none_twice(tmp_path: Path, sweep: Any) -> None:
+    grid = [*GRID, "optimizer.lr=0.3,0.1,0.03,0.01"]
+    with pytest.raises(KeyboardInterrupt):
+        sweep(*grid, "interrupt_at_trial=1")  # Ctrl-C inside the second grid point
+    first = study(tmp_path, "grid")
+    assert [t.state for t in first.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    sweep(*grid)
+    trials = study(tmp_path, "grid").trials
+    counted = sorted(t.params["optimizer.lr"] for t in trials if is_counted(t))
+    assert counted == [0.01, 0.03, 0.1, 0.3]  # every point exactly once, the interrupted one included
+
+
+def test_a_changed_choice_list_is_refused_before_a_trial_or_file_is_made(tmp_path: Path, sweep: Any) -> None:
+    sweep(*GRID, "optimizer.lr=0.3,0.1")
+    multirun = next(sweep_dir(tmp_path).glob("*/multirun.yaml"))
+    before = multirun.read_text()
+    with pytest.raises(ArgumentError, match=r"optimizer.lr differs from what study 'grid' sampled \(choice\(0.3, "
+                                            r"0.1\)\).*new hydra.sweeper.study_name, got '0.3,0.1,0.03'"):
+        sweep(*GRID, "optimizer.lr=0.3,0.1,0.03")  # an extended grid under the same study_name
+    trials = study(tmp_path, "grid").trials
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)  # no RUNNING trial left behind
+    assert multirun.read_text() == before
+
+
+def test_a_refused_rerun_of_a_finished_sweep_changes_nothing_its_report_reads(tmp_path: Path, sweep: Any) -> None:
+    sweep(*GRID, "optimizer.lr=0.3,0.1")
+    folder = next(sweep_dir(tmp_path).iterdir())
+    files = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(ArgumentError, match=r"optimizer.lrr does not compose into a job config: .*"
+                                            r"Could not override 'optimizer.lrr'"):
+        sweep(*GRID, "optimizer.lr=0.3,0.1", "optimizer.lrr=1,2")  # the finished sweep's command with a typo
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == files
+    report = build_report(folder)
+    assert "optimizer.lrr" not in report.markdown() and report.param_names == ["optimizer.lr"]
+
+
+def test_a_preempted_trial_is_continued_from_its_checkpoint(tmp_path: Path, sweep: Any) -> None:
+    args = ["hparams_search=tpe", "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=pre", "trainer.max_epochs=3"]
+    with pytest.raises(SystemExit) as info:  # SIGTERM inside trial 1's epoch 1: preempted.ckpt, exit 0
+        sweep(*args, "preempt_at_trial=1")
+    assert info.value.code == 0
+    sweep(*args)
+    trials = {t.number: t for t in study(tmp_path, "pre").trials}
+    assert trials[1].state == TrialState.FAIL and not is_counted(trials[1])
+    assert "interrupted" in trials[1].user_attrs[FAIL_REASON]
+    successors = [t for t in trials.values() if t.user_attrs.get(CONTINUES) == 1]
+    assert len(successors) == 1
+    successor = successors[0]
+    ckpt = Path(trials[1].user_attrs["job_dir"]) / "checkpoints" / "preempted.ckpt"
+    assert successor.state == TrialState.COMPLETE and successor.params == trials[1].params
+    assert successor.user_attrs[RESUME_FROM] == str(ckpt)
+    assert sum(is_counted(t) for t in trials.values()) == 3 and len(trials) == 4
+    # the work done before the preemption (epochs 0, 1) is not redone: the continuation runs epoch 2 only
+    epochs = [line.split() for line in (tmp_path / "logs" / "epochs.log").read_text().splitlines()]
+    assert [int(e) for n, _, e in epochs if int(n) == 1] == [0, 1]
+    assert [int(e) for n, _, e in epochs if int(n) == successor.number] == [2]
+    folder = sweep_dir(tmp_path) / "pre"
+    record = json.loads((folder / str(successor.number) / "metrics.json").read_text())
+    assert record["resumed_from"] == str(ckpt) and record["objective"] == successor.value
+    report = {j.num: j for j in build_report(folder).jobs}
+    assert report[1].status == "continued" and f"continued by trial {successor.number}" in str(report[1].error)
+    assert report[successor.number].status == "ok"
+    assert "4 jobs: 3 ok, 0 failed, 1 continued" in build_report(folder).markdown()
