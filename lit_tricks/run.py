@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lit_tricks import provenance
 from lit_tricks.builders import build_callbacks, build_datamodule, build_loggers, build_model, build_module
 from lit_tricks.callbacks.nan_guard import NaNGuard
 from lit_tricks.compat import csv_logger_version, pin_csv_logger_version
@@ -137,36 +138,6 @@ def _continue_csv_logs(loggers: list[Any], resume_ckpt: str) -> None:
                 out.writerows(rows)
 
 
-def _checkpoint_files(trainer: pl.Trainer, monitor: str) -> tuple[dict[str, str | None], float | None]:
-    """(checkpoint files of the run, best score of the ModelCheckpoint watching ``monitor``)."""
-    from lit_tricks.callbacks.ema import ema_checkpoint_path
-
-    best, last, score = None, None, None
-    for cb in trainer.checkpoint_callbacks:
-        if getattr(cb, "monitor", None) == monitor and getattr(cb, "best_model_path", ""):
-            best = best or str(cb.best_model_path)  # type: ignore[attr-defined]
-            value = getattr(cb, "best_model_score", None)
-            if score is None and value is not None and math.isfinite(float(value)):
-                score = float(value)
-        last_path = getattr(cb, "last_model_path", "") or (
-            getattr(cb, "best_model_path", "") if getattr(cb, "monitor", None) is None else "")
-        last = last or last_path or None
-
-    def twin(path: str | None) -> str | None:
-        return str(ema_checkpoint_path(path)) if path and ema_checkpoint_path(path).is_file() else None
-
-    if best is None:  # no ModelCheckpoint on the monitor: Lightning's first checkpoint callback
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-    return {"best": best, "best_ema": twin(best), "last": last, "last_ema": twin(last)}, score
-
-
-def _evaluated_weights(trainer: pl.Trainer) -> str:
-    from lit_tricks.callbacks.ema import EMAWeights
-
-    uses_ema = any(isinstance(cb, EMAWeights) and cb.evaluate_with == "ema" for cb in trainer.callbacks)  # type: ignore[attr-defined]
-    return "ema" if uses_ema else "raw"
-
-
 class MonitorCheck(pl.Callback):
     """Fail right after the sanity-validation pass (before step 0) when ``monitor`` is not a logged metric.
 
@@ -221,38 +192,58 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_bytes(OmegaConf.to_yaml(resolved).encode(), out / "config_resolved.yaml")
     for lg in trainer.loggers:
         lg.log_hyperparams(_flatten(resolved))  # type: ignore[arg-type]
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    except BaseException as err:
+        if type(err).__name__ == "TrialPruned":  # where the sweeper's pruner stopped it (the record's pruned_at)
+            value = trainer.callback_metrics.get(monitor)
+            err.pruned_at = {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step),  # type: ignore[attr-defined]
+                             "value": None if value is None else float(value)}
+        raise
     for callback in trainer.callbacks:  # type: ignore[attr-defined]
         if isinstance(callback, NaNGuard) and callback.stop_reason:  # the guard stopped a diverged run: it failed
             raise RuntimeError(callback.stop_reason)
     fit_s = time.perf_counter() - started
     metrics = _scalar_metrics(trainer)
-    files, best_score = _checkpoint_files(trainer, monitor)
-    weights = _evaluated_weights(trainer)
-    # the file whose weights produced a number: the -ema twin when the EMA was evaluated
-    best_file = (files["best_ema"] or files["best"]) if weights == "ema" else files["best"]
-    last_file = (files["last_ema"] or files["last"]) if weights == "ema" else files["last"]
-    reproduced: dict[str, str | None] = {k: last_file for k in metrics}  # last-epoch values
-    tested = False
+    if resume is not None:  # a finished run resumed: the fit logged nothing new; keep the last epoch's values
+        metrics = {**_previous(out).get("metrics", {}), **metrics}
+    files, best_score = provenance.checkpoint_files(trainer, monitor)
+    tested: set[str] = set()
     if cfg.get("test", True) and not trainer.interrupted:
         trainer.test(module, datamodule=dm, ckpt_path=files["best"] or None, verbose=False)
-        tested = True
         test_metrics = {k: v for k, v in _scalar_metrics(trainer).items() if k.startswith("test/")}
         metrics.update(test_metrics)
-        reproduced.update({k: (best_file if files["best"] else last_file) for k in test_metrics})
+        tested = set(test_metrics)
+    reproduced = provenance.reproduced_by(metrics, trainer, module, files, tested)
     if best_score is not None:
         objective, source = best_score, "best_checkpoint"
     else:
         if monitor not in metrics:
             raise KeyError(f"monitor={monitor!r} was not logged; logged metrics: {sorted(metrics)}")
         objective, source = metrics[monitor], "last_epoch"
-    reproduced["objective"] = best_file if source == "best_checkpoint" else last_file
+    if not math.isfinite(objective):
+        raise FloatingPointError(f"monitor={monitor!r} is {objective} at every validation: no objective to report "
+                                 "(the run diverged; lower the learning rate or add callbacks.nan_guard)")
+    reproduced["objective"] = reproduced.get(monitor) if source == "last_epoch" else provenance.reproduced_by(
+        {monitor: objective}, trainer, module, files, {monitor})[monitor]
     total_s = time.perf_counter() - started
+    weights = provenance.weights_of(monitor, trainer, module) or "raw"
     return {"metrics": metrics, "objective": objective, "objective_source": source, "checkpoints": files,
             "best_ckpt": reproduced["objective"] or "", "reproduced_by": reproduced, "evaluated_weights": weights,
-            "run_dir": str(out), "interrupted": bool(trainer.interrupted), "world_size": int(trainer.world_size),
-            "num_nodes": int(trainer.num_nodes), "is_global_zero": trainer.is_global_zero,
+            "resumed_from": resume, "run_dir": str(out), "interrupted": bool(trainer.interrupted),
+            "world_size": int(trainer.world_size), "num_nodes": int(trainer.num_nodes),
+            "is_global_zero": trainer.is_global_zero,
             "timings": {"fit_s": fit_s, "test_s": (total_s - fit_s) if tested else 0.0, "total_s": total_s}}
+
+
+def _previous(out: Path) -> dict[str, Any]:
+    """The run directory's earlier record (a resumed run's), or {}."""
+    from lit_tricks.records import read_record
+
+    try:
+        return read_record(out / "metrics.json")
+    except (OSError, ValueError):
+        return {}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -359,7 +350,8 @@ def train(cfg: DictConfig) -> float:
         raise  # wrong for every job of the sweep: refuse the sweep at its first job
     except Exception as err:
         status = "pruned" if type(err).__name__ == "TrialPruned" else "failed"  # optuna.TrialPruned: OptunaPruning
-        record.update(status=status, error=_error_line(err), error_chain=error_chain(err), objective=None)
+        record.update(status=status, error=_error_line(err), error_chain=error_chain(err), objective=None,
+                      pruned_at=getattr(err, "pruned_at", None))
         rejected = isinstance(err, ConfigError) and not is_multirun()
         if status == "failed":
             _log_traceback(err)
