@@ -63,7 +63,9 @@ def _resume_path(cfg: DictConfig, out: Path) -> str | None:
         log.info("resume=auto: %s", found or "no checkpoint found, starting fresh")
         return found
     if not Path(str(resume)).is_file():
-        raise FileNotFoundError(f"resume={resume!r}: no such checkpoint file; pass a .ckpt path, 'auto' or null")
+        from lit_tricks.config_checks import ConfigError
+
+        raise ConfigError([f"resume={resume!r}: no such checkpoint file; pass a .ckpt path, 'auto' or null"])
     return str(resume)
 
 
@@ -296,10 +298,19 @@ def _error_line(err: BaseException) -> str:
     return root_error(err)
 
 
-def _remove_rejected_run_dir(out: Path) -> None:
-    """A run rejected before it started leaves nothing: remove ``out`` if it holds only Hydra's files."""
+def _remove_rejected_run_dir(out: Path, before: set[Path]) -> None:
+    """A run rejected before it trained leaves nothing: remove what it wrote into ``out`` (everything not in
+    ``before``, e.g. ``config_resolved.yaml`` and logger files of a monitor refused after the sanity pass), then
+    ``out`` itself if only Hydra's files remain."""
     if not out.is_dir():
         return
+    for path in sorted(out.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path in before or path.name.endswith(".log"):
+            continue
+        if not path.is_dir():
+            path.unlink(missing_ok=True)
+        elif not any(path.iterdir()):
+            path.rmdir()
     hydra_only = all(p.name in (".hydra",) or p.suffix == ".log" for p in out.iterdir())
     if not hydra_only:
         return
@@ -340,7 +351,10 @@ def train(cfg: DictConfig) -> float:
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
     monitor = str(cfg.get("monitor", "val/loss"))  # the default of conf/train.yaml
     record = new_record(monitor, str(cfg.get("monitor_mode", "min")), overrides=_overrides(), run_dir=str(out))
+    before = set(out.rglob("*")) if out.is_dir() else set()
     try:
+        if cfg.get("monitor_mode", "min") not in ("min", "max"):  # read here (the record) and by every callback
+            raise ConfigError([f"monitor_mode={cfg.get('monitor_mode')!r}: must be one of ['min', 'max']"])
         check_config(cfg)
         with job_guard(cfg):
             result = _cross_validate(cfg, _fit_once) if cfg.get("cv", False) else _fit_once(cfg)
@@ -356,7 +370,7 @@ def train(cfg: DictConfig) -> float:
         if status == "failed":
             _log_traceback(err)
         if rejected:
-            _remove_rejected_run_dir(out)
+            _remove_rejected_run_dir(out, before)
         elif _is_rank_zero():
             write_record(out / "metrics.json", record)
         if not is_multirun():
