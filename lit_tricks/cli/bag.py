@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from lit_tricks.cli.args import Parser
+from lit_tricks.cli.noise import silence_third_party_noise
 from lit_tricks.fault.atomic import atomic_write_bytes
 from lit_tricks.functional.ensemble import COMBINERS
 from lit_tricks.sweeps.bagging import bag_markdown, evaluate_bag, train_bag
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-only", action="store_true", help="test the members already in --out")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every member, e.g. trainer.max_epochs=10")
     args = parser.parse_args(argv)
+    silence_third_party_noise()
     out = args.out or Path(os.environ.get("LIT_TRICKS_LOG_DIR", "logs")) / "bagging" / "multiruns" / time.strftime(
         "%Y-%m-%d_%H-%M-%S")
     try:

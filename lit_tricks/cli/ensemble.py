@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from lit_tricks.cli.args import Parser, positive_int
+from lit_tricks.cli.noise import silence_third_party_noise
 from lit_tricks.fault.atomic import atomic_write_bytes
 from lit_tricks.functional.ensemble import COMBINERS
 from lit_tricks.sweeps.ensemble import evaluate_sweep_ensemble
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=positive_int, default=3, help="how many of the best jobs to ensemble")
     parser.add_argument("--combine", default="mean_prob", choices=sorted(COMBINERS), help="how members combine")
     args = parser.parse_args(argv)
+    silence_third_party_noise()
     try:
         result = evaluate_sweep_ensemble(args.sweep_dir, top_k=args.top_k, combine=args.combine)
     except (FileNotFoundError, ValueError) as err:
