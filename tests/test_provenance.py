@@ -121,3 +121,16 @@ def test_asha_decides_after_1_3_9_epochs(tmp_path: Path, monkeypatch: pytest.Mon
         cfg.trainer.max_epochs = 3
     train(cfg)
     assert sorted(study.trials[0].intermediate_values) == [1, 2, 3]  # the resource after each epoch: epochs done
+
+
+@pytest.mark.timeout(240)
+def test_the_docs_reload_snippet_gives_the_recorded_number(tmp_path: Path) -> None:
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "results_and_records.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "load_run_module" in b)
+    train(compose_cfg(tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=none"))
+    scope: dict[str, Any] = {}
+    exec(re.sub(r'run_dir = ".*?"', f"run_dir = {str(tmp_path)!r}", block), scope)  # full val and test sets
+    record = read_record(tmp_path / "metrics.json")
+    assert close(float(scope["trainer"].callback_metrics["test/acc"]), record["metrics"]["test/acc"])

@@ -8,6 +8,7 @@ Writes report.md, report.csv and objective.png into the sweep directory and prin
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report.markdown())
     for kind, path in paths.items():
         print(f"lit-tricks-report: {kind} -> {path}")
+    if "plot" not in paths and importlib.util.find_spec("matplotlib") is None:
+        print("lit-tricks-report: no objective.png: matplotlib is not installed (lit_tricks' plots extra: "
+              "pip install matplotlib)")
     return 0
 
 

@@ -40,6 +40,11 @@ def check_sweeper_args(*, direction: Any, n_trials: Any, n_jobs: Any, sampler: A
                        heartbeat_interval: Any, grace_period: Any, poll_interval: Any, params: Any, trial: Any,
                        resume_key: Any) -> None:
     """Every field of ``conf/hydra/sweeper/lit_optuna.yaml`` on its own (the sweeper's constructor calls this)."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ArgumentError("hydra/sweeper", "lit_optuna", "needs Optuna (lit_tricks' sweep extra): pip install "
+                            "'optuna>=4,<6' 'sqlalchemy>=2' 'psycopg[binary]>=3' cmaes") from None
     from lit_tricks.studies import PRUNERS, build_pruner
     from lit_tricks.sweeps.study import SAMPLERS
     from lit_tricks.validation import DIRECTIONS, check_choice, check_number

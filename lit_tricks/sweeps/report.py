@@ -244,8 +244,10 @@ def narrowed_override_string(dims: Mapping[str, SearchDim]) -> str:
 
 
 def _plot(report: SweepReport, path: Path) -> Path | None:
+    import importlib.util
+
     names = [n for n in report.param_names if any(isinstance(j.params.get(n), int | float) for j in report.jobs)]
-    if not names:
+    if not names or importlib.util.find_spec("matplotlib") is None:  # no plots extra: the report without its plot
         return None
     import matplotlib
 
