@@ -208,7 +208,7 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
     fit_s = time.perf_counter() - started
     metrics = _scalar_metrics(trainer)
     if resume is not None:  # a finished run resumed: the fit logged nothing new; keep the last epoch's values
-        metrics = {**_previous(out).get("metrics", {}), **metrics}
+        metrics = {**(_previous(out).get("metrics") or {}), **metrics}
     files, best_score = provenance.checkpoint_files(trainer, monitor)
     tested: set[str] = set()
     if cfg.get("test", True) and not trainer.interrupted:

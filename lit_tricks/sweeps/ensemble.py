@@ -66,7 +66,10 @@ def job_config(job: JobResult) -> DictConfig:
     """A job's resolved config: ``config_resolved.yaml`` (written by lit_tricks.run), else ``.hydra/config.yaml``."""
     for path in (job.dir / "config_resolved.yaml", job.dir / ".hydra" / "config.yaml"):
         if path.is_file():
-            cfg = OmegaConf.load(path)
+            try:
+                cfg = OmegaConf.load(path)
+            except Exception as err:  # a file cut short by a killed job
+                raise ValueError(f"job {job.num}: {path} is not a readable config ({type(err).__name__})") from None
             if isinstance(cfg, DictConfig):
                 return cfg
     raise FileNotFoundError(f"job {job.num}: no config_resolved.yaml or .hydra/config.yaml in {job.dir}")

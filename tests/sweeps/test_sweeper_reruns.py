@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,10 @@ def test_an_interrupted_grid_point_is_evaluated_on_resume_and_none_twice(tmp_pat
         sweep(*grid, "interrupt_at_trial=1")  # Ctrl-C inside the second grid point
     first = study(tmp_path, "grid")
     assert [t.state for t in first.trials] == [TrialState.COMPLETE, TrialState.FAIL]
-    sweep(*grid)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sweep(*grid)
+    assert not [w for w in caught if "heartbeat_interval" in str(w.message)]  # Optuna's, not the user's to act on
     trials = study(tmp_path, "grid").trials
     counted = sorted(t.params["optimizer.lr"] for t in trials if is_counted(t))
     assert counted == [0.01, 0.03, 0.1, 0.3]  # every point exactly once, the interrupted one included
@@ -114,3 +118,62 @@ def test_a_preempted_trial_is_continued_from_its_checkpoint(tmp_path: Path, swee
     assert report[1].status == "continued" and f"continued by trial {successor.number}" in str(report[1].error)
     assert report[successor.number].status == "ok"
     assert "4 jobs: 3 ok, 0 failed, 1 continued" in build_report(folder).markdown()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_preempted_train_trial_resumes_from_preempted_ckpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same with lit-tricks-train itself: SIGTERM in trial 0 (the Preemption callback writes preempted.ckpt and
+    exits 0); the rerun's trial 1 trains on from that checkpoint's step, with the trial's parameters."""
+    from lit_tricks.cli import train as cli
+
+    monkeypatch.setenv("LIT_TRICKS_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.chdir(tmp_path)
+    args = ["-m", "hparams_search=tpe", "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=pre",
+            "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1"]
+
+    def run(*extra: str) -> Any:
+        monkeypatch.setattr(sys, "argv", ["lit-tricks-train", *args, *extra])
+        GlobalHydra.instance().clear()
+        try:
+            cli.main()
+        except SystemExit as exit_:
+            return exit_.code
+        finally:
+            GlobalHydra.instance().clear()
+        return None
+
+    assert run("+callbacks.sigterm._target_=tests.cli.test_noise.SigtermAt") in (0, None)  # preempted, exit 0
+    folder = tmp_path / "logs" / "train" / "multiruns" / "pre"
+    ckpt = folder / "0" / "checkpoints" / "preempted.ckpt"
+    assert ckpt.is_file() and not (folder / "0" / "metrics.json").exists()
+    assert run() in (0, None)
+    trials = {t.number: t for t in optuna.load_study(
+        study_name="pre", storage=f"sqlite:///{tmp_path / 'logs' / 'train' / 'optuna.db'}").trials}
+    assert trials[0].state == TrialState.FAIL and trials[1].state == TrialState.COMPLETE
+    assert trials[1].user_attrs[CONTINUES] == 0 and trials[1].params == trials[0].params
+    record = json.loads((folder / "1" / "metrics.json").read_text())
+    assert record["status"] == "ok" and record["resumed_from"] == str(ckpt)
+    rows = (next((folder / "1").glob("csv/version_*/metrics.csv"))).read_text().splitlines()
+    header = rows[0].split(",")
+    steps = [int(float(r.split(",")[header.index("step")])) for r in rows[1:]
+             if r.split(",")[header.index("train/loss_step")]]
+    saved = int(__import__("torch").load(ckpt, weights_only=True, map_location="cpu")["global_step"])
+    assert saved == 2 and min(steps) >= saved  # trained on from step 2: the preempted work was not redone
+    report = {j.num: j for j in build_report(folder).jobs}
+    assert report[0].status == "continued" and report[1].status == "ok"
+
+
+def test_a_failed_trials_reason_names_the_problem_not_just_its_header() -> None:
+    # seen: a failed trial's fail_reason was only "ConfigError: invalid config (1 problem):"
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from lit_tricks.config_checks import ConfigError
+    from lit_tricks.sweeps.batch import job_outcome
+
+    ret = JobReturn()
+    ret.status, ret._return_value = JobStatus.FAILED, ConfigError(["module.norm='group:7': 7 groups must divide 32"])
+    assert job_outcome(ret, {}) == ("FAIL", None, "ConfigError: module.norm='group:7': 7 groups must divide 32")
+    record = {"status": "failed", "error": "ConfigError: model.width=-4: must be an integer in [1, inf)"}
+    assert job_outcome(ret, record)[2] == record["error"]  # the job's own record wins
