@@ -60,8 +60,8 @@ def test_random_lr_sweep_report_then_narrowed_stage_runs(tmp_path: Path) -> None
     # the acceptance sweep's shape: hparams_search=random_lr with 4 trials; lr > 0.0015 "diverges" (job fails; with seed
     # 42 the per-trial seeded sampler draws lr 0.00139, 0.00144, 0.00173, 2.5e-05)
     sweep = run_sweep(tmp_path, "hparams_search=random_lr", "hydra.sweeper.n_trials=4", "fail_above_lr=0.0015")
-    assert build_report(sweep).narrowed == {}  # 2 ranked jobs for 2 hyperparameters: too little to narrow
-    assert "Too little evidence to narrow: 2 ranked job(s)" in build_report(sweep).markdown()
+    assert build_report(sweep).narrowed == {}  # 3 ranked jobs for 2 hyperparameters: too little to narrow
+    assert "Too little evidence to narrow: 3 ranked job(s) for 2" in build_report(sweep).markdown()
     report = build_report(sweep, jobs_per_dim=1)
     paths = write_report(report)
     jobs = load_jobs(sweep)
