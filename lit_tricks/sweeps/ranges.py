@@ -19,6 +19,7 @@ __all__ = [
     "border_warnings",
     "format_overrides",
     "narrow_ranges",
+    "narrowed_override_string",
     "parse_search_space",
     "position_in_range",
 ]
@@ -188,6 +189,22 @@ def narrow_ranges(dims: Mapping[str, SearchDim], top: Sequence[Mapping[str, obje
             continue
         out[name] = SearchDim(name, lo_val, hi_val, log=dim.log, integer=dim.integer)
     return out
+
+
+def narrowed_override_string(dims: Mapping[str, SearchDim]) -> str:
+    """One shell-quoted Hydra override setting ``hydra.sweeper.params`` to the given ranges.
+
+    e.g. ``"hydra.sweeper.params={optimizer.lr:'tag(log, interval(0.001, 0.1))'}"``: pass it after
+    ``-m hparams_search=fine``. (A dict, because the keys contain dots; recorded in each job's
+    ``.hydra/hydra.yaml``, so the next stage's report knows its ranges.)
+    """
+    if not dims:
+        return ""
+    items = []
+    for dim in dims.values():
+        name, _, value = dim.to_override().partition("=")
+        items.append(f"{name}:'{value}'")
+    return '"hydra.sweeper.params={' + ",".join(items) + '}"'
 
 
 def format_overrides(dims: Iterable[SearchDim]) -> str:

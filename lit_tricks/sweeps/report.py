@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lit_tricks.sweeps.ranges import SearchDim, border_warnings, narrow_ranges
+from lit_tricks.sweeps.ranges import SearchDim, border_warnings, narrow_ranges, narrowed_override_string
 from lit_tricks.sweeps.results import (
     JobResult,
     aggregate_folds,
@@ -225,22 +225,6 @@ def build_report(sweep_dir: str | Path, *, top_fraction: float = 0.25, min_top: 
         warnings.append(f"WARNING: {len(report.failed_jobs)} of {len(jobs)} jobs failed (listed below); they are "
                         "not ranked")
     return report
-
-
-def narrowed_override_string(dims: Mapping[str, SearchDim]) -> str:
-    """One shell-quoted Hydra override setting ``hydra.sweeper.params`` to the given ranges.
-
-    e.g. ``"hydra.sweeper.params={optimizer.lr:'tag(log, interval(0.001, 0.1))'}"``: pass it after
-    ``-m hparams_search=fine``. (A dict, because the keys contain dots; recorded in each job's
-    ``.hydra/hydra.yaml``, so the next stage's report knows its ranges.)
-    """
-    if not dims:
-        return ""
-    items = []
-    for dim in dims.values():
-        name, _, value = dim.to_override().partition("=")
-        items.append(f"{name}:'{value}'")
-    return '"hydra.sweeper.params={' + ",".join(items) + '}"'
 
 
 def _plot(report: SweepReport, path: Path) -> Path | None:
