@@ -159,11 +159,13 @@ def next_grid_point(grid: Mapping[str, Sequence[Any]], trials: Iterable[FrozenTr
 
 
 def continued_by(trials: Iterable[FrozenTrial]) -> dict[int, int]:
-    """Trial number -> the number of the (first) trial that continues it."""
+    """Trial number -> the number of the (first) trial that continues it (a successor that was never launched,
+    e.g. asked one too many, does not count: the work is still owed)."""
     out: dict[int, int] = {}
     for t in sorted(trials, key=lambda t: t.number):
         origin = t.user_attrs.get(CONTINUES)
-        if origin is not None:
+        launched = is_counted(t) or is_active(t) or JOB_DIR in t.user_attrs
+        if origin is not None and launched:
             out.setdefault(int(origin), t.number)
     return out
 

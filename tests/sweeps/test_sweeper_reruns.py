@@ -177,3 +177,21 @@ def test_a_failed_trials_reason_names_the_problem_not_just_its_header() -> None:
     assert job_outcome(ret, {}) == ("FAIL", None, "ConfigError: module.norm='group:7': 7 groups must divide 32")
     record = {"status": "failed", "error": "ConfigError: model.width=-4: must be an integer in [1, inf)"}
     assert job_outcome(ret, record)[2] == record["error"]  # the job's own record wins
+
+
+def test_a_continuation_that_never_launched_leaves_the_work_owed(tmp_path: Path) -> None:
+    from lit_tricks.sweeps.trials import JOB_DIR, continuation
+
+    study_ = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="c")
+    old = study_.ask({"lr": optuna.distributions.FloatDistribution(0.0, 1.0)})
+    old.set_user_attr(JOB_DIR, str(tmp_path / "0"))
+    study_.tell(old, state=TrialState.FAIL)  # interrupted: not counted
+    (tmp_path / "0.ckpt").write_bytes(b"x")
+    found = continuation(study_.trials, lambda _: str(tmp_path / "0.ckpt"))
+    assert found is not None and found[1][CONTINUES] == 0
+    study_.enqueue_trial(found[0], user_attrs=found[1])
+    surplus = study_.ask()
+    surplus.set_user_attr(FAIL_REASON, "surplus: n_trials=1 already running or finished")
+    study_.tell(surplus, state=TrialState.FAIL)  # asked one too many: never launched
+    again = continuation(study_.trials, lambda _: str(tmp_path / "0.ckpt"))
+    assert again is not None and again[1][CONTINUES] == 0  # trial 0's work is still owed
