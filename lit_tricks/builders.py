@@ -32,25 +32,26 @@ def _accepted_kwargs(target: Any) -> set[str] | None:
 
 
 def _build(key: str, node: Any, **kwargs: Any) -> Any:
-    """``instantiate(node)``; a constructor that refuses its config is a ``ConfigError`` naming ``key`` (and the
-    command-line overrides that set it), so a bad value is one line and leaves no run behind."""
+    """``instantiate(node)``; a constructor that refuses its config raises ``ArgumentError`` naming ``key`` (its
+    argument, or the command-line overrides that set the node), which ``lit_tricks.run`` reports as a rejected config
+    (one line, no run left behind)."""
     from hydra.errors import InstantiationException
+
+    from lit_tricks.hydra_utils import hydra_config
+    from lit_tricks.validation import ArgumentError
 
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
-        from lit_tricks.config_checks import ConfigError
-        from lit_tricks.hydra_utils import hydra_config
-        from lit_tricks.records import error_chain
-
-        root = err
+        root: BaseException = err
         while root.__cause__ is not None:
-            root = root.__cause__  # type: ignore[assignment]
-        if all(hasattr(root, a) for a in ("arg", "value", "problem")):  # a lit_tricks ArgumentError
-            raise ConfigError([f"{key}.{root.arg}={root.value!r}: {root.problem}"]) from err  # type: ignore[attr-defined]
+            root = root.__cause__
+        if isinstance(root, ArgumentError):
+            raise ArgumentError(f"{key}.{root.arg}", root.value, root.problem) from err
         hc = hydra_config()
         mine = [o for o in (hc.overrides.task if hc is not None else []) if o.lstrip("+~").startswith(key)]
-        raise ConfigError([f"{key}{' (' + ' '.join(mine) + ')' if mine else ''}: {error_chain(err)[-1]}"]) from err
+        line = f"{type(root).__name__}: {str(root).strip().splitlines()[0]}" if str(root).strip() else repr(root)
+        raise ArgumentError(key, " ".join(mine) or "its config", f"cannot be built ({line})") from err
 
 
 def _maybe_instantiate(key: str, node: Any, **kwargs: Any) -> Any:
@@ -98,10 +99,10 @@ def _instantiate_dict(group: str, node: Any) -> list[Any]:
         return []
     for name, value in node.items():
         if isinstance(value, DictConfig) and "_target_" not in value:
-            from lit_tricks.config_checks import ConfigError
+            from lit_tricks.validation import ArgumentError
 
-            raise ConfigError([f"{group}.{name}={dict(value)!r}: no _target_, so nothing would be built; add the "
-                               f"option first: '{group}=[default,{name}]' (or set {group}.{name}._target_)"])
+            raise ArgumentError(f"{group}.{name}", dict(value), f"has no _target_, so nothing would be built; add "
+                                f"the option first: '{group}=[default,{name}]' (or set {group}.{name}._target_)")
     return [_build(f"{group}.{name}", v) for name, v in node.items() if v is not None]
 
 

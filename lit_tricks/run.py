@@ -26,12 +26,13 @@ from lit_tricks import provenance
 from lit_tricks.builders import build_callbacks, build_datamodule, build_loggers, build_model, build_module
 from lit_tricks.callbacks.nan_guard import NaNGuard
 from lit_tricks.compat import csv_logger_version, pin_csv_logger_version
-from lit_tricks.config_checks import check_config, check_norm_groups
+from lit_tricks.config_checks import ConfigError, check_config, check_norm_groups
 from lit_tricks.fault.atomic import atomic_write_bytes
 from lit_tricks.hydra_utils import hydra_config, is_multirun
 from lit_tricks.records import error_chain, new_record, root_error, write_record
 from lit_tricks.trainers.build import build_trainer
 from lit_tricks.trainers.jobs import job_guard, sweep_failure_value
+from lit_tricks.validation import ArgumentError
 
 # The build_* helpers live in lit_tricks.builders; they stay importable from here for compatibility.
 __all__ = [
@@ -63,8 +64,6 @@ def _resume_path(cfg: DictConfig, out: Path) -> str | None:
         log.info("resume=auto: %s", found or "no checkpoint found, starting fresh")
         return found
     if not Path(str(resume)).is_file():
-        from lit_tricks.config_checks import ConfigError
-
         raise ConfigError([f"resume={resume!r}: no such checkpoint file; pass a .ckpt path, 'auto' or null"])
     return str(resume)
 
@@ -176,12 +175,15 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
     monitor = str(cfg.get("monitor", "val/loss"))
     started = time.perf_counter()
     pl.seed_everything(int(cfg.seed), workers=True)
-    dm = build_datamodule(cfg)
-    model = build_model(cfg, dm)
-    check_norm_groups(OmegaConf.select(cfg, "module.norm", default=None), model)
-    module = build_module(cfg, model, dm)
-    loggers = build_loggers(cfg)
-    callbacks = [MonitorCheck(monitor), *build_callbacks(cfg)]
+    try:  # a component that refuses its config (ArgumentError naming the key) is a rejected config
+        dm = build_datamodule(cfg)
+        model = build_model(cfg, dm)
+        check_norm_groups(OmegaConf.select(cfg, "module.norm", default=None), model)
+        module = build_module(cfg, model, dm)
+        loggers = build_loggers(cfg)
+        callbacks = [MonitorCheck(monitor), *build_callbacks(cfg)]
+    except ArgumentError as err:
+        raise ConfigError([str(err)]) from err
     if not loggers:  # LearningRateMonitor refuses to run without a logger; with logger=none there is nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     resume = _resume_path(cfg, out)
