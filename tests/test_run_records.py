@@ -14,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from lit_tricks.callbacks.ema import ema_checkpoint_path
 from lit_tricks.config_checks import ConfigError, SweepConfigError, check_config
 from lit_tricks.records import read_record, validate_record
 from lit_tricks.run import train
@@ -137,7 +138,7 @@ def test_sweep_records_every_job_and_goes_on(tmp_path: Path) -> None:
         files = r["checkpoints"]
         assert r["objective_source"] == "best_checkpoint" and r["evaluated_weights"] == "ema"
         assert r["best_ckpt"] == files["best_ema"] == r["reproduced_by"]["objective"] == r["reproduced_by"]["test/acc"]
-        assert Path(files["best_ema"]).name.endswith("-ema.ckpt")
+        assert files["best_ema"] == str(ema_checkpoint_path(files["best"]))
         for path in [*(f for f in files.values() if f), Path(r["run_dir"]) / "metrics.json",
                      Path(r["run_dir"]) / "config_resolved.yaml"]:
             assert stat.S_IMODE(Path(path).stat().st_mode) == 0o644, path
