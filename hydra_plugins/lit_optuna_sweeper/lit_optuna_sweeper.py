@@ -80,7 +80,7 @@ class LitOptunaSweeper(Sweeper):
               sampler: Any) -> tuple[Any, str]:
         import optuna
 
-        from lit_tricks.sweeps.checks import check_storage_url, check_study_compatible, display_url, probe_storage
+        from lit_tricks.sweeps.checks import check_storage_url, check_study_compatible, probe_storage
         from lit_tricks.sweeps.study import build_pruner, open_storage, resolve_storage_url
 
         url = resolve_storage_url(self.storage, sweep_dir)
@@ -93,10 +93,11 @@ class LitOptunaSweeper(Sweeper):
         study = optuna.create_study(storage=storage, study_name=self.study_name, direction=direction,  # type: ignore[arg-type]
                                     load_if_exists=True, sampler=sampler,
                                     pruner=build_pruner(self.pruner, self.pruner_kwargs))
-        return study, display_url(url)
+        return study, url
 
     def _write_sweep_files(self, sweep_dir: Path, url: str, direction: str) -> None:
-        """``multirun.yaml`` and ``optuna_study.json``: written once this worker launches its first job."""
+        """``multirun.yaml`` and ``optuna_study.json`` (the storage URL as given: the report opens it): written once
+        this worker launches its first job."""
         from lit_tricks.fault.atomic import atomic_write_bytes
         from lit_tricks.sweeps.trials import STUDY_FILE
 
@@ -125,8 +126,8 @@ class LitOptunaSweeper(Sweeper):
         sampler = S.build_sampler(self.sampler, self.seed, space, self.sampler_kwargs)
         C.preflight_compose(self.hydra_context.config_loader, self.config, fixed, space)
         study, url = self._open(sweep_dir, space, texts, direction, sampler)
-        log.info("lit_optuna: study %r (%s), %s, %d trials, sampler %s, pruner %s", self.study_name, url,
-                 direction, n_trials, self.sampler, self.pruner or "none")
+        log.info("lit_optuna: study %r (%s), %s, %d trials, sampler %s, pruner %s", self.study_name,
+                 C.display_url(url), direction, n_trials, self.sampler, self.pruner or "none")
         while True:
             T.fail_stale_trials(study, self.grace_period if self.heartbeat_interval else None)
             trials = study.get_trials(deepcopy=False)
@@ -148,11 +149,10 @@ class LitOptunaSweeper(Sweeper):
             if batch:
                 self._write_sweep_files(sweep_dir, url, direction)
                 self._run_batch(study, batch, fixed, sweep_dir)
-            elif not running:
-                log.warning("lit_optuna: nothing left to ask (grid covered) with %d of %d trials finished", done,
-                            n_trials)
+            elif grid is not None and not running and T.next_grid_point(grid, study.get_trials()) is None:
+                log.warning("lit_optuna: every grid point is covered, %d of %d trials finished", done, n_trials)
                 break
-            else:
+            else:  # another worker took the slot (or the grid's last points) at the same moment: look again
                 time.sleep(self.poll_interval)
         if sweep_dir.is_dir():
             self._write_results(study, sweep_dir)
