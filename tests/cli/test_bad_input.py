@@ -140,3 +140,14 @@ def _error_lines(err: str, command: str) -> list[str]:
 
 def _no_storage(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("a refused sweep must not open (or retry opening) its storage")
+
+
+def test_a_sweep_without_optuna_names_the_packages_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lit_tricks.sweeps.checks import check_sweeper_args
+    from lit_tricks.validation import ArgumentError
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError, as without the sweep extra
+    with pytest.raises(ArgumentError, match=r"^hydra/sweeper needs Optuna .*pip install 'optuna>=4,<6'"):
+        check_sweeper_args(direction="min", n_trials=1, n_jobs=1, sampler="tpe", sampler_kwargs={}, seed=0,
+                           pruner=None, pruner_kwargs={}, storage=None, study_name="s", heartbeat_interval=60,
+                           grace_period=180, poll_interval=5, params={}, trial=None, resume_key="resume")
