@@ -6,17 +6,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 
-from lit_tricks.cli import train
 from lit_tricks.cli.noise import NOISE
+from tests.helpers.cli import run_train_cli
 
 QUICK = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
          "trainer.limit_test_batches=2"]
@@ -33,18 +31,6 @@ class SigtermAt(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run(monkeypatch: pytest.MonkeyPatch, *argv: str) -> Any:
-    monkeypatch.setattr(sys, "argv", ["lit-tricks-train", *argv])
-    GlobalHydra.instance().clear()
-    try:
-        train.main()
-    except SystemExit as exit_:
-        return exit_.code
-    finally:
-        GlobalHydra.instance().clear()
-    return None
-
-
 @pytest.mark.timeout(240)
 def test_a_preempted_and_resumed_run_prints_no_noise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capfd: pytest.CaptureFixture[str]) -> None:
@@ -52,8 +38,8 @@ def test_a_preempted_and_resumed_run_prints_no_noise(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     run_dir = f"hydra.run.dir={tmp_path / 'run'}"
     with warnings.catch_warnings(record=True) as caught:
-        first = run(monkeypatch, run_dir, *QUICK, f"+callbacks.sigterm._target_={__name__}.SigtermAt")
-        second = run(monkeypatch, run_dir, *QUICK, "resume=auto")
+        first = run_train_cli(monkeypatch, run_dir, *QUICK, f"+callbacks.sigterm._target_={__name__}.SigtermAt")
+        second = run_train_cli(monkeypatch, run_dir, *QUICK, "resume=auto")
     assert first in (0, None) and second in (0, None)
     assert (tmp_path / "run" / "checkpoints" / "preempted.ckpt").is_file()  # it was preempted, then resumed
     out = capfd.readouterr()

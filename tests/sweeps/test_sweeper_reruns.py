@@ -125,7 +125,7 @@ def test_a_preempted_trial_is_continued_from_its_checkpoint(tmp_path: Path, swee
 def test_a_preempted_train_trial_resumes_from_preempted_ckpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same with lit-tricks-train itself: SIGTERM in trial 0 (the Preemption callback writes preempted.ckpt and
     exits 0); the rerun's trial 1 trains on from that checkpoint's step, with the trial's parameters."""
-    from lit_tricks.cli import train as cli
+    from tests.helpers.cli import run_train_cli
 
     monkeypatch.setenv("LIT_TRICKS_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.chdir(tmp_path)
@@ -134,15 +134,7 @@ def test_a_preempted_train_trial_resumes_from_preempted_ckpt(tmp_path: Path, mon
             "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1"]
 
     def run(*extra: str) -> Any:
-        monkeypatch.setattr(sys, "argv", ["lit-tricks-train", *args, *extra])
-        GlobalHydra.instance().clear()
-        try:
-            cli.main()
-        except SystemExit as exit_:
-            return exit_.code
-        finally:
-            GlobalHydra.instance().clear()
-        return None
+        return run_train_cli(monkeypatch, *args, *extra)
 
     assert run("+callbacks.sigterm._target_=tests.cli.test_noise.SigtermAt") in (0, None)  # preempted, exit 0
     folder = tmp_path / "logs" / "train" / "multiruns" / "pre"
