@@ -32,9 +32,10 @@ def _accepted_kwargs(target: Any) -> set[str] | None:
 
 
 def _build(key: str, node: Any, **kwargs: Any) -> Any:
-    """``instantiate(node)``; a constructor that refuses its config raises ``ArgumentError`` naming ``key`` (its
-    argument, or the command-line overrides that set the node), which ``lit_tricks.run`` reports as a rejected config
-    (one line, no run left behind)."""
+    """``instantiate(node)``; a constructor that refuses its config (``ArgumentError``, ``ValueError``,
+    ``TypeError``) raises ``ArgumentError`` naming ``key`` (its argument, or the command-line overrides that set the
+    node), which ``lit_tricks.run`` reports as a rejected config (one line, no run left behind). Any other error
+    (a ``RuntimeError`` of a constructor) is raised as it is: the run failed."""
     from hydra.errors import InstantiationException
 
     from lit_tricks.hydra_utils import hydra_config
@@ -48,6 +49,8 @@ def _build(key: str, node: Any, **kwargs: Any) -> Any:
             root = root.__cause__
         if isinstance(root, ArgumentError):
             raise ArgumentError(f"{key}.{root.arg}", root.value, root.problem) from err
+        if not isinstance(root, ValueError | TypeError):
+            raise
         hc = hydra_config()
         mine = [o for o in (hc.overrides.task if hc is not None else []) if o.lstrip("+~").startswith(key)]
         line = f"{type(root).__name__}: {str(root).strip().splitlines()[0]}" if str(root).strip() else repr(root)

@@ -125,6 +125,18 @@ def time_based_validation(trainer: pl.Trainer) -> bool:
     return getattr(trainer, "_val_check_time_interval", None) is not None
 
 
+def checkpoint_ranks_at_train_epoch_end(trainer: pl.Trainer) -> bool:
+    """ModelCheckpoint's ``_should_save_on_train_epoch_end`` (Lightning 2.x) without its explicit override: not with
+    time-based validation, nor with ``check_val_every_n_epoch != 1``; yes without validation batches; else when
+    validation runs once per epoch (``val_check_interval == 1.0``)."""
+    if time_based_validation(trainer) or trainer.check_val_every_n_epoch != 1:
+        return False
+    num_val = trainer.num_val_batches
+    if (sum(num_val) if isinstance(num_val, list) else num_val) == 0:
+        return True
+    return bool(trainer.val_check_interval == 1.0)
+
+
 def restart_train_iterator(trainer: pl.Trainer) -> bool:
     """Create the train dataloader's iterator again (``iter(trainer.fit_loop._data_fetcher)``); False if none.
 
@@ -145,6 +157,29 @@ def installed_checkpoint_io(strategy: Strategy) -> CheckpointIO | None:
     looks, so a callback can check that the IO it installed is still the one in place.
     """
     return strategy._checkpoint_io
+
+
+def first_train_loader(trainer: pl.Trainer) -> Any:
+    """``trainer.train_dataloader``, or the first of several (list, tuple or dict of loaders, nested); None if none."""
+    loader: Any = trainer.train_dataloader
+    while isinstance(loader, list | tuple | dict) and loader:
+        loader = next(iter(loader.values())) if isinstance(loader, dict) else loader[0]
+    return None if isinstance(loader, list | tuple | dict) else loader
+
+
+def sharded_strategy_name(strategy: Any) -> str | None:
+    """The name of ``strategy`` when it shards parameters across ranks (FSDP, ModelParallel, DeepSpeed stage 3);
+    looked up by name, since the installed Lightning may lack some of these classes."""
+    from lightning.pytorch import strategies
+
+    kinds = tuple(getattr(strategies, name) for name in ("FSDPStrategy", "ModelParallelStrategy")
+                  if hasattr(strategies, name))
+    if isinstance(strategy, kinds):
+        return type(strategy).__name__
+    deepspeed = getattr(strategies, "DeepSpeedStrategy", None)
+    if deepspeed is not None and isinstance(strategy, deepspeed) and bool(getattr(strategy, "zero_stage_3", False)):
+        return "DeepSpeedStrategy (ZeRO stage 3)"
+    return None
 
 
 def legacy_state_key(callback: pl.Callback) -> Any:

@@ -4,9 +4,11 @@ A number is reproduced by a file when loading that file's weights and evaluating
 evaluation metrics (``val/*``, ``test/*``) can be; training statistics (``train/loss``, ``grad/*``, ``lr-*``) name
 no file. Which weights produced an evaluation metric comes from the module's
 :class:`~lit_tricks.weight_variants.WeightVariants` (``val/acc_ema`` was computed inside the ``ema`` variant) and
-from the EMA callback: with ``EMAWeights(evaluate_with="ema")`` and no ``validate_both`` the un-suffixed metrics
-are the EMA's too. EMA numbers live in the EMA twin of a checkpoint (path from
-:func:`lit_tricks.callbacks.ema.ema_checkpoint_path`); without a twin (``save_ema_checkpoint=false``) no file
+from the callbacks (:func:`lit_tricks.callback_protocols.evaluated_variant`): with
+``EMAWeights(evaluate_with="ema")`` and no ``validate_both`` the un-suffixed metrics are the EMA's too. A variant's
+numbers live in the file beside a checkpoint that its callback names
+(:func:`lit_tricks.callback_protocols.variant_checkpoint`: the EMA twin, path from
+:func:`lit_tricks.fault.ema_checkpoint.ema_checkpoint_path`); without one (``save_ema_checkpoint=false``) no file
 reproduces them.
 """
 
@@ -29,23 +31,15 @@ def is_evaluation_metric(name: str) -> bool:
     return head in EVALUATION_PREFIXES
 
 
-def _ema_callback(trainer: Any) -> Any:
-    from lit_tricks.callbacks.ema import EMAWeights
-
-    return next((cb for cb in trainer.callbacks if isinstance(cb, EMAWeights)), None)
-
-
-def weights_of(metric: str, trainer: Any, module: Any) -> str | None:
-    """``"ema"`` or ``"raw"``: the weights an evaluation metric was computed with (None: another variant's)."""
+def weights_of(metric: str, trainer: Any, module: Any) -> str:
+    """The weights an evaluation metric was computed with: ``"raw"`` (the trained weights) or a variant's name
+    (``"ema"``): the module's variant that logged it, else the variant the callbacks evaluate."""
+    from lit_tricks.callback_protocols import evaluated_variant
     from lit_tricks.weight_variants import weight_variants_of
 
     variants = weight_variants_of(module)
     variant = variants.variant_of(metric) if variants is not None else None
-    if variant is not None:
-        return "ema" if variant == "ema" else None
-    ema = _ema_callback(trainer)
-    uses_ema = ema is not None and ema.evaluate_with == "ema" and not ema.validate_both
-    return "ema" if uses_ema else "raw"
+    return variant or evaluated_variant(trainer.callbacks) or "raw"
 
 
 def checkpoint_files(trainer: Any, monitor: str) -> tuple[dict[str, str | None], float | None]:
@@ -53,7 +47,7 @@ def checkpoint_files(trainer: Any, monitor: str) -> tuple[dict[str, str | None],
     ModelCheckpoint watching ``monitor``). A twin is named only when its file exists."""
     import math
 
-    from lit_tricks.callbacks.ema import ema_checkpoint_path
+    from lit_tricks.callback_protocols import variant_checkpoint
 
     best, last, score = None, None, None
     for cb in trainer.checkpoint_callbacks:
@@ -69,7 +63,7 @@ def checkpoint_files(trainer: Any, monitor: str) -> tuple[dict[str, str | None],
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
 
     def twin(path: str | None) -> str | None:
-        return str(ema_checkpoint_path(path)) if path and ema_checkpoint_path(path).is_file() else None
+        return variant_checkpoint(trainer.callbacks, path)
 
     return {"best": best, "best_ema": twin(best), "last": last, "last_ema": twin(last)}, score
 
@@ -82,7 +76,7 @@ def reproduced_by(metrics: Mapping[str, float], trainer: Any, module: Any, files
     for name in metrics:
         weights = weights_of(name, trainer, module) if is_evaluation_metric(name) else None
         kind = "best" if name in tested else "last"
-        out[name] = None if weights is None else files.get(f"{kind}_ema" if weights == "ema" else kind)
+        out[name] = None if weights is None else files.get(kind if weights == "raw" else f"{kind}_{weights}")
     return out
 
 

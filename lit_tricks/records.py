@@ -27,6 +27,7 @@ __all__ = [
     "STATUSES",
     "error_chain",
     "new_record",
+    "previous_record",
     "read_record",
     "root_error",
     "validate_record",
@@ -201,3 +202,11 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     out.update(record)
     out["schema_version"] = record.get("schema_version", 0)
     return out
+
+
+def previous_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The record at ``path`` (a resumed run's earlier ``metrics.json``), or {} when it is missing or unreadable."""
+    try:
+        return read_record(path)
+    except (OSError, ValueError):
+        return {}

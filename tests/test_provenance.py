@@ -97,7 +97,7 @@ class _Prune(optuna.pruners.BasePruner):
 @pytest.mark.timeout(240)
 def test_a_pruned_run_records_where_it_was_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     trial = optuna.create_study(pruner=_Prune()).ask()
-    monkeypatch.setattr("lit_tricks.studies.current_trial", lambda: trial)  # as inside a lit_optuna sweep
+    monkeypatch.setattr("lit_tricks.optuna_job.current_trial", lambda: trial)  # as inside a lit_optuna sweep
     cfg = compose_cfg(tmp_path, "callbacks=[default,optuna_pruning]", *QUICK)
     with pytest.raises(optuna.TrialPruned):
         train(cfg)
@@ -115,7 +115,7 @@ def test_a_pruned_run_records_where_it_was_pruned(tmp_path: Path, monkeypatch: p
 def test_asha_decides_after_1_3_9_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     study = optuna.create_study(pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
     trial = study.ask()
-    monkeypatch.setattr("lit_tricks.studies.current_trial", lambda: trial)
+    monkeypatch.setattr("lit_tricks.optuna_job.current_trial", lambda: trial)
     cfg = compose_cfg(tmp_path, "callbacks=[default,optuna_pruning]", *QUICK)
     with open_dict(cfg):
         cfg.trainer.max_epochs = 3

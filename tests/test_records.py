@@ -35,7 +35,7 @@ def test_root_error_of_an_instantiation_exception_is_the_constructors_value_erro
     err = _instantiation_error()
     assert type(err).__name__ == "InstantiationException"
     root = root_error(err)
-    assert root.startswith("ValueError: ") and "decay" in root and "1.5" in root
+    assert root.startswith("ArgumentError: ") and "decay" in root and "1.5" in root  # a ValueError subclass
     chain = error_chain(err)
     assert chain[0].startswith("InstantiationException: Error in call to target")
     assert chain[-1] == root and len(chain) >= 2

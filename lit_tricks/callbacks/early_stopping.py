@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_prefixed_message
 from torch import Tensor
 
 from lit_tricks.fault.state_keys import warn_changed_args
+from lit_tricks.validation import check_number
 from lit_tricks.weight_variants import weight_variants_of
 
 __all__ = ["EarlyStopping"]
@@ -61,10 +62,8 @@ class EarlyStopping(_LightningEarlyStopping):
         start_from_epoch: int = 0,
         restore_best_weights: bool = False,
     ) -> None:
-        if isinstance(start_from_epoch, bool) or not isinstance(start_from_epoch, int) or start_from_epoch < 0:
-            raise ValueError(f"`start_from_epoch` must be an int >= 0, got {start_from_epoch!r}")
-        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
-            raise ValueError(f"`patience` must be an int >= 0, got {patience!r}")
+        check_number("start_from_epoch", start_from_epoch, 0, integer=True, owner="EarlyStopping")
+        check_number("patience", patience, 0, integer=True, owner="EarlyStopping")
         super().__init__(
             monitor=monitor, min_delta=min_delta, patience=patience, verbose=verbose, mode=mode, strict=strict,
             check_finite=check_finite, stopping_threshold=stopping_threshold,

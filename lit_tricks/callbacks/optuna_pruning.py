@@ -38,7 +38,7 @@ class OptunaPruning(pl.Callback):
         if not self._looked_up and trainer.is_global_zero:
             self._looked_up = True
             try:
-                from lit_tricks.studies import current_trial
+                from lit_tricks.optuna_job import current_trial
             except ImportError:  # optuna not installed: no sweep can be running
                 return
             self.trial = current_trial()

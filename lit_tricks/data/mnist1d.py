@@ -51,7 +51,7 @@ def generate_mnist1d(args: dict[str, Any]) -> dict[str, torch.Tensor]:
             "y_test": torch.as_tensor(np.asarray(data["y_test"]), dtype=torch.long)}
 
 
-@merged_signature
+@merged_signature(without=("val_fraction", "test_fraction"))
 class MNIST1DDataModule(SplitDataModule):
     """MNIST-1D: 10 classes of 40-sample 1-D signals, 4000 train / 1000 test with the package's defaults.
 

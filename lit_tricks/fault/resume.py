@@ -1,16 +1,24 @@
-"""``resume=auto``: find the newest intact checkpoint of a run directory."""
+"""Resuming a run: the checkpoint to restart from (``resume=auto`` finds the newest intact one of a run directory),
+and its CSV log continued in place."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
+import warnings
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from lit_tricks.fault.atomic import TMP_PREFIX
+from lit_tricks.validation import ArgumentError
 
-__all__ = ["checkpoint_is_intact", "find_resume_checkpoint", "is_training_checkpoint", "list_checkpoints"]
+__all__ = [
+    "checkpoint_is_intact", "continue_csv_logs", "find_resume_checkpoint", "is_training_checkpoint",
+    "list_checkpoints", "resolve_resume",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +84,60 @@ def find_resume_checkpoint(
         if warn:
             log.warning("resume: skipping unreadable checkpoint %s (%s)", path, problem)
     return None
+
+
+def resolve_resume(resume: Any, run_dir: str | os.PathLike[str]) -> str | None:
+    """The checkpoint a run resumes from: ``resume`` is null (fresh start), ``"auto"`` (the newest good checkpoint
+    of ``run_dir``, or a fresh start) or a ``.ckpt`` path (``ArgumentError`` when it is not a file: the run reports
+    a rejected config)."""
+    if resume in (None, "", "none", "null"):
+        return None
+    if resume == "auto":
+        found = find_resume_checkpoint(run_dir)
+        log.info("resume=auto: %s", found or "no checkpoint found, starting fresh")
+        return found
+    if not Path(str(resume)).is_file():
+        raise ArgumentError("resume", resume, "names no checkpoint file; pass a .ckpt path, 'auto' or null")
+    return str(resume)
+
+
+def _latest_version(root: Path) -> int | None:
+    versions = [int(p.name.split("_", 1)[1]) for p in root.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
+    return max(versions) if versions else None
+
+
+def continue_csv_logs(loggers: Iterable[Any], resume_ckpt: str) -> None:
+    """After a resume, keep writing each unpinned CSVLogger's newest ``version_N`` (its rows up to the checkpoint's
+    step kept), so ``metrics.csv`` holds every epoch of the run.
+
+    Lightning has no append mode: its CSV writer deletes an existing ``metrics.csv`` of its version when it is created
+    (``_ExperimentWriter._check_log_dir_exists``), and a new version would split the run's curves over two files. So
+    the rows logged before the checkpoint are read first and written back under the writer's header.
+    """
+    import torch
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lit_tricks.compat import csv_logger_version, pin_csv_logger_version
+
+    step = int(torch.load(resume_ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    for lg in loggers:
+        if not isinstance(lg, CSVLogger) or csv_logger_version(lg) is not None:
+            continue
+        version = _latest_version(Path(lg.root_dir))
+        if version is None:
+            continue
+        pin_csv_logger_version(lg, version)
+        path = Path(lg.log_dir) / "metrics.csv"
+        rows: list[dict[str, str]] = []
+        if path.is_file():
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if not r.get("step") or float(r["step"]) < step]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            writer = lg.experiment  # deletes the old metrics.csv
+        if rows:
+            writer.metrics_keys = sorted({k for r in rows for k in r})
+            with path.open("w", newline="") as fh:
+                out = csv.DictWriter(fh, fieldnames=writer.metrics_keys)
+                out.writeheader()
+                out.writerows(rows)

@@ -1,15 +1,14 @@
-"""Model surgery usable on any ``nn.Module``: swap normalization layers, set or insert dropout, initialize weights,
-recompute BatchNorm statistics.
+"""Model surgery usable on any ``nn.Module``: swap normalization layers, set or insert dropout, recompute BatchNorm
+statistics; weight initialization is :mod:`lit_tricks.modules.initialization` (re-exported here).
 
-About 340 lines: three surgeries (norm, dropout, init) that share the walk over a model's children and the head
-finder; each is one public function with its own allowed-value list.
+Each surgery is one public function with its own allowed-value list; they share the walk over a model's children
+and the head finder.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -17,9 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
-from lit_tricks.functional.ensemble import recalibrate_bn_
+from lit_tricks.functional.batchnorm import recalibrate_bn_
 from lit_tricks.models.heads import find_head
-from lit_tricks.validation import check_number
+from lit_tricks.modules.initialization import INIT_SCHEMES, init_weights
+from lit_tricks.validation import ArgumentError, check_choice, check_number
 
 __all__ = [
     "DROPOUT_KINDS",
@@ -68,10 +68,9 @@ def parse_norm(norm: str | Mapping[str, Any]) -> tuple[str, int]:
     else:
         raise TypeError(f"norm must be a string or a mapping with 'kind', got {type(norm).__name__}")
     if kind not in NORM_KINDS:
-        raise ValueError(f"norm must be one of {list(NORM_KINDS)} (or group:<n>), got {norm!r}")
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"norm: num_groups must be an integer >= 1, got {groups!r}")
-    return str(kind), groups
+        raise ArgumentError("norm", norm, f"must be one of {list(NORM_KINDS)} (or group:<n>)")
+    check_number("num_groups", groups, 1, integer=True, owner="norm")
+    return str(kind), int(groups)
 
 
 def _channels(layer: nn.Module) -> int | None:
@@ -238,10 +237,6 @@ def noisy_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, kinds) and float(getattr(m, "p", 0.0)) > 0.0]
 
 
-def _check_p(p: float) -> None:
-    check_number("dropout", p, 0.0, 1.0)
-
-
 def set_dropout(model: nn.Module, p: float, kind: str = "dropout", insert: str = "auto") -> nn.Module:
     """Set dropout probability ``p`` in place; returns ``model``. Inverted dropout: eval needs no rescaling.
 
@@ -252,11 +247,9 @@ def set_dropout(model: nn.Module, p: float, kind: str = "dropout", insert: str =
     ``insert`` (dropout/gaussian): auto = put a layer before the head (last ``nn.Linear``) only when ``model`` has
     no Dropout layer | always | never.
     """
-    _check_p(p)
-    if kind not in DROPOUT_KINDS:
-        raise ValueError(f"dropout_kind must be one of {list(DROPOUT_KINDS)}, got {kind!r}")
-    if insert not in ("auto", "always", "never"):
-        raise ValueError(f"insert must be one of ['auto', 'always', 'never'], got {insert!r}")
+    check_number("dropout", p, 0.0, 1.0)
+    check_choice("dropout_kind", kind, DROPOUT_KINDS)
+    check_choice("insert", insert, ("auto", "always", "never"))
     head = find_head(model)
     if kind in WEIGHT_KINDS:
         if head is None:
@@ -282,83 +275,7 @@ def set_dropout(model: nn.Module, p: float, kind: str = "dropout", insert: str =
     return model
 
 
-# ------------------------------------------------------------------------------------------------------------ init
-def _gain(nonlinearity: str) -> float:
-    return nn.init.calculate_gain(nonlinearity)  # type: ignore[arg-type]
-
-
-def _kaiming(fn: Callable[..., Tensor]) -> Callable[..., None]:
-    def init(w: Tensor, mode: str = "fan_in", nonlinearity: str = "relu", **_: Any) -> None:
-        fn(w, mode=mode, nonlinearity=nonlinearity)
-
-    return init
-
-
-def _xavier(fn: Callable[..., Tensor]) -> Callable[..., None]:
-    def init(w: Tensor, nonlinearity: str = "relu", gain: float | None = None, **_: Any) -> None:
-        fn(w, gain=gain if gain is not None else _gain(nonlinearity))
-
-    return init
-
-
-def _orthogonal(w: Tensor, nonlinearity: str = "relu", gain: float | None = None, **_: Any) -> None:
-    nn.init.orthogonal_(w, gain=gain if gain is not None else _gain(nonlinearity))
-
-
-#: scheme -> weight initializer (None = keep PyTorch's default init).
-INIT_SCHEMES: dict[str, Callable[..., None] | None] = {
-    "default": None,
-    "xavier_uniform": _xavier(nn.init.xavier_uniform_),
-    "xavier_normal": _xavier(nn.init.xavier_normal_),
-    "kaiming_uniform": _kaiming(nn.init.kaiming_uniform_),
-    "kaiming_normal": _kaiming(nn.init.kaiming_normal_),
-    "orthogonal": _orthogonal,
-}
-
-
-@torch.no_grad()
-def init_weights(
-    model: nn.Module,
-    scheme: str | Mapping[str, Any] = "default",
-    *,
-    mode: str = "fan_in",
-    nonlinearity: str = "relu",
-    gain: float | None = None,
-) -> nn.Module:
-    """Initialize every Conv/Linear weight with ``scheme`` and zero its bias (in place); returns ``model``.
-
-    ``scheme`` may be a mapping ``{"scheme": ..., "mode": ..., "nonlinearity": ..., "gain": ...}`` (YAML form).
-    kaiming_*: He et al. (2015), std ``gain / sqrt(fan)`` with ``mode`` fan_in|fan_out; xavier_*: Glorot & Bengio
-    (2010), gain from ``nonlinearity`` unless ``gain``; orthogonal: Saxe et al. (2014). ``default`` keeps PyTorch's
-    init (biases untouched too). The head is initialized like every other layer.
-    """
-    if isinstance(scheme, Mapping):
-        opts = dict(scheme)
-        name = opts.pop("scheme", None)
-        mode = opts.pop("mode", mode)
-        nonlinearity = opts.pop("nonlinearity", nonlinearity)
-        gain = opts.pop("gain", gain)
-        if opts:
-            raise ValueError(f"init: unknown keys {sorted(opts)}; allowed: scheme, mode, nonlinearity, gain")
-    else:
-        name = scheme
-    if name not in INIT_SCHEMES:
-        raise ValueError(f"init must be one of {list(INIT_SCHEMES)}, got {name!r}")
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"init: mode must be one of ['fan_in', 'fan_out'], got {mode!r}")
-    fn = INIT_SCHEMES[name]
-    if fn is None:
-        return model
-    for module in model.modules():
-        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            fn(module.weight, mode=mode, nonlinearity=nonlinearity, gain=gain)
-            if module.bias is not None:
-                module.bias.zero_()
-    return model
-
-
 # -------------------------------------------------------------------------------------------------- BN statistics
-@torch.no_grad()
 def recalibrate_bn(
     model: nn.Module,
     loader: Iterable[Any],
@@ -369,17 +286,13 @@ def recalibrate_bn(
     (all when None), as a cumulative average (``momentum=None``), like ``torch.optim.swa_utils.update_bn``.
 
     Use after swapping in averaged weights (EMA/SWA) or any weights whose statistics no longer match. Batches may
-    be tensors or ``(x, ...)`` tuples; ``model(x)`` is called, so pass a module that applies any preprocessing.
-    Training mode and momenta are restored afterwards.
+    be tensors or ``(x, ...)`` tuples (:func:`~lit_tricks.functional.batchnorm.batch_inputs`); ``model(x)`` is
+    called on ``device`` (default: the model's), so pass a module that applies any preprocessing. Training mode and
+    momenta are restored afterwards (:func:`~lit_tricks.functional.batchnorm.recalibrate_bn_`).
     """
-    if num_batches is not None and num_batches < 1:
-        raise ValueError(f"num_batches must be >= 1 or None, got {num_batches!r}")
+    if num_batches is not None:
+        check_number("num_batches", num_batches, 1, integer=True)
     if device is None:
         device = next(iter(model.parameters()), torch.zeros(())).device
-
-    def forward(module: nn.Module, batch: Any) -> None:
-        x = batch[0] if isinstance(batch, list | tuple) else batch
-        module(x.to(device))
-
-    recalibrate_bn_(model, itertools.islice(loader, num_batches), forward)
+    recalibrate_bn_(model, loader, num_batches=num_batches, device=device)
     return model

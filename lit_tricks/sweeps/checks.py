@@ -45,7 +45,7 @@ def check_sweeper_args(*, direction: Any, n_trials: Any, n_jobs: Any, sampler: A
     except ImportError:
         raise ArgumentError("hydra/sweeper", "lit_optuna", "needs Optuna (lit_tricks' sweep extra): pip install "
                             "'optuna>=4,<6' 'sqlalchemy>=2' 'psycopg[binary]>=3' cmaes") from None
-    from lit_tricks.studies import PRUNERS, build_pruner
+    from lit_tricks.optuna_job import PRUNERS, build_pruner
     from lit_tricks.sweeps.study import SAMPLERS
     from lit_tricks.validation import DIRECTIONS, check_choice, check_number
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_tricks.sweeps.report import JobResult, SweepReport, build_report
 
-__all__ = ["ensemble_members", "evaluate_sweep_ensemble", "job_config", "member_checkpoint"]
+__all__ = ["ensemble_members", "evaluate_sweep_ensemble", "evaluate_sweep_soups", "job_config", "member_checkpoint"]
 
 
 def _evaluated_with_ema(job: JobResult) -> bool:
@@ -116,3 +116,26 @@ def evaluate_sweep_ensemble(sweep_dir: str | Path, top_k: int = 3, combine: str 
                      "test/acc": m.metrics.get("test/acc", math.nan)} for m in members],
         **metrics,
     }
+
+
+def evaluate_sweep_soups(sweep_dir: str | Path, top_k: int = 5, select: str = "val/acc", combine: str = "mean_prob",
+                         bn_batches: int | None = None) -> dict[str, Any]:
+    """Best member, uniform soup, greedy soup and prediction ensemble of the top-k jobs
+    (:func:`lit_tricks.posthoc.soup.soup_report`); souping needs members that share an initialization (one
+    ``seed``, ``model`` and ``module.init``), refused in one line otherwise. Writes ``<sweep_dir>/soup.md``, ``.json``.
+    """
+    from lit_tricks.posthoc.evaluate import load_state, rebuild_run
+    from lit_tricks.posthoc.soup import soup_report
+
+    members = ensemble_members(build_report(sweep_dir), top_k)
+    if not members:
+        raise ValueError(f"sweep_dir={str(sweep_dir)!r}: no ok job with a best checkpoint file to soup")
+    keys = [tuple(OmegaConf.select(job_config(m), k) for k in ("seed", "model", "module.init")) for m in members]
+    other = next((i for i, k in enumerate(keys) if k != keys[0]), None)
+    if other is not None:
+        raise ValueError(f"sweep_dir={str(sweep_dir)!r}: soups need members that share an initialization; job "
+                         f"{members[other].num} has (seed, model, init) {keys[other]}, job {members[0].num} {keys[0]}")
+    _, dm, module = rebuild_run(members[0].dir)
+    result = soup_report([(f"job {m.num}", load_state(str(m.best_ckpt))) for m in members], module, dm,
+                         select=select, bn_batches=bn_batches, combine_method=combine, out_dir=Path(sweep_dir))
+    return {"sweep_dir": str(sweep_dir), **result}

@@ -1,7 +1,7 @@
 """Optuna studies behind ``hydra/sweeper=lit_optuna``: the search space in Hydra's override syntax and samplers by
 name. Which trials count, heartbeats, the work a rerun owes and the report's view of a study live in
 :mod:`lit_tricks.sweeps.trials` (re-exported here); storage URLs, pruners and the running job's trial in
-:mod:`lit_tricks.studies` (the pruning callback needs them too).
+:mod:`lit_tricks.optuna_job` (the pruning callback needs them too).
 
 Needs the ``sweep`` extra (optuna >= 4); imported lazily by everything else of lit_tricks.
 """
@@ -18,7 +18,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from lit_tricks.studies import (
+from lit_tricks.optuna_job import (
     PRUNERS,
     build_pruner,
     current_trial,

@@ -234,7 +234,7 @@ def merge_study_trials(sweep_dir: str | Path, jobs: list[J], make: Callable[...,
     killed before the job started) are added with ``make(num=..., dir=..., ...)``. Trials that never ran a job
     (asked one too many, interrupted before launch) are left out.
     """
-    from lit_tricks.studies import open_storage
+    from lit_tricks.optuna_job import open_storage
 
     info = study_info(sweep_dir)
     if info is None:

@@ -4,7 +4,7 @@ Every run builds its Trainer here (:func:`lit_tricks.trainers.build.build_traine
 """
 
 from lit_tricks.trainers.build import build_trainer
-from lit_tricks.trainers.jobs import child_rank_command, config_hash, job_guard, sweep_failure_value
+from lit_tricks.trainers.hydra_job import child_rank_command, config_hash, job_guard, sweep_failure_value
 from lit_tricks.trainers.strategies import (
     HydraSafeDDPStrategy,
     HydraSafeFSDPStrategy,

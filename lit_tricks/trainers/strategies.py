@@ -1,7 +1,7 @@
 """Hydra-safe DDP/FSDP strategies built from YAML-friendly values, and linear LR scaling with the global batch.
 
 Lightning's script launcher starts ranks > 0 by re-running ``sys.argv``; the strategies here start each child rank
-from the Hydra job's composed config instead (see :mod:`lit_tricks.trainers.jobs`).
+from the Hydra job's composed config instead (see :mod:`lit_tricks.trainers.hydra_job`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from lit_tricks.compat import (
     set_strategy_launcher,
 )
 from lit_tricks.functional.lr_scale import scale_lr_
-from lit_tricks.trainers.jobs import _JOB, _hydra_child_base, child_rank_command
+from lit_tricks.trainers.hydra_job import _JOB, _hydra_child_base, child_rank_command
 
 __all__ = ["HydraSafeDDPStrategy", "HydraSafeFSDPStrategy", "ddp_strategy", "fsdp_strategy", "scale_learning_rates"]
 

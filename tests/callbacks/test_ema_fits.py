@@ -134,6 +134,6 @@ def test_sharded_strategies_are_refused_at_setup_with_one_line() -> None:
         with pytest.raises(ValueError, match="does not support sharded strategies") as err:
             EMAWeights().setup(SimpleNamespace(strategy=strategy), TinyClassifier(), "fit")  # type: ignore[arg-type]
         assert type(strategy).__name__ in str(err.value) and "\n" not in str(err.value)
-    from lit_tricks.callbacks.ema import _sharded_strategy
+    from lit_tricks.compat import sharded_strategy_name as _sharded_strategy
 
     assert _sharded_strategy(DDPStrategy()) is None

@@ -57,7 +57,7 @@ def test_without_a_trial_it_does_nothing(tmp_path: Path) -> None:
 @pytest.mark.timeout(180)
 def test_run_records_a_pruned_job_as_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     study, trial = new_trial(step=0)
-    monkeypatch.setattr("lit_tricks.studies.current_trial", lambda: trial)  # as inside a lit_optuna sweep
+    monkeypatch.setattr("lit_tricks.optuna_job.current_trial", lambda: trial)  # as inside a lit_optuna sweep
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[

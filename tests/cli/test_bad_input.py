@@ -100,7 +100,7 @@ def test_bad_input_is_one_line_a_nonzero_exit_and_nothing_written(
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no srun/sbatch: a machine without SLURM
-    monkeypatch.setattr("lit_tricks.studies.open_storage", _no_storage)  # a refusal never opens the storage
+    monkeypatch.setattr("lit_tricks.optuna_job.open_storage", _no_storage)  # a refusal never opens the storage
     sweep = _sweep_dir(tmp_path)
     if "<study>" in argv:
         (sweep / "optuna_study.json").write_text("{not json")

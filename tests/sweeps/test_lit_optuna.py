@@ -209,6 +209,7 @@ def two_workers(tmp_path: Path, url: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # two sweep processes at once, with a 2 s heartbeat deadline
 @pytest.mark.timeout(240)
 def test_two_workers_share_a_journal_file_study(tmp_path: Path) -> None:
     two_workers(tmp_path, f"journal://{tmp_path / 'study.log'}")

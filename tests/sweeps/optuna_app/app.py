@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lit_tricks.studies import current_trial
+from lit_tricks.optuna_job import current_trial
 
 
 def objective(lr: float, wd: float) -> float:
