@@ -108,9 +108,6 @@ def test_a_pruned_run_records_where_it_was_pruned(tmp_path: Path, monkeypatch: p
     assert at["value"] == trial.study.trials[0].intermediate_values[max(trial.study.trials[0].intermediate_values)]
 
 
-@pytest.mark.xfail(strict=True, reason="OptunaPruning reports the 0-based epoch as the step; the pruners' resource "
-                   "is epochs completed (asha decides after 2, 4, 10 epochs, documented 1, 3, 9). Needs "
-                   "step=trainer.current_epoch + 1 in lit_tricks/callbacks/optuna_pruning.py")
 @pytest.mark.timeout(240)
 def test_asha_decides_after_1_3_9_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     study = optuna.create_study(pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
@@ -121,6 +118,8 @@ def test_asha_decides_after_1_3_9_epochs(tmp_path: Path, monkeypatch: pytest.Mon
         cfg.trainer.max_epochs = 3
     train(cfg)
     assert sorted(study.trials[0].intermediate_values) == [1, 2, 3]  # the resource after each epoch: epochs done
+    rungs = sorted(k for k in study.trials[0].system_attrs if k.startswith("completed_rung_"))
+    assert rungs == ["completed_rung_0", "completed_rung_1"]  # decided after 1 and 3 epochs (the next: 9)
 
 
 @pytest.mark.timeout(240)
