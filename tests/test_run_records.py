@@ -15,8 +15,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from lit_tricks.callbacks.ema import ema_checkpoint_path
 from lit_tricks.config_checks import ConfigError, SweepConfigError, check_config
+from lit_tricks.fault.ema_checkpoint import ema_checkpoint_path
 from lit_tricks.records import read_record, validate_record
 from lit_tricks.run import train
 from lit_tricks.sweeps.report import build_report

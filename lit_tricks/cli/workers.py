@@ -1,5 +1,5 @@
 """Sweep workers that outlive the shell: one SLURM array job of N tasks, each an independent ``lit_optuna`` worker
-of the same study. Installed as ``lit-tricks-workers``.
+of the same study.
 
 lit-tricks-workers --workers 8 hparams_search=tpe hydra.sweeper.n_trials=64
 lit-tricks-workers --workers 8 --gpus 1 --partition gpu hparams_search=asha \\
@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lit_tricks.cli.args import Parser
 from lit_tricks.fault.atomic import atomic_write_bytes
 from lit_tricks.validation import ArgumentError, check_number
 
@@ -182,8 +183,7 @@ def run_worker(overrides: list[str]) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(PROG, __doc__)
     parser.add_argument("--workers", "-n", type=int, required=True, help="array tasks (independent workers)")
     parser.add_argument("--max-running", type=int, default=None, help="at most this many at once (--array=...%%K)")
     parser.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")

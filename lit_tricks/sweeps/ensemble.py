@@ -37,7 +37,7 @@ def member_checkpoint(job: JobResult) -> str | None:
     Records written by this lit_tricks name that file already (or none, when no file reproduces the objective);
     older ones named the raw training checkpoint, and its twin is used when the job's config evaluated the EMA.
     """
-    from lit_tricks.callbacks.ema import ema_checkpoint_path
+    from lit_tricks.fault.ema_checkpoint import ema_checkpoint_path
     from lit_tricks.fault.resume import is_training_checkpoint
 
     path = job.best_ckpt

@@ -10,12 +10,23 @@ from typing import Any
 
 import pytest
 
-from lit_tricks.cli import bag, curves, ensemble, report
+from lit_tricks.cli import bag, curves, ensemble, migrate, posthoc_ema, report, workers
 
 MAINS: dict[str, Callable[[list[str]], Any]] = {
     "lit-tricks-report": report.main, "lit-tricks-ensemble": ensemble.main, "lit-tricks-bag": bag.main,
-    "lit-tricks-curves": curves.main,
+    "lit-tricks-curves": curves.main, "lit-tricks-workers": workers.main, "lit-tricks-posthoc-ema": posthoc_ema.main,
+    "lit-tricks-migrate": migrate.main,
 }
+
+
+def test_every_installed_command_is_tested_and_documented() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    scripts = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"])
+    assert scripts == {*MAINS, "lit-tricks-train"}
+    page = (root / "docs" / "guide" / "commands.md").read_text()
+    assert all(f"| `{name}` |" in page for name in scripts), sorted(scripts)
 
 
 @pytest.mark.parametrize("command", sorted(MAINS))

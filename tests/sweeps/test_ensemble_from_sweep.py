@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from lit_tricks.callbacks.ema import ema_checkpoint_path
+from lit_tricks.fault.ema_checkpoint import ema_checkpoint_path
 from lit_tricks.sweeps.ensemble import ensemble_members, job_config
 from lit_tricks.sweeps.report import build_report
 
