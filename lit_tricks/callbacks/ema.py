@@ -85,11 +85,11 @@ class EMAWeights(EMAStateCallback):
         self.decay, self.half_life_steps, self.warmup = float(decay), half_life_steps, warmup
         self.update_every_n_steps, self.start_step = update_every_n_steps, start_step
         self.device = torch.device(device) if device is not None else None
-        self.validate_both, self.recalibrate_bn_batches = validate_both, recalibrate_bn_batches
+        self.recalibrate_bn_batches = recalibrate_bn_batches
         self.apply_at_end, self.buffers, self.ema_dtype = apply_at_end, buffers, ema_dtype
         super().__init__(EMAState(decay, half_life_steps=half_life_steps, update_every_n_steps=update_every_n_steps,
                                   warmup=warmup, buffers=buffers, device=device, ema_dtype=ema_dtype),
-                         save_ema_checkpoint, evaluate_with)
+                         save_ema_checkpoint, evaluate_with, validate_both)
         # persistent state (in state_dict), besides the EMA's
         self.last_step = 0  # trainer.global_step when the callback last saw an optimizer step (this Trainer)
         self.steps = 0  # optimizer steps seen over every fit of the same module (step_idx + 1 of should_update)

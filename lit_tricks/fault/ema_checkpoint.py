@@ -134,12 +134,14 @@ class EMAStateCallback(ShardedEMACheckpoints, Callback):
     modes; other sharded strategies (FSDP1's flat parameters, DeepSpeed ZeRO-3) are refused at ``setup``.
     """
 
-    def __init__(self, state: EMAState, save_ema_checkpoint: bool = True, evaluate_with: str = "ema") -> None:
+    def __init__(self, state: EMAState, save_ema_checkpoint: bool = True, evaluate_with: str = "ema",
+                 validate_both: bool = False) -> None:
         super().__init__()
         #: the EMA tensors, their decay rule and the swapping (Trainer-free)
         self.state = state
         self.save_ema_checkpoint = save_ema_checkpoint
         self.evaluate_with = evaluate_with
+        self.validate_both = validate_both  # the module logs raw (un-suffixed) and EMA (``_ema``) metrics
         self._installed_io: TwinCheckpointIO | None = None
 
     @property
@@ -199,8 +201,9 @@ class EMAStateCallback(ShardedEMACheckpoints, Callback):
         save_ema_twin(checkpoint, path, put_weights, meta, write)
 
     def evaluated_variant(self) -> str | None:
-        """``"ema"`` when validation/test evaluate the EMA (:class:`lit_tricks.callback_protocols.EvaluatesVariant`)."""
-        return "ema" if self.evaluate_with == "ema" else None
+        """``"ema"`` when validation/test evaluate the EMA (:class:`lit_tricks.callback_protocols.EvaluatesVariant`);
+        None with ``validate_both``: the un-suffixed metrics are the raw weights' then (the EMA's carry ``_ema``)."""
+        return "ema" if self.evaluate_with == "ema" and not self.validate_both else None
 
     def variant_checkpoint(self, path: str | os.PathLike[str]) -> str | None:
         """The ``-ema`` twin of checkpoint ``path`` when that file exists, else None."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from lit_tricks.fault.atomic import TMP_PREFIX
 from lit_tricks.fault.sharded_checkpoint import checkpoint_dir_problem, is_checkpoint_dir, is_training_checkpoint_dir
+from lit_tricks.validation import ArgumentError
 
 __all__ = [
     "checkpoint_is_intact", "continue_csv_logs", "find_resume_checkpoint", "is_training_checkpoint",
@@ -95,7 +96,8 @@ def find_resume_checkpoint(
 
 def resolve_resume(resume: Any, run_dir: str | os.PathLike[str]) -> str | None:
     """The checkpoint a run resumes from: ``resume`` is null (fresh start), ``"auto"`` (the newest good checkpoint
-    of ``run_dir``, or a fresh start) or a ``.ckpt`` path (``FileNotFoundError`` when it is not a file)."""
+    of ``run_dir``, or a fresh start) or a ``.ckpt`` path (``ArgumentError`` when it is not a file: the run reports
+    a rejected config)."""
     if resume in (None, "", "none", "null"):
         return None
     if resume == "auto":
@@ -103,7 +105,7 @@ def resolve_resume(resume: Any, run_dir: str | os.PathLike[str]) -> str | None:
         log.info("resume=auto: %s", found or "no checkpoint found, starting fresh")
         return found
     if not Path(str(resume)).is_file():
-        raise FileNotFoundError(f"resume={resume!r}: no such checkpoint file; pass a .ckpt path, 'auto' or null")
+        raise ArgumentError("resume", resume, "names no checkpoint file; pass a .ckpt path, 'auto' or null")
     return str(resume)
 
 

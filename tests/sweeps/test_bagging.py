@@ -124,7 +124,7 @@ def test_bagging_command_and_bad_bag_sizes(tmp_path: Path, capsys: pytest.Captur
         bagging_command(1, tmp_path)
     assert bag_main(["--bags", "3", "--eval-only", "--out", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bag: sweep_dir=") and "is not a directory" in err
+    assert err.startswith("lit-tricks-bag: sweep_dir=") and "is not a directory" in err
 
 
 def test_bagging_preset_is_a_basic_multirun_over_seeds_with_bootstrap() -> None:
