@@ -46,6 +46,7 @@ __all__ = [
     "module_trainer",
     "pin_csv_logger_version",
     "restart_train_iterator",
+    "saves_distributed_checkpoint",
     "set_num_threads_if_needed",
     "set_strategy_launcher",
     "state_key_args",
@@ -180,6 +181,14 @@ def sharded_strategy_name(strategy: Any) -> str | None:
     if deepspeed is not None and isinstance(strategy, deepspeed) and bool(getattr(strategy, "zero_stage_3", False)):
         return "DeepSpeedStrategy (ZeRO stage 3)"
     return None
+
+
+def saves_distributed_checkpoint(strategy: Any) -> bool:
+    """Whether ``strategy`` writes each checkpoint as a directory of per-rank shards plus ``meta.pt``
+    (``ModelParallelStrategy(save_distributed_checkpoint=True)``: its ``_save_distributed_checkpoint``)."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return isinstance(strategy, ModelParallelStrategy) and bool(strategy._save_distributed_checkpoint)
 
 
 def legacy_state_key(callback: pl.Callback) -> Any:

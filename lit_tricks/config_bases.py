@@ -59,6 +59,7 @@ BASES: tuple[str, ...] = (
     # augmentation, trainer, loggers
     "lit_tricks.augment.Pipeline", "lit_tricks.augment.SignalPipeline", "lit_tricks.augment.batch_mix",
     "lightning.pytorch.Trainer", "lit_tricks.trainers.ddp_strategy", "lit_tricks.trainers.fsdp_strategy",
+    "lit_tricks.trainers.model_parallel_strategy",
     "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.MLFlowLogger",
     "lightning.pytorch.loggers.TensorBoardLogger",
 )

@@ -3,8 +3,8 @@
 One design (:mod:`lit_tricks.validation`): each component checks its own arguments; :func:`check_config` walks the
 composed config and lets each component check its own node, before anything is built for real or written: the
 DataModule, the augmentation, every callback and the optimizer and schedule partials are constructed (their
-constructors check); the module is constructed around a stand-in model with the optimizer partial, so TrickModule
-refuses what it refuses (the stand-in's hidden layer has zero width: no surgery fails for its sake); the Trainer's
+constructors check); a module class with a ``check_config`` classmethod (TrickModule) checks the arguments that
+do not depend on the model (what does is refused when the module is built around the real model); the Trainer's
 arguments go through :func:`lit_tricks.trainers.build.check_trainer_args`. An
 :class:`~lit_tricks.validation.ArgumentError` becomes ``<config key>.<arg>=<value>: <problem>``, another
 ``ValueError``/``TypeError`` of a constructor ``<config key>: <its message>``. Kept here are only the rules that span
@@ -92,7 +92,7 @@ def _stand_in_steps(factory: Any) -> dict[str, int]:
 def _component_checks(cfg: DictConfig, skip: set[str]) -> Iterator[tuple[str, Callable[[], Any]]]:
     """(config key, a call that builds the component cheaply and so lets it check its own arguments)."""
     import torch
-    from hydra.utils import instantiate
+    from hydra.utils import get_object, instantiate
 
     def has_target(node: Any) -> bool:
         return isinstance(node, DictConfig) and "_target_" in node
@@ -112,9 +112,13 @@ def _component_checks(cfg: DictConfig, skip: set[str]) -> Iterator[tuple[str, Ca
         yield "scheduler", build_scheduler
     if has_target(cfg.get("module")):
         def build_module() -> Any:
-            extra = {"optimizer": instantiate(optimizer)} if optimizer is not None else {}
-            stand_in = torch.nn.Sequential(torch.nn.Linear(1, 0), torch.nn.ReLU(), torch.nn.Linear(0, 1))
-            return instantiate(cfg.module, model=stand_in, **extra)
+            check = getattr(get_object(str(cfg.module._target_)), "check_config", None)
+            if check is None:  # a LightningModule of the user's: built around the real model by the run
+                return None
+            kwargs = OmegaConf.to_container(cfg.module, resolve=True)
+            assert isinstance(kwargs, dict)
+            return check({k: v for k, v in kwargs.items() if not str(k).startswith("_")},
+                         instantiate(optimizer) if optimizer is not None else None)
         yield "module", build_module
     for name, node in (cfg.get("callbacks") or {}).items():
         if has_target(node):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,20 @@ def attach_hydra_file_log() -> None:
             lg.setLevel(logging.INFO)
 
 
-def remove_rejected_run_dir(out: Path) -> None:
-    """A run rejected before it started leaves nothing: remove ``out`` if it holds only Hydra's files."""
+def remove_rejected_run_dir(out: Path, before: Iterable[Path] = ()) -> None:
+    """A run rejected before it trained leaves nothing: remove what it wrote into ``out`` (every file not in
+    ``before``, e.g. ``config_resolved.yaml`` and the logger files of a monitor refused after the sanity pass), then
+    ``out`` itself if only Hydra's files remain."""
     if not out.is_dir():
         return
+    kept = set(before)
+    for path in sorted(out.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path in kept or path.suffix == ".log":
+            continue
+        if not path.is_dir():
+            path.unlink(missing_ok=True)
+        elif not any(path.iterdir()):
+            path.rmdir()
     hydra_only = all(p.name in (".hydra",) or p.suffix == ".log" for p in out.iterdir())
     if not hydra_only:
         return

@@ -20,16 +20,18 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lit_tricks import provenance
 from lit_tricks.builders import build_callbacks, build_datamodule, build_loggers, build_model, build_module
-from lit_tricks.callback_protocols import evaluated_variant, fit_failure, variant_checkpoint
-from lit_tricks.config_checks import check_config, check_norm_groups
+from lit_tricks.callback_protocols import fit_failure
+from lit_tricks.config_checks import ConfigError, check_config, check_norm_groups
 from lit_tricks.fault.atomic import atomic_write_bytes
 from lit_tricks.fault.resume import continue_csv_logs, resolve_resume
 from lit_tricks.hydra_utils import hydra_config, is_multirun
 from lit_tricks.job_log import attach_hydra_file_log, log_traceback, print_summary, remove_rejected_run_dir
-from lit_tricks.records import error_chain, new_record, root_error, write_record
+from lit_tricks.records import error_chain, new_record, previous_record, root_error, write_record
 from lit_tricks.trainers.build import build_trainer
 from lit_tricks.trainers.hydra_job import job_guard, sweep_failure_value
+from lit_tricks.validation import ArgumentError
 
 __all__ = ["MonitorCheck", "run_dir", "train"]
 
@@ -59,31 +61,6 @@ def _overrides() -> list[str]:
     return list(hc.overrides.task) if hc is not None else []
 
 
-def _checkpoint_files(trainer: pl.Trainer, monitor: str) -> tuple[dict[str, str | None], float | None]:
-    """(checkpoint files of the run, best score of the ModelCheckpoint watching ``monitor``)."""
-    best, last, score = None, None, None
-    for cb in trainer.checkpoint_callbacks:
-        if getattr(cb, "monitor", None) == monitor and getattr(cb, "best_model_path", ""):
-            best = best or str(cb.best_model_path)  # type: ignore[attr-defined]
-            value = getattr(cb, "best_model_score", None)
-            if score is None and value is not None and math.isfinite(float(value)):
-                score = float(value)
-        last_path = getattr(cb, "last_model_path", "") or (
-            getattr(cb, "best_model_path", "") if getattr(cb, "monitor", None) is None else "")
-        last = last or last_path or None
-
-    def twin(path: str | None) -> str | None:
-        return variant_checkpoint(trainer.callbacks, path)  # type: ignore[attr-defined]
-
-    if best is None:  # no ModelCheckpoint on the monitor: Lightning's first checkpoint callback
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-    return {"best": best, "best_ema": twin(best), "last": last, "last_ema": twin(last)}, score
-
-
-def _evaluated_weights(trainer: pl.Trainer) -> str:
-    return evaluated_variant(trainer.callbacks) or "raw"  # type: ignore[attr-defined]
-
-
 class MonitorCheck(pl.Callback):
     """Fail right after the sanity-validation pass (before step 0) when ``monitor`` is not a logged metric.
 
@@ -102,8 +79,6 @@ class MonitorCheck(pl.Callback):
         self._checked = True
         logged = sorted(trainer.callback_metrics)
         if self.monitor not in logged:
-            from lit_tricks.config_checks import ConfigError
-
             raise ConfigError([f"monitor={self.monitor!r}: not logged by the module; logged metrics: {logged}"])
 
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -120,18 +95,21 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
     monitor = str(cfg.get("monitor", "val/loss"))
     started = time.perf_counter()
     pl.seed_everything(int(cfg.seed), workers=True)
-    dm = build_datamodule(cfg)
-    model = build_model(cfg, dm)
-    check_norm_groups(OmegaConf.select(cfg, "module.norm", default=None), model)
-    module = build_module(cfg, model, dm)
-    loggers = build_loggers(cfg)
-    callbacks = [MonitorCheck(monitor), *build_callbacks(cfg)]
     from hydra.utils import instantiate  # conf/callbacks/posthoc_ema.yaml: built (arguments checked) before the fit
 
-    posthoc = instantiate(cfg.posthoc_ema) if cfg.get("posthoc_ema") else None
+    try:  # a component that refuses its config (ArgumentError naming the key) is a rejected config
+        dm = build_datamodule(cfg)
+        model = build_model(cfg, dm)
+        check_norm_groups(OmegaConf.select(cfg, "module.norm", default=None), model)
+        module = build_module(cfg, model, dm)
+        loggers = build_loggers(cfg)
+        callbacks = [MonitorCheck(monitor), *build_callbacks(cfg)]
+        posthoc = instantiate(cfg.posthoc_ema) if cfg.get("posthoc_ema") else None
+        resume = resolve_resume(cfg.get("resume"), out)
+    except ArgumentError as err:
+        raise ConfigError([f"{err.arg}={err.value!r}: {err.problem}"]) from err
     if not loggers:  # LearningRateMonitor refuses to run without a logger; with logger=none there is nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    resume = resolve_resume(cfg.get("resume"), out)
     if resume is not None:
         continue_csv_logs(loggers, resume)
     trainer = build_trainer(cfg, callbacks, loggers or False)
@@ -141,25 +119,29 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_bytes(OmegaConf.to_yaml(resolved).encode(), out / "config_resolved.yaml")
     for lg in trainer.loggers:
         lg.log_hyperparams(_flatten(resolved))  # type: ignore[arg-type]
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    except BaseException as err:
+        if type(err).__name__ == "TrialPruned":  # where the sweeper's pruner stopped it (the record's pruned_at)
+            value = trainer.callback_metrics.get(monitor)
+            err.pruned_at = {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step),  # type: ignore[attr-defined]
+                             "value": None if value is None else float(value)}
+        raise
     failure = fit_failure(trainer.callbacks)  # type: ignore[attr-defined]
     if failure:  # e.g. NaNGuard stopped a diverged run: it failed
         raise RuntimeError(failure)
     fit_s = time.perf_counter() - started
     metrics = _scalar_metrics(trainer)
-    files, best_score = _checkpoint_files(trainer, monitor)
-    weights = _evaluated_weights(trainer)
-    # the file whose weights produced a number: the -ema twin when the EMA was evaluated
-    best_file = (files["best_ema"] or files["best"]) if weights == "ema" else files["best"]
-    last_file = (files["last_ema"] or files["last"]) if weights == "ema" else files["last"]
-    reproduced: dict[str, str | None] = {k: last_file for k in metrics}  # last-epoch values
-    tested = False
+    if resume is not None:  # a finished run resumed: the fit logged nothing new; keep the last epoch's values
+        metrics = {**(previous_record(out / "metrics.json").get("metrics") or {}), **metrics}
+    files, best_score = provenance.checkpoint_files(trainer, monitor)
+    tested: set[str] = set()
     if cfg.get("test", True) and not trainer.interrupted:
         trainer.test(module, datamodule=dm, ckpt_path=files["best"] or None, verbose=False)
-        tested = True
         test_metrics = {k: v for k, v in _scalar_metrics(trainer).items() if k.startswith("test/")}
         metrics.update(test_metrics)
-        reproduced.update({k: (best_file if files["best"] else last_file) for k in test_metrics})
+        tested = set(test_metrics)
+    reproduced = provenance.reproduced_by(metrics, trainer, module, files, tested)
     if posthoc is not None and trainer.is_global_zero and not trainer.interrupted:  # EMA length chosen post hoc
         metrics.update(posthoc(trainer, module, dm, out / "posthoc_ema"))
     if best_score is not None:
@@ -168,12 +150,18 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
         if monitor not in metrics:
             raise KeyError(f"monitor={monitor!r} was not logged; logged metrics: {sorted(metrics)}")
         objective, source = metrics[monitor], "last_epoch"
-    reproduced["objective"] = best_file if source == "best_checkpoint" else last_file
+    if not math.isfinite(objective):
+        raise FloatingPointError(f"monitor={monitor!r} is {objective} at every validation: no objective to report "
+                                 "(the run diverged; lower the learning rate or add callbacks.nan_guard)")
+    reproduced["objective"] = reproduced.get(monitor) if source == "last_epoch" else provenance.reproduced_by(
+        {monitor: objective}, trainer, module, files, {monitor})[monitor]
+    weights = provenance.weights_of(monitor, trainer, module)
     total_s = time.perf_counter() - started
     return {"metrics": metrics, "objective": objective, "objective_source": source, "checkpoints": files,
             "best_ckpt": reproduced["objective"] or "", "reproduced_by": reproduced, "evaluated_weights": weights,
-            "run_dir": str(out), "interrupted": bool(trainer.interrupted), "world_size": int(trainer.world_size),
-            "num_nodes": int(trainer.num_nodes), "is_global_zero": trainer.is_global_zero,
+            "resumed_from": resume, "run_dir": str(out), "interrupted": bool(trainer.interrupted),
+            "world_size": int(trainer.world_size), "num_nodes": int(trainer.num_nodes),
+            "is_global_zero": trainer.is_global_zero,
             "timings": {"fit_s": fit_s, "test_s": (total_s - fit_s) if tested else 0.0, "total_s": total_s}}
 
 
@@ -220,8 +208,6 @@ def _is_rank_zero() -> bool:
 
 def _error_line(err: BaseException) -> str:
     """The root cause in one line; a rejected config lists all its problems."""
-    from lit_tricks.config_checks import ConfigError
-
     if isinstance(err, ConfigError):
         return "ConfigError: " + "; ".join(err.problems)
     return root_error(err)
@@ -236,7 +222,7 @@ def train(cfg: DictConfig) -> float:
     sweeper) or re-raises (Optuna records a failed trial), so the sweep goes on; a single run re-raises, and a
     config rejected at start-up leaves no run directory behind.
     """
-    from lit_tricks.config_checks import ConfigError, SweepConfigError
+    from lit_tricks.config_checks import SweepConfigError
 
     out = run_dir(cfg)
     attach_hydra_file_log()
@@ -244,7 +230,10 @@ def train(cfg: DictConfig) -> float:
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
     monitor = str(cfg.get("monitor", "val/loss"))  # the default of conf/train.yaml
     record = new_record(monitor, str(cfg.get("monitor_mode", "min")), overrides=_overrides(), run_dir=str(out))
+    before = set(out.rglob("*")) if out.is_dir() else set()
     try:
+        if cfg.get("monitor_mode", "min") not in ("min", "max"):  # read here (the record) and by every callback
+            raise ConfigError([f"monitor_mode={cfg.get('monitor_mode')!r}: must be one of ['min', 'max']"])
         check_config(cfg)
         with job_guard(cfg):
             result = _cross_validate(cfg, _fit_once) if cfg.get("cv", False) else _fit_once(cfg)
@@ -254,12 +243,13 @@ def train(cfg: DictConfig) -> float:
         raise  # wrong for every job of the sweep: refuse the sweep at its first job
     except Exception as err:
         status = "pruned" if type(err).__name__ == "TrialPruned" else "failed"  # optuna.TrialPruned: OptunaPruning
-        record.update(status=status, error=_error_line(err), error_chain=error_chain(err), objective=None)
+        record.update(status=status, error=_error_line(err), error_chain=error_chain(err), objective=None,
+                      pruned_at=getattr(err, "pruned_at", None))
         rejected = isinstance(err, ConfigError) and not is_multirun()
         if status == "failed":
             log_traceback(err, record["error"], __name__)
         if rejected:
-            remove_rejected_run_dir(out)
+            remove_rejected_run_dir(out, before)
         elif _is_rank_zero():
             write_record(out / "metrics.json", record)
         if not is_multirun():

@@ -32,6 +32,8 @@ def test_evaluated_variant_and_its_checkpoint(tmp_path: Path) -> None:
     ema, raw = EMAWeights(), EMAWeights(evaluate_with="raw")
     assert evaluated_variant([ModelCheckpoint(), raw]) is None
     assert evaluated_variant([raw, ema]) == "ema"
+    # validate_both: the un-suffixed metrics are the raw weights' (the EMA's carry _ema), so no variant produced them
+    assert evaluated_variant([EMAWeights(validate_both=True)]) is None
     ckpt = tmp_path / "best.ckpt"
     ckpt.write_bytes(b"")
     assert variant_checkpoint([ema], ckpt) is None and variant_checkpoint([ema], None) is None  # no twin yet

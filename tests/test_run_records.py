@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from lit_tricks.config_checks import ConfigError, SweepConfigError, check_config
+from lit_tricks.fault.ema_checkpoint import ema_checkpoint_path
 from lit_tricks.records import read_record, validate_record
 from lit_tricks.run import train
 from lit_tricks.sweeps.report import build_report
@@ -94,6 +95,17 @@ def test_a_test_monitor_without_validation_trains_and_is_the_objective(tmp_path:
 
 
 @pytest.mark.timeout(180)
+def test_a_constructor_that_refuses_its_config_is_a_rejected_config_naming_the_key(tmp_path: Path) -> None:
+    # the model is built after the data (its input size), so the start-up checks cannot build it: the builder
+    # names the key of the argument SmallCNN refused
+    with pytest.raises(ConfigError) as info:
+        train(compose_cfg(tmp_path / "run", "model.width=-4", *QUICK))
+    assert info.value.problems == ["model.width=-4: must be an integer in [1, inf)"]
+    cause = info.value.__cause__
+    assert cause is not None and type(cause.__cause__).__name__ == "InstantiationException"  # the chain is kept
+    assert not (tmp_path / "run").exists()  # rejected before it trained: nothing left
+
+
 class ExplodingCallback(pl.Callback):
     """A constructor that fails for a reason that is not one of its arguments (start-up checks let it pass)."""
 
@@ -153,7 +165,7 @@ def test_sweep_records_every_job_and_goes_on(tmp_path: Path) -> None:
         files = r["checkpoints"]
         assert r["objective_source"] == "best_checkpoint" and r["evaluated_weights"] == "ema"
         assert r["best_ckpt"] == files["best_ema"] == r["reproduced_by"]["objective"] == r["reproduced_by"]["test/acc"]
-        assert Path(files["best_ema"]).name.endswith("-ema.ckpt")
+        assert files["best_ema"] == str(ema_checkpoint_path(files["best"]))
         for path in [*(f for f in files.values() if f), Path(r["run_dir"]) / "metrics.json",
                      Path(r["run_dir"]) / "config_resolved.yaml"]:
             assert stat.S_IMODE(Path(path).stat().st_mode) == 0o644, path

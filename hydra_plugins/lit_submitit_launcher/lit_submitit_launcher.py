@@ -1,5 +1,10 @@
-"""``hydra/launcher=slurm`` (and ``slurm_local``): hydra-submitit-launcher's ``SlurmLauncher``, except that a job that
-ends without a result comes back as a failed job instead of ending the whole sweep.
+"""``hydra/launcher=slurm`` (and ``slurm_local``): hydra-submitit-launcher's ``SlurmLauncher``, except that it refuses
+a machine without SLURM at ``setup`` and a job that ends without a result comes back as a failed job instead of ending
+the whole sweep.
+
+At ``setup`` (before the sweep writes anything), without ``sbatch`` and ``srun`` on PATH (not a SLURM machine) the
+sweep is refused in one line naming the launcher, instead of submitit's traceback (``Could not detect "srun"``) at
+the first launch after the sweep directory was made.
 
 Upstream collects the batch with ``[job.results()[0] for job in jobs]``: the first job killed from outside (``kill``,
 the out-of-memory killer, a lost node, ``scancel``) raises submitit's ``UncompletedJobError`` there, the jobs after it
@@ -10,25 +15,38 @@ trial with that reason; Hydra's basic sweeper raises it after the batch, as for 
 
 submitit learns that a job ended from ``sacct``: without SLURM accounting a killed job looks pending forever (the
 local cluster of ``make cluster-up`` has accounting, docs/cluster.md). ``launch`` is upstream's (1.2.0) apart from
-the collection at its end.
+the collection at its end. Needs the ``cluster`` extra; without it the launcher says so when a config names it (Hydra
+imports this module in every app).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
 __all__ = ["LitSlurmLauncher", "LostJobError"]
 
 log = logging.getLogger(__name__)
+
+
+class _NoClusterExtra:
+    """Stands in for submitit's ``SlurmLauncher`` without the ``cluster`` extra: building the launcher says so."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise ImportError("hydra/launcher=slurm needs the cluster extra: pip install 'lit_tricks[cluster]'")
+
+
+try:
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+except ImportError:  # no cluster extra; Hydra imports every plugin module in every app, so this one must import
+    SlurmLauncher = _NoClusterExtra  # type: ignore[misc,assignment]
 
 
 class LostJobError(RuntimeError):
@@ -60,10 +78,22 @@ def collect(jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]]) -> list
 
 
 class LitSlurmLauncher(SlurmLauncher):
-    """submitit's SLURM launcher; a lost job is a failed job of the sweep (see the module docstring)."""
+    """submitit's SLURM launcher; ``setup`` refuses a machine without SLURM's commands, and a lost job is a failed job
+    of the sweep (see the module docstring)."""
+
+    def setup(self, **kwargs: Any) -> None:
+        missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+        if missing:
+            from lit_tricks.validation import ArgumentError
+
+            raise ArgumentError("hydra/launcher", "slurm", f"needs SLURM, but {' and '.join(missing)} is not on PATH "
+                                "(not a SLURM machine): run it on the cluster's login node, start a local cluster "
+                                "(make cluster-up), or use hydra/launcher=basic")
+        super().setup(**kwargs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
         assert self.config is not None
         assert len(job_overrides) > 0

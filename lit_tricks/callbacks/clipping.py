@@ -8,9 +8,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
-from lit_tricks.compat import logs_this_step, unwrap_optimizer
+from lit_tricks.compat import logs_this_step, sharded_strategy_name, unwrap_optimizer
 from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.clip import (
     CLIP_MODES,
@@ -41,7 +42,9 @@ class GradientClipping(Callback):
     so far whose gradients were changed) every step when ``log=True``; both are tensors, so logging causes no host
     sync beyond Lightning's own. The norm history and counters are callback state, so resume is exact. Hook:
     ``on_before_optimizer_step``, which Lightning's precision plugin calls after ``scaler.unscale_``, also for the
-    ``opt.step()`` calls of manual optimization.
+    ``opt.step()`` calls of manual optimization. Under ``ModelParallelStrategy`` (FSDP2) the gradients are DTensor
+    shards: ``norm``, ``auto`` and ``agc`` use global norms (squared local norms all-reduced over the shards, equal
+    to ``torch.nn.utils.clip_grad_norm_`` on the gathered gradients), ``value`` clamps locally; FSDP1 is refused.
 
     Several optimizers (Lightning's semantics: ``configure_gradient_clipping`` is called per optimizer): each
     optimizer's step clips that optimizer's parameters only, with their own global norm (as
@@ -163,6 +166,12 @@ class GradientClipping(Callback):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        sharded = sharded_strategy_name(trainer.strategy)
+        if sharded and not isinstance(trainer.strategy, ModelParallelStrategy):
+            raise ValueError(
+                f"GradientClipping under {sharded} would clip each rank's flat shard by its own norm; use "
+                "ModelParallelStrategy (FSDP2: global norms over DTensor shards) or gradient_clip_algorithm='value'"
+            )
         if getattr(trainer, "gradient_clip_val", None):
             raise ValueError(
                 "GradientClipping callback and Trainer(gradient_clip_val="

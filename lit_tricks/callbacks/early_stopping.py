@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_prefixed_message
 from torch import Tensor
 
 from lit_tricks.fault.state_keys import warn_changed_args
+from lit_tricks.functional.sharded import full_state_dict, has_dtensors, load_full_state_dict_
 from lit_tricks.validation import check_number
 from lit_tricks.weight_variants import weight_variants_of
 
@@ -107,7 +108,7 @@ class EarlyStopping(_LightningEarlyStopping):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best_weights and self.best_weights is not None:
-            pl_module.load_state_dict(self.best_weights, strict=True)
+            load_full_state_dict_(pl_module, self.best_weights)  # sharded: each rank its chunks of the full copy
             self._log_info(
                 trainer,
                 f"EarlyStopping: restored the weights of epoch {self.best_epoch} ({self.monitor} = "
@@ -160,7 +161,7 @@ class EarlyStopping(_LightningEarlyStopping):
     @staticmethod
     @torch.no_grad()
     def _copy_state(pl_module: pl.LightningModule, into: dict[str, Tensor] | None) -> dict[str, Tensor]:
-        sd = pl_module.state_dict()
+        sd = full_state_dict(pl_module) if has_dtensors(pl_module) else pl_module.state_dict()  # shards gathered
         if into is not None and into.keys() == sd.keys() and all(
             into[k].shape == v.shape and into[k].dtype == v.dtype for k, v in sd.items()
         ):

@@ -16,7 +16,7 @@ from lit_tricks.compat import first_train_loader
 from lit_tricks.fault.ema_checkpoint import EMA_CHECKPOINT_SUFFIX, EMAStateCallback, ema_checkpoint_path
 from lit_tricks.functional.batchnorm import batch_inputs, batchnorm_layers, recalibrate_bn_
 from lit_tricks.functional.ema import BUFFER_MODES
-from lit_tricks.functional.ema_state import EMAState
+from lit_tricks.functional.ema_state import EMA_DTYPES, EMAState
 from lit_tricks.validation import check_choice, check_number
 from lit_tricks.weight_variants import weight_variants_of
 
@@ -43,11 +43,15 @@ class EMAWeights(EMAStateCallback):
         recalibrate_bn_batches: before each evaluation with the EMA, recompute BatchNorm statistics on this many
             train batches (:meth:`bn_forward` runs one); the EMA buffers (and checkpoint) keep them.
         apply_at_end: put the EMA into the model when training ends; :meth:`restore_raw_weights` undoes it.
-        save_ema_checkpoint: beside each ``X.ckpt`` write ``X-ema.ckpt`` (:meth:`write_ema_twin`), removed with it.
+        save_ema_checkpoint: beside each ``X.ckpt`` write ``X-ema.ckpt`` (:meth:`write_ema_twin`), removed with it;
+            the twin holds the EMA in the model's dtype.
+        ema_dtype: the EMA's dtype (:data:`~lit_tricks.functional.ema_state.EMA_DTYPES`); default: fp32 for bf16/fp16
+            weights (4 bytes per parameter instead of 2: a bf16 EMA at decay 0.999 never moves), else the weight's.
 
     Checkpoints hold the raw weights in ``state_dict``; the EMA and its counters are callback state, so resume is
-    exact (:class:`~lit_tricks.fault.ema_checkpoint.EMAStateCallback`). Sharded strategies are refused at ``setup``;
-    under DDP every rank holds the same EMA (BatchNorm statistics from rank 0). Guide: docs/parts/ema.md.
+    exact (:class:`~lit_tricks.fault.ema_checkpoint.EMAStateCallback`). Under DDP every rank holds the same EMA
+    (BatchNorm statistics from rank 0); under ``ModelParallelStrategy`` (FSDP2) each rank averages its own shards,
+    with no communication per update (:mod:`lit_tricks.fault.ema_shards`). Guide: docs/parts/ema.md.
 
     Polyak & Juditsky (1992); TensorFlow ``ExponentialMovingAverage`` (warm-up); Composer ``EMA`` (half-life).
     """
@@ -67,6 +71,7 @@ class EMAWeights(EMAStateCallback):
         apply_at_end: bool = True,
         save_ema_checkpoint: bool = True,
         buffers: str = "copy",
+        ema_dtype: str | None = None,
     ) -> None:
         check_number("decay", decay, 0.0, 1.0, hi_open=False, owner="EMAWeights")
         check_number("update_every_n_steps", update_every_n_steps, 1, integer=True, owner="EMAWeights")
@@ -76,18 +81,15 @@ class EMAWeights(EMAStateCallback):
             check_number("half_life_steps", half_life_steps, 0.0, lo_open=True, owner="EMAWeights")
         check_choice("evaluate_with", evaluate_with, EVALUATE_WITH, owner="EMAWeights")
         check_choice("buffers", buffers, BUFFER_MODES, owner="EMAWeights")
-        self.decay = float(decay)
-        self.half_life_steps = half_life_steps
-        self.warmup = warmup
-        self.update_every_n_steps = update_every_n_steps
-        self.start_step = start_step
+        check_choice("ema_dtype", ema_dtype, EMA_DTYPES, owner="EMAWeights")
+        self.decay, self.half_life_steps, self.warmup = float(decay), half_life_steps, warmup
+        self.update_every_n_steps, self.start_step = update_every_n_steps, start_step
         self.device = torch.device(device) if device is not None else None
-        self.validate_both = validate_both
         self.recalibrate_bn_batches = recalibrate_bn_batches
-        self.apply_at_end = apply_at_end
-        self.buffers = buffers
+        self.apply_at_end, self.buffers, self.ema_dtype = apply_at_end, buffers, ema_dtype
         super().__init__(EMAState(decay, half_life_steps=half_life_steps, update_every_n_steps=update_every_n_steps,
-                                  warmup=warmup, buffers=buffers, device=device), save_ema_checkpoint, evaluate_with)
+                                  warmup=warmup, buffers=buffers, device=device, ema_dtype=ema_dtype),
+                         save_ema_checkpoint, evaluate_with, validate_both)
         # persistent state (in state_dict), besides the EMA's
         self.last_step = 0  # trainer.global_step when the callback last saw an optimizer step (this Trainer)
         self.steps = 0  # optimizer steps seen over every fit of the same module (step_idx + 1 of should_update)
@@ -103,12 +105,11 @@ class EMAWeights(EMAStateCallback):
         return self._generate_state_key(decay=self.decay, half_life_steps=self.half_life_steps)
 
     def state_dict(self) -> dict[str, Any]:
-        ema = self.state.state_dict()
-        return {"version": _STATE_VERSION, "num_updates": ema["num_updates"], "last_step": self.last_step,
-                "steps": self.steps, "ema": ema["ema"]}
+        ema = self.ema_entries()  # under sharding: gathered (full-file checkpoints) or named shards (directories)
+        return {"version": _STATE_VERSION, "last_step": self.last_step, "steps": self.steps, **ema}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.state.load_state_dict(state_dict)
+        self.load_ema_entries(state_dict)
         self.last_step = int(state_dict.get("last_step", 0))
         self.steps = int(state_dict.get("steps", self.last_step))
         self._recalibrated_at = None
@@ -116,7 +117,7 @@ class EMAWeights(EMAStateCallback):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()  # picklable under ddp_spawn: no module, trainer or wrapped IO references
-        state.update(_module=None, _trainer=None, _installed_io=None, _applied=False, _bound_module=None)
+        state.update(_module=None, _trainer=None, _installed_io=None, _applied=False, _bound_module=None, _saves=None)
         return state
 
     @contextlib.contextmanager
@@ -266,6 +267,7 @@ class EMAWeights(EMAStateCallback):
     def _swap_in(self, pl_module: pl.LightningModule, recalibrate: bool) -> None:
         if self.state.swapped:
             return
+        self._ensure(pl_module)  # a restored EMA is matched (or its shards loaded) before it goes in
         self.state.swap_in(pl_module)
         # once per EMA state: a module following the variants protocol enters the context once per batch
         if recalibrate and self._trainer is not None and self._recalibrated_at != (self.last_step, self.num_updates):

@@ -14,6 +14,7 @@ from lit_tricks.compat import unwrap_optimizer
 from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.divergence import DivergenceDetector, finite_flag, non_finite_entries
 from lit_tricks.functional.lr_scale import scale_lr_
+from lit_tricks.functional.sharded import has_dtensors
 from lit_tricks.functional.step_undo import StepUndo, copy_buffers, restore_buffers_, restore_snapshot, take_snapshot
 from lit_tricks.functional.step_undo import copy_step_state as _copy_step_state
 from lit_tricks.validation import check_choice, check_number
@@ -202,9 +203,8 @@ class NaNGuard(Callback):
         if self.policy == "rollback" and trainer.global_step % self.snapshot_every_n_steps == 0:
             self._snapshot = take_snapshot(pl_module, trainer.optimizers, trainer.global_step)
 
-    def on_load_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+                           ) -> None:
         warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -212,6 +212,8 @@ class NaNGuard(Callback):
         if not self.check_on_save:
             return
         bad = non_finite_entries(checkpoint)
+        if has_dtensors(pl_module) and trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            bad = bad or ["a shard on another rank"]  # sharded: each rank checked its own, all refuse together
         if bad:
             raise NonFiniteCheckpointError(
                 f"NaNGuard: refusing to write a checkpoint at step {trainer.global_step} with non-finite values in "

@@ -1,4 +1,7 @@
-"""``lit-tricks-migrate RUN_DIR [RUN_DIR ...]``: rewrite the old ``_target_`` paths of saved run folders.
+"""Rewrite the old ``_target_`` paths of saved run folders.
+
+  lit-tricks-migrate logs/train/runs/2026-01-01_12-00-00             # one run folder
+  lit-tricks-migrate logs/train/multiruns/train_tpe --dry-run        # every job of a sweep; print, write nothing
 
 Each run folder's ``.hydra/config.yaml`` and ``config_resolved.yaml`` get every ``_target_`` that names a module or
 removed path (``lit_tricks.callbacks.ema.EMAWeights``, ``lit_tricks.sweeps.ddp.ddp_strategy``) rewritten to the
@@ -8,11 +11,11 @@ migrated job by job (every folder below it holding a ``.hydra/config.yaml``). ``
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lit_tricks.cli.args import Parser
 from lit_tricks.migrate import migrate_run
 
 __all__ = ["main"]
@@ -26,7 +29,7 @@ def _run_dirs(path: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lit-tricks-migrate", description=__doc__.splitlines()[0])
+    parser = Parser("lit-tricks-migrate", __doc__)
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
     args = parser.parse_args(argv)

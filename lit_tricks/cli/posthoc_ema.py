@@ -18,6 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from lit_tricks.cli.args import Parser
 from lit_tricks.posthoc.ema import SELECT
 
 
@@ -32,8 +33,7 @@ def _floats(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lit-tricks-posthoc-ema", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser("lit-tricks-posthoc-ema", __doc__)
     parser.add_argument("run_dir", type=Path, help="a lit_tricks run directory (config_resolved.yaml, snapshots)")
     parser.add_argument("--sigma-rel", type=_floats, default=[0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2],
                         help="EMA lengths to synthesize, comma-separated, each in (0, 0.2887]")

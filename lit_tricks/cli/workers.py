@@ -1,5 +1,5 @@
 """Sweep workers that outlive the shell: one SLURM array job of N tasks, each an independent ``lit_optuna`` worker
-of the same study. Installed as ``lit-tricks-workers``.
+of the same study.
 
 lit-tricks-workers --workers 8 hparams_search=tpe hydra.sweeper.n_trials=64
 lit-tricks-workers --workers 8 --gpus 1 --partition gpu hparams_search=asha \\
@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lit_tricks.cli.args import Parser
 from lit_tricks.fault.atomic import atomic_write_bytes
 from lit_tricks.validation import ArgumentError, check_number
 
@@ -42,6 +43,13 @@ WORKER_FLAG = "--worker"
 
 class WorkerError(ValueError):
     """A problem found before anything is submitted (one line)."""
+
+
+def _argument_error(err: BaseException) -> ArgumentError | None:
+    """The ``ArgumentError`` behind ``err`` (a constructor's refusal inside Hydra's InstantiationException), or None."""
+    while err is not None and not isinstance(err, ArgumentError):
+        err = err.__cause__  # type: ignore[assignment]
+    return err
 
 
 def worker_plan(overrides: list[str]) -> dict[str, Any]:
@@ -93,6 +101,8 @@ def worker_plan(overrides: list[str]) -> dict[str, Any]:
         for override in sweeps:
             try:
                 parse_search_space({}, [override])
+            except ArgumentError as err:  # names the key and the value itself
+                raise WorkerError(str(err)) from None
             except Exception as err:
                 raise WorkerError(f"{override}: {str(err).strip().splitlines()[0]}") from None
         check_config(cfg)
@@ -101,7 +111,8 @@ def worker_plan(overrides: list[str]) -> dict[str, Any]:
     except WorkerError:
         raise
     except Exception as err:
-        raise WorkerError(root_error(err)) from None
+        refusal = _argument_error(err)
+        raise WorkerError(str(refusal) if refusal is not None else root_error(err)) from None
     finally:
         HydraConfig.instance().cfg = None  # type: ignore[assignment]
     sweep_dir = Path(str(cfg.hydra.sweep.dir)).absolute()
@@ -172,8 +183,7 @@ def run_worker(overrides: list[str]) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(PROG, __doc__)
     parser.add_argument("--workers", "-n", type=int, required=True, help="array tasks (independent workers)")
     parser.add_argument("--max-running", type=int, default=None, help="at most this many at once (--array=...%%K)")
     parser.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")

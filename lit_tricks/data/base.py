@@ -52,8 +52,10 @@ class SplitDataModule(pl.LightningDataModule):
         bootstrap: resample the training split with replacement (bagging); seeded by ``bootstrap_seed``, which
             defaults to the training seed (``seed_everything``), so members trained with different seeds differ.
         preprocessing: one of :data:`lit_tricks.data.preprocessing.PREPROCESSING`: none | center (per-channel mean)
-            | center_per_feature (``X -= X.mean(axis=0)``) | standardize (per-channel mean/std) | minmax (to
-            [-1, 1]) | pca (flat ``(N, k)`` output, see ``pca_components``) | pca_whiten (flat, unit variance) | zca.
+            | center_per_feature (``X -= X.mean(axis=0)``) | standardize (per-channel mean/std) |
+            standardize_per_feature (``X /= X.std(axis=0)`` after centring) | minmax (per channel to [-1, 1]) |
+            minmax_per_feature | pca (flat ``(N, k)`` output, see ``pca_components``) | pca_whiten (flat, unit
+            variance) | zca. A constant channel or feature gets the scale 1 (scikit-learn's rule).
         pca_components: int k, or float fraction of variance to keep (pca, pca_whiten).
         zca_epsilon: added to the covariance eigenvalues before whitening (zca, pca_whiten).
         seed: seeds the shuffle order and the per-sample augmentation RNG; None = the training seed.

@@ -3,12 +3,14 @@
 For every checkpoint ``X.ckpt`` the Trainer writes, :class:`TwinCheckpointIO` lets its owner write ``X-ema.ckpt``:
 the checkpoint with the EMA weights in ``state_dict`` and no training state, loadable with
 ``LightningModule.load_from_checkpoint``; it removes the twin with ``X.ckpt`` (ModelCheckpoint's top-k rotation).
-:class:`EMAStateCallback` is the checkpoint side of :class:`lit_tricks.callbacks.EMAWeights` (its base class).
+:class:`EMAStateCallback` is the checkpoint side of :class:`lit_tricks.callbacks.EMAWeights` (its base class); under
+``ModelParallelStrategy`` (FSDP2) its base :class:`~lit_tricks.fault.ema_shards.ShardedEMACheckpoints` takes over.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,22 +18,22 @@ from typing import Any, Protocol
 import lightning.pytorch as pl
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 from torch import Tensor
 
 from lit_tricks.compat import installed_checkpoint_io, sharded_strategy_name
 from lit_tricks.fault.atomic import atomic_torch_save
+from lit_tricks.fault.ema_shards import TRAINING_STATE, ShardedEMACheckpoints
 from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.ema_state import EMAState
 
 __all__ = [
     "EMA_CHECKPOINT_SUFFIX", "EMAStateCallback", "TwinCheckpointIO", "TwinWriter", "ema_checkpoint_path", "is_ema_twin",
-    "save_ema_twin",
+    "remove_twin", "save_ema_twin",
 ]
 
 EMA_CHECKPOINT_SUFFIX = "-ema"
-#: what a twin drops from the checkpoint: it is for inference or fine-tuning, not for resuming
-_TRAINING_STATE = ("optimizer_states", "lr_schedulers", "callbacks", "loops")
+_TRAINING_STATE = TRAINING_STATE  # what a twin drops from the checkpoint: it is for inference, not for resuming
 
 
 def ema_checkpoint_path(path: str | os.PathLike[str]) -> Path:
@@ -45,16 +47,27 @@ def is_ema_twin(path: str | os.PathLike[str]) -> bool:
     return Path(path).stem.endswith(EMA_CHECKPOINT_SUFFIX)
 
 
+def remove_twin(path: str | os.PathLike[str]) -> None:
+    """Remove the twin (a file, or a directory beside a distributed checkpoint) of checkpoint ``path``, if any."""
+    twin = ema_checkpoint_path(path)
+    if twin.is_dir() and not twin.is_symlink():
+        shutil.rmtree(twin)
+    elif twin.exists():
+        twin.unlink()
+
+
 def save_ema_twin(checkpoint: dict[str, Any], path: str | os.PathLike[str], put_weights: Callable[[dict], None],
-                  meta: dict[str, Any]) -> None:
+                  meta: dict[str, Any], write: bool = True) -> None:
     """Write the twin of ``checkpoint`` (saved at ``path``): its entries less the training state, ``state_dict``
-    rewritten by ``put_weights(state_dict)``, and ``meta`` under ``"lit_tricks_ema"``; atomically."""
+    rewritten by ``put_weights(state_dict)``, and ``meta`` under ``"lit_tricks_ema"``; atomically. ``write=False``
+    (ranks > 0 of a sharded full-file save) only calls ``put_weights``, which gathers the EMA with rank 0."""
     twin = {k: v for k, v in checkpoint.items() if k not in _TRAINING_STATE}
-    state_dict = dict(checkpoint["state_dict"])
+    state_dict = dict(checkpoint.get("state_dict", {}))
     put_weights(state_dict)
     twin["state_dict"] = state_dict
     twin["lit_tricks_ema"] = {**meta, "source": Path(path).name}
-    atomic_torch_save(twin, ema_checkpoint_path(path))
+    if write:
+        atomic_torch_save(twin, ema_checkpoint_path(path))
 
 
 class TwinWriter(Protocol):
@@ -103,31 +116,32 @@ class TwinCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path: Any) -> None:
         self.inner.remove_checkpoint(path)
-        twin = ema_checkpoint_path(path)
-        if twin.exists():
-            twin.unlink()
+        remove_twin(path)
 
     def teardown(self) -> None:
         self.inner.teardown()
 
 
-class EMAStateCallback(Callback):
+class EMAStateCallback(ShardedEMACheckpoints, Callback):
     """A callback holding an :class:`~lit_tricks.functional.ema_state.EMAState`: its checkpoint side, views of the
     state, binding it to a module and keeping its buffers equal on every rank (the base of EMAWeights).
 
     Every checkpoint gets the raw weights in ``state_dict`` (also when saved while the EMA is swapped in, also
     weights-only saves), so resuming with or without the callback trains on from the raw weights. With
     ``save_ema_checkpoint`` a :class:`TwinCheckpointIO`, installed from ``setup`` to ``teardown``, writes the
-    ``-ema`` twins through :meth:`write_ema_twin`. Sharded strategies are refused at ``setup``: each rank would hold
-    only its shard of the EMA and no checkpoint would gather it.
+    ``-ema`` twins through :meth:`write_ema_twin`. Under ``ModelParallelStrategy`` (FSDP2) each rank averages its
+    own shards and :class:`~lit_tricks.fault.ema_shards.ShardedEMACheckpoints` saves them, in both of its checkpoint
+    modes; other sharded strategies (FSDP1's flat parameters, DeepSpeed ZeRO-3) are refused at ``setup``.
     """
 
-    def __init__(self, state: EMAState, save_ema_checkpoint: bool = True, evaluate_with: str = "ema") -> None:
+    def __init__(self, state: EMAState, save_ema_checkpoint: bool = True, evaluate_with: str = "ema",
+                 validate_both: bool = False) -> None:
         super().__init__()
         #: the EMA tensors, their decay rule and the swapping (Trainer-free)
         self.state = state
         self.save_ema_checkpoint = save_ema_checkpoint
         self.evaluate_with = evaluate_with
+        self.validate_both = validate_both  # the module logs raw (un-suffixed) and EMA (``_ema``) metrics
         self._installed_io: TwinCheckpointIO | None = None
 
     @property
@@ -166,16 +180,30 @@ class EMAStateCallback(Callback):
         """Write ``<path stem>-ema.ckpt``: the checkpoint with EMA weights in ``state_dict``, no training state.
 
         The hook called (rank 0, after the strategy's CheckpointIO wrote ``checkpoint`` to ``path``) for every
-        checkpoint while ``save_ema_checkpoint=True``; override it to write the twin elsewhere or otherwise.
+        checkpoint while ``save_ema_checkpoint=True``; override it to write the twin elsewhere or otherwise. Under
+        ``ModelParallelStrategy`` the twins are written on every rank by :meth:`after_save` instead.
         """
         if is_ema_twin(path) or not self.state.names:
             return
-        meta = {"version": 1, "num_updates": self.num_updates, "decay": self.base_decay}
-        save_ema_twin(checkpoint, path, self.state.write_into, meta)
+        save_ema_twin(checkpoint, path, lambda sd: self.state.write_into(sd, model_dtype=True), self.twin_meta())
+
+    def twin_path(self, path: Path) -> Path:
+        return ema_checkpoint_path(path)
+
+    def is_twin(self, path: Path) -> bool:
+        return is_ema_twin(path)
+
+    def remove_twin(self, path: Path) -> None:
+        remove_twin(path)
+
+    def write_twin_file(self, checkpoint: dict[str, Any], path: Path, put_weights: Callable[[dict], None],
+                        meta: dict[str, Any], write: bool) -> None:
+        save_ema_twin(checkpoint, path, put_weights, meta, write)
 
     def evaluated_variant(self) -> str | None:
-        """``"ema"`` when validation/test evaluate the EMA (:class:`lit_tricks.callback_protocols.EvaluatesVariant`)."""
-        return "ema" if self.evaluate_with == "ema" else None
+        """``"ema"`` when validation/test evaluate the EMA (:class:`lit_tricks.callback_protocols.EvaluatesVariant`);
+        None with ``validate_both``: the un-suffixed metrics are the raw weights' then (the EMA's carry ``_ema``)."""
+        return "ema" if self.evaluate_with == "ema" and not self.validate_both else None
 
     def variant_checkpoint(self, path: str | os.PathLike[str]) -> str | None:
         """The ``-ema`` twin of checkpoint ``path`` when that file exists, else None."""
@@ -184,7 +212,7 @@ class EMAStateCallback(Callback):
 
     def _ensure(self, pl_module: pl.LightningModule) -> None:
         """Bind to the model's tensors and create (or match the loaded) EMA tensors."""
-        self.state.bind(pl_module)
+        self.bind_ema(pl_module)
 
     def _sync_buffers(self, trainer: pl.Trainer) -> None:
         """Give every rank rank 0's EMA buffers (BatchNorm statistics differ per rank under DDP)."""
@@ -194,21 +222,25 @@ class EMAStateCallback(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         sharded = sharded_strategy_name(trainer.strategy)
-        if sharded:
+        if sharded and not isinstance(trainer.strategy, ModelParallelStrategy):
             raise ValueError(
-                f"EMAWeights does not support sharded strategies (got {sharded}): each rank holds only its shard of "
-                "the weights and nothing gathers the EMA; use a ddp strategy or remove EMAWeights"
+                f"EMAWeights under sharding needs ModelParallelStrategy (FSDP2), got {sharded}: its flat or offloaded "
+                "shards are not averaged or saved; use ModelParallelStrategy (trainer=fsdp_cpu), ddp, or no EMAWeights"
             )
-        if self._installed_io is None:  # writes the -ema twins; keeps weights-only checkpoints raw too
+        if sharded:  # every rank saves its own EMA shards, or gathers them into a full file
+            self.attach_saves(trainer.strategy)
+        elif self._installed_io is None:  # writes the -ema twins; keeps weights-only checkpoints raw too
             self._installed_io = TwinCheckpointIO.install(trainer.strategy, self)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._installed_io is not None:
             self._installed_io.uninstall(trainer.strategy)
         self._installed_io = None
+        self.detach_saves()
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ckpt: dict[str, Any]) -> None:
         warn_changed_args(self, ckpt)  # state saved under other arguments: say that it is not restored
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ckpt: dict[str, Any]) -> None:
-        self.put_raw_weights(ckpt)
+        if self._saves is None:  # sharded: before_save does it (on every rank, also for weights-only saves)
+            self.put_raw_weights(ckpt)

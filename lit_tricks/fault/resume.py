@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from lit_tricks.fault.atomic import TMP_PREFIX
+from lit_tricks.fault.sharded_checkpoint import checkpoint_dir_problem, is_checkpoint_dir, is_training_checkpoint_dir
+from lit_tricks.validation import ArgumentError
 
 __all__ = [
     "checkpoint_is_intact", "continue_csv_logs", "find_resume_checkpoint", "is_training_checkpoint",
@@ -27,7 +29,10 @@ def checkpoint_is_intact(path: str | os.PathLike[str]) -> str | None:
 
     ``torch.save`` writes a zip archive with a CRC32 per entry: a truncated file has no central directory and a
     flipped byte fails its CRC, so this catches both without unpickling anything (cost: one read of the file).
+    A distributed checkpoint (a directory of shards) is checked by :func:`checkpoint_dir_problem`.
     """
+    if is_checkpoint_dir(path):
+        return checkpoint_dir_problem(path)
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -42,6 +47,8 @@ def is_training_checkpoint(path: str | os.PathLike[str]) -> bool:
     Looks for the keys in the archive's pickle stream (``data.pkl``) without unpickling it; weights-only files
     (``save_weights_only=True``, the ``-ema`` twins of EMAWeights) have neither key.
     """
+    if is_checkpoint_dir(path):
+        return is_training_checkpoint_dir(path)
     try:
         with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
@@ -54,11 +61,13 @@ def is_training_checkpoint(path: str | os.PathLike[str]) -> bool:
 
 
 def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """Every ``*.ckpt`` file under ``run_dir`` (recursively, temp files of unfinished writes excluded), newest first."""
+    """Every ``*.ckpt`` file or distributed-checkpoint directory under ``run_dir`` (recursively, temp files and
+    directories of unfinished writes excluded), newest first."""
     root = Path(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.rglob("*.ckpt") if not p.name.startswith(TMP_PREFIX) and p.is_file()]
+    found = [p for p in root.rglob("*.ckpt") if not any(s.startswith(TMP_PREFIX) for s in p.relative_to(root).parts)
+             and (p.is_file() or is_checkpoint_dir(p))]
     return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"), reverse=True)
 
 
@@ -87,7 +96,8 @@ def find_resume_checkpoint(
 
 def resolve_resume(resume: Any, run_dir: str | os.PathLike[str]) -> str | None:
     """The checkpoint a run resumes from: ``resume`` is null (fresh start), ``"auto"`` (the newest good checkpoint
-    of ``run_dir``, or a fresh start) or a ``.ckpt`` path (``FileNotFoundError`` when it is not a file)."""
+    of ``run_dir``, or a fresh start) or a ``.ckpt`` path (``ArgumentError`` when it is not a file: the run reports
+    a rejected config)."""
     if resume in (None, "", "none", "null"):
         return None
     if resume == "auto":
@@ -95,7 +105,7 @@ def resolve_resume(resume: Any, run_dir: str | os.PathLike[str]) -> str | None:
         log.info("resume=auto: %s", found or "no checkpoint found, starting fresh")
         return found
     if not Path(str(resume)).is_file():
-        raise FileNotFoundError(f"resume={resume!r}: no such checkpoint file; pass a .ckpt path, 'auto' or null")
+        raise ArgumentError("resume", resume, "names no checkpoint file; pass a .ckpt path, 'auto' or null")
     return str(resume)
 
 

@@ -12,23 +12,30 @@ from typing import Any
 
 import torch
 
+from lit_tricks.functional.sharded import local, locals_of
+
 __all__ = ["DivergenceDetector", "finite_flag", "non_finite_entries"]
 
 log = logging.getLogger(__name__)
 
 
 def finite_flag(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """A 0-dim bool tensor: every element of every tensor is finite (one fused reduction, no host sync)."""
+    """A 0-dim bool tensor: every element of every tensor is finite (one fused reduction, no host sync). Of DTensor
+    shards, this rank's local part only: the ranks combine their flags (NaNGuard reduces its decision)."""
     if not tensors:
         return torch.tensor(True)
     # max |x| per tensor: NaN if any element is NaN, inf if any is inf; exact (no overflow, unlike the 2-norm) and no
     # tensor-sized temporaries
-    peaks = torch._foreach_norm([t.detach() for t in tensors], ord=float("inf"))
+    parts = [t for t in locals_of(t.detach() for t in tensors) if t.numel()]  # a shard may be empty
+    if not parts:
+        return torch.tensor(True)
+    peaks = torch._foreach_norm(parts, ord=float("inf"))
     return torch.isfinite(torch.stack([p.float().to(peaks[0].device) for p in peaks])).all()
 
 
 def non_finite_entries(checkpoint: dict[str, Any]) -> list[str]:
-    """Names of the floating tensors in a checkpoint's weights and optimizer states that hold NaN/inf."""
+    """Names of the floating tensors in a checkpoint's weights and optimizer states that hold NaN/inf (of DTensor
+    shards, in this rank's part)."""
     named: list[tuple[str, torch.Tensor]] = [
         (f"state_dict.{k}", v) for k, v in checkpoint.get("state_dict", {}).items()
         if isinstance(v, torch.Tensor) and v.is_floating_point()
@@ -41,7 +48,7 @@ def non_finite_entries(checkpoint: dict[str, Any]) -> list[str]:
         return []
     if bool(finite_flag([v for _, v in named])):
         return []
-    return [name for name, v in named if not bool(torch.isfinite(v).all())]
+    return [name for name, v in named if not bool(torch.isfinite(local(v)).all())]
 
 
 class DivergenceDetector:

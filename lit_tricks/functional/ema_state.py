@@ -12,9 +12,10 @@ test of their own; :class:`lit_tricks.callbacks.EMAWeights` only decides *when* 
     with state.swapped_in(model):          # evaluate with the EMA, the trained weights are back after
         evaluate(model)
 
-Two places to extend, each one method: :meth:`EMAState._shadow` creates every EMA tensor from the model's (device
-today; a shadow dtype, e.g. fp32 for bf16 weights, goes there), and :meth:`EMAState._average_` applies one update to
-the lists of floating tensors (one foreach lerp today; a per-tensor update, e.g. on DTensor shards, goes there).
+Two places decide the EMA's layout, each one method: :meth:`EMAState._shadow` creates every EMA tensor from the
+model's (its device, its dtype by ``ema_dtype``, and for a DTensor parameter of a sharded model a DTensor clone
+holding this rank's shard), and :meth:`EMAState._average_` applies one update (one foreach lerp over the local
+shards, the current weights cast to the shadow's dtype): each rank averages its own shards, with no communication.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lit_tricks.functional import sharded
 from lit_tricks.functional.ema import (
     BUFFER_MODES,
     copy_,
@@ -38,7 +40,24 @@ from lit_tricks.functional.ema import (
 )
 from lit_tricks.functional.wrappers import match_wrapped_keys
 
-__all__ = ["EMAState"]
+__all__ = ["EMA_DTYPES", "EMAState", "shadow_dtype"]
+
+#: ``ema_dtype`` values: None (fp32 shadow for 16-bit floating weights, else the weight's dtype), ``"model"`` (the
+#: weight's dtype), or a floating dtype name for every floating tensor.
+EMA_DTYPES = (None, "model", "float32", "float64", "bfloat16", "float16")
+
+
+def shadow_dtype(ema_dtype: str | None, weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the EMA of a ``weight_dtype`` tensor under ``ema_dtype`` (non-floating tensors keep theirs).
+
+    Default (None): float32 for 16-bit floating weights (bf16, fp16), whose resolution (8 and 11 significant bits)
+    swallows an update ``(1 - d) * (w - ema)`` below ``2**-8 * |ema|``: at ``d = 0.999`` a bf16 EMA never moves.
+    """
+    if not weight_dtype.is_floating_point or ema_dtype == "model":
+        return weight_dtype
+    if ema_dtype is None:
+        return torch.float32 if torch.finfo(weight_dtype).bits < 32 else weight_dtype
+    return getattr(torch, ema_dtype)  # type: ignore[no-any-return]
 
 
 class EMAState:
@@ -48,8 +67,11 @@ class EMAState:
     half_life_steps)`` when ``half_life_steps`` is given, or with ``warmup`` ``min(d, (1 + t) / (10 + t))`` where
     ``t = num_updates`` (TensorFlow's ``ExponentialMovingAverage``). Buffers are copied (``buffers="copy"``) or
     averaged (``"average"``; integer buffers are always copied). ``device``: where the EMA lives (None: beside each
-    weight). Names are the module's ``state_dict`` keys; a loaded state is matched to the module on the next
-    :meth:`bind` (tolerating ``_orig_mod.``/``module.`` prefixes), and refused when it belongs to another model.
+    weight). ``ema_dtype``: one of :data:`EMA_DTYPES` (default: an fp32 shadow for bf16/fp16 weights, costing 4
+    bytes per parameter instead of 2; see :func:`shadow_dtype`). Sharded (DTensor) parameters get DTensor shadows
+    placed like them (``device`` must be None then). Names are the module's ``state_dict`` keys; a loaded state is
+    matched to the module on the next :meth:`bind` (tolerating ``_orig_mod.``/``module.`` prefixes), and refused
+    when it belongs to another model.
     """
 
     def __init__(
@@ -61,7 +83,10 @@ class EMAState:
         warmup: bool = False,
         buffers: str = "copy",
         device: str | torch.device | None = None,
+        ema_dtype: str | None = None,
     ) -> None:
+        if ema_dtype not in EMA_DTYPES:
+            raise ValueError(f"ema_dtype must be one of {list(EMA_DTYPES)}, got {ema_dtype!r}")
         if not (isinstance(decay, int | float) and not isinstance(decay, bool) and 0.0 <= decay <= 1.0):
             raise ValueError(f"decay must be a number in [0, 1], got {decay!r}")
         if buffers not in BUFFER_MODES:
@@ -70,6 +95,7 @@ class EMAState:
         self.warmup = bool(warmup)
         self.buffers = buffers
         self.device = torch.device(device) if device is not None else None
+        self.ema_dtype = ema_dtype
         #: per-update decay before warm-up (from ``half_life_steps`` when given)
         self.base_decay = (
             decay_from_half_life(half_life_steps, update_every_n_steps) if half_life_steps is not None else self.decay
@@ -83,6 +109,7 @@ class EMAState:
         # the module's live tensors (transient: dropped when pickled)
         self.model_params: list[Tensor] = []
         self.model_buffers: list[Tensor] = []
+        self.model_dtypes: list[torch.dtype] = []  # the module's dtypes, in ``names`` order (the twin is cast back)
         self._backup: list[Tensor] = []  # the module's own weights while the EMA is in it
         self.swapped = False  # the EMA is in the module
 
@@ -103,13 +130,15 @@ class EMAState:
         self.model_params = [t.detach() for _, t in params]
         self.model_buffers = [t.detach() for _, t in buffers]
         self.aliases = state_dict_aliases(module)
+        self.model_dtypes = [t.dtype for t in self.model_params + self.model_buffers]
         return [n for n, _ in params] + [n for n, _ in buffers]
 
     def bind(self, module: nn.Module) -> None:
         """Attach to ``module`` and create the EMA tensors from its tensors, or from the loaded state."""
         names = self.attach(module)
         model_tensors = self.model_params + self.model_buffers
-        if self.pending is None and names == self.names and _same_shapes(self.ema_params, self.model_params):
+        if self.pending is None and names == self.names and _same_shapes(self.ema_params, self.model_params) and all(
+                sharded.is_dtensor(e) == sharded.is_dtensor(m) for e, m in zip(self.ema_params, self.model_params)):
             return
         source: dict[str, Tensor] = {}
         if self.pending is not None:
@@ -140,8 +169,17 @@ class EMAState:
             self.model_params, self.model_buffers = [], []
 
     def _shadow(self, model_tensor: Tensor, source: Tensor) -> Tensor:
-        """A new EMA tensor holding ``source``, placed and typed for ``model_tensor``: the one creation point."""
-        return source.detach().to(device=self.device or model_tensor.device, dtype=model_tensor.dtype, copy=True)
+        """A new EMA tensor holding ``source``, placed and typed for ``model_tensor``: the one creation point.
+
+        A DTensor ``model_tensor`` gets a DTensor placed like it, holding this rank's chunk of ``source`` (a full
+        tensor loaded from a checkpoint, or a DTensor)."""
+        dtype = shadow_dtype(self.ema_dtype, model_tensor.dtype)
+        if sharded.is_dtensor(model_tensor):
+            if self.device is not None:
+                raise ValueError(f"EMAWeights(device={str(self.device)!r}): offloading is not supported for sharded "
+                                 "(DTensor) weights; use device=None (each rank keeps its shard beside the weights)")
+            return sharded.shard_like(source, model_tensor, dtype)
+        return source.detach().to(device=self.device or model_tensor.device, dtype=dtype, copy=True)
 
     # ------------------------------------------------------------------ updates
     def follow(self) -> None:
@@ -158,8 +196,13 @@ class EMAState:
         return d
 
     def _average_(self, ema: Sequence[Tensor], current: Sequence[Tensor], decay: float) -> None:
-        """``ema <- decay * ema + (1 - decay) * current`` over the floating parameters: the one update kernel."""
-        ema_update_(ema, current, decay)
+        """``ema <- decay * ema + (1 - decay) * current`` over the floating parameters: the one update kernel.
+
+        On local shards (each rank averages its own part of a DTensor, no communication), ``current`` cast to the
+        shadow's dtype (a bf16 weight into an fp32 shadow)."""
+        shadows = sharded.locals_of(ema)
+        weights = [w if w.dtype == e.dtype else w.to(e.dtype) for e, w in zip(shadows, sharded.locals_of(current))]
+        ema_update_(shadows, weights, decay)
 
     def set_buffers(self, values: Sequence[Tensor]) -> None:
         """Replace the EMA buffers (e.g. by rank 0's after a broadcast); the module's too while swapped in."""
@@ -211,18 +254,30 @@ class EMAState:
         """The EMA as ``{state_dict key: tensor}`` (empty before the first bind)."""
         return dict(zip(self.names, self.ema_params + self.ema_buffers))
 
-    def write_into(self, state_dict: dict[str, Any], raw: bool = False) -> None:
+    def write_into(self, state_dict: dict[str, Any], raw: bool = False, full: bool = False,
+                   model_dtype: bool = False) -> None:
         """Write the EMA (``raw=True``: the module's own weights kept aside while swapped in, as copies) into a
-        model ``state_dict`` under every key of each tensor (a tied tensor's names: else the last key loaded wins)."""
+        model ``state_dict`` under every key of each tensor (a tied tensor's names: else the last key loaded wins).
+
+        ``full``: DTensors gathered into full CPU tensors first (a collective: every rank calls this, also a rank
+        whose ``state_dict`` is empty); ``model_dtype``: cast to the module's dtypes (an fp32 shadow of bf16 weights
+        is written as bf16)."""
         values = [t.detach().clone() for t in self._backup] if raw else self.ema_params + self.ema_buffers
+        if model_dtype:
+            values = [v.to(d) for v, d in zip(values, self.model_dtypes)]
+        if full:
+            values = [sharded.full(v).to("cpu") for v in values]
         for name, value in zip(self.names, values):
             for key in self.aliases.get(name, (name,)):
                 if key in state_dict:
                     state_dict[key] = value
 
-    def state_dict(self) -> dict[str, Any]:
-        """``{"num_updates": int, "ema": {name: tensor}}`` (a loaded, not yet bound EMA as loaded)."""
+    def state_dict(self, full: bool = False) -> dict[str, Any]:
+        """``{"num_updates": int, "ema": {name: tensor}}`` (a loaded, not yet bound EMA as loaded); ``full``:
+        DTensors gathered into full CPU tensors (a collective: every rank calls it)."""
         ema = self.ema_state_dict
+        if full:
+            ema = {k: sharded.full(v).cpu() for k, v in ema.items()}
         if not ema and self.pending is not None:
             ema = dict(self.pending)
         return {"num_updates": self.num_updates, "ema": ema}

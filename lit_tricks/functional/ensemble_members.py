@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from lit_tricks.functional.batchnorm import recalibrate_bn_
 from lit_tricks.functional.ensemble import EnsembleModule, average_state_dicts, export_ensemble
+from lit_tricks.functional.sharded import full_state_dict, has_dtensors
 from lit_tricks.functional.wrappers import match_wrapped_keys
 
 __all__ = ["EXTERNAL_TAGS", "EnsembleMembers", "load_member_state_dict", "top_k_decision"]
@@ -71,8 +72,9 @@ def load_member_state_dict(path: str | os.PathLike[str], trusted: bool = False) 
 
 
 def cpu_state(module: nn.Module) -> dict[str, Tensor]:
-    """A CPU copy of ``module.state_dict()`` (a member's weights)."""
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    """A CPU copy of ``module.state_dict()`` (a member's weights); the full tensors of a sharded module (gathered: a
+    collective every rank enters)."""
+    return full_state_dict(module)
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -217,6 +219,9 @@ class EnsembleMembers:
         """One frozen eval-mode copy of ``template`` per member, on ``template``'s device."""
         if not self.records:
             raise ValueError("CheckpointEnsemble has no members yet (nothing captured, no checkpoint_paths)")
+        if has_dtensors(template):
+            raise ValueError("CheckpointEnsemble: the model given is sharded (DTensor parameters); pass an unsharded "
+                             "instance of it (members are full state dicts), e.g. predict_proba(x, Model())")
         device = _device_of(template)
         return [self._copy_of(template, sd).to(device).eval().requires_grad_(False) for sd in self.state_dicts()]
 

@@ -1,4 +1,5 @@
-"""Weight initialization of any ``nn.Module``: every Conv/Linear weight by one scheme, biases zero."""
+"""Weight initialization of any ``nn.Module``: every Conv/Linear weight and every recurrent (RNN/LSTM/GRU) weight
+matrix by one scheme, biases zero."""
 
 from __future__ import annotations
 
@@ -60,7 +61,9 @@ def init_weights(
     ``scheme`` may be a mapping ``{"scheme": ..., "mode": ..., "nonlinearity": ..., "gain": ...}`` (YAML form).
     kaiming_*: He et al. (2015), std ``gain / sqrt(fan)`` with ``mode`` fan_in|fan_out; xavier_*: Glorot & Bengio
     (2010), gain from ``nonlinearity`` unless ``gain``; orthogonal: Saxe et al. (2014). ``default`` keeps PyTorch's
-    init (biases untouched too). The head is initialized like every other layer.
+    init (biases untouched too). The head is initialized like every other layer. A recurrent layer's input and
+    hidden weight matrices (``weight_ih_l*``, ``weight_hh_l*``, all gates stacked, as Keras' kernels) get the scheme
+    too, its biases zero.
     """
     if isinstance(scheme, Mapping):
         opts = dict(scheme)
@@ -82,4 +85,10 @@ def init_weights(
             fn(module.weight, mode=mode, nonlinearity=nonlinearity, gain=gain)
             if module.bias is not None:
                 module.bias.zero_()
+        elif isinstance(module, nn.RNNBase):
+            for name, param in module.named_parameters(recurse=False):
+                if name.startswith("weight_"):
+                    fn(param, mode=mode, nonlinearity=nonlinearity, gain=gain)
+                else:
+                    param.zero_()
     return model

@@ -8,15 +8,20 @@ penalty) and the optimization/evaluation options. The constructor stays flat so 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lit_tricks.modules.insertion import DROPOUT_PLACEMENTS
-from lit_tricks.modules.surgery import DROPOUT_KINDS, parse_norm
-from lit_tricks.modules.tasks import BINNED_POINTS, LOSSES
-from lit_tricks.validation import CheckAll, check_choice, check_number
+from torch import nn
 
-__all__ = ["check_groups", "check_regularization", "check_surgery", "check_task", "check_training"]
+from lit_tricks.modules.initialization import init_weights
+from lit_tricks.modules.insertion import DROPOUT_PLACEMENTS
+from lit_tricks.modules.sharding import SHARD_MODES
+from lit_tricks.modules.surgery import DROPOUT_KINDS, parse_norm
+from lit_tricks.modules.tasks import BINNED_POINTS, LOSSES, bin_edges
+from lit_tricks.validation import ArgumentError, CheckAll, check_choice, check_number
+
+__all__ = ["check_config", "check_groups", "check_regularization", "check_surgery", "check_task", "check_training"]
 
 
 def check_task(loss: str, label_smoothing: float, binned_point: str, num_classes: int | None, top_k: int) -> float:
@@ -26,7 +31,11 @@ def check_task(loss: str, label_smoothing: float, binned_point: str, num_classes
     if num_classes is not None:
         check_number("num_classes", num_classes, 1, integer=True)
     check_number("top_k", top_k, 0, integer=True)
-    return check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+    smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+    if smoothing and loss == "mse":
+        raise ArgumentError("label_smoothing", label_smoothing, "must be 0 with loss='mse' (it smooths class targets "
+                            "for cross_entropy and binned; mse regresses the targets as given)")
+    return smoothing
 
 
 def check_surgery(norm: str | Mapping[str, Any], dropout: float | None, dropout_kind: str,
@@ -35,7 +44,14 @@ def check_surgery(norm: str | Mapping[str, Any], dropout: float | None, dropout_
     parse_norm(norm)
     check_choice("dropout_kind", dropout_kind, DROPOUT_KINDS)
     check_choice("dropout_placement", dropout_placement, DROPOUT_PLACEMENTS)
-    return None if dropout is None else check_number("dropout", dropout, 0.0, 1.0)
+    if dropout is None:
+        for arg, value, default in (("dropout_kind", dropout_kind, "dropout"),
+                                    ("dropout_placement", dropout_placement, "head")):
+            if value != default:
+                raise ArgumentError(arg, value, "needs module.dropout=<p> (dropout=null keeps the model's own "
+                                    "dropout layers as built)")
+        return None
+    return check_number("dropout", dropout, 0.0, 1.0)
 
 
 def check_regularization(weight_decay: float, l1: float, jacobian_reg: float,
@@ -58,13 +74,35 @@ def check_groups(task: tuple[Any, ...], surgery: tuple[Any, ...], regularization
     return label_smoothing, dropout, penalties
 
 
-def check_training(scheduler_interval: str | None, optimizer_kwargs: Mapping[str, Any]) -> None:
-    """The optimization options: the interval override, and no ``weight_decay`` inside the optimizer partial."""
+def check_training(scheduler_interval: str | None, optimizer_kwargs: Mapping[str, Any], shard: str = "auto") -> None:
+    """The optimization options: the interval override, no ``weight_decay`` inside the optimizer partial, and the
+    sharding mode."""
     check_choice("scheduler_interval", scheduler_interval, (None, "step", "epoch"))
+    check_choice("shard", shard, list(SHARD_MODES))
     if float(optimizer_kwargs.get("weight_decay", 0.0) or 0.0) != 0.0:
         # a plain ValueError: the key is the optimizer's (another config node), not one of the module's arguments
         raise ValueError(f"optimizer: weight_decay={optimizer_kwargs['weight_decay']!r} set in the optimizer; set "
                          "module weight_decay instead (decay is applied through parameter groups)")
+
+
+def check_config(cls: type, kwargs: Mapping[str, Any], optimizer: Any = None) -> None:
+    """The arguments of ``cls`` (TrickModule or a subclass) that do not depend on the model, every problem at once.
+
+    The start-up config check calls it (``TrickModule.check_config``) before any model exists; what depends on the
+    model (a norm/dropout that has nowhere to go, zoneout without a GRU, ...) is refused when the module is built.
+    """
+    params = inspect.signature(cls).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise TypeError(f"{cls.__name__} got unexpected arguments {unknown}")
+    a = {**{k: p.default for k, p in params.items() if p.default is not p.empty}, **kwargs}
+    with CheckAll() as checks:
+        checks(check_groups, (a["loss"], a["label_smoothing"], a["binned_point"], a["num_classes"], a["top_k"]),
+               (a["norm"], a["dropout"], a["dropout_kind"], a["dropout_placement"]),
+               (a["weight_decay"], a["l1"], a["jacobian_reg"], a["jacobian_projections"]))
+        checks(init_weights, nn.Module(), a["init"])  # the scheme and its options (a module without layers)
+        checks(bin_edges, a["loss"], a["bins"])
+    check_training(a["scheduler_interval"], getattr(optimizer, "keywords", None) or {}, a["shard"])
 
 
 def plain_bins(bins: Sequence[float] | None) -> list[float] | None:

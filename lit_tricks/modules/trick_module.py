@@ -17,18 +17,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lit_tricks.functional.param_groups import (
-    decoupled_weight_decay_,
-    describe_param_groups,
-    param_groups,
-    split_decay,
-)
+from lit_tricks.functional.param_groups import decoupled_weight_decay_, describe_param_groups, param_groups, split_decay
 from lit_tricks.functional.regularization import jacobian_penalty, l1_penalty, l2_penalty
 from lit_tricks.models.heads import find_head
 from lit_tricks.modules.decay import build_optimizer, decay_mode
 from lit_tricks.modules.finetune import backbone_layers, finetune_groups
 from lit_tricks.modules.full_batch import check_full_batch_module, check_one_batch, second_order_class
 from lit_tricks.modules.insertion import apply_dropout, apply_norm
+from lit_tricks.modules.sharding import ShardedModel
 from lit_tricks.modules.specs import (
     PREPROCESS_KEY,
     as_factory,
@@ -42,13 +38,13 @@ from lit_tricks.modules.specs import (
 from lit_tricks.modules.surgery import init_weights, noisy_layers
 from lit_tricks.modules.task_steps import TaskSteps
 from lit_tricks.modules.tasks import LOSSES, bin_edges, task_residual
-from lit_tricks.modules.trick_args import check_groups, check_training, plain_bins
+from lit_tricks.modules.trick_args import check_config, check_groups, check_training, plain_bins
 from lit_tricks.weight_variants import WeightVariants
 
 __all__ = ["LOSSES", "PREPROCESS_KEY", "TrickModule", "callable_from_spec", "callable_to_spec"]
 
 
-class TrickModule(TaskSteps):
+class TrickModule(ShardedModel, TaskSteps):
     """Train any ``nn.Module`` with the notes' tricks: norm swap, dropout, init, weight decay (coupled or decoupled),
     L1, Jacobian penalty, label smoothing, MixUp/CutMix soft targets, binned regression, TTA, EMA side-by-side.
 
@@ -66,12 +62,12 @@ class TrickModule(TaskSteps):
         binned_point: the point prediction taken from the bin distribution: mean (expected value; best for squared
             error) | median (best for absolute error) | mode.
         norm: keep | batch | group | ``group:<n>`` | ``{kind: group, num_groups: n}`` | layer | weight | none
-            (see :func:`~lit_tricks.modules.surgery.swap_norm`); on a model without norm layers, batch/group/layer
-            insert one before each hidden activation (:func:`~lit_tricks.modules.insertion.apply_norm`).
-        dropout: None keeps the model's dropout; a p in [0, 1) is set by
-            :func:`~lit_tricks.modules.insertion.apply_dropout` with ``dropout_kind`` dropout | dropconnect |
-            gaussian and ``dropout_placement`` head (one layer before the head) | every_hidden (after every hidden
-            activation).
+            (swap_norm); a model without norm layers gets one inserted before each hidden activation, at the layers
+            a mapping's ``layers`` selects (:func:`~lit_tricks.modules.insertion.apply_norm`).
+        dropout: None keeps the model's dropout; a p in [0, 1) is applied by
+            :func:`~lit_tricks.modules.insertion.apply_dropout` with ``dropout_kind`` (on activations, on linear/conv
+            weights, on a GRU's state) and ``dropout_placement`` head (the head's input or weights) | every_hidden
+            (after every hidden activation, on every hidden layer's weights, every GRU).
         init: default | xavier_uniform | xavier_normal | kaiming_uniform | kaiming_normal | orthogonal, or a dict
             ``{scheme, mode, nonlinearity, gain}``; biases zero.
         weight_decay: lambda of the decayed tensors (conv/linear weights; not biases, norm or embedding params,
@@ -92,6 +88,7 @@ class TrickModule(TaskSteps):
         batch_augment: ``(x, y) -> (x, y_soft)`` applied in ``training_step`` only (torchvision v2 MixUp/CutMix).
         tta: at test/predict average the softmax over the input and its horizontal flip.
         top_k: also log ``{stage}/top{k}_acc`` when ``num_classes > top_k`` (0 = off).
+        shard: auto | none | root | blocks: FSDP2 units (:mod:`~lit_tricks.modules.sharding`).
 
     Logs ``train/loss`` (data loss; ``train/penalty`` when a penalty is on), ``val/loss``, ``val/acc``,
     ``test/loss``, ``test/acc`` (regression: ``{stage}/mae``, ``{stage}/mse``). Implements
@@ -106,6 +103,8 @@ class TrickModule(TaskSteps):
 
         module = TrickModule.load_from_checkpoint(path, model=SmallCNN(num_classes=10))
     """
+
+    check_config: classmethod[Any, Any, None] = classmethod(check_config)  #: start-up check of the arguments (no model)
 
     def __init__(
         self,
@@ -134,6 +133,7 @@ class TrickModule(TaskSteps):
         batch_augment: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
         tta: bool = False,
         top_k: int = 5,
+        shard: str = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -146,7 +146,7 @@ class TrickModule(TaskSteps):
         edges = bin_edges(loss, bins)
         self._optimizer_factory = as_factory(optimizer, "optimizer")
         self._scheduler_factory = as_factory(scheduler, "scheduler")
-        check_training(scheduler_interval, getattr(self._optimizer_factory, "keywords", None) or {})
+        check_training(scheduler_interval, getattr(self._optimizer_factory, "keywords", None) or {}, shard)
         hparams = {
             "num_classes": num_classes, "loss": loss, "label_smoothing": label_smoothing, "bins": plain_bins(bins),
             "binned_point": binned_point, "norm": norm, "dropout": dropout, "dropout_kind": dropout_kind,
@@ -155,7 +155,7 @@ class TrickModule(TaskSteps):
             "jacobian_projections": jacobian_projections,
             "optimizer": None if self._optimizer_factory is None else callable_to_spec(self._optimizer_factory),
             "scheduler": None if self._scheduler_factory is None else callable_to_spec(self._scheduler_factory),
-            "scheduler_interval": scheduler_interval, "tta": bool(tta), "top_k": top_k,
+            "scheduler_interval": scheduler_interval, "tta": bool(tta), "top_k": top_k, "shard": shard,
         }
         self.save_hyperparameters(plain(hparams), logger=True)
 

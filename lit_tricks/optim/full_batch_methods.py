@@ -6,17 +6,20 @@ Each takes a model and the whole training set per step; their ``torch.optim.Opti
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import parametrize
 
 __all__ = [
-    "DEFAULT_MAX_PARAMS", "FullBatchMethod", "GaussNewton", "LevenbergMarquardt", "Newton", "check_full_batch",
-    "plain_residual",
+    "DEFAULT_MAX_PARAMS", "FullBatchMethod", "GaussNewton", "LevenbergMarquardt", "Newton", "batch_statistics",
+    "check_full_batch", "plain_residual",
 ]
 
 #: The largest model accepted by default: an n x n Hessian / J^T J of 5000 parameters is 200 MB in float64.
@@ -40,8 +43,33 @@ def plain_residual(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return (outputs - targets).reshape(-1)
 
 
+def _tracking_norms(model: nn.Module) -> list[_BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Within the block, BatchNorm layers in training mode normalize with the batch's statistics and leave their
+    running statistics alone (no in-place update, which ``torch.func`` transforms cannot trace)."""
+    norms = _tracking_norms(model)
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
 class FullBatchMethod:
-    """Shared machinery: the parameter limit, flat views of the parameters and the same-batch guard."""
+    """Shared machinery: the parameter limit, flat views of the parameters, the same-batch guard and the step.
+
+    BatchNorm in training mode: on the same full batch every step, its batch statistics make the loss a
+    deterministic function of the weights, so the curvature and the step use them (within
+    :func:`batch_statistics`). The running statistics (for eval) are then set to the full batch's at the weights
+    after the step (momentum 1 for one forward): the training set's population statistics of the network as it now
+    is, which the notes (000) take from the final network, instead of an average lagging over a few full-batch steps.
+    """
 
     method = "second-order method"
 
@@ -62,6 +90,28 @@ class FullBatchMethod:
         self.num_params = count
         self._fingerprint: tuple[Any, ...] | None = None
         self.steps = 0
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        """One step on the full batch ``(inputs, targets)``; returns the loss before the step."""
+        self._check_batch(inputs, targets)
+        with batch_statistics(self.model):
+            loss = self._step(inputs, targets)
+        norms = _tracking_norms(self.model)
+        if norms:
+            momenta = [m.momentum for m in norms]
+            for m in norms:
+                m.momentum = 1.0
+            try:
+                with torch.no_grad():
+                    self.model(inputs)  # running statistics = the full batch's, at the new weights
+            finally:
+                for m, momentum in zip(norms, momenta):
+                    m.momentum = momentum
+        self.steps += 1
+        return loss
+
+    def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        raise NotImplementedError
 
     def _check_batch(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         with torch.no_grad():
@@ -118,23 +168,25 @@ class Newton(FullBatchMethod):
         self.loss_fn, self.lr, self.damping = loss_fn, lr, damping
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        with torch.no_grad():
+        with torch.no_grad(), batch_statistics(self.model):
             return float(self.loss_fn(self.model(inputs), targets))
 
-    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        """One Newton step on the full batch; returns the loss before the step."""
-        self._check_batch(inputs, targets)
-
+    def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
         def f(flat: torch.Tensor) -> torch.Tensor:
             return self.loss_fn(self._forward(flat, inputs), targets)
 
         flat = self._flat()
         grad = torch.func.grad(f)(flat)
-        h = hessian(f)(flat)
+        if any((isinstance(m, _BatchNorm) and m.training) or parametrize.is_parametrized(m)
+               for m in self.model.modules()):
+            # torch.func's second derivatives of batch_norm with batch statistics are wrong (torch 2.14; pytorch
+            # issue 196699) and weight_norm has no forward-mode derivative: reverse-over-reverse autograd there
+            h = torch.autograd.functional.hessian(f, flat, vectorize=True)
+        else:
+            h = hessian(f)(flat)
         if self.damping:
             h = h + self.damping * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
         self._write(flat - self.lr * _solve(h, grad))
-        self.steps += 1
         return float(f(flat))
 
 
@@ -158,7 +210,7 @@ class GaussNewton(FullBatchMethod):
         return self.residual_fn(self._forward(flat, inputs), targets).reshape(-1)
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        with torch.no_grad():
+        with torch.no_grad(), batch_statistics(self.model):
             return float(self.residual_fn(self.model(inputs), targets).pow(2).mean())
 
     def _linearize(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -167,13 +219,10 @@ class GaussNewton(FullBatchMethod):
         jac = jacrev(lambda w: self._residuals(w, inputs, targets))(flat)
         return flat, r, jac
 
-    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        """One Gauss-Newton step on the full batch; returns the loss before the step."""
-        self._check_batch(inputs, targets)
+    def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
         flat, r, jac = self._linearize(inputs, targets)
         d = torch.linalg.lstsq(jac, r.unsqueeze(-1)).solution.squeeze(-1)
         self._write(flat - self.lr * d)
-        self.steps += 1
         return float(r.pow(2).mean())
 
 
@@ -200,9 +249,8 @@ class LevenbergMarquardt(GaussNewton):
         self.accepted = 0
         self.rejected = 0
 
-    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
         """One accepted LM step (or none if ``max_tries`` trials all failed); returns the loss before the step."""
-        self._check_batch(inputs, targets)
         flat, r, jac = self._linearize(inputs, targets)
         before = float(r.pow(2).mean())
         jtj = jac.T @ jac
@@ -220,5 +268,4 @@ class LevenbergMarquardt(GaussNewton):
                 break
             self.damping = min(self.damping * self.factor, self.max_damping)
             self.rejected += 1
-        self.steps += 1
         return before

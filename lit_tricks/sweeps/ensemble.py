@@ -32,18 +32,19 @@ def _evaluated_with_ema(job: JobResult) -> bool:
 
 
 def member_checkpoint(job: JobResult) -> str | None:
-    """The file whose weights produced the job's objective: its ``-ema`` twin when the job evaluated the EMA.
+    """The file whose weights produced the job's objective: its EMA twin when the job evaluated the EMA.
 
-    Records written by this lit_tricks name that file already; older ones named the raw checkpoint, and the twin
-    beside it is used when the job's config evaluated with the EMA.
+    Records written by this lit_tricks name that file already (or none, when no file reproduces the objective);
+    older ones named the raw training checkpoint, and its twin is used when the job's config evaluated the EMA.
     """
-    from lit_tricks.callbacks.ema import EMA_CHECKPOINT_SUFFIX, ema_checkpoint_path
+    from lit_tricks.fault.ema_checkpoint import ema_checkpoint_path
+    from lit_tricks.fault.resume import is_training_checkpoint
 
     path = job.best_ckpt
     if not isinstance(path, str) or not path or not Path(path).is_file():
         return None
     twin = ema_checkpoint_path(path)
-    if not Path(path).stem.endswith(EMA_CHECKPOINT_SUFFIX) and twin.is_file() and _evaluated_with_ema(job):
+    if is_training_checkpoint(path) and twin.is_file() and _evaluated_with_ema(job):
         return str(twin)
     return path
 
@@ -65,7 +66,10 @@ def job_config(job: JobResult) -> DictConfig:
     """A job's resolved config: ``config_resolved.yaml`` (written by lit_tricks.run), else ``.hydra/config.yaml``."""
     for path in (job.dir / "config_resolved.yaml", job.dir / ".hydra" / "config.yaml"):
         if path.is_file():
-            cfg = OmegaConf.load(path)
+            try:
+                cfg = OmegaConf.load(path)
+            except Exception as err:  # a file cut short by a killed job
+                raise ValueError(f"job {job.num}: {path} is not a readable config ({type(err).__name__})") from None
             if isinstance(cfg, DictConfig):
                 return cfg
     raise FileNotFoundError(f"job {job.num}: no config_resolved.yaml or .hydra/config.yaml in {job.dir}")

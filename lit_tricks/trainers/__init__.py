@@ -1,4 +1,4 @@
-"""Building the Trainer from config: Hydra-safe DDP/FSDP strategies, Hydra-job safety for child ranks, LR scaling.
+"""Building the Trainer from config: Hydra-safe DDP/FSDP/FSDP2 strategies, Hydra-job safety for child ranks, LR scaling.
 
 Every run builds its Trainer here (:func:`lit_tricks.trainers.build.build_trainer`), not only sweeps.
 """
@@ -8,20 +8,24 @@ from lit_tricks.trainers.hydra_job import child_rank_command, config_hash, job_g
 from lit_tricks.trainers.strategies import (
     HydraSafeDDPStrategy,
     HydraSafeFSDPStrategy,
+    HydraSafeModelParallelStrategy,
     ddp_strategy,
     fsdp_strategy,
+    model_parallel_strategy,
     scale_learning_rates,
 )
 
 __all__ = [
     "HydraSafeDDPStrategy",
     "HydraSafeFSDPStrategy",
+    "HydraSafeModelParallelStrategy",
     "build_trainer",
     "child_rank_command",
     "config_hash",
     "ddp_strategy",
     "fsdp_strategy",
     "job_guard",
+    "model_parallel_strategy",
     "scale_learning_rates",
     "sweep_failure_value",
 ]

@@ -58,8 +58,10 @@ BAD = [
     ([*TPE, "hydra/launcher=slurm"], "hydra/launcher=slurm: each worker runs its own trials"),
     ([*TPE, "hydra.sweeper.n_jobs=4"], "hydra.sweeper.n_jobs=4: each worker runs its own trials"),
     ([*TPE, "optimizer=nope"], "optimizer=nope: no such option"),
-    ([*TPE, "optimizer.lr=interval(1.0, 0.1)"], "optimizer.lr=interval(1.0, 0.1): `low <= high` must hold"),
-    (["hparams_search=tpe", "hydra.sweeper.n_trials=-3"], "hydra.sweeper.n_trials must be >= 1"),
+    ([*TPE, "optimizer.lr=interval(1.0, 0.1)"], "optimizer.lr is not a search space Optuna can sample: low 1.0 > "
+                                                "high 0.1 (write interval(low, high)), got 'interval(1.0, 0.1)'"),
+    (["hparams_search=tpe", "hydra.sweeper.n_trials=-3"], "hydra.sweeper.n_trials must be an integer in [1, inf), "
+                                                          "got -3"),
     ([*TPE, "trainer.max_epochs=abc"], "trainer.max_epochs"),
 ]
 

@@ -66,7 +66,7 @@ def test_multinode_ddp_sweep_runs_each_job_on_two_nodes(cluster: Path, tmp_path:
         assert (info["JobState"], info["NumNodes"], info["NumTasks"], info["ExitCode"]) == ("COMPLETED", "2", "2",
                                                                                              "0:0")
     report = _report(sweep)
-    assert "2 jobs, 2 ok, 0 failed" in report
+    assert "2 jobs: 2 ok, 0 failed" in report
     assert "| 0.1 |" in report and "| 0.03 |" in report
 
 
@@ -82,7 +82,7 @@ def test_sweep_with_a_failing_job_finishes_the_other_and_reports_the_reason(clus
     assert metrics["0"]["error"] == "RuntimeError: NaNGuard: non-finite loss/gradient at step 3 (policy stop)"
     assert metrics["1"]["status"] == "ok" and metrics["1"]["error"] is None
     report = _report(sweep)
-    assert "2 jobs, 1 ok, 1 failed" in report
+    assert "2 jobs: 1 ok, 1 failed" in report
     assert "NaNGuard: non-finite loss/gradient at step 3" in report
 
 
@@ -130,5 +130,5 @@ def test_optuna_sweep_in_batches_of_two_records_a_job_killed_from_outside_as_fai
     assert (sweep / "optimization_results.yaml").is_file()
     assert report_cli.main([str(sweep)]) == 0  # in this process: a Python start less
     report = capsys.readouterr().out
-    assert "4 jobs, 3 ok, 1 failed" in report
+    assert "4 jobs: 3 ok, 1 failed" in report
     assert f"SLURM job {marker['job']} ended FAILED" in report

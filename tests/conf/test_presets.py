@@ -143,6 +143,20 @@ def test_every_target_written_in_conf_is_a_public_package_path() -> None:
         assert_public(target)
 
 
+def test_hydra_finds_our_plugins_by_the_targets_the_configs_write() -> None:
+    # Hydra looks a sweeper/launcher up by f"{cls.__module__}.{cls.__name__}", not by importing _target_: a public
+    # package path the plugin registry does not know fails every sweep with "Unknown plugin class"
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra.core.plugins import Plugins
+
+    written = {m for p in (CONF / "hydra").rglob("*.yaml") for m in re.findall(r"_target_:\s*(hydra_plugins[\w.]+)",
+                                                                              p.read_text())}
+    assert {"hydra_plugins.lit_optuna_sweeper.LitOptunaSweeper", "hydra_plugins.lit_submitit_launcher.LitSlurmLauncher"
+            } <= written
+    known = Plugins.instance().class_name_to_class
+    assert not sorted(written - set(known)), sorted(k for k in known if "lit_" in k)
+
+
 def test_assert_public_refuses_a_module_path() -> None:
     with pytest.raises(AssertionError, match="name it from its package"):
         assert_public("lit_tricks.callbacks.ema.EMAWeights")

@@ -111,7 +111,8 @@ def test_train_size_and_bootstrap() -> None:
     ({"num_folds": 1}, r"num_folds"),
     ({"train_size": 0}, r"train_size"),
     ({"preprocessing": "whiten"}, r"preprocessing must be one of \['center', 'center_per_feature', 'minmax', "
-                                  r"'none', 'pca', 'pca_whiten', 'standardize', 'zca'\]"),
+                                  r"'minmax_per_feature', 'none', 'pca', 'pca_whiten', 'standardize', "
+                                  r"'standardize_per_feature', 'zca'\]"),
     ({"pca_components": 1.5}, r"pca_components"),
 ])
 def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], message: str) -> None:

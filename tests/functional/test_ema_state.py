@@ -152,3 +152,25 @@ def test_pickle_drops_the_module_tensors_and_reset_forgets() -> None:
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         EMAState(**kwargs)
+
+
+def test_bf16_weights_get_an_fp32_shadow_written_back_in_bf16() -> None:
+    model = nn.Linear(4, 3).to(torch.bfloat16)
+    state = EMAState(0.999)
+    state.bind(model)
+    assert {t.dtype for t in state.ema_params} == {torch.float32}
+    start = state.ema_params[0].clone()
+    with torch.no_grad():
+        model.weight.add_(0.25)  # (1 - d) * 0.25 is below half a bf16 ulp of most weights: a bf16 EMA would not move
+    state.update()
+    moved = 0.001 * (model.weight.float() - start)  # the recurrence in fp32, on the bf16 weights as they are
+    torch.testing.assert_close(state.ema_params[0] - start, moved, rtol=0, atol=4 * torch.finfo().eps)
+    written = dict(model.state_dict())
+    state.write_into(written, model_dtype=True)
+    assert written["weight"].dtype == torch.bfloat16
+    assert torch.equal(written["weight"], state.ema_params[0].to(torch.bfloat16))
+    same = EMAState(0.999, ema_dtype="model")
+    same.bind(model)
+    assert same.ema_params[0].dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="ema_dtype must be one of"):
+        EMAState(ema_dtype="half")
