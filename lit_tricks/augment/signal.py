@@ -4,13 +4,15 @@ scale. Works on any float tensor ``(*, L)``: the last dimension is the signal's 
 ``forward`` augments one sample from torch's global RNG (the DataModule's per-sample seed reproduces it, as for
 images); ``apply_batch(x, generator)`` augments a batch ``(N, *, L)`` at once, each sample with its own draws (one
 tensor op per step draws all N shifts, noises or scales from ``generator``): what
-:class:`lit_tricks.data.tensor_loader.TensorLoader` calls, one seeded generator per batch.
+:class:`lit_tricks.data.tensor_loader.TensorLoader` calls, one seeded generator per batch. A step registered in
+:data:`SIGNAL_STEPS` without an ``apply_batch`` still works there: its ``forward`` runs per sample, each under a seed
+drawn from the generator (:func:`per_sample_batch`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,7 @@ from torch import Tensor, nn
 from lit_tricks.augment.steps import build_step, split_step
 from lit_tricks.hydra_utils import to_plain
 
-__all__ = ["SIGNAL_STEPS", "AmplitudeScale", "RandomShift1d", "SignalNoise", "SignalPipeline"]
+__all__ = ["SIGNAL_STEPS", "AmplitudeScale", "RandomShift1d", "SignalNoise", "SignalPipeline", "per_sample_batch"]
 
 SHIFT_MODES = ("zeros", "edge", "roll")
 
@@ -155,13 +157,33 @@ class SignalPipeline(nn.Module):
         return x
 
     def apply_batch(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """The steps on a batch ``(N, *, L)``, every sample with its own draws, all from ``generator``."""
+        """The steps on a batch ``(N, *, L)``, every sample with its own draws, all from ``generator``.
+
+        A step without its own ``apply_batch`` runs its ``forward`` on each sample under a seed drawn from
+        ``generator`` (:func:`per_sample_batch`): the same draws, only slower."""
         self._check(x)
         for step in self.steps:
-            x = cast(Any, step).apply_batch(x, generator)  # every SIGNAL_STEPS module has it
+            batched = getattr(step, "apply_batch", None)
+            x = batched(x, generator) if batched is not None else per_sample_batch(step, x, generator)
         return x
 
     @staticmethod
     def _check(x: Tensor) -> None:
         if not isinstance(x, Tensor) or not x.is_floating_point():
             raise TypeError(f"SignalPipeline input: expected a float tensor (*, L), got {type(x).__name__}")
+
+
+def per_sample_batch(step: Callable[[Tensor], Tensor], x: Tensor, generator: torch.Generator) -> Tensor:
+    """``step`` (one sample's augmentation from torch's global RNG) on each sample of ``x (N, *, L)``, sample ``i``
+    under the CPU generator seeded with ``s_i`` drawn from ``generator``; torch's global CPU RNG is restored after
+    (the CUDA generators are never touched)."""
+    seeds = torch.randint(0, 2**62, (x.shape[0],), generator=generator).tolist()
+    state = torch.get_rng_state()
+    try:
+        out = []
+        for seed, sample in zip(seeds, x):
+            torch.default_generator.manual_seed(seed)
+            out.append(step(sample))
+    finally:
+        torch.set_rng_state(state)
+    return torch.stack(out) if out else x

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit_tricks.augment import SignalPipeline
-from lit_tricks.augment.signal import AmplitudeScale, RandomShift1d, SignalNoise
+from lit_tricks.augment.signal import SIGNAL_STEPS, AmplitudeScale, RandomShift1d, SignalNoise
 from tests.augment.presets import SIGNAL_PRESETS, load_preset
 
 
@@ -111,3 +111,29 @@ def test_pipeline_batch_draws_only_from_the_generator() -> None:
     assert torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())  # the global RNG untouched
     assert torch.equal(a, b) and not torch.equal(a, pipe.apply_batch(x, torch.Generator().manual_seed(6)))
     assert a.shape == x.shape and a.dtype == x.dtype
+
+
+class _ForwardOnlyStep(torch.nn.Module):
+    """A step with a forward only (one sample, global RNG), as a newly registered step may be."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (1 + torch.rand(())) + torch.randn_like(x)
+
+
+def test_pipeline_batch_runs_a_forward_only_step_per_sample_under_drawn_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Oracle: each sample through the step's forward after torch.manual_seed(s_i), s_i the generator's draws."""
+    monkeypatch.setitem(SIGNAL_STEPS, "forward_only", _ForwardOnlyStep)
+    pipe = SignalPipeline(["forward_only", {"noise": {"sigma": 0.1}}])
+    x = torch.randn(5, 1, 40, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    out = pipe.apply_batch(x, torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(1).get_state())  # the global RNG restored
+
+    gen = torch.Generator().manual_seed(7)
+    seeds = torch.randint(0, 2**62, (5,), generator=gen).tolist()
+    rows = []
+    for seed, sample in zip(seeds, x):
+        torch.manual_seed(seed)
+        rows.append(sample * (1 + torch.rand(())) + torch.randn_like(sample))
+    expected = torch.stack(rows) + 0.1 * torch.randn(x.shape, generator=gen)
+    assert torch.equal(out, expected)
