@@ -21,8 +21,11 @@ Start-up: CPU s of a whole ``scripts/train.py experiment=mnist1d_baseline traine
 (Python start, imports, Hydra composition, data from the cache, Trainer set-up, one step, the test pass), of a process
 that only composes ``experiment=mnist1d_tricks`` (what every Hydra app pays for lit_tricks' search-path plugin), and
 of ``python -c "import torch"`` and ``python -c "import lightning.pytorch"`` (imports a training run cannot avoid).
+With ``--startup-ref DIR`` (another checkout, e.g. ``git archive main | tar -x -C DIR``) the same run and compose
+processes of that checkout are timed in the same rounds, interleaved with this one's: the before/after of start-up.
 
     nice -n 10 python benchmarks/step_cost.py --repeats 5 --table docs/results/step_cost_mnist1d.md
+    nice -n 10 python benchmarks/step_cost.py --startup-only --startup-ref /tmp/main --repeats 7
 """
 
 from __future__ import annotations
@@ -208,46 +211,44 @@ _PROCESS = {"run": "`scripts/train.py experiment=mnist1d_baseline trainer.max_st
             "compose": "composing `experiment=mnist1d_tricks` in a Hydra app (no training)"}
 
 
-def measure_startup(data_dir: Path, out: Path, repeats: int) -> dict[str, list[float]]:
-    """CPU s of whole processes: the 1-step run, and the imports of torch and of Lightning alone."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
-    cmds = {
-        "run": [sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=mnist1d_baseline",
+def _startup_cmds(root: Path, data_dir: Path, out: Path) -> dict[str, list[str]]:
+    """The 1-step run and the compose-only process of the checkout at ``root`` (its own lit_tricks and conf/)."""
+    return {
+        "run": [sys.executable, str(root / "scripts" / "train.py"), "experiment=mnist1d_baseline",
                 "trainer.max_steps=1", "logger=none", f"paths.data_dir={data_dir}",
                 f"hydra.run.dir={out / 'startup'}"],
         "compose": [sys.executable, "-c", "from hydra import compose, initialize_config_dir\n"
-                    f"with initialize_config_dir(config_dir={str(ROOT / 'conf')!r}, version_base='1.3'):\n"
+                    f"with initialize_config_dir(config_dir={str(root / 'conf')!r}, version_base='1.3'):\n"
                     "    compose('train', overrides=['experiment=mnist1d_tricks'])"],
-        "import torch": [sys.executable, "-c", "import torch"],
-        "import lightning.pytorch": [sys.executable, "-c", "import lightning.pytorch"],
     }
+
+
+def measure_startup(data_dir: Path, out: Path, repeats: int, ref: Path | None = None) -> dict[str, list[float]]:
+    """CPU s of whole processes: the 1-step run, composing alone, and the imports of torch and of Lightning alone;
+    with ``ref`` also the run and compose processes of that checkout (names suffixed `` (ref)``), every round
+    running each process once in the same order. A process runs in its checkout's root, so ``import lit_tricks``
+    finds that checkout's package before an installed one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
+    cmds = {name: (cmd, ROOT) for name, cmd in _startup_cmds(ROOT, data_dir, out).items()}
+    if ref is not None:
+        cmds.update({f"{name} (ref)": (cmd, ref) for name, cmd in _startup_cmds(ref, data_dir, out).items()})
+    cmds["import torch"] = ([sys.executable, "-c", "import torch"], ROOT)
+    cmds["import lightning.pytorch"] = ([sys.executable, "-c", "import lightning.pytorch"], ROOT)
     times: dict[str, list[float]] = {name: [] for name in cmds}
-    subprocess.run(cmds["compose"], capture_output=True, cwd=ROOT, env=env)  # fills the base-config cache once
+    for name in ("compose", "compose (ref)"):  # fills the base-config cache once (a checkout that has one)
+        if name in cmds:
+            subprocess.run(cmds[name][0], capture_output=True, cwd=cmds[name][1], env=env)
     for _ in range(repeats):
-        for name, cmd in cmds.items():
+        for name, (cmd, cwd) in cmds.items():
             before = _children_cpu()
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
             times[name].append(_children_cpu() - before)
     return times
 
 
-def bench_step_cost(short: int, long: int, repeats: int, only: list[str] | None = None) -> str:
-    """The markdown section: per-step CPU ms, the ratios the issue targets, the start-up."""
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir, out = Path(tmp) / "data", Path(tmp) / "runs"
-        data = _dataset(data_dir)
-        makers: dict[str, Callable[[], Runner]] = {
-            "plain": lambda: _plain(data), "lightning": lambda: _bare_lightning(data),
-            "baseline": lambda: _recipe("mnist1d_baseline", data_dir, out),
-            "tricks": lambda: _recipe("mnist1d_tricks", data_dir, out),
-            "plain_tricks": lambda: _plain_tricks(data),
-        }
-        runners = {name: makers[name]() for name in (only or list(makers))}
-        costs = per_step_costs(runners, short, long, repeats)
-        startup = measure_startup(data_dir, out, repeats) if not only else {}
+def _step_lines(costs: dict[str, list[float]], short: int, long: int, repeats: int) -> list[str]:
     med = {name: statistics.median(v) for name, v in costs.items()}
     rows = [[CONTENDERS[n], f"{med[n]:.3f}", ", ".join(f"{v:.2f}" for v in costs[n])] for n in med]
     lines = [
@@ -272,14 +273,56 @@ def bench_step_cost(short: int, long: int, repeats: int, only: list[str] | None 
     ratio("plain_tricks", "plain", None, "the same two steps in plain torch (what the tricks cost without a framework)")
     ratio("tricks", "plain_tricks", None, "tricks recipe (lit_tricks) / its plain-torch loop")
     ratio("lightning", "plain", None, "bare LightningModule / plain torch (the framework's floor)")
-    if startup:
-        med_s = {name: statistics.median(v) for name, v in startup.items()}
-        lines += ["", md_table(["process", "CPU s (median)", "runs"],
-                               [[_PROCESS.get(n, f"`{n}`"),
-                                 f"{med_s[n]:.2f}", ", ".join(f"{v:.2f}" for v in startup[n])] for n in med_s]),
-                  "",
-                  "- start-up beyond `import lightning.pytorch`: "
-                  f"{med_s['run'] - med_s['import lightning.pytorch']:.2f} CPU s"]
+    return lines
+
+
+def _startup_lines(startup: dict[str, list[float]], repeats: int) -> list[str]:
+    med = {name: statistics.median(v) for name, v in startup.items()}
+
+    def label(name: str) -> str:
+        base, ref = name.removesuffix(" (ref)"), name.endswith(" (ref)")
+        return _PROCESS.get(base, f"`{base}`") + (" — reference checkout" if ref else "")
+
+    lines = [f"Start-up: CPU s (user + sys) of whole processes, {repeats} rounds, every process once per round.", "",
+             md_table(["process", "CPU s (median)", "runs"],
+                      [[label(n), f"{med[n]:.2f}", ", ".join(f"{v:.2f}" for v in startup[n])] for n in med]),
+             ""]
+    imports = startup["import lightning.pytorch"]
+    lines.append(f"- start-up beyond `import lightning.pytorch`: {med['run'] - med['import lightning.pytorch']:.2f} "
+                 "CPU s")
+    if "run (ref)" in startup:
+        for name, what in (("run", "1-step run, whole process"), ("compose", "composing alone")):
+            per_round = [a / b for a, b in zip(startup[name], startup[f"{name} (ref)"])]
+            lines.append(f"- {what}, this checkout / reference: **{statistics.median(per_round):.2f}x**; rounds: "
+                         f"{', '.join(f'{v:.2f}' for v in per_round)}")
+        beyond = [(a - i) / (b - i) for a, b, i in zip(startup["run"], startup["run (ref)"], imports)]
+        lines.append(f"- 1-step run beyond `import lightning.pytorch` (same round's import subtracted), this checkout "
+                     f"/ reference: **{statistics.median(beyond):.2f}x** (target <= 0.5x: "
+                     f"{'met' if statistics.median(beyond) <= 0.5 else 'not met'}); rounds: "
+                     f"{', '.join(f'{v:.2f}' for v in beyond)}")
+    return lines
+
+
+def bench_step_cost(short: int, long: int, repeats: int, only: list[str] | None = None, ref: Path | None = None,
+                    startup_only: bool = False) -> str:
+    """The markdown section: per-step CPU ms, the ratios the issue targets, the start-up (not with ``only``; with
+    ``ref``, against that checkout's)."""
+    torch.set_num_threads(1)
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir, out = Path(tmp) / "data", Path(tmp) / "runs"
+        data = _dataset(data_dir)
+        if not startup_only:
+            makers: dict[str, Callable[[], Runner]] = {
+                "plain": lambda: _plain(data), "lightning": lambda: _bare_lightning(data),
+                "baseline": lambda: _recipe("mnist1d_baseline", data_dir, out),
+                "tricks": lambda: _recipe("mnist1d_tricks", data_dir, out),
+                "plain_tricks": lambda: _plain_tricks(data),
+            }
+            runners = {name: makers[name]() for name in (only or list(makers))}
+            lines += _step_lines(per_step_costs(runners, short, long, repeats), short, long, repeats)
+        if startup_only or not only:
+            lines += ([""] if lines else []) + _startup_lines(measure_startup(data_dir, out, repeats, ref), repeats)
     info = machine_info()
     load = info["load average (1, 5, 15 min)"]
     lines += ["", f"Machine: {info['cpu']}, {info['cpu cores']} cores, load average {load} (1, 5, 15 min) at the end; "
@@ -288,11 +331,14 @@ def bench_step_cost(short: int, long: int, repeats: int, only: list[str] | None 
 
 
 def bench_step_cost_section(quick: bool) -> tuple[str, str]:
-    """``benchmarks/run_all.py``'s section (sizes from ``BENCH_STEP_COST_REPEATS``, default 5; skipped by --quick)."""
+    """``benchmarks/run_all.py``'s section (sizes from ``BENCH_STEP_COST_REPEATS``, default 5; the start-up also of
+    the checkout at ``BENCH_STEP_COST_REF`` when set; skipped by --quick)."""
     title = "MNIST-1D per-step cost and start-up (lit_tricks vs Lightning vs plain torch)"
     if quick:
         return title, "skipped in --quick (trains the recipes for minutes; run `--only step_cost`)."
-    return title, bench_step_cost(200, 1000, int(os.environ.get("BENCH_STEP_COST_REPEATS", 5)))
+    ref = os.environ.get("BENCH_STEP_COST_REF")
+    return title, bench_step_cost(200, 1000, int(os.environ.get("BENCH_STEP_COST_REPEATS", 5)),
+                                  ref=Path(ref) if ref else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", choices=sorted(CONTENDERS), help="time only these contenders")
     parser.add_argument("--table", type=Path, help="also write the section to this markdown file")
+    parser.add_argument("--startup-ref", type=Path, help="another checkout whose start-up is timed alongside")
+    parser.add_argument("--startup-only", action="store_true", help="time the start-up only")
     args = parser.parse_args(argv)
     import logging
     import warnings
@@ -309,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lit_tricks"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    text = bench_step_cost(args.short, args.long, args.repeats, args.only)
+    text = bench_step_cost(args.short, args.long, args.repeats, args.only, args.startup_ref, args.startup_only)
     print(text)
     if args.table:
         args.table.parent.mkdir(parents=True, exist_ok=True)
