@@ -283,7 +283,9 @@ def _startup_lines(startup: dict[str, list[float]], repeats: int) -> list[str]:
         base, ref = name.removesuffix(" (ref)"), name.endswith(" (ref)")
         return _PROCESS.get(base, f"`{base}`") + (" — reference checkout" if ref else "")
 
-    lines = [f"Start-up: CPU s (user + sys) of whole processes, {repeats} rounds, every process once per round.", "",
+    lines = [f"Start-up: CPU s (user + sys) of whole processes, {repeats} rounds, every process once per round; the "
+             "reference checkout (`--startup-ref` / `BENCH_STEP_COST_REF`), when given, runs its own lit_tricks and "
+             "conf/ in the same environment.", "",
              md_table(["process", "CPU s (median)", "runs"],
                       [[label(n), f"{med[n]:.2f}", ", ".join(f"{v:.2f}" for v in startup[n])] for n in med]),
              ""]
