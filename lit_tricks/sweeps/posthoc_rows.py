@@ -38,12 +38,10 @@ def _lengths(job: JobResult) -> dict[float, dict[str, float]]:
     return out
 
 
-def _row(job: JobResult, sigma_rel: float, value: float, key: str) -> JobResult:
+def _row(job: JobResult, sigma_rel: float, value: float) -> JobResult:
     best = job.dir / "posthoc_ema" / "posthoc-ema-best.ckpt"
     chosen = job.metrics.get("posthoc_ema/sigma_rel") == sigma_rel and best.is_file()
-    ok = math.isfinite(value)
     return replace(job, params={**job.params, SIGMA_REL: sigma_rel}, objective=value,
-                   status=job.status if ok else "failed", error=None if ok else f"{key} is {value}",
                    best_ckpt=str(best) if chosen else None)
 
 
@@ -51,7 +49,7 @@ def sigma_rel_rows(jobs: Sequence[JobResult]) -> tuple[list[JobResult], str | No
     """``jobs`` with one more row per post-hoc EMA length for every ok job that has them (see module doc), and a
     one-line note for the report (None when no job has post-hoc EMA scores)."""
     out: list[JobResult] = []
-    expanded, lengths, missing = 0, set[float](), set[str]()
+    expanded, lengths, missing, non_finite = 0, set[float](), set[str](), 0
     for job in jobs:
         out.append(job)
         scores = _lengths(job) if job.ok else {}
@@ -63,8 +61,9 @@ def sigma_rel_rows(jobs: Sequence[JobResult]) -> tuple[list[JobResult], str | No
             continue
         expanded += 1
         lengths.update(scores)
-        out += [_row(job, s, row[monitor], f"posthoc_ema/sigma_rel={s:g}/{monitor}")
-                for s, row in sorted(scores.items())]
+        finite = {s: row[monitor] for s, row in sorted(scores.items()) if math.isfinite(row[monitor])}
+        non_finite += len(scores) - len(finite)  # a length that diverged is no failed job: the job's own row stands
+        out += [_row(job, s, value) for s, value in finite.items()]
     if not expanded and not missing:
         return out, None
     note = ""
@@ -72,6 +71,8 @@ def sigma_rel_rows(jobs: Sequence[JobResult]) -> tuple[list[JobResult], str | No
         note = (f"sigma_rel as a hyperparameter: {expanded} job(s) ranked once per post-hoc EMA length "
                 f"({', '.join(f'{s:g}' for s in sorted(lengths))}; column {SIGMA_REL}, empty: the run's own weights); "
                 "ranges narrowed on each job's best row.")
+        if non_finite:
+            note += f" {non_finite} (job, length) score(s) not finite, left out."
     if missing:
         note += (f"{' ' if note else ''}No sigma_rel rows for jobs monitoring {', '.join(sorted(missing))}: the "
                  "post-hoc EMA scores acc and nll only (monitor e.g. val/acc or val/nll).")

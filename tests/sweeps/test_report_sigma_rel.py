@@ -70,3 +70,14 @@ def test_a_monitor_the_posthoc_evaluation_does_not_score_makes_no_rows(tmp_path:
     note = [w for w in report.warnings if "sigma_rel" in w]
     assert len(note) == 1 and "monitoring val/loss" in note[0] and "\n" not in note[0]
     assert main([str(tmp_path), "--no-sigma-rel"]) == 0 and "sigma_rel" not in (tmp_path / "report.md").read_text()
+
+
+def test_a_length_with_a_non_finite_score_is_left_out_and_the_job_stays_ok(tmp_path: Path) -> None:
+    _job(tmp_path, 0, 0.01, 0.70, {0.05: 0.72, 0.1: float("nan")})
+    _job(tmp_path, 1, 0.1, 0.80, {0.05: 0.79, 0.1: 0.81})
+    report = build_report(tmp_path)
+    rows = [(j.num, j.params.get(SIGMA_REL)) for j in report.ok_jobs]
+    assert (0, 0.1) not in rows and {(0, None), (0, 0.05), (1, None), (1, 0.05), (1, 0.1)} == set(rows)
+    assert not report.failed_jobs
+    text = report.markdown()
+    assert "2 jobs: 2 ok, 0 failed" in text and "1 (job, length) score(s) not finite, left out." in text
