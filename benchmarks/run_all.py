@@ -6,8 +6,9 @@
 Sections: EMA (ours vs Lightning's EMAWeightAveraging, AveragedModel + get_ema_multi_avg_fn, timm ModelEmaV3, and the
 bound of one ``torch._foreach_lerp_``), gradient clipping (vs ``torch.nn.utils.clip_grad_norm_(foreach=True)``),
 ensemble prediction (member loop vs ``torch.func.vmap``), the all-four overhead on resnet18 32x32, TPE sweeps with and
-without pruning (``--only sweep``) and MNIST-1D time to 94% (the paper's recipe vs ``experiment=mnist1d_fast``; see
-benchmarks/mnist1d.py).
+without pruning (``--only sweep``), MNIST-1D time to 94% (the paper's recipe vs ``experiment=mnist1d_fast``; see
+benchmarks/mnist1d.py) and the MNIST-1D recipes' per-step cost against a bare LightningModule and plain torch, with
+the start-up (``--only step_cost``; see benchmarks/step_cost.py).
 A peer or one of our callbacks that cannot be imported is skipped with a note instead of failing the run.
 """
 
@@ -42,6 +43,7 @@ from benchmarks.common import (  # noqa: E402
     random_loader,
 )
 from benchmarks.mnist1d import bench_mnist1d  # noqa: E402
+from benchmarks.step_cost import bench_step_cost_section  # noqa: E402
 
 __all__ = ["bench_clip", "bench_ema", "bench_ensemble", "bench_overhead", "bench_sweep", "main"]
 
@@ -364,6 +366,7 @@ BENCHES: dict[str, Callable[[bool], Section]] = {
     "overhead": bench_overhead,
     "sweep": bench_sweep,
     "mnist1d": bench_mnist1d,
+    "step_cost": bench_step_cost_section,
 }
 
 

@@ -9,11 +9,21 @@ without ``+``. The fields are untyped (``Any``):
 each component checks its own arguments (:mod:`lit_tricks.validation`), so a bad value gets the component's
 one-line error, not a second rule in the config layer.
 
-The Hydra plugin ``hydra_plugins.lit_tricks_searchpath`` calls :func:`register_bases` before any config is composed.
+The Hydra plugin ``hydra_plugins.lit_tricks_searchpath`` calls :func:`register_bases` before any config is composed,
+in every Hydra app of the environment. Building the bases imports every target (torch, Lightning, all of lit_tricks:
+seconds), so their specs (class name, field names and defaults) are cached in a JSON file keyed by lit_tricks'
+version and the modification times of its sources, the torch / Lightning / hydra-zen versions and Python's
+(:func:`cache_dir`); a hit rebuilds the very same dataclasses without importing anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +31,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
 from omegaconf import DictConfig
 
-__all__ = ["BASES", "EXCLUDE", "base_name", "load_preset", "register_bases"]
+__all__ = ["BASES", "EXCLUDE", "base_name", "cache_dir", "cached_bases", "load_preset", "register_bases"]
 
 #: Public paths of the targets the presets start from.
 BASES: tuple[str, ...] = (
@@ -113,15 +123,100 @@ def build_base(path: str) -> Any:
 _REGISTERED = False
 
 
+def cache_dir() -> Path:
+    """Where the base specs are cached: ``$LIT_TRICKS_CACHE_DIR``, else ``$XDG_CACHE_HOME/lit_tricks``, else
+    ``~/.cache/lit_tricks``."""
+    if os.environ.get("LIT_TRICKS_CACHE_DIR"):
+        return Path(os.environ["LIT_TRICKS_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lit_tricks"
+
+
+def _cache_key() -> str:
+    """A hash of everything the bases are built from: lit_tricks' sources (path, size, mtime), the versions of the
+    packages that define targets or build them, and Python's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    digest = hashlib.sha256(repr(sys.version_info[:2]).encode())
+    for dist in ("lit_tricks", "torch", "lightning", "hydra-zen", "hydra-core", "omegaconf"):
+        try:
+            digest.update(f"{dist}={version(dist)};".encode())
+        except PackageNotFoundError:
+            digest.update(f"{dist}=none;".encode())
+    package = Path(__file__).resolve().parent
+    for source in sorted(package.rglob("*.py")):
+        stat = source.stat()
+        digest.update(f"{source.relative_to(package)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:32]
+
+
+def _encode(value: Any) -> Any:
+    """A default as JSON (tuples tagged); TypeError for anything else, which is then not cached."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, tuple):
+        return {"tuple": [_encode(v) for v in value]}
+    raise TypeError(f"uncacheable default {value!r}")
+
+
+def _decode(value: Any) -> Any:
+    return tuple(_decode(v) for v in value["tuple"]) if isinstance(value, dict) else value
+
+
+def _spec(node: Any) -> dict[str, Any]:
+    """What rebuilds ``node`` (a hydra-zen dataclass: untyped fields, plain defaults or required, ``_target_`` and
+    ``_partial_`` out of ``__init__``)."""
+    fields = dataclasses.fields(node)
+    if any(f.type is not Any or f.default_factory is not dataclasses.MISSING for f in fields):
+        raise TypeError(f"{node.__name__}: a typed field or a default factory")
+    return {"name": node.__name__, "fields": [
+        [f.name, None if f.default is dataclasses.MISSING else [_encode(f.default)], f.init] for f in fields]}
+
+
+def _rebuild(spec: dict[str, Any]) -> Any:
+    """The dataclass of ``spec``, as hydra-zen makes it (``eq`` and ``unsafe_hash``)."""
+    fields = [(name, Any, dataclasses.field(init=init) if default is None
+               else dataclasses.field(default=_decode(default[0]), init=init))
+              for name, default, init in spec["fields"]]
+    node = dataclasses.make_dataclass(spec["name"], fields, eq=True, unsafe_hash=True)
+    node.__module__ = "types"
+    return node
+
+
+def cached_bases(directory: Path | None = None) -> dict[str, Any]:
+    """The base dataclass of every path in :data:`BASES`: from the cache when its key matches, else built (and the
+    cache written atomically; a cache that cannot be read or written is rebuilt or skipped, never an error)."""
+    key = _cache_key()
+    path = (directory or cache_dir()) / f"config_bases-{key}.json"
+    try:
+        specs = json.loads(path.read_text())
+        if specs.get("key") == key and sorted(specs["bases"]) == sorted(BASES):
+            return {p: _rebuild(specs["bases"][p]) for p in BASES}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    nodes = {p: build_base(p) for p in BASES}
+    try:
+        text = json.dumps({"key": key, "bases": {p: _spec(n) for p, n in nodes.items()}})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".config_bases-", delete=False) as tmp:
+            tmp.write(text)
+        os.replace(tmp.name, path)
+        for stale in path.parent.glob("config_bases-*.json"):  # other keys: older sources or packages
+            if stale != path:
+                stale.unlink(missing_ok=True)
+    except (OSError, TypeError):
+        pass
+    return nodes
+
+
 def register_bases(store: ConfigStore | None = None) -> None:
-    """Store every base of :data:`BASES` in Hydra's ConfigStore (once per process)."""
+    """Store every base of :data:`BASES` in Hydra's ConfigStore (once per process; from the cache when valid)."""
     global _REGISTERED
     if _REGISTERED and store is None:
         return
     store = store or ConfigStore.instance()
-    for path in BASES:
+    for path, node in cached_bases().items():
         group, _, name = base_name(path).rpartition("/")
-        store.store(group=group, name=name, node=build_base(path), provider="lit_tricks")
+        store.store(group=group, name=name, node=node, provider="lit_tricks")
     _REGISTERED = True
 
 

@@ -1,7 +1,12 @@
-"""Per-sample augmentation of 1-D signals (MNIST-1D): random shift (zero/edge padding or roll), Gaussian noise,
-amplitude scale. Works on any float tensor ``(*, L)``: the last dimension is the signal's time axis.
+"""Augmentation of 1-D signals (MNIST-1D): random shift (zero/edge padding or roll), Gaussian noise, amplitude
+scale. Works on any float tensor ``(*, L)``: the last dimension is the signal's time axis.
 
-Randomness comes from torch's global RNG, so the DataModule's per-sample seed reproduces it (as for images).
+``forward`` augments one sample from torch's global RNG (the DataModule's per-sample seed reproduces it, as for
+images); ``apply_batch(x, generator)`` augments a batch ``(N, *, L)`` at once, each sample with its own draws (one
+tensor op per step draws all N shifts, noises or scales from ``generator``): what
+:class:`lit_tricks.data.tensor_loader.TensorLoader` calls, one seeded generator per batch. A step registered in
+:data:`SIGNAL_STEPS` without an ``apply_batch`` still works there: its ``forward`` runs per sample, each under a seed
+drawn from the generator (:func:`per_sample_batch`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from torch import Tensor, nn
 from lit_tricks.augment.steps import build_step, split_step
 from lit_tricks.hydra_utils import to_plain
 
-__all__ = ["SIGNAL_STEPS", "AmplitudeScale", "RandomShift1d", "SignalNoise", "SignalPipeline"]
+__all__ = ["SIGNAL_STEPS", "AmplitudeScale", "RandomShift1d", "SignalNoise", "SignalPipeline", "per_sample_batch"]
 
 SHIFT_MODES = ("zeros", "edge", "roll")
 
@@ -53,6 +58,22 @@ class RandomShift1d(nn.Module):
         out = padded[..., :length] if k > 0 else padded[..., s:]
         return out.reshape(x.shape)
 
+    def apply_batch(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Each sample of ``x (N, *, L)`` shifted by its own draw (kept with probability ``p``)."""
+        n, length = x.shape[0], x.shape[-1]
+        k = torch.randint(-self.max_shift, self.max_shift + 1, (n,), generator=generator)
+        if self.p < 1.0:
+            k = torch.where(torch.rand(n, generator=generator) < self.p, k, 0)
+        src = torch.arange(length) - k[:, None]  # out[i] = x[i - k], as torch.roll / the padded slices
+        flat = x.reshape(n, -1, length)
+        if self.mode == "roll":
+            src = src % length
+        index = src.clamp(0, length - 1)[:, None, :].expand_as(flat)
+        out = flat.gather(-1, index)
+        if self.mode == "zeros":
+            out = out * ((src >= 0) & (src < length))[:, None, :].to(out.dtype)
+        return out.reshape(x.shape)
+
     def extra_repr(self) -> str:
         return f"max_shift={self.max_shift}, mode={self.mode}, p={self.p}"
 
@@ -68,6 +89,11 @@ class SignalNoise(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.sigma * torch.randn_like(x) if self.sigma > 0 else x
+
+    def apply_batch(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        if self.sigma == 0:
+            return x
+        return x + self.sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
@@ -85,6 +111,10 @@ class AmplitudeScale(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         factor = self.low + (self.high - self.low) * float(torch.rand(()))
         return x * factor
+
+    def apply_batch(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return x * (self.low + (self.high - self.low) * torch.rand(shape, generator=generator, dtype=x.dtype))
 
     def extra_repr(self) -> str:
         return f"low={self.low}, high={self.high}"
@@ -121,8 +151,39 @@ class SignalPipeline(nn.Module):
         return module
 
     def forward(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or not x.is_floating_point():
-            raise TypeError(f"SignalPipeline input: expected a float tensor (*, L), got {type(x).__name__}")
+        self._check(x)
         for step in self.steps:
             x = step(x)
         return x
+
+    def apply_batch(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """The steps on a batch ``(N, *, L)``, every sample with its own draws, all from ``generator``.
+
+        A step without its own ``apply_batch`` runs its ``forward`` on each sample under a seed drawn from
+        ``generator`` (:func:`per_sample_batch`): the same draws, only slower."""
+        self._check(x)
+        for step in self.steps:
+            batched = getattr(step, "apply_batch", None)
+            x = batched(x, generator) if batched is not None else per_sample_batch(step, x, generator)
+        return x
+
+    @staticmethod
+    def _check(x: Tensor) -> None:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"SignalPipeline input: expected a float tensor (*, L), got {type(x).__name__}")
+
+
+def per_sample_batch(step: Callable[[Tensor], Tensor], x: Tensor, generator: torch.Generator) -> Tensor:
+    """``step`` (one sample's augmentation from torch's global RNG) on each sample of ``x (N, *, L)``, sample ``i``
+    under the CPU generator seeded with ``s_i`` drawn from ``generator``; torch's global CPU RNG is restored after
+    (the CUDA generators are never touched)."""
+    seeds = torch.randint(0, 2**62, (x.shape[0],), generator=generator).tolist()
+    state = torch.get_rng_state()
+    try:
+        out = []
+        for seed, sample in zip(seeds, x):
+            torch.default_generator.manual_seed(seed)
+            out.append(step(sample))
+    finally:
+        torch.set_rng_state(state)
+    return torch.stack(out) if out else x

@@ -14,8 +14,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lit_tricks.data.preprocessing import PREPROCESSING, FittedPreprocessor, fit_preprocessor
-from lit_tricks.data.sampling import ImageSource, SplitDataset, train_loader
+from lit_tricks.data.sampling import ImageSource, ResumableSampler, SplitDataset, TensorImages, train_loader
 from lit_tricks.data.splits import bootstrap_indices, mix_seed, stratified_holdout, stratified_kfold
+from lit_tricks.data.tensor_loader import TensorLoader
 from lit_tricks.validation import ArgumentError, is_int, is_number, number_problem, raise_all
 
 __all__ = ["SplitDataModule", "merged_signature"]
@@ -222,12 +223,21 @@ class SplitDataModule(pl.LightningDataModule):
         """Seed of the shuffle order and of the per-sample augmentation RNG."""
         return self.seed if self.seed is not None else _training_seed()
 
-    def train_dataloader(self) -> DataLoader[Any]:
+    def train_dataloader(self) -> DataLoader[Any] | TensorLoader:
+        """Resumable training batches: a :class:`~lit_tricks.data.tensor_loader.TensorLoader` (one indexing op per
+        batch) for an in-memory pool without workers (nor ``Trainer(overfit_batches)``), else a
+        ``StatefulDataLoader``; the same batches either way."""
         source = self._require_setup()
         seed = self.data_seed()
         dataset = SplitDataset(source, self.split_indices["train"], self.train_transform, seed=seed)
         trainer = getattr(self, "trainer", None)
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        # Lightning's overfit_batches swaps the sampler of a DataLoader for a SequentialSampler: keep one for it
+        if self.num_workers == 0 and isinstance(source, TensorImages) and not getattr(trainer, "overfit_batches", 0):
+            sampler = ResumableSampler(dataset, seed=seed, shuffle=self.shuffle, num_replicas=replicas, rank=rank,
+                                       drop_last=self.drop_last)
+            return TensorLoader(dataset, sampler, self.batch_size, drop_last=self.drop_last,
+                                pin_memory=self.pin_memory)
         return train_loader(dataset, batch_size=self.batch_size, num_workers=self.num_workers, seed=seed,
                             shuffle=self.shuffle, num_replicas=replicas, rank=rank, drop_last=self.drop_last,
                             pin_memory=self.pin_memory, persistent_workers=self.persistent_workers)

@@ -1,5 +1,6 @@
-"""The task side of TrickModule: outputs (with test-time augmentation), the data loss, and the validation, test and
-predict steps with their metrics, computed once per weight variant (:mod:`lit_tricks.weight_variants`)."""
+"""The task side of TrickModule: outputs (with test-time augmentation), the data loss and how the training loss is
+logged, and the validation, test and predict steps with their metrics, computed once per weight variant
+(:mod:`lit_tricks.weight_variants`)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,28 @@ import torch
 from torch import Tensor, nn
 
 from lit_tricks.augment.tta import tta_flip
+from lit_tricks.compat import logs_this_step, module_trainer
 from lit_tricks.functional.losses import binned_expected_value, binned_point
 from lit_tricks.modules.tasks import is_regression_output, task_loss
 from lit_tricks.weight_variants import WeightVariants
 
-__all__ = ["TaskSteps"]
+__all__ = ["TRAIN_LOSS", "TaskSteps", "step_value_read"]
+
+#: The name of the training loss: logged as ``train/loss_step`` and ``train/loss_epoch`` (and ``train/loss`` for
+#: callbacks), the names of Lightning's ``self.log("train/loss", on_step=True, on_epoch=True)``.
+TRAIN_LOSS = "train/loss"
+_MEANS_KEY = "lit_tricks_epoch_means"
+
+
+def step_value_read(trainer: pl.Trainer, names: tuple[str, ...] = (TRAIN_LOSS, f"{TRAIN_LOSS}_step")) -> bool:
+    """Whether a value logged with ``on_step=True`` at this batch is read by anyone: Lightning writes step metrics
+    now (every ``log_every_n_steps``), the progress bar shows them, a fast_dev_run, the epoch's or the fit's last
+    batch (the values a run ends with), or a callback monitors one of ``names`` (a checkpoint every k steps)."""
+    if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or 0 <= trainer.max_steps <= trainer.global_step + 1:
+        return True
+    if trainer.progress_bar_callback is not None or trainer.fast_dev_run or logs_this_step(trainer):  # type: ignore
+        return True
+    return any(getattr(cb, "monitor", None) in names for cb in trainer.callbacks)  # type: ignore[attr-defined]
 
 
 class TaskSteps(pl.LightningModule):
@@ -34,6 +52,50 @@ class TaskSteps(pl.LightningModule):
     num_classes: int | None
     top_k: int
     tta: bool
+
+    _epoch_means: dict[str, list[Any]] | None = None  # name -> [sum of value * batch size (a tensor), batch sizes]
+    _means_epoch = -1  # the epoch they sum over
+
+    def log_train_loss(self, loss: Tensor, batch_size: int) -> None:
+        """Log the training loss as ``self.log("train/loss", on_step=True, on_epoch=True, prog_bar=True,
+        sync_dist=True)`` does (the same names and values), at a fraction of its cost: ``self.log`` runs only on
+        the steps whose value is read (:func:`step_value_read`; every ``log_every_n_steps`` with the presets); the
+        epoch's weighted mean sums in a tensor (no host sync) and is logged at the epoch end."""
+        value = loss.detach()
+        self.accumulate_epoch_mean(f"{TRAIN_LOSS}_epoch", value, batch_size)
+        trainer = module_trainer(self)
+        if trainer is not None and step_value_read(trainer):  # without a Trainer, self.log only warns
+            log = functools.partial(self.log, on_step=True, on_epoch=False, batch_size=batch_size, sync_dist=True)
+            log(TRAIN_LOSS, value, logger=False)  # what callbacks read (the epoch mean after the epoch end)
+            log(f"{TRAIN_LOSS}_step", value, prog_bar=True)
+
+    def accumulate_epoch_mean(self, name: str, value: Tensor, batch_size: int) -> None:
+        """Add ``value`` (a scalar tensor, mean over ``batch_size`` samples) to the epoch mean logged as ``name``
+        at the epoch end (weighted by batch size and reduced over ranks, as Lightning's ``on_epoch=True``)."""
+        if self._epoch_means is None or self._means_epoch != self.current_epoch:
+            self._epoch_means, self._means_epoch = {}, self.current_epoch
+        total = self._epoch_means.setdefault(name, [torch.zeros((), dtype=value.dtype, device=value.device), 0])
+        total[0] = total[0] + value * batch_size
+        total[1] += batch_size
+
+    def on_train_epoch_end(self) -> None:
+        for name, (total, count) in (self._epoch_means or {}).items():
+            if count and self._means_epoch == self.current_epoch:
+                mean, loss = total / count, name == f"{TRAIN_LOSS}_epoch"
+                self.log(name, mean, on_step=False, on_epoch=True, prog_bar=loss, batch_size=count, sync_dist=True)
+                if loss:
+                    self.log(TRAIN_LOSS, mean, on_epoch=True, logger=False, batch_size=count, sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The epoch means in progress (a mid-epoch resume goes on summing them)."""
+        means = {name: [total.detach().cpu(), count] for name, (total, count) in (self._epoch_means or {}).items()}
+        checkpoint[_MEANS_KEY] = {"epoch": self._means_epoch, "means": means}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(_MEANS_KEY) or {}
+        self._means_epoch = int(state.get("epoch", -1))
+        self._epoch_means = {name: [total.to(self.device), int(count)]
+                             for name, (total, count) in state.get("means", {}).items()}
 
     def forward(self, x: Tensor) -> Tensor:
         """Outputs on raw inputs: ``model(preprocess(x))``."""

@@ -202,10 +202,9 @@ class TrickModule(ShardedModel, TaskSteps):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
         if not self.automatic_optimization:  # a second-order optimizer: one step on the full batch
-            loss_before = self.optimizers().step(closure=lambda: (x, y))  # type: ignore[union-attr]
-            self.log("train/loss", float(loss_before), on_step=True, on_epoch=True, prog_bar=True,
-                     batch_size=x.shape[0], sync_dist=True)
-            return torch.as_tensor(float(loss_before))
+            loss_before = torch.as_tensor(float(self.optimizers().step(closure=lambda: (x, y))))  # type: ignore
+            self.log_train_loss(loss_before, x.shape[0])
+            return loss_before
         if self.batch_augment is not None:
             x, y = self.batch_augment(x, y)
         h = self.preprocess(x)
@@ -213,8 +212,9 @@ class TrickModule(ShardedModel, TaskSteps):
             h = h.detach().requires_grad_(True)
         out = self.model(h)
         loss = self.compute_loss(out, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0],
-                 sync_dist=True)  # one scalar all-reduce per step under DDP; no warning, the mean over ranks
+        self.log_train_loss(loss, x.shape[0])  # train/loss_step and train/loss_epoch, self.log when read
+        if not (self.l1 > 0 or self.jacobian_reg > 0 or self._decay_mode == "loss"):
+            return loss
         penalty = loss.new_zeros(())
         if self.l1 > 0:
             penalty = penalty + self.l1 * l1_penalty(self._decay_params())
@@ -222,11 +222,8 @@ class TrickModule(ShardedModel, TaskSteps):
             penalty = penalty + self.weight_decay * l2_penalty(self._decay_params())
         if self.jacobian_reg > 0:
             penalty = penalty + self.jacobian_reg * jacobian_penalty(out, h, self.jacobian_projections)
-        if self.l1 > 0 or self.jacobian_reg > 0 or self._decay_mode == "loss":
-            self.log("train/penalty", penalty.detach(), on_step=False, on_epoch=True, batch_size=x.shape[0],
-                     sync_dist=True)
-            return loss + penalty
-        return loss
+        self.accumulate_epoch_mean("train/penalty", penalty.detach(), x.shape[0])  # logged at the epoch end
+        return loss + penalty
 
     # --------------------------------------------------------------------------------------------- optimizers
     def describe_param_groups(self) -> str:
@@ -268,9 +265,11 @@ class TrickModule(ShardedModel, TaskSteps):
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # the epoch means in progress
         save_preprocess_class(self.preprocess, checkpoint)  # load_from_checkpoint rebuilds it when not passed
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.preprocess = restored_preprocess(self.preprocess, checkpoint)
 
     def on_train_start(self) -> None:

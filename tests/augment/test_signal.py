@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit_tricks.augment import SignalPipeline
-from lit_tricks.augment.signal import AmplitudeScale, RandomShift1d, SignalNoise
+from lit_tricks.augment.signal import SIGNAL_STEPS, AmplitudeScale, RandomShift1d, SignalNoise
 from tests.augment.presets import SIGNAL_PRESETS, load_preset
 
 
@@ -68,3 +68,72 @@ def test_signal_presets_keep_shape_and_reproduce(name: str) -> None:
         outs.append(pipe(x))
     assert all(o.shape == x.shape and o.dtype == x.dtype for o in outs)
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+def _seed_drawing(module: RandomShift1d, k: int) -> int:
+    """A global seed under which the per-sample ``forward`` draws shift ``k``."""
+    return next(s for s in range(10_000) if _shift_of(module, s) == k)
+
+
+@pytest.mark.parametrize("mode", ["roll", "zeros", "edge"])
+def test_batch_shift_is_the_per_sample_shift_of_each_row(mode: str) -> None:
+    """``apply_batch``: row i is what ``forward`` makes of sample i with the i-th draw of the generator."""
+    shift = RandomShift1d(3, mode)
+    x = torch.randn(64, 1, 2, 10, generator=torch.Generator().manual_seed(0))
+    out = shift.apply_batch(x, torch.Generator().manual_seed(7))
+    ks = torch.randint(-3, 4, (64,), generator=torch.Generator().manual_seed(7))
+    assert len(set(ks.tolist())) == 7  # every sample its own draw
+    for i, k in enumerate(ks.tolist()):
+        torch.manual_seed(_seed_drawing(shift, k))
+        assert torch.equal(out[i], shift(x[i]))
+
+
+def test_batch_noise_scale_and_probability() -> None:
+    x = torch.ones(500, 1, 1, 40)
+    noise = SignalNoise(0.5).apply_batch(x, torch.Generator().manual_seed(1))
+    assert torch.equal(noise, x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)))
+    scaled = AmplitudeScale(0.8, 1.2).apply_batch(x, torch.Generator().manual_seed(2))
+    factors = scaled[:, 0, 0, 0]
+    assert torch.equal(scaled, factors[:, None, None, None].expand_as(x))  # one factor per sample
+    assert 0.8 <= float(factors.min()) and float(factors.max()) <= 1.2 and factors.unique().numel() == 500
+    ramp = torch.arange(40.0).expand(500, 1, 1, 40)
+    moved = RandomShift1d(4, "roll", p=0.3).apply_batch(ramp, torch.Generator().manual_seed(3))
+    kept = (moved == ramp).all(-1).flatten().float().mean()
+    assert abs(float(kept) - (0.7 + 0.3 / 9)) < 0.08  # unshifted: 1 - p, plus the draws of k = 0
+
+
+def test_pipeline_batch_draws_only_from_the_generator() -> None:
+    pipe = SignalPipeline([{"shift": {"max_shift": 4}}, {"noise": {"sigma": 0.1}}, "scale"])
+    x = torch.randn(8, 1, 1, 40, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    a = pipe.apply_batch(x, torch.Generator().manual_seed(5))
+    b = pipe.apply_batch(x, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())  # the global RNG untouched
+    assert torch.equal(a, b) and not torch.equal(a, pipe.apply_batch(x, torch.Generator().manual_seed(6)))
+    assert a.shape == x.shape and a.dtype == x.dtype
+
+
+class _ForwardOnlyStep(torch.nn.Module):
+    """A step with a forward only (one sample, global RNG), as a newly registered step may be."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (1 + torch.rand(())) + torch.randn_like(x)
+
+
+def test_pipeline_batch_runs_a_forward_only_step_per_sample_under_drawn_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Oracle: each sample through the step's forward after torch.manual_seed(s_i), s_i the generator's draws."""
+    monkeypatch.setitem(SIGNAL_STEPS, "forward_only", _ForwardOnlyStep)
+    pipe = SignalPipeline(["forward_only", {"noise": {"sigma": 0.1}}])
+    x = torch.randn(5, 1, 40, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    out = pipe.apply_batch(x, torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(1).get_state())  # the global RNG restored
+
+    gen = torch.Generator().manual_seed(7)
+    seeds = torch.randint(0, 2**62, (5,), generator=gen).tolist()
+    rows = []
+    for seed, sample in zip(seeds, x):
+        torch.manual_seed(seed)
+        rows.append(sample * (1 + torch.rand(())) + torch.randn_like(sample))
+    expected = torch.stack(rows) + 0.1 * torch.randn(x.shape, generator=gen)
+    assert torch.equal(out, expected)

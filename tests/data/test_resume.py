@@ -145,9 +145,10 @@ def test_plain_dataloader_fallback_without_torchdata(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(sampling, "StatefulDataLoader", None)
     dm = DigitsDataModule(batch_size=64, seed=0)
     dm.setup("fit")
-    loader = dm.train_dataloader()
+    dataset = sampling.SplitDataset(dm.source, dm.split_indices["train"], seed=0)  # type: ignore[arg-type]
+    loader = sampling.train_loader(dataset, batch_size=64, num_workers=0, seed=0)  # what num_workers > 0 gets
     assert type(loader) is torch.utils.data.DataLoader
     monkeypatch.undo()
-    stateful = dm.train_dataloader()
+    stateful = dm.train_dataloader()  # in memory, no workers: the TensorLoader (no torchdata needed)
     assert type(stateful) is not torch.utils.data.DataLoader and hasattr(stateful, "state_dict")
     assert_same_batches([next(iter(loader))], [next(iter(stateful))])  # same order either way

@@ -1,0 +1,371 @@
+"""Per-step cost of the MNIST-1D recipes against their floors, and the start-up before the first step.
+
+Contenders, each timed in this process (1 torch thread, the same ``nice`` level for all, interleaved, repeated):
+
+- ``plain``: the paper's loop in plain torch (``benchmarks/mnist1d_reference.py``'s ``train_one``: the tensors sliced
+  per batch, Adam, no Lightning);
+- ``lightning``: a bare ``LightningModule`` (the same ConvBase, Adam, cross-entropy, no logging) over the same
+  fixed-order in-memory batches (a list of tensors), a Trainer with the recipe's step-relevant flags
+  (``deterministic=True``, 32-bit) and everything else off: the framework's floor;
+- ``baseline``: ``lit_tricks.run.train`` of ``experiment=mnist1d_baseline`` (the paper's recipe as users run it);
+- ``tricks``: ``lit_tricks.run.train`` of ``experiment=mnist1d_tricks``;
+- ``plain_tricks``: the tricks recipe's step in plain torch (BatchNorm, dropout, AdamW, OneCycleLR, batch
+  augmentation, label smoothing, clipping, EMA): what the tricks cost without any framework.
+
+Per-step cost = (CPU s of a ``long``-step run - CPU s of a ``short``-step run) / (long - short): the set-up, the
+test pass and everything else paid once cancel. CPU time (``time.process_time``), not wall time: the machine is
+shared, and a process that waits for a core is not charged. The median over ``--repeats`` rounds is reported, each
+round running every contender once per length in a rotated order.
+
+Start-up: CPU s of a whole ``scripts/train.py experiment=mnist1d_baseline trainer.max_steps=1 logger=none`` process
+(Python start, imports, Hydra composition, data from the cache, Trainer set-up, one step, the test pass), of a process
+that only composes ``experiment=mnist1d_tricks`` (what every Hydra app pays for lit_tricks' search-path plugin), and
+of ``python -c "import torch"`` and ``python -c "import lightning.pytorch"`` (imports a training run cannot avoid).
+With ``--startup-ref DIR`` (another checkout, e.g. ``git archive main | tar -x -C DIR``) the same run and compose
+processes of that checkout are timed in the same rounds, interleaved with this one's: the before/after of start-up.
+
+    nice -n 10 python benchmarks/step_cost.py --repeats 5 --table docs/results/step_cost_mnist1d.md
+    nice -n 10 python benchmarks/step_cost.py --startup-only --startup-ref /tmp/main --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.common import machine_info, md_table  # noqa: E402
+from benchmarks.mnist1d_reference import ConvBase, train_one  # noqa: E402
+
+__all__ = ["CONTENDERS", "bench_step_cost", "bench_step_cost_section", "measure_startup", "per_step_costs"]
+
+Runner = Callable[[int], None]
+
+
+def _dataset(data_dir: Path) -> dict[str, Any]:
+    """The paper's dataset as numpy arrays, from the DataModule's cache (generated there once)."""
+    from lit_tricks.data import MNIST1DDataModule
+
+    arrays = MNIST1DDataModule(data_dir=str(data_dir)).arrays()
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def _plain(data: dict[str, Any]) -> Runner:
+    return lambda steps: (train_one(data, seed=0, steps=steps), None)[1]
+
+
+class _Batches:
+    """One loader over a list of batches (a plain list would be read as a list of loaders)."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Any:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _bare_lightning(data: dict[str, Any]) -> Runner:
+    import lightning.pytorch as pl
+    from torch import nn
+
+    class Bare(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = ConvBase()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.parameters(), 1e-2)
+
+    x, y = torch.tensor(data["x"], dtype=torch.float32), torch.tensor(data["y"], dtype=torch.long)
+    batches = _Batches([(x[i:i + 100], y[i:i + 100]) for i in range(0, len(x), 100)])
+
+    def run(steps: int) -> None:
+        torch.manual_seed(0)
+        trainer = pl.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, deterministic=True,
+                             precision="32-true", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        trainer.fit(Bare(), train_dataloaders=batches)
+
+    return run
+
+
+def _plain_tricks(data: dict[str, Any]) -> Runner:
+    """The tricks recipe's step in plain torch (its floor): the paper's convs with BatchNorm before and dropout 0.03
+    after each ReLU, AdamW (lr 3e-2, decoupled decay 4e-3 on conv/linear weights), torch's OneCycleLR, a circular
+    shift of up to 4 samples and noise 0.08 drawn for the whole batch, label smoothing 0.07, clipping at norm 1, an
+    EMA of the weights (decay 0.998, one foreach lerp per step)."""
+    from torch import nn
+
+    x_all, y_all = torch.tensor(data["x"], dtype=torch.float32), torch.tensor(data["y"], dtype=torch.long)
+
+    def block(c_in: int, k: int) -> list[nn.Module]:
+        return [nn.Conv1d(c_in, 25, k, stride=2, padding=1), nn.BatchNorm1d(25), nn.ReLU(), nn.Dropout(0.03)]
+
+    def run(steps: int) -> None:
+        torch.manual_seed(0)
+        model = nn.Sequential(*block(1, 5), *block(25, 3), *block(25, 3), nn.Flatten(), nn.Linear(125, 10))
+        decayed = [p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1]
+        rest = [p for n, p in model.named_parameters() if not (n.endswith("weight") and p.dim() > 1)]
+        optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": 4e-3}, {"params": rest, "weight_decay": 0}],
+                                      lr=3e-2)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-2, total_steps=steps)
+        params = list(model.parameters())
+        ema = [p.detach().clone() for p in params]
+        gen = torch.Generator().manual_seed(0)
+        order = torch.arange(len(x_all))
+        for step in range(steps):
+            start = step * 100 % len(x_all)
+            if start == 0:
+                order = torch.randperm(len(x_all), generator=gen)
+            idx = order[start:start + 100]
+            x = x_all[idx]
+            shift = torch.randint(-4, 5, (len(idx),), generator=gen)
+            x = x.gather(1, (torch.arange(40) - shift[:, None]) % 40) + 0.08 * torch.randn(x.shape, generator=gen)
+            loss = nn.functional.cross_entropy(model(x[:, None, :]), y_all[idx], label_smoothing=0.07)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - 0.998)
+
+    return run
+
+
+def _recipe(experiment: str, data_dir: Path, out: Path) -> Runner:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lit_tricks.run import train
+
+    def run(steps: int) -> None:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=[f"experiment={experiment}", "seed=0", f"trainer.max_steps={steps}",
+                                              "logger=none", f"paths.data_dir={data_dir}", f"paths.output_dir={out}",
+                                              f"paths.log_dir={out}"])
+        GlobalHydra.instance().clear()
+        train(cfg)
+
+    return run
+
+
+#: name -> what it is (the table's first column).
+CONTENDERS = {
+    "plain": "plain torch loop (tensors sliced per batch)",
+    "lightning": "bare LightningModule over in-memory batches",
+    "baseline": "lit_tricks `experiment=mnist1d_baseline`",
+    "tricks": "lit_tricks `experiment=mnist1d_tricks`",
+    "plain_tricks": "plain torch loop of the tricks recipe's step",
+}
+
+
+def per_step_costs(runners: dict[str, Runner], short: int, long: int, repeats: int) -> dict[str, list[float]]:
+    """CPU ms per step of each runner, one estimate per round (its long run minus its short run); every round runs
+    every runner, in a rotated order, so a round's estimates share the machine's load of those minutes."""
+    names = list(runners)
+    for name in names:  # warm-up: lazy imports and first-call caches are start-up, not steps
+        runners[name](short)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            cpu = {}
+            for steps in (short, long) if r % 2 == 0 else (long, short):
+                t0 = time.process_time()
+                runners[name](steps)
+                cpu[steps] = time.process_time() - t0
+            out[name].append(1e3 * (cpu[long] - cpu[short]) / (long - short))
+            print(f"[step_cost] round {r} {name}: {out[name][-1]:.3f} ms/step", flush=True)
+    return out
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+_PROCESS = {"run": "`scripts/train.py experiment=mnist1d_baseline trainer.max_steps=1` (1 step, the test pass)",
+            "compose": "composing `experiment=mnist1d_tricks` in a Hydra app (no training)"}
+
+
+def _startup_cmds(root: Path, data_dir: Path, out: Path) -> dict[str, list[str]]:
+    """The 1-step run and the compose-only process of the checkout at ``root`` (its own lit_tricks and conf/)."""
+    return {
+        "run": [sys.executable, str(root / "scripts" / "train.py"), "experiment=mnist1d_baseline",
+                "trainer.max_steps=1", "logger=none", f"paths.data_dir={data_dir}",
+                f"hydra.run.dir={out / 'startup'}"],
+        "compose": [sys.executable, "-c", "from hydra import compose, initialize_config_dir\n"
+                    f"with initialize_config_dir(config_dir={str(root / 'conf')!r}, version_base='1.3'):\n"
+                    "    compose('train', overrides=['experiment=mnist1d_tricks'])"],
+    }
+
+
+def measure_startup(data_dir: Path, out: Path, repeats: int, ref: Path | None = None) -> dict[str, list[float]]:
+    """CPU s of whole processes: the 1-step run, composing alone, and the imports of torch and of Lightning alone;
+    with ``ref`` also the run and compose processes of that checkout (names suffixed `` (ref)``), every round
+    running each process once in the same order. A process runs in its checkout's root, so ``import lit_tricks``
+    finds that checkout's package before an installed one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
+    cmds = {name: (cmd, ROOT) for name, cmd in _startup_cmds(ROOT, data_dir, out).items()}
+    if ref is not None:
+        cmds.update({f"{name} (ref)": (cmd, ref) for name, cmd in _startup_cmds(ref, data_dir, out).items()})
+    cmds["import torch"] = ([sys.executable, "-c", "import torch"], ROOT)
+    cmds["import lightning.pytorch"] = ([sys.executable, "-c", "import lightning.pytorch"], ROOT)
+    times: dict[str, list[float]] = {name: [] for name in cmds}
+    for name in ("compose", "compose (ref)"):  # fills the base-config cache once (a checkout that has one)
+        if name in cmds:
+            subprocess.run(cmds[name][0], capture_output=True, cwd=cmds[name][1], env=env)
+    for _ in range(repeats):
+        for name, (cmd, cwd) in cmds.items():
+            before = _children_cpu()
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+            times[name].append(_children_cpu() - before)
+    return times
+
+
+def _step_lines(costs: dict[str, list[float]], short: int, long: int, repeats: int) -> list[str]:
+    med = {name: statistics.median(v) for name, v in costs.items()}
+    rows = [[CONTENDERS[n], f"{med[n]:.3f}", ", ".join(f"{v:.2f}" for v in costs[n])] for n in med]
+    lines = [
+        f"Per-step CPU ms: (CPU s of a {long}-step run - CPU s of a {short}-step run) / {long - short}, one estimate "
+        f"per round, {repeats} rounds (every contender once per round, rotated), 1 torch thread. A ratio is the "
+        "median over the rounds of that round's ratio (both sides measured minutes apart at most).",
+        "",
+        md_table(["contender", "ms / step (median)", "rounds"], rows),
+        "",
+    ]
+
+    def ratio(a: str, b: str, target: float | None, what: str) -> None:
+        if a in costs and b in costs:
+            per_round = [x / y for x, y in zip(costs[a], costs[b])]
+            value = statistics.median(per_round)
+            verdict = f" (target <= {target}x: {'met' if value <= target else 'not met'})" if target else ""
+            lines.append(f"- {what}: **{value:.2f}x**{verdict}; rounds: {', '.join(f'{v:.2f}' for v in per_round)}")
+
+    ratio("baseline", "lightning", 1.1, "paper recipe (lit_tricks) / bare LightningModule")
+    ratio("baseline", "plain", 1.6, "paper recipe (lit_tricks) / plain torch")
+    ratio("tricks", "baseline", 1.5, "tricks recipe / paper recipe (both lit_tricks)")
+    ratio("plain_tricks", "plain", None, "the same two steps in plain torch (what the tricks cost without a framework)")
+    ratio("tricks", "plain_tricks", None, "tricks recipe (lit_tricks) / its plain-torch loop")
+    ratio("lightning", "plain", None, "bare LightningModule / plain torch (the framework's floor)")
+    return lines
+
+
+def _startup_lines(startup: dict[str, list[float]], repeats: int) -> list[str]:
+    med = {name: statistics.median(v) for name, v in startup.items()}
+
+    def label(name: str) -> str:
+        base, ref = name.removesuffix(" (ref)"), name.endswith(" (ref)")
+        return _PROCESS.get(base, f"`{base}`") + (" — reference checkout" if ref else "")
+
+    lines = [f"Start-up: CPU s (user + sys) of whole processes, {repeats} rounds, every process once per round; the "
+             "reference checkout (`--startup-ref` / `BENCH_STEP_COST_REF`), when given, runs its own lit_tricks and "
+             "conf/ in the same environment.", "",
+             md_table(["process", "CPU s (median)", "runs"],
+                      [[label(n), f"{med[n]:.2f}", ", ".join(f"{v:.2f}" for v in startup[n])] for n in med]),
+             ""]
+    imports = startup["import lightning.pytorch"]
+    lines.append(f"- start-up beyond `import lightning.pytorch`: {med['run'] - med['import lightning.pytorch']:.2f} "
+                 "CPU s")
+    if "run (ref)" in startup:
+        for name, what in (("run", "1-step run, whole process"), ("compose", "composing alone")):
+            per_round = [a / b for a, b in zip(startup[name], startup[f"{name} (ref)"])]
+            lines.append(f"- {what}, this checkout / reference: **{statistics.median(per_round):.2f}x**; rounds: "
+                         f"{', '.join(f'{v:.2f}' for v in per_round)}")
+        beyond = [(a - i) / (b - i) for a, b, i in zip(startup["run"], startup["run (ref)"], imports)]
+        lines.append(f"- 1-step run beyond `import lightning.pytorch` (same round's import subtracted), this checkout "
+                     f"/ reference: **{statistics.median(beyond):.2f}x** (target <= 0.5x: "
+                     f"{'met' if statistics.median(beyond) <= 0.5 else 'not met'}); rounds: "
+                     f"{', '.join(f'{v:.2f}' for v in beyond)}")
+    return lines
+
+
+def bench_step_cost(short: int, long: int, repeats: int, only: list[str] | None = None, ref: Path | None = None,
+                    startup_only: bool = False) -> str:
+    """The markdown section: per-step CPU ms, the ratios the issue targets, the start-up (not with ``only``; with
+    ``ref``, against that checkout's)."""
+    torch.set_num_threads(1)
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir, out = Path(tmp) / "data", Path(tmp) / "runs"
+        data = _dataset(data_dir)
+        if not startup_only:
+            makers: dict[str, Callable[[], Runner]] = {
+                "plain": lambda: _plain(data), "lightning": lambda: _bare_lightning(data),
+                "baseline": lambda: _recipe("mnist1d_baseline", data_dir, out),
+                "tricks": lambda: _recipe("mnist1d_tricks", data_dir, out),
+                "plain_tricks": lambda: _plain_tricks(data),
+            }
+            runners = {name: makers[name]() for name in (only or list(makers))}
+            lines += _step_lines(per_step_costs(runners, short, long, repeats), short, long, repeats)
+        if startup_only or not only:
+            lines += ([""] if lines else []) + _startup_lines(measure_startup(data_dir, out, repeats, ref), repeats)
+    info = machine_info()
+    load = info["load average (1, 5, 15 min)"]
+    lines += ["", f"Machine: {info['cpu']}, {info['cpu cores']} cores, load average {load} (1, 5, 15 min) at the end; "
+              f"torch {info['torch']}, lightning {info['lightning']}."]
+    return "\n".join(lines)
+
+
+def bench_step_cost_section(quick: bool) -> tuple[str, str]:
+    """``benchmarks/run_all.py``'s section (sizes from ``BENCH_STEP_COST_REPEATS``, default 5; the start-up also of
+    the checkout at ``BENCH_STEP_COST_REF`` when set; skipped by --quick)."""
+    title = "MNIST-1D per-step cost and start-up (lit_tricks vs Lightning vs plain torch)"
+    if quick:
+        return title, "skipped in --quick (trains the recipes for minutes; run `--only step_cost`)."
+    ref = os.environ.get("BENCH_STEP_COST_REF")
+    return title, bench_step_cost(200, 1000, int(os.environ.get("BENCH_STEP_COST_REPEATS", 5)),
+                                  ref=Path(ref) if ref else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--short", type=int, default=200)
+    parser.add_argument("--long", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", nargs="*", choices=sorted(CONTENDERS), help="time only these contenders")
+    parser.add_argument("--table", type=Path, help="also write the section to this markdown file")
+    parser.add_argument("--startup-ref", type=Path, help="another checkout whose start-up is timed alongside")
+    parser.add_argument("--startup-only", action="store_true", help="time the start-up only")
+    args = parser.parse_args(argv)
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lit_tricks"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    text = bench_step_cost(args.short, args.long, args.repeats, args.only, args.startup_ref, args.startup_only)
+    print(text)
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
