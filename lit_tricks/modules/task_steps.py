@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lit_tricks.augment.tta import tta_flip
+from lit_tricks.augment.tta import TTAFunction
 from lit_tricks.functional.losses import binned_expected_value, binned_point
 from lit_tricks.modules.tasks import is_regression_output, task_loss
 from lit_tricks.weight_variants import WeightVariants
@@ -33,21 +33,21 @@ class TaskSteps(pl.LightningModule):
     binned_point: str
     num_classes: int | None
     top_k: int
-    tta: bool
+    tta: TTAFunction | None
 
     def forward(self, x: Tensor) -> Tensor:
         """Outputs on raw inputs: ``model(preprocess(x))``."""
         return self.model(self.preprocess(x))  # type: ignore[no-any-return]
 
     def _outputs(self, x: Tensor, tta: bool) -> Tensor:
-        """Outputs, or with ``tta`` the flip-averaged ones (lit_tricks.augment.tta): log of the mean probabilities,
-        or the mean output for regression."""
+        """Outputs, or with ``tta`` the averaged ones over the copies of ``self.tta`` (lit_tricks.augment.tta): log
+        of the mean probabilities, or the mean output for regression."""
         out = self(x)
-        if not tta:
+        if not tta or self.tta is None:
             return out
         if self._is_regression_output(out):
-            return tta_flip(self, x, probabilities=False)
-        return torch.log(tta_flip(self, x))
+            return self.tta(self, x, probabilities=False)
+        return torch.log(self.tta(self, x))
 
     def _is_regression_output(self, out: Tensor) -> bool:
         return is_regression_output(self.loss_name, out)
@@ -74,7 +74,7 @@ class TaskSteps(pl.LightningModule):
             return metric if variant is None else self.weight_variants.metric_name(metric, variant)
 
         x, y = batch[0], batch[1]
-        out = self._outputs(x, tta=self.tta and stage == "test")
+        out = self._outputs(x, tta=stage == "test")
         n = x.shape[0]
         log = functools.partial(self.log, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         log(key(f"{stage}/loss"), self.compute_loss(out, y), prog_bar=stage == "val" and variant is None)
@@ -116,7 +116,7 @@ class TaskSteps(pl.LightningModule):
         """Class probabilities; for binned regression ``{"value": binned_point, "mean": expected value, "probs"}``;
         raw outputs for mse regression."""
         x = batch[0] if isinstance(batch, list | tuple) else batch
-        out = self._outputs(x, tta=self.tta)
+        out = self._outputs(x, tta=True)
         if self.loss_name == "binned":
             assert self.bin_edges is not None
             return {"value": binned_point(out, self.bin_edges, self.binned_point),
