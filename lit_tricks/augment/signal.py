@@ -1,5 +1,6 @@
-"""Augmentation of 1-D signals (MNIST-1D): random shift (zero/edge padding or roll), Gaussian noise, amplitude
-scale. Works on any float tensor ``(*, L)``: the last dimension is the signal's time axis.
+"""Augmentation of 1-D signals (MNIST-1D): random shift (zero/edge padding or roll), shear (a random linear
+ramp), Gaussian noise, amplitude scale. Works on any float tensor ``(*, L)``: the last dimension is the
+signal's time axis.
 
 ``forward`` augments one sample from torch's global RNG (the DataModule's per-sample seed reproduces it, as for
 images); ``apply_batch(x, generator)`` augments a batch ``(N, *, L)`` at once, each sample with its own draws (one
@@ -21,7 +22,8 @@ from torch import Tensor, nn
 from lit_tricks.augment.steps import build_step, split_step
 from lit_tricks.hydra_utils import to_plain
 
-__all__ = ["SIGNAL_STEPS", "AmplitudeScale", "RandomShift1d", "SignalNoise", "SignalPipeline", "per_sample_batch"]
+__all__ = ["SIGNAL_STEPS", "AmplitudeScale", "RandomShear1d", "RandomShift1d", "SignalNoise", "SignalPipeline",
+           "per_sample_batch"]
 
 SHIFT_MODES = ("zeros", "edge", "roll")
 
@@ -78,6 +80,37 @@ class RandomShift1d(nn.Module):
         return f"max_shift={self.max_shift}, mode={self.mode}, p={self.p}"
 
 
+class RandomShear1d(nn.Module):
+    """Add the ramp ``c * linspace(-1/2, 1/2, L)`` with ``c`` drawn uniformly from ``[-max_shear, max_shear]``.
+
+    The MNIST-1D generator's own ``shear`` nuisance (Greydanus & Kobak 2020: ``coeff = shear_scale * (U - 1/2)``,
+    ``shear_scale=0.75`` before the dataset is standardized, i.e. ``c`` in about +-2.4 of its standard deviations).
+    """
+
+    def __init__(self, max_shear: float = 2.4) -> None:
+        super().__init__()
+        if not isinstance(max_shear, int | float) or isinstance(max_shear, bool) or max_shear < 0:
+            raise ValueError(f"max_shear: expected a number >= 0, got {max_shear!r}")
+        self.max_shear = float(max_shear)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.max_shear == 0:
+            return x
+        c = self.max_shear * (2 * float(torch.rand(())) - 1)
+        return x + c * torch.linspace(-0.5, 0.5, x.shape[-1], dtype=x.dtype, device=x.device)
+
+    def apply_batch(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Each sample of ``x (N, *, L)`` with its own ramp coefficient, all N drawn from ``generator`` at once."""
+        if self.max_shear == 0:
+            return x
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        c = self.max_shear * (2 * torch.rand(shape, generator=generator, dtype=x.dtype) - 1)
+        return x + c * torch.linspace(-0.5, 0.5, x.shape[-1], dtype=x.dtype, device=x.device)
+
+    def extra_repr(self) -> str:
+        return f"max_shear={self.max_shear}"
+
+
 class SignalNoise(nn.Module):
     """``x + sigma * N(0, 1)`` (no clipping: the signals are standardized, not in [0, 1])."""
 
@@ -123,6 +156,7 @@ class AmplitudeScale(nn.Module):
 #: step name -> factory (lengths in samples).
 SIGNAL_STEPS: dict[str, Callable[..., nn.Module]] = {
     "shift": RandomShift1d,
+    "shear": RandomShear1d,
     "noise": SignalNoise,
     "scale": AmplitudeScale,
 }

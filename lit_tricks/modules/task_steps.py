@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lit_tricks.augment.tta import tta_flip
+from lit_tricks.augment.tta import TTAFunction
 from lit_tricks.compat import logs_this_step, module_trainer
 from lit_tricks.functional.losses import binned_expected_value, binned_point
 from lit_tricks.modules.tasks import is_regression_output, task_loss
@@ -51,7 +51,7 @@ class TaskSteps(pl.LightningModule):
     binned_point: str
     num_classes: int | None
     top_k: int
-    tta: bool
+    tta: TTAFunction | None
 
     _epoch_means: dict[str, list[Any]] | None = None  # name -> [sum of value * batch size (a tensor), batch sizes]
     _means_epoch = -1  # the epoch they sum over
@@ -102,14 +102,14 @@ class TaskSteps(pl.LightningModule):
         return self.model(self.preprocess(x))  # type: ignore[no-any-return]
 
     def _outputs(self, x: Tensor, tta: bool) -> Tensor:
-        """Outputs, or with ``tta`` the flip-averaged ones (lit_tricks.augment.tta): log of the mean probabilities,
-        or the mean output for regression."""
+        """Outputs, or with ``tta`` the averaged ones over the copies of ``self.tta`` (lit_tricks.augment.tta): log
+        of the mean probabilities, or the mean output for regression."""
         out = self(x)
-        if not tta:
+        if not tta or self.tta is None:
             return out
         if self._is_regression_output(out):
-            return tta_flip(self, x, probabilities=False)
-        return torch.log(tta_flip(self, x))
+            return self.tta(self, x, probabilities=False)
+        return torch.log(self.tta(self, x))
 
     def _is_regression_output(self, out: Tensor) -> bool:
         return is_regression_output(self.loss_name, out)
@@ -136,7 +136,7 @@ class TaskSteps(pl.LightningModule):
             return metric if variant is None else self.weight_variants.metric_name(metric, variant)
 
         x, y = batch[0], batch[1]
-        out = self._outputs(x, tta=self.tta and stage == "test")
+        out = self._outputs(x, tta=stage == "test")
         n = x.shape[0]
         log = functools.partial(self.log, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         log(key(f"{stage}/loss"), self.compute_loss(out, y), prog_bar=stage == "val" and variant is None)
@@ -178,7 +178,7 @@ class TaskSteps(pl.LightningModule):
         """Class probabilities; for binned regression ``{"value": binned_point, "mean": expected value, "probs"}``;
         raw outputs for mse regression."""
         x = batch[0] if isinstance(batch, list | tuple) else batch
-        out = self._outputs(x, tta=self.tta)
+        out = self._outputs(x, tta=True)
         if self.loss_name == "binned":
             assert self.bin_edges is not None
             return {"value": binned_point(out, self.bin_edges, self.binned_point),

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from lit_tricks.augment.tta import parse_tta
 from lit_tricks.modules.initialization import init_weights
 from lit_tricks.modules.insertion import DROPOUT_PLACEMENTS
 from lit_tricks.modules.sharding import SHARD_MODES
@@ -24,9 +25,11 @@ from lit_tricks.validation import ArgumentError, CheckAll, check_choice, check_n
 __all__ = ["check_config", "check_groups", "check_regularization", "check_surgery", "check_task", "check_training"]
 
 
-def check_task(loss: str, label_smoothing: float, binned_point: str, num_classes: int | None, top_k: int) -> float:
-    """The task's arguments; returns ``label_smoothing`` as a float."""
+def check_task(loss: str, label_smoothing: float, binned_point: str, num_classes: int | None, top_k: int,
+               tta: Any = False) -> float:
+    """The task's arguments (and the test-time augmentation); returns ``label_smoothing`` as a float."""
     check_choice("loss", loss, LOSSES)
+    parse_tta(tta)
     check_choice("binned_point", binned_point, BINNED_POINTS)
     if num_classes is not None:
         check_number("num_classes", num_classes, 1, integer=True)

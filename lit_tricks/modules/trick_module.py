@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lit_tricks.augment.tta import parse_tta
 from lit_tricks.functional.param_groups import decoupled_weight_decay_, describe_param_groups, param_groups, split_decay
 from lit_tricks.functional.regularization import jacobian_penalty, l1_penalty, l2_penalty
 from lit_tricks.models.heads import find_head
@@ -86,7 +87,8 @@ class TrickModule(ShardedModel, TaskSteps):
         scheduler_interval: "step" | "epoch" overrides the interval that config chose.
         preprocess: module applied to raw inputs inside ``forward`` (statistics as buffers: in checkpoints).
         batch_augment: ``(x, y) -> (x, y_soft)`` applied in ``training_step`` only (torchvision v2 MixUp/CutMix).
-        tta: at test/predict average the softmax over the input and its horizontal flip.
+        tta: at test/predict average the softmax over augmented copies of the input: true or ``"flip"`` (and its
+            horizontal flip), ``"shift:<n>"`` (its circular shifts by -n..n samples along the last axis, signals).
         top_k: also log ``{stage}/top{k}_acc`` when ``num_classes > top_k`` (0 = off).
         shard: auto | none | root | blocks: FSDP2 units (:mod:`~lit_tricks.modules.sharding`).
 
@@ -131,7 +133,7 @@ class TrickModule(ShardedModel, TaskSteps):
         scheduler_interval: str | None = None,
         preprocess: nn.Module | None = None,
         batch_augment: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
-        tta: bool = False,
+        tta: bool | str = False,
         top_k: int = 5,
         shard: str = "auto",
     ) -> None:
@@ -141,8 +143,8 @@ class TrickModule(ShardedModel, TaskSteps):
         #: weight variants (e.g. the EMA) evaluated beside the trained weights: lit_tricks.weight_variants
         self.weight_variants = WeightVariants()
         label_smoothing, dropout, (weight_decay, l1, jacobian_reg) = check_groups(  # every bad argument at once
-            (loss, label_smoothing, binned_point, num_classes, top_k), (norm, dropout, dropout_kind, dropout_placement),
-            (weight_decay, l1, jacobian_reg, jacobian_projections))
+            (loss, label_smoothing, binned_point, num_classes, top_k, tta),
+            (norm, dropout, dropout_kind, dropout_placement), (weight_decay, l1, jacobian_reg, jacobian_projections))
         edges = bin_edges(loss, bins)
         self._optimizer_factory = as_factory(optimizer, "optimizer")
         self._scheduler_factory = as_factory(scheduler, "scheduler")
@@ -155,7 +157,7 @@ class TrickModule(ShardedModel, TaskSteps):
             "jacobian_projections": jacobian_projections,
             "optimizer": None if self._optimizer_factory is None else callable_to_spec(self._optimizer_factory),
             "scheduler": None if self._scheduler_factory is None else callable_to_spec(self._scheduler_factory),
-            "scheduler_interval": scheduler_interval, "tta": bool(tta), "top_k": top_k, "shard": shard,
+            "scheduler_interval": scheduler_interval, "tta": tta, "top_k": top_k, "shard": shard,
         }
         self.save_hyperparameters(plain(hparams), logger=True)
 
@@ -171,7 +173,7 @@ class TrickModule(ShardedModel, TaskSteps):
         self.model = model
         self.preprocess = preprocess if preprocess is not None else nn.Identity()
         self.batch_augment = batch_augment
-        self.loss_name, self.label_smoothing, self.tta, self.top_k = loss, label_smoothing, bool(tta), top_k
+        self.loss_name, self.label_smoothing, self.tta, self.top_k = loss, label_smoothing, parse_tta(tta), top_k
         self.weight_decay, self.decoupled, self.l1, self.jacobian_reg = weight_decay, bool(decoupled), l1, jacobian_reg
         self.jacobian_projections, self.scheduler_interval = jacobian_projections, scheduler_interval
         self.no_decay, self.binned_point = tuple(no_decay), binned_point

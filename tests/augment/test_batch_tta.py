@@ -1,4 +1,4 @@
-"""Batch MixUp/CutMix targets and flip test-time augmentation."""
+"""Batch MixUp/CutMix targets, flip and shift test-time augmentation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from lit_tricks.augment import batch_mix, tta_flip
+from lit_tricks.augment import batch_mix, parse_tta, tta_flip, tta_shift
+from lit_tricks.validation import ArgumentError
 
 
 @pytest.mark.parametrize("kind", ["mixup", "cutmix", "both"])
@@ -53,3 +54,51 @@ def test_tta_flip_averages_probabilities() -> None:
     assert torch.allclose(tta_flip(symmetric, x), symmetric(x).softmax(-1), atol=1e-6)
     with pytest.raises(ValueError, match=r"x: expected a batch \(N, C, H, W\)"):
         tta_flip(net, x[0])
+
+
+def _rolled(x: Tensor, k: int) -> Tensor:
+    """Oracle for a circular shift by k along the last axis, by index arithmetic (not torch.roll)."""
+    n = x.shape[-1]
+    return x[..., (torch.arange(n) - k) % n]
+
+
+def test_tta_shift_averages_the_circular_shifts() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))  # position-dependent: shifts matter
+    x = torch.randn(6, 1, 1, 12)
+    expected = sum(net(_rolled(x, k)).softmax(-1) for k in range(-3, 4)) / 7
+    assert torch.allclose(tta_shift(net, x, max_shift=3), expected, atol=1e-6)
+    assert not torch.allclose(expected, net(x).softmax(-1), atol=1e-3)  # the shifts changed something
+    raw = sum(net(_rolled(x, k)) for k in (-1, 0, 1)) / 3
+    assert torch.allclose(tta_shift(net, x, max_shift=1, probabilities=False), raw, atol=1e-6)
+    assert torch.allclose(tta_shift(net, x, max_shift=0), net(x).softmax(-1))  # the model alone
+
+    def invariant(t: Tensor) -> Tensor:  # sums over time: every circular shift gives the same output
+        return net(t.sum(-1, keepdim=True).expand_as(t))
+
+    assert torch.allclose(tta_shift(invariant, x, max_shift=5), invariant(x).softmax(-1), atol=1e-6)
+    with pytest.raises(ArgumentError, match="tta_shift: max_shift must be an int >= 0, got -1"):
+        tta_shift(net, x, max_shift=-1)
+
+
+@pytest.mark.parametrize("spec", [None, False, True, "flip", "shift:1", "shift:12"])
+def test_parse_tta_accepts(spec: object) -> None:
+    fn = parse_tta(spec)
+    assert (fn is None) == (spec in (None, False))
+    if isinstance(spec, str) and spec.startswith("shift:"):
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40, 3))
+        calls: list[Tensor] = []
+
+        def model(t: Tensor) -> Tensor:
+            calls.append(t)
+            return net(t)
+
+        fn(model, torch.randn(2, 1, 1, 40))  # type: ignore[misc]
+        assert len(calls) == 2 * int(spec.split(":")[1]) + 1
+
+
+@pytest.mark.parametrize("spec", ["shift", "shift:0", "shift:-2", "shift:x", "rotate", 1, "true"])
+def test_parse_tta_refuses_in_one_line(spec: object) -> None:
+    with pytest.raises(ArgumentError, match=r"^tta must be false, true, 'flip' or 'shift:<n>'") as err:
+        parse_tta(spec)
+    assert "\n" not in str(err.value) and repr(spec) in str(err.value)

@@ -1,4 +1,4 @@
-"""1-D signal augmentation (MNIST-1D): shift modes against torch.roll/padding, noise, scale, presets seeded."""
+"""1-D signal augmentation (MNIST-1D): shift modes against torch.roll/padding, shear, noise, scale, presets seeded."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit_tricks.augment import SignalPipeline
-from lit_tricks.augment.signal import SIGNAL_STEPS, AmplitudeScale, RandomShift1d, SignalNoise
+from lit_tricks.augment.signal import SIGNAL_STEPS, AmplitudeScale, RandomShear1d, RandomShift1d, SignalNoise
 from tests.augment.presets import SIGNAL_PRESETS, load_preset
 
 
@@ -48,7 +48,29 @@ def test_noise_and_scale() -> None:
     assert torch.allclose(s, s[..., :1].expand_as(s)) and 0.8 <= float(s[0, 0, 0]) <= 1.2
 
 
+def test_shear_adds_a_centred_ramp_within_the_bound() -> None:
+    x = torch.randn(1, 1, 40, generator=torch.Generator().manual_seed(0))
+    slopes = []
+    for seed in range(200):
+        torch.manual_seed(seed)
+        d = (RandomShear1d(2.4)(x) - x).reshape(-1)
+        c = float(d[-1] - d[0])  # the ramp rises by c from the first sample to the last
+        # oracle: the generator's ramp written out, c * (i / (L - 1) - 1/2)
+        ramp = c * (torch.arange(40, dtype=torch.float64) / 39 - 0.5)
+        assert torch.allclose(d.double(), ramp, atol=1e-5)
+        slopes.append(c)
+    assert max(abs(c) for c in slopes) <= 2.4 + 1e-5
+    assert min(slopes) < -2.0 and max(slopes) > 2.0 and abs(sum(slopes) / len(slopes)) < 0.3  # uniform, both signs
+    assert torch.equal(RandomShear1d(0.0)(x), x)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    RandomShear1d(0.0)(x)
+    assert torch.equal(torch.get_rng_state(), state)  # off draws nothing
+
+
 def test_bad_arguments_fail_with_the_name() -> None:
+    with pytest.raises(ValueError, match="max_shear: expected a number >= 0, got -1"):
+        RandomShear1d(-1)
     with pytest.raises(ValueError, match="mode"):
         RandomShift1d(2, "wrap")
     with pytest.raises(ValueError, match="max_shift"):
@@ -137,3 +159,18 @@ def test_pipeline_batch_runs_a_forward_only_step_per_sample_under_drawn_seeds(mo
         rows.append(sample * (1 + torch.rand(())) + torch.randn_like(sample))
     expected = torch.stack(rows) + 0.1 * torch.randn(x.shape, generator=gen)
     assert torch.equal(out, expected)
+
+
+def test_batch_shear_is_the_papers_ramp_with_one_coefficient_per_sample() -> None:
+    """Oracle: x_i + c_i * linspace(-1/2, 1/2, L), c_i = max_shear * (2 u_i - 1), u_i the generator's i-th uniform
+    (the MNIST-1D generator's ``coeff = shear_scale * (U - 1/2)``, written out)."""
+    x = torch.randn(300, 1, 40, generator=torch.Generator().manual_seed(0))
+    out = RandomShear1d(3.5).apply_batch(x, torch.Generator().manual_seed(4))
+    u = torch.rand(300, generator=torch.Generator().manual_seed(4))
+    ramp = torch.tensor([-0.5 + j / 39 for j in range(40)])
+    expected = x + (3.5 * (2 * u - 1))[:, None, None] * ramp
+    assert torch.allclose(out, expected, rtol=0, atol=8 * torch.finfo(torch.float32).eps * (1 + x.abs().max()))
+    slopes = (out - x)[:, 0, -1] - (out - x)[:, 0, 0]  # c_i: uniform over [-3.5, 3.5], each sample its own
+    assert float(slopes.abs().max()) <= 3.5 + 1e-5 and slopes.unique().numel() == 300
+    assert abs(float(slopes.mean())) < 0.4 and abs(float(slopes.var()) - 3.5**2 / 3) < 0.8  # var of U(-a, a): a^2/3
+    assert torch.equal(RandomShear1d(0.0).apply_batch(x, torch.Generator()), x)

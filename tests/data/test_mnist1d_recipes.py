@@ -40,3 +40,41 @@ def test_paper_recipe_trains_what_the_plain_torch_loop_trains(tmp_path: Path) ->
     # reshuffling every epoch (the DataModule's default) is a different recipe: the oracle tells them apart
     shuffled = train_one(load_dataset(), seed, steps=epochs * 40, shuffle=True)
     assert shuffled["loss"] != pytest.approx(ref["loss"], rel=1e-4)
+
+
+def _explored(experiment: str) -> dict[str, object]:
+    """The composed ``experiment`` in the fields of ``benchmarks.mnist1d_explore.Recipe`` (what the search trained)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    steps = {next(iter(s)): next(iter(s.values())) for s in cfg.augment.steps}
+    assert set(steps) <= {"shift", "shear", "noise"}, steps  # the search's scale/stretch/mixup are not in the presets
+    assert steps["shift"]["mode"] == "roll" and cfg.data.shuffle and cfg.data.val_size == 0
+    assert cfg.scheduler.warmup == "cosine" and cfg.scheduler.body._target_.endswith("CosineDecay")
+    assert cfg.module.decoupled and cfg.callbacks.clipping.mode == "norm" and cfg.module.batch_augment is None
+    ema = cfg.callbacks.ema
+    assert ema.warmup and ema.buffers == "copy" and ema.update_every_n_steps == 1 and ema.start_step == 0
+    n_train = 4000  # all training samples: val_size 0
+    return {
+        "steps": cfg.trainer.max_epochs * -(-n_train // cfg.data.batch_size), "batch_size": cfg.data.batch_size,
+        "norm": cfg.module.norm == "batch", "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1].lower(),
+        "lr": cfg.optimizer.lr, "beta1": cfg.optimizer.betas[0], "beta2": cfg.optimizer.betas[1],
+        "weight_decay": cfg.module.weight_decay, "warmup": cfg.scheduler.warmup_fraction,
+        "start_factor": cfg.scheduler.start_factor, "end_factor": cfg.scheduler.body.end_factor,
+        "label_smoothing": cfg.module.label_smoothing, "dropout": cfg.module.dropout or 0.0,
+        "shift": steps["shift"]["max_shift"], "noise": steps.get("noise", {}).get("sigma", 0.0),
+        "shear": steps.get("shear", {}).get("max_shear", 0.0), "scale": 0.0, "stretch": 0.0,
+        "clip": cfg.callbacks.clipping.max_norm, "ema": cfg.callbacks.ema.decay, "mixup": 0.0,
+    }
+
+
+@pytest.mark.parametrize(("experiment", "name"), [("mnist1d_tricks", "TRICKS"), ("mnist1d_fast", "FAST")])
+def test_presets_are_the_recipes_the_plain_torch_search_chose(experiment: str, name: str) -> None:
+    """``experiment=mnist1d_tricks`` / ``mnist1d_fast`` train what benchmarks/mnist1d_explore.py validated on folds:
+    every field of its ``Recipe`` (steps, batch, optimizer, schedule, augmentation, smoothing, clipping, EMA)."""
+    import dataclasses
+
+    from benchmarks import mnist1d_explore
+
+    chosen = dataclasses.asdict(getattr(mnist1d_explore, name))
+    assert _explored(experiment) == pytest.approx(chosen)

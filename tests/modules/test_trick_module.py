@@ -309,6 +309,27 @@ def test_tta_averages_flipped_probabilities() -> None:
     assert torch.allclose(module.predict_step((x,), 0), expected, atol=1e-6)
 
 
+def test_tta_shift_averages_shifted_probabilities_at_test_and_predict(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(10, 3))
+    module = TrickModule(net, tta="shift:2").eval()
+    x, y = torch.randn(8, 1, 1, 10), torch.arange(8) % 3
+    with torch.no_grad():
+        expected = sum(module(torch.roll(x, k, -1)).softmax(-1) for k in range(-2, 3)) / 5
+    assert torch.allclose(module.predict_step((x,), 0), expected, atol=1e-6)
+    plain = TrickModule(copy.deepcopy(net)).eval()
+    assert not torch.allclose(plain.predict_step((x,), 0), expected, atol=1e-3)  # the shifts act
+    result = tiny_trainer(tmp_path).test(module, DataLoader(TensorDataset(x, y), batch_size=8), verbose=False)[0]
+    assert result["test/acc"] == pytest.approx(float((expected.argmax(-1) == y).float().mean()))
+    assert result["test/loss"] == pytest.approx(float(F.nll_loss(expected.log(), y)), rel=1e-5)
+    assert module.hparams["tta"] == "shift:2"
+
+
+def test_tta_bad_value_is_refused_naming_the_argument() -> None:
+    with pytest.raises(ValueError, match=r"tta must be false, true, 'flip' or 'shift:<n>'.*got 'shift:0'"):
+        TrickModule(_net(), tta="shift:0")
+
+
 def test_weight_variants_are_logged_side_by_side(tmp_path: Path) -> None:
     module = TrickModule(_net())
     head = module.model[2]

@@ -114,3 +114,21 @@ def test_ablate_script_smoke(tmp_path: Path) -> None:
     assert all(0.0 <= e[0] <= 1.0 for e in record["errors"].values())
     assert "| baseline | 1 |" in (out / "ablation.md").read_text()
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name", sorted(__import__("lit_tricks.sweeps.ablation", fromlist=["x"]).MNIST1D_ABLATIONS))
+def test_every_mnist1d_ablation_changes_the_tricks_recipe(name: str) -> None:
+    """Each ``--set mnist1d`` variant composes on ``experiment=mnist1d_tricks`` and changes it (scripts/ablate.py
+    would otherwise skip it): an ablation that silently trains the full recipe would report a zero effect."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from lit_tricks.sweeps.ablation import MNIST1D_ABLATIONS
+
+    def composed(overrides: list[str]) -> object:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return OmegaConf.to_container(compose("train", overrides=["experiment=mnist1d_tricks", *overrides]))
+
+    assert composed(MNIST1D_ABLATIONS[name]) != composed([])
