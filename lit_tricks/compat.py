@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
 from lightning.fabric.strategies.launchers.subprocess_script import _basic_subprocess_cmd
 from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
@@ -30,25 +31,33 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from lightning.pytorch.trainer.connectors.logger_connector.result import _Metadata, _ResultMetric, _Sync
 
 __all__ = [
     "PRIVATE_OVERRIDES",
     "TESTED_LIGHTNING",
     "CheckpointPath",
+    "apply_pending_train_loader_state",
     "SubprocessScriptLauncher",
     "basic_subprocess_cmd",
+    "batch_end_is_resumable",
     "cluster_environment",
     "csv_logger_version",
+    "epoch_results_state",
     "inside_accumulation_window",
     "installed_checkpoint_io",
     "legacy_state_key",
+    "logged_metrics_state",
     "logs_this_step",
     "module_trainer",
     "pin_csv_logger_version",
     "restart_train_iterator",
+    "restore_epoch_results",
+    "restore_logged_metrics",
     "set_num_threads_if_needed",
     "set_strategy_launcher",
     "state_key_args",
+    "train_step_row_pending",
     "unwrap_optimizer",
 ]
 
@@ -119,10 +128,133 @@ def inside_accumulation_window(trainer: pl.Trainer) -> bool:
     return bool(trainer.fit_loop.epoch_loop._should_accumulate())
 
 
+def batch_end_is_resumable(trainer: pl.Trainer) -> bool:
+    """Whether a checkpoint written now, at the end of a training batch, resumes exactly like the uninterrupted run.
+
+    Lightning resumes a checkpoint taken in ``on_train_batch_end`` as if everything that follows that batch had run:
+    the validation due after it is skipped (``val_loop.increment_progress_to_evaluation_end``) and after the epoch's
+    last batch (or the one reaching ``max_steps``) the epoch's validation, ``on_train_epoch_end`` and the next
+    epoch's ``on_train_epoch_start`` are skipped too. So such a batch end is no exact resume point; the end of the
+    validation (``on_validation_end``) or of the epoch is. Decided with the epoch loop's own checks
+    (``_should_check_val_fx``, ``_is_training_done``), as Lightning decides right after this hook.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    if loop._is_training_done or loop.batch_progress.is_last_batch:
+        return False
+    return not loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+
+
+def train_step_row_pending(trainer: pl.Trainer) -> bool:
+    """Whether, inside ``on_train_batch_end``, Lightning is still to send this batch's step metrics to the loggers
+    (``_logger_connector.update_train_step_metrics``, right after the hook): a checkpoint written now precedes that
+    row, which a fit resumed from it never logs again."""
+    loop = trainer.fit_loop.epoch_loop
+    progress = loop.batch_progress.current
+    if not trainer.training or progress.completed >= progress.processed:  # not inside a training batch's end hooks
+        return False
+    if trainer.lightning_module.automatic_optimization and loop._should_accumulate():
+        return False
+    connector = trainer._logger_connector
+    return bool(trainer.loggers) and bool(connector.should_update_logs or trainer.fast_dev_run) and bool(
+        trainer._results.metrics(True)["log"] if trainer._results is not None else False)
+
+
 def time_based_validation(trainer: pl.Trainer) -> bool:
     """Whether validation runs on a wall-clock interval (``val_check_interval="00:00:10:00"`` or a timedelta / dict):
     ``trainer._val_check_time_interval`` is set."""
     return getattr(trainer, "_val_check_time_interval", None) is not None
+
+
+def apply_pending_train_loader_state(trainer: pl.Trainer) -> bool:
+    """Give the train loader the data position of the checkpoint being resumed when Lightning has not; True if it did.
+
+    Lightning stashes the loader states of a checkpoint (``fit_loop._combined_loader_states_to_load``) and applies
+    them when ``fit_loop.setup_data`` builds the loader. A loader built *before* the restore (``configure_optimizers``
+    reading ``trainer.estimated_stepping_batches``, as a schedule sized by the run does) is never rebuilt, so the
+    stash is dropped and the epoch restarts from its first batch (Lightning #20550). This loads the stash into the
+    existing loader and creates its iterator again (what Lightning's own ``setup_data`` does; the fix proposed in
+    Lightning PR #21765). Call it after the restore, before the first batch is fetched (``on_train_start``).
+    """
+    loop = trainer.fit_loop
+    if not loop.restarting or not loop._combined_loader_states_to_load or loop._combined_loader is None:
+        return False
+    loop._load_combined_loader_states()
+    if loop._data_fetcher is not None:
+        iter(loop._data_fetcher)
+    return True
+
+
+_REDUCTIONS: dict[str, Any] = {"mean": torch.mean, "max": torch.max, "min": torch.min, "sum": torch.sum}
+
+
+def epoch_results_state(trainer: pl.Trainer) -> list[dict[str, Any]]:
+    """What the training epoch has accumulated of the values logged with ``on_epoch=True`` (plain types and tensors).
+
+    Lightning keeps them in the training loop's ``_ResultCollection`` (``fit_loop.epoch_loop._results``), which no
+    checkpoint holds: after a mid-epoch resume ``train/loss_epoch`` would average only the batches after the restart.
+    Tensor values only (a ``torchmetrics.Metric`` logged in training keeps its own state).
+    """
+    out: list[dict[str, Any]] = []
+    for key, metric in trainer.fit_loop.epoch_loop._results.items():
+        meta = metric.meta
+        if not metric.is_tensor or not meta.on_epoch or metric.has_reset or not metric._update_count:
+            continue
+        reduce = next(name for name in ("mean", "max", "min", "sum") if getattr(meta, f"is_{name}_reduction"))
+        out.append({
+            "key": key, "fx": meta.fx, "name": meta.name, "prog_bar": meta.prog_bar, "logger": meta.logger,
+            "on_step": meta.on_step, "reduce": reduce, "enable_graph": meta.enable_graph,
+            "add_dataloader_idx": meta.add_dataloader_idx, "dataloader_idx": meta.dataloader_idx,
+            "metric_attribute": meta.metric_attribute, "sync_dist": bool(meta.sync._should),
+            "rank_zero_only": bool(meta.sync.rank_zero_only), "updates": int(metric._update_count),
+            "value": metric.value.detach().cpu().clone(),
+            "batch_size": metric.cumulated_batch_size.detach().cpu().clone() if reduce == "mean" else None,
+        })
+    return out
+
+
+def restore_epoch_results(trainer: pl.Trainer, entries: list[dict[str, Any]]) -> None:
+    """Put :func:`epoch_results_state`'s values back into the training loop's results before the first resumed batch,
+    and tell the logger connector this epoch is under way (else the first ``self.log`` of the epoch resets them)."""
+    if not entries:
+        return
+    results = trainer.fit_loop.epoch_loop._results
+    device = trainer.strategy.root_device
+    for e in entries:
+        meta = _Metadata(fx=e["fx"], name=e["name"], prog_bar=e["prog_bar"], logger=e["logger"], on_step=e["on_step"],
+                         on_epoch=True, reduce_fx=_REDUCTIONS[e["reduce"]], enable_graph=e["enable_graph"],
+                         add_dataloader_idx=e["add_dataloader_idx"], dataloader_idx=e["dataloader_idx"],
+                         metric_attribute=e["metric_attribute"])
+        meta.sync = _Sync(_should=e["sync_dist"], fn=trainer.strategy.reduce, _group=None,
+                          rank_zero_only=e["rank_zero_only"])
+        metric = _ResultMetric(meta, is_tensor=True)
+        metric.value = e["value"].to(device)
+        if e["batch_size"] is not None:
+            metric.cumulated_batch_size = e["batch_size"].to(device)
+        metric._update_count = int(e["updates"])
+        metric.has_reset = False
+        results[e["key"]] = metric
+    trainer._logger_connector._first_loop_iter = True  # the next batch is not the epoch's first
+
+
+def logged_metrics_state(trainer: pl.Trainer) -> dict[str, dict[str, Any]]:
+    """The values callbacks and loggers see now (``trainer.callback_metrics``, ``trainer.logged_metrics``).
+
+    No checkpoint holds them: a fit resumed from a checkpoint taken at the end of a validation runs that epoch's
+    end (``EarlyStopping``, ``ModelCheckpoint`` or a plateau scheduler reading ``val/loss`` there) without them.
+    """
+    def scalars(values: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.detach().cpu().clone() for k, v in values.items() if isinstance(v, torch.Tensor)}
+
+    return {"callback": scalars(trainer.callback_metrics), "logged": scalars(trainer.logged_metrics)}
+
+
+def restore_logged_metrics(trainer: pl.Trainer, state: dict[str, dict[str, Any]]) -> None:
+    """Put :func:`logged_metrics_state`'s values back (``trainer._logger_connector``'s ``_callback_metrics`` and
+    ``_logged_metrics``); values logged since override them as usual."""
+    connector = trainer._logger_connector
+    device = trainer.strategy.root_device
+    connector._callback_metrics.update({k: v.to(device) for k, v in state.get("callback", {}).items()})
+    connector._logged_metrics.update({k: v.to(device) for k, v in state.get("logged", {}).items()})
 
 
 def restart_train_iterator(trainer: pl.Trainer) -> bool:

@@ -109,11 +109,15 @@ def _continue_csv_logs(loggers: list[Any], resume_ckpt: str) -> None:
     """After a resume, keep writing the CSVLogger's newest ``version_N`` (rows up to the checkpoint's step kept).
 
     Lightning's CSV writer deletes an existing ``metrics.csv`` of its version; the rows logged before the checkpoint
-    are read first and written back, so ``metrics.csv`` holds every epoch of the run.
+    are read first and written back, so ``metrics.csv`` holds every epoch of the run: as many rows as the checkpoint
+    says were written (``RNGState`` records it), else those of earlier steps.
     """
     from lightning.pytorch.loggers import CSVLogger
 
-    step = int(torch.load(resume_ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    from lit_tricks.fault.exact_resume import CSV_ROWS_KEY
+
+    ckpt = torch.load(resume_ckpt, map_location="cpu", weights_only=True, mmap=True)
+    step, counts = int(ckpt.get("global_step", 0)), ckpt.get(CSV_ROWS_KEY) or {}
     for lg in loggers:
         if not isinstance(lg, CSVLogger) or csv_logger_version(lg) is not None:
             continue
@@ -125,7 +129,9 @@ def _continue_csv_logs(loggers: list[Any], resume_ckpt: str) -> None:
         rows: list[dict[str, str]] = []
         if path.is_file():
             with path.open(newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if not r.get("step") or float(r["step"]) < step]
+                rows = list(csv.DictReader(fh))
+            kept = counts.get(f"{lg.name}/version_{version}")  # rows written when the checkpoint was (RNGState)
+            rows = rows[:kept] if kept is not None else [r for r in rows if not r.get("step") or float(r["step"]) < step]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Experiment logs directory")
             writer = lg.experiment  # deletes the old metrics.csv
