@@ -40,10 +40,12 @@ __all__ = [
     "apply_pending_train_loader_state",
     "SubprocessScriptLauncher",
     "basic_subprocess_cmd",
+    "call_epoch_start",
     "batch_end_is_resumable",
     "cluster_environment",
     "csv_logger_version",
     "epoch_results_state",
+    "epoch_start_skipped",
     "inside_accumulation_window",
     "installed_checkpoint_io",
     "legacy_state_key",
@@ -54,10 +56,10 @@ __all__ = [
     "restart_train_iterator",
     "restore_epoch_results",
     "restore_logged_metrics",
+    "rows_logged_after_save",
     "set_num_threads_if_needed",
     "set_strategy_launcher",
     "state_key_args",
-    "train_step_row_pending",
     "unwrap_optimizer",
 ]
 
@@ -144,19 +146,25 @@ def batch_end_is_resumable(trainer: pl.Trainer) -> bool:
     return not loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
 
 
-def train_step_row_pending(trainer: pl.Trainer) -> bool:
-    """Whether, inside ``on_train_batch_end``, Lightning is still to send this batch's step metrics to the loggers
-    (``_logger_connector.update_train_step_metrics``, right after the hook): a checkpoint written now precedes that
-    row, which a fit resumed from it never logs again."""
-    loop = trainer.fit_loop.epoch_loop
-    progress = loop.batch_progress.current
-    if not trainer.training or progress.completed >= progress.processed:  # not inside a training batch's end hooks
-        return False
-    if trainer.lightning_module.automatic_optimization and loop._should_accumulate():
-        return False
+def rows_logged_after_save(trainer: pl.Trainer) -> int:
+    """How many rows Lightning sends to the loggers right after a checkpoint written now, which a fit resumed from that
+    checkpoint never logs again: inside ``on_train_batch_end`` the batch's step row
+    (``_logger_connector.update_train_step_metrics``), inside ``on_train_epoch_end`` the epoch row
+    (``update_train_epoch_metrics``); 0 elsewhere (after a validation the resumed fit logs what follows itself)."""
+    if not trainer.training or not trainer.loggers or trainer._results is None:
+        return 0
+    loop = trainer.fit_loop
+    batches, epochs = loop.epoch_loop.batch_progress.current, loop.epoch_progress.current
     connector = trainer._logger_connector
-    return bool(trainer.loggers) and bool(connector.should_update_logs or trainer.fast_dev_run) and bool(
-        trainer._results.metrics(True)["log"] if trainer._results is not None else False)
+    if epochs.processed > epochs.completed:  # inside on_train_epoch_end
+        return int(bool(trainer._results.metrics(False)["log"]))
+    if batches.completed >= batches.processed:  # not inside a training batch's end hooks
+        return 0
+    if trainer.lightning_module.automatic_optimization and loop.epoch_loop._should_accumulate():
+        return 0
+    if not (connector.should_update_logs or trainer.fast_dev_run):
+        return 0
+    return int(bool(trainer._results.metrics(True)["log"]))
 
 
 def time_based_validation(trainer: pl.Trainer) -> bool:
@@ -255,6 +263,30 @@ def restore_logged_metrics(trainer: pl.Trainer, state: dict[str, dict[str, Any]]
     device = trainer.strategy.root_device
     connector._callback_metrics.update({k: v.to(device) for k, v in state.get("callback", {}).items()})
     connector._logged_metrics.update({k: v.to(device) for k, v in state.get("logged", {}).items()})
+
+
+def epoch_start_skipped(trainer: pl.Trainer) -> bool:
+    """Whether this fit resumes from a checkpoint taken at an epoch's last batch end, so that it starts the next
+    epoch without calling ``on_train_epoch_start`` (Lightning 2.6: ``fit_loop.on_advance_start`` skips the hooks
+    while ``restarted_mid_epoch``, a stage it also gives that checkpoint, and counts the epoch neither ready nor
+    started). After any other mid-epoch checkpoint the epoch's start hooks ran before the save. Valid from
+    ``on_train_start`` to the first batch."""
+    loop = trainer.fit_loop
+    epoch_loop = loop.epoch_loop
+    return bool(loop.restarted_mid_epoch and epoch_loop.restarted_on_train_batch_end
+                and epoch_loop.batch_progress.is_last_batch)
+
+
+def call_epoch_start(trainer: pl.Trainer) -> None:
+    """What ``fit_loop.on_advance_start`` does at an epoch's start, hooks and progress counters: ``ready`` and
+    ``started`` of the epoch progress, ``on_train_epoch_start`` of every callback, then of the LightningModule."""
+    from lightning.pytorch.trainer import call
+
+    progress = trainer.fit_loop.epoch_progress
+    progress.increment_ready()
+    call._call_callback_hooks(trainer, "on_train_epoch_start")
+    call._call_lightning_module_hook(trainer, "on_train_epoch_start")
+    progress.increment_started()
 
 
 def restart_train_iterator(trainer: pl.Trainer) -> bool:

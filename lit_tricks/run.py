@@ -105,18 +105,19 @@ def _latest_version(root: Path) -> int | None:
     return max(versions) if versions else None
 
 
-def _continue_csv_logs(loggers: list[Any], resume_ckpt: str) -> None:
+def _continue_csv_logs(loggers: list[Any], resume_ckpt: str | None) -> None:
     """After a resume, keep writing the CSVLogger's newest ``version_N`` (rows up to the checkpoint's step kept).
 
     Lightning's CSV writer deletes an existing ``metrics.csv`` of its version; the rows logged before the checkpoint
     are read first and written back, so ``metrics.csv`` holds every epoch of the run: as many rows as the checkpoint
-    says were written (``RNGState`` records it), else those of earlier steps.
+    says were written (``RNGState`` records it), else those of earlier steps. ``resume=auto`` without a checkpoint
+    (killed before the first one) starts that version afresh.
     """
     from lightning.pytorch.loggers import CSVLogger
 
     from lit_tricks.fault.exact_resume import CSV_ROWS_KEY
 
-    ckpt = torch.load(resume_ckpt, map_location="cpu", weights_only=True, mmap=True)
+    ckpt = torch.load(resume_ckpt, map_location="cpu", weights_only=True, mmap=True) if resume_ckpt else {}
     step, counts = int(ckpt.get("global_step", 0)), ckpt.get(CSV_ROWS_KEY) or {}
     for lg in loggers:
         if not isinstance(lg, CSVLogger) or csv_logger_version(lg) is not None:
@@ -218,7 +219,7 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
     if not loggers:  # LearningRateMonitor refuses to run without a logger; with logger=none there is nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     resume = _resume_path(cfg, out)
-    if resume is not None:
+    if resume is not None or cfg.get("resume") == "auto":
         _continue_csv_logs(loggers, resume)
     trainer = build_trainer(cfg, callbacks, loggers or False)
     resolved = OmegaConf.to_container(cfg, resolve=True)

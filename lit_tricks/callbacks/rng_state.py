@@ -16,7 +16,13 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
 from lit_tricks.compat import apply_pending_train_loader_state, restart_train_iterator
-from lit_tricks.fault.exact_resume import CSV_ROWS_KEY, capture_loop_values, csv_log_rows, restore_loop_values
+from lit_tricks.fault.exact_resume import (
+    CSV_ROWS_KEY,
+    capture_loop_values,
+    csv_log_rows,
+    restore_loop_values,
+    run_skipped_epoch_start,
+)
 from lit_tricks.fault.rng import collect_rng_states, restore_rng_states
 
 __all__ = ["RNGState"]
@@ -90,11 +96,14 @@ class RNGState(Callback):
         # the data position first: creating the loader's iterator again draws from the RNG restored below
         apply_pending_train_loader_state(trainer)
         if self._pending is None:
+            run_skipped_epoch_start(trainer)
             return
         restore_rng_states(self._pending)
-        restore_loop_values(trainer, self._pending.get("loop_values", {}))
+        new_epoch = _resumes_at_epoch_end(trainer)
+        restore_loop_values(trainer, self._pending.get("loop_values", {}), same_epoch=not new_epoch)
         self._pending = None
-        if _resumes_at_epoch_end(trainer):
+        run_skipped_epoch_start(trainer)  # the uninterrupted run's epoch start, before that epoch's iterator
+        if new_epoch:
             # The uninterrupted run creates the next epoch's train iterator now, after the save; creating one
             # draws its base seed from the RNG. The resumed run created it before the states were restored:
             # create it again so the same draw happens on the same state.

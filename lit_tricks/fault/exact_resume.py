@@ -11,6 +11,10 @@ at ``on_train_start`` (after Lightning restored its loops, before the first batc
    those after the restart) and the values callbacks read (``trainer.callback_metrics``: an epoch end resumed after
    its validation still sees ``val/loss``).
 
+4. the epoch start Lightning skips: after a checkpoint taken at an epoch's last batch, Lightning starts the next
+   epoch without ``on_train_epoch_start`` (:func:`run_skipped_epoch_start` runs it once, for every callback and the
+   module; a callback whose epoch-start work must not be lost calls it from its ``on_train_start``).
+
 The CSV logger's row count at each checkpoint goes into the checkpoint too (:func:`csv_log_rows`), so a resumed
 run keeps exactly the rows written before the checkpoint (``lit_tricks.run`` reads it).
 """
@@ -18,20 +22,23 @@ run keeps exactly the rows written before the checkpoint (``lit_tricks.run`` rea
 from __future__ import annotations
 
 import contextlib
+import weakref
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 
 from lit_tricks.compat import (
+    call_epoch_start,
     epoch_results_state,
+    epoch_start_skipped,
     logged_metrics_state,
     restore_epoch_results,
     restore_logged_metrics,
-    train_step_row_pending,
+    rows_logged_after_save,
 )
 
-__all__ = ["CSV_ROWS_KEY", "capture_loop_values", "csv_log_rows", "restore_loop_values"]
+__all__ = ["CSV_ROWS_KEY", "capture_loop_values", "csv_log_rows", "restore_loop_values", "run_skipped_epoch_start"]
 
 #: Top-level checkpoint key: ``{"<logger name>/<version dir>": rows of its metrics.csv when the checkpoint was taken}``.
 CSV_ROWS_KEY = "lit_tricks_csv_rows"
@@ -44,24 +51,44 @@ def capture_loop_values(trainer: pl.Trainer) -> dict[str, Any]:
     return {"epoch_results": epoch_results_state(trainer), "metrics": logged_metrics_state(trainer)}
 
 
-def restore_loop_values(trainer: pl.Trainer, values: dict[str, Any]) -> None:
-    """Put :func:`capture_loop_values`' output back into ``trainer`` (before the first resumed batch)."""
+def restore_loop_values(trainer: pl.Trainer, values: dict[str, Any], same_epoch: bool) -> None:
+    """Put :func:`capture_loop_values`' output back into ``trainer`` (before the first resumed batch); the epoch's
+    aggregates only when the fit goes on with the epoch they belong to (``same_epoch``)."""
     restore_logged_metrics(trainer, values.get("metrics", {}))
-    restore_epoch_results(trainer, values.get("epoch_results", []))
+    if same_epoch:
+        restore_epoch_results(trainer, values.get("epoch_results", []))
+
+
+_EPOCH_STARTED: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def run_skipped_epoch_start(trainer: pl.Trainer) -> bool:
+    """Run the ``on_train_epoch_start`` that Lightning skips after a last-batch checkpoint (every callback's, then the
+    module's, with the epoch counters), once per fit; True when it ran now. Call it from ``on_train_start``.
+
+    Only that case: after any other mid-epoch checkpoint the epoch's start hooks ran before the save and their effects
+    are in the restored states, so they must not run twice.
+    """
+    loop = trainer.fit_loop
+    if not epoch_start_skipped(trainer) or _EPOCH_STARTED.get(loop) == loop.epoch_progress.total.processed:
+        return False
+    _EPOCH_STARTED[loop] = loop.epoch_progress.total.processed
+    call_epoch_start(trainer)
+    return True
 
 
 def csv_log_rows(trainer: pl.Trainer) -> dict[str, int]:
     """Rows each CSV logger of ``trainer`` has written (flushed first), keyed ``<name>/<version dir>``; rank 0 only.
 
-    At a training batch's end the batch's own step row, which Lightning logs right after that hook, counts too: a
-    resumed fit does not run that batch again. (A kill in the instant between the checkpoint and that row loses
-    the row.)"""
+    At a training batch's (an epoch's) end the batch's step row (the epoch's row), which Lightning logs right after
+    that hook, counts too: a resumed fit does not run that batch (epoch end) again. (A kill in the instant between
+    the checkpoint and that row loses the row.)"""
     from lightning.pytorch.loggers import CSVLogger
 
     rows: dict[str, int] = {}
     if not trainer.is_global_zero:
         return rows
-    pending = int(train_step_row_pending(trainer))  # this batch's row, logged right after a batch-end checkpoint
+    pending = rows_logged_after_save(trainer)  # a batch's or an epoch's row, logged right after this checkpoint
     for logger in trainer.loggers:
         if not isinstance(logger, CSVLogger):
             continue

@@ -63,10 +63,12 @@ VAL_AFTER = (2, 5)
 #: Every recipe: tiny digits and a tiny model, validation twice an epoch, a per-step ``last.ckpt``, one CSV row per
 #: step, a short test. The data module records batch ids; the probe records per step and injects the fault.
 BASE = (
-    "seed=7", "data._target_=tests.resume.harness.DigitsWithIds", "data.train_size=96", "data.batch_size=16",
-    "model.width=4", f"trainer.max_epochs={EPOCHS}", "+trainer.val_check_interval=0.5", "trainer.limit_val_batches=3",
+    "seed=7", f"trainer.max_epochs={EPOCHS}", "+trainer.val_check_interval=0.5", "trainer.limit_val_batches=3",
     "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "callbacks.last_checkpoint.every_n_train_steps=1",
 )
+#: The digits recipes' data and model (``model.width=4``: a tiny SmallCNN).
+DIGITS = ("data._target_=tests.resume.harness.DigitsWithIds", "data.train_size=96", "data.batch_size=16",
+          "model.width=4")
 #: The callbacks every single-callback recipe keeps: the per-step checkpoint, the RNG states, the signal handler.
 ALONE = "last_checkpoint,rng_state,preemption"
 
@@ -79,7 +81,7 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "early_stopping": (f"callbacks=[{ALONE},early_stopping]", "callbacks.early_stopping.patience=2",
                        "callbacks.early_stopping.restore_best_weights=true"),
     "ensemble": (f"callbacks=[{ALONE},checkpoint_ensemble]",),
-    "learning_curves": (f"callbacks=[{ALONE},learning_curves]", "callbacks.learning_curves.plot=false"),
+    "learning_curves": (f"callbacks=[{ALONE},learning_curves]", "++callbacks.learning_curves.plot=false"),
     "layer_stats": (f"callbacks=[{ALONE},layer_stats]", "callbacks.layer_stats.every_n_steps=2"),
     "model_checkpoint": (f"callbacks=[{ALONE},model_checkpoint,lr_monitor]",),
     "backbone": ("callbacks=[default,backbone_finetuning]", "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch=1"),
@@ -87,15 +89,17 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "full": ("callbacks=[default,early_stopping,checkpoint_ensemble,learning_curves,layer_stats]",
              "callbacks.ema.recalibrate_bn_batches=2", "callbacks.clipping.mode=auto", "callbacks.clipping.history=8",
              "callbacks.early_stopping.restore_best_weights=true", "callbacks.early_stopping.stopping_threshold=0.05",
-             "callbacks.learning_curves.plot=false", "callbacks.layer_stats.every_n_steps=2"),
+             "++callbacks.learning_curves.plot=false", "callbacks.layer_stats.every_n_steps=2"),
     # a short MNIST-1D tricks run: no validation split (the recipe's protocol)
     "mnist1d": ("experiment=mnist1d_tricks", "data._target_=tests.resume.harness.MNIST1DWithIds",
-                "data.num_samples=600", "data.batch_size=16", "data.train_size=96", "model.channels=4",
+                "data.num_samples=600", "data.batch_size=16", "+data.train_size=96", "model.channels=4",
                 "callbacks=[mnist1d,last_checkpoint,rng_state,preemption]", "trainer.enable_checkpointing=true",
                 f"trainer.max_epochs={EPOCHS}", "++trainer.val_check_interval=1.0", "trainer.log_every_n_steps=1"),
 }
 #: Recipes without a validation split (no validation points).
 NO_VALIDATION = {"mnist1d"}
+#: Recipes with their own data and model (not :data:`DIGITS`).
+OWN_DATA = {"mnist1d"}
 
 
 class Killed(BaseException):  # noqa: N818 - a simulated kill -9, not an error
@@ -252,7 +256,8 @@ def copy_run(src: Path, dst: Path) -> None:
 def config(recipe: str, run_dir: Path, fault: str | Fault = "none", resume: bool = False,
            extra: tuple[str, ...] = ()) -> DictConfig:
     """The composed config of ``recipe`` writing into ``run_dir``, with the probe (and its fault) attached."""
-    overrides = [*BASE, *RECIPES[recipe], *extra, f"paths.output_dir={run_dir}", f"paths.log_dir={run_dir.parent}",
+    data = () if recipe in OWN_DATA else DIGITS
+    overrides = [*BASE, *data, *RECIPES[recipe], *extra, f"paths.output_dir={run_dir}", f"paths.log_dir={run_dir.parent}",
                  f"paths.data_dir={run_dir.parent / 'data'}", f"resume={'auto' if resume else 'null'}"]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -458,7 +463,8 @@ def faults_for(kind: str, interruption: str, draw: Callable[[list[int]], int], h
     if kind == "last":  # the signal in, or the kill right after, the epoch's last batch
         if k == "kill":
             return [Fault(k, "valstart", epoch, BATCHES - 1) if has_val else Fault(k, "batch", later, 0)]
-        return [Fault(k, "batch", epoch, BATCHES - 1)]
+        # Preemption saves after the epoch's validation, else in the next epoch: there must be one
+        return [Fault(k, "batch", epoch if has_val else later - 1, BATCHES - 1)]
     if kind == "after_val":  # right after the mid-epoch validation
         v = VAL_AFTER[0]
         return [Fault(k, "batch", epoch, v + 1)] if k == "kill" else [Fault(k, "valend", epoch, v)]
