@@ -272,9 +272,9 @@ def epoch_start_skipped(trainer: pl.Trainer) -> bool:
     started). After any other mid-epoch checkpoint the epoch's start hooks ran before the save. Valid from
     ``on_train_start`` to the first batch."""
     loop = trainer.fit_loop
-    epoch_loop = loop.epoch_loop
-    return bool(loop.restarted_mid_epoch and epoch_loop.restarted_on_train_batch_end
-                and epoch_loop.batch_progress.is_last_batch)
+    if not loop.restarted_mid_epoch:
+        return False
+    return bool(loop.epoch_loop.restarted_on_train_batch_end and loop.epoch_loop.batch_progress.is_last_batch)
 
 
 def call_epoch_start(trainer: pl.Trainer) -> None:

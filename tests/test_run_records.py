@@ -136,7 +136,7 @@ def test_sweep_records_every_job_and_goes_on(tmp_path: Path) -> None:
         files = r["checkpoints"]
         assert r["objective_source"] == "best_checkpoint" and r["evaluated_weights"] == "ema"
         assert r["best_ckpt"] == files["best_ema"] == r["reproduced_by"]["objective"] == r["reproduced_by"]["test/acc"]
-        assert Path(files["best_ema"]).name.endswith("-ema.ckpt")
+        assert Path(files["best_ema"]).name.startswith("ema-")
         for path in [*(f for f in files.values() if f), Path(r["run_dir"]) / "metrics.json",
                      Path(r["run_dir"]) / "config_resolved.yaml"]:
             assert stat.S_IMODE(Path(path).stat().st_mode) == 0o644, path

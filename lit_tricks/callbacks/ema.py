@@ -47,9 +47,13 @@ _STATE_VERSION = 1
 
 
 def ema_checkpoint_path(path: str | os.PathLike[str]) -> Path:
-    """Where the EMA-only twin of checkpoint ``path`` goes: ``last.ckpt -> last-ema.ckpt``."""
+    """Where the EMA-only twin of checkpoint ``path`` goes: ``last.ckpt -> ema-last.ckpt``, beside it.
+
+    Never a name starting with ``last``: Lightning's ``fit(ckpt_path="last")`` resumes from the newest ``last*`` file
+    of a ModelCheckpoint's folder, and a twin holds no training state.
+    """
     p = Path(path)
-    return p.with_name(p.stem + EMA_CHECKPOINT_SUFFIX + p.suffix) if p.suffix else p.with_name(p.name + "-ema")
+    return p.with_name("ema-" + p.name)
 
 
 class EMAWeights(Callback):

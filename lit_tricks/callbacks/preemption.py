@@ -54,7 +54,7 @@ class Preemption(Callback):
         self,
         signals: tuple[str, ...] | list[str] | str | None = None,
         dirpath: str | None = None,
-        filename: str = "preempted.ckpt",
+        filename: str = "last-preempted.ckpt",
         requeue: bool | str = "auto",
         requeue_signals: tuple[str, ...] | list[str] | str | None = None,
     ) -> None:

@@ -131,7 +131,7 @@ def test_checkpoints_hold_raw_weights_and_an_ema_twin(tmp_path: Path) -> None:
     # evaluation saw the EMA weights, and the val-end checkpoint (saved right after) the raw ones
     assert _equal(probe.val_weights[-1], ema_cb.ema_state_dict)
     twin = ema_checkpoint_path(last)
-    assert twin.name == "last-ema.ckpt"
+    assert twin.name == "ema-last.ckpt"
     ema_ckpt = torch.load(twin, weights_only=True)
     assert _equal(ema_ckpt["state_dict"], ema_cb.ema_state_dict)
     assert "optimizer_states" not in ema_ckpt and "callbacks" not in ema_ckpt
@@ -139,16 +139,16 @@ def test_checkpoints_hold_raw_weights_and_an_ema_twin(tmp_path: Path) -> None:
     assert _equal(_clone(loaded), ema_cb.ema_state_dict)
     # every checkpoint has its twin, and twins of removed top-k checkpoints are removed with them
     ckpts = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    mains = [n for n in ckpts if not n.endswith("-ema.ckpt")]
+    mains = [n for n in ckpts if not n.startswith("ema-")]
     assert len(mains) == 2 and sorted(ema_checkpoint_path(n).name for n in mains) == [
-        n for n in ckpts if n.endswith("-ema.ckpt")]
+        n for n in ckpts if n.startswith("ema-")]
     assert not [n for n in ckpts if n.startswith(".tmp-")]
 
 
 def test_no_ema_twin_when_turned_off(tmp_path: Path) -> None:
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     _fit(tmp_path, [EMAWeights(save_ema_checkpoint=False), ckpt], max_epochs=1)
-    assert not list((tmp_path / "ckpt").glob("*-ema.ckpt"))
+    assert not list((tmp_path / "ckpt").glob("ema-*.ckpt"))
 
 
 class SaveDuringValidation(TinyClassifier):
@@ -171,7 +171,7 @@ def test_save_while_swapped_writes_raw_weights(tmp_path: Path) -> None:
     assert not _equal(ck["state_dict"], model.seen_during_save)
     weights_only = torch.load(tmp_path / "weights.ckpt", weights_only=True)
     assert "callbacks" not in weights_only and _equal(weights_only["state_dict"], probe.steps[-1])
-    assert _equal(torch.load(tmp_path / "weights-ema.ckpt", weights_only=True)["state_dict"],
+    assert _equal(torch.load(tmp_path / "ema-weights.ckpt", weights_only=True)["state_dict"],
                   ck["callbacks"][ema_cb.state_key]["ema"])
     assert _equal(_clone(model), probe.steps[-1])  # swapped back after validation
 
@@ -410,7 +410,7 @@ def test_plain_boring_model(tmp_path: Path) -> None:
     trainer.fit(BoringModel())
     assert ema_cb.num_updates == 4
     assert _equal(probe.val_weights[-1], ema_cb.ema_state_dict)
-    assert _equal(torch.load(tmp_path / "ckpt" / "last-ema.ckpt", weights_only=True)["state_dict"],
+    assert _equal(torch.load(tmp_path / "ckpt" / "ema-last.ckpt", weights_only=True)["state_dict"],
                   ema_cb.ema_state_dict)
 
 

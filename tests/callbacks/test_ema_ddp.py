@@ -79,7 +79,7 @@ def test_ddp_spawn_ema_identical_and_same_stop_on_both_ranks(tmp_path: Path) -> 
 
     # the parent got the checkpoints: raw weights + EMA state, and the EMA-only twin
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
-    twin = torch.load(tmp_path / "ckpt" / "last-ema.ckpt", weights_only=True)
+    twin = torch.load(tmp_path / "ckpt" / "ema-last.ckpt", weights_only=True)
     state = last["callbacks"][ema.state_key]
     assert state["num_updates"] == last["global_step"] == 6
     assert _equal(twin["state_dict"], state["ema"])

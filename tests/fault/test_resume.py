@@ -26,7 +26,7 @@ def test_picks_the_newest_intact_training_checkpoint(tmp_path: Path, caplog: pyt
     assert find_resume_checkpoint(tmp_path / "missing") is None
     _save(tmp_path / "checkpoints" / "epoch=0-step=5.ckpt", 100)
     _save(tmp_path / "checkpoints" / "last.ckpt", 200)
-    _save(tmp_path / "checkpoints" / "last-ema.ckpt", 300, training=False)  # weights only: not resumable
+    _save(tmp_path / "checkpoints" / "ema-last.ckpt", 300, training=False)  # weights only: not resumable
     assert find_resume_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
     # a newer but truncated file is skipped with a warning
     newer = tmp_path / "checkpoints" / "preempted.ckpt"

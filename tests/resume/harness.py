@@ -26,7 +26,9 @@ are compared with :func:`differences` (tensors with ``torch.equal``: bit for bit
 
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 import json
 import logging
 import math
@@ -38,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from unittest import mock
 
 import lightning.pytorch as pl
 import torch
@@ -253,16 +256,22 @@ def copy_run(src: Path, dst: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- running
+@functools.cache
+def _composed(recipe: str, extra: tuple[str, ...]) -> DictConfig:
+    data = () if recipe in OWN_DATA else DIGITS
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[*BASE, *data, *RECIPES[recipe], *extra])
+
+
 def config(recipe: str, run_dir: Path, fault: str | Fault = "none", resume: bool = False,
            extra: tuple[str, ...] = ()) -> DictConfig:
     """The composed config of ``recipe`` writing into ``run_dir``, with the probe (and its fault) attached."""
-    data = () if recipe in OWN_DATA else DIGITS
-    overrides = [*BASE, *data, *RECIPES[recipe], *extra, f"paths.output_dir={run_dir}", f"paths.log_dir={run_dir.parent}",
-                 f"paths.data_dir={run_dir.parent / 'data'}", f"resume={'auto' if resume else 'null'}"]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = copy.deepcopy(_composed(recipe, tuple(extra)))  # composing takes a second; the paths resolve lazily
     with open_dict(cfg):
+        cfg.paths.output_dir, cfg.paths.log_dir = str(run_dir), str(run_dir.parent)
+        cfg.paths.data_dir = str(run_dir.parent.parent / "data")
+        cfg.resume = "auto" if resume else None
         cfg.callbacks["harness_probe"] = {"_target_": "tests.resume.harness.Probe", "out": str(run_dir),
                                           "fault": str(fault)}
         cfg.trainer.plugins = [{"_target_": "tests.resume.harness.ProbeIO"}]
@@ -295,7 +304,8 @@ def run(recipe: str, run_dir: Path, fault: str | Fault = "none", resume: bool = 
     from lit_tricks.run import train
 
     cfg = config(recipe, run_dir, fault, resume, extra)
-    with _quiet():
+    # no fsync: a simulated kill leaves the page cache as it is (the real kills in test_real_kills.py keep it)
+    with _quiet(), mock.patch("os.fsync"):
         try:
             train(cfg)
         except Killed:
@@ -416,11 +426,19 @@ def differences(a: Any, b: Any, path: str = "", limit: int = 12) -> list[str]:
     return out
 
 
+def _starts(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "harness" / "records.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith('{"start"')]
+
+
+def resume_steps(run_dir: Path) -> list[int]:
+    """The global step each resumed segment of a run started at."""
+    return [int(s["start"]) for s in _starts(run_dir) if s["from"]]
+
+
 def resume_sources(run_dir: Path) -> set[str]:
     """The checkpoint files (relative paths) the segments of a run resumed from."""
-    lines = (run_dir / "harness" / "records.jsonl").read_text().splitlines()
-    starts = [json.loads(line) for line in lines if line.startswith('{"start"')]
-    return {str(Path(s["from"]).relative_to(run_dir)) for s in starts if s["from"].startswith(str(run_dir))}
+    return {str(Path(s["from"]).relative_to(run_dir)) for s in _starts(run_dir) if s["from"].startswith(str(run_dir))}
 
 
 def assert_same(resumed: dict[str, Any], reference: dict[str, Any], label: str) -> None:

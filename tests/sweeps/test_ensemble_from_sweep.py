@@ -48,10 +48,10 @@ def test_ema_evaluated_jobs_contribute_their_ema_twins(tmp_path: Path) -> None:
     make_job(tmp_path, 0, 0.1, 0.7)
     make_job(tmp_path, 1, 0.3, 0.9)
     job = tmp_path / "1"
-    (job / "checkpoints" / "best-ema.ckpt").write_bytes(b"ema")
+    (job / "checkpoints" / "ema-best.ckpt").write_bytes(b"ema")
     cfg = {"seed": 1, "callbacks": {"ema": {"_target_": "lit_tricks.callbacks.ema.EMAWeights",
                                             "evaluate_with": "ema"}}}
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (tmp_path / "0" / "checkpoints" / "best-ema.ckpt").write_bytes(b"ema")  # twin, but job 0 evaluated raw weights
+    (tmp_path / "0" / "checkpoints" / "ema-best.ckpt").write_bytes(b"ema")  # twin, but job 0 evaluated raw weights
     members = ensemble_members(build_report(tmp_path), top_k=2)
-    assert [Path(m.best_ckpt).name for m in members] == ["best-ema.ckpt", "best.ckpt"]
+    assert [Path(m.best_ckpt).name for m in members] == ["ema-best.ckpt", "best.ckpt"]
