@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: train test bench lint typecheck pytest setup docs gpu-check test-db dashboard test-fast cluster-up cluster-down
+.PHONY: train test bench lint typecheck pytest setup docs gpu-check test-db dashboard test-fast test-resume cluster-up cluster-down
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -42,6 +42,11 @@ test: lint typecheck docs pytest
 # The inner loop: no SLURM cluster, no database server.
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q --timeout=300 -m "not slurm and not db" $(PYTEST_ARGS)
+
+# The whole resume-equivalence grid (tests/resume: every recipe x interruption point x kill -9/SIGTERM, ~170 cells);
+# `make test` runs 40 of them. LIT_TRICKS_RESUME_SEED=<n> draws other positions.
+test-resume: $(STAMP)
+	LIT_TRICKS_RESUME_GRID=full $(VENV)/bin/pytest -q --timeout=600 -p no:cacheprovider tests/resume $(PYTEST_ARGS)
 
 # A local 2-node SLURM cluster (installs slurm-wlm and munge with apt when missing); see docs/cluster.md.
 cluster-up:

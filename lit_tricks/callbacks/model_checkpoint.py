@@ -25,9 +25,7 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     - ``current_score`` (the monitored value of the last check) is restored with the rest of the state.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deferred_step_save = False
+    _deferred_step_save = False  # a step save due at a batch end that is no exact resume point (per instance once set)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -28,16 +28,21 @@ DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
 
 
 class Preemption(Callback):
-    """Turn a preemption signal into a checkpoint at the end of the current training batch and a clean exit (code 0).
-
-    With gradient accumulation the checkpoint waits for the end of the current window (the window is the step: the
-    accumulated gradients of a half-done window are in no checkpoint, so saving there would lose them).
+    """Turn a preemption signal into a checkpoint at the next exact resume point and a clean exit (code 0).
 
     From ``on_train_start`` to the end of fit, the handlers of ``signals`` only note the signal. At the end of the
     running training batch (after every other callback, ModelCheckpoint included, ran its ``on_train_batch_end``: the
-    same point an interval checkpoint is taken, so the resume is exact) the ranks agree (any rank signalled), every
-    rank takes part in ``trainer.save_checkpoint(<dirpath>/<filename>)``, and fit ends by raising Lightning's
-    ``SIGTERMException`` (a ``SystemExit`` with code 0). Restart with ``resume=auto`` (or ``ckpt_path``) to go on.
+    same point an interval checkpoint is taken) the ranks agree (any rank signalled), every rank takes part in
+    ``trainer.save_checkpoint(<dirpath>/<filename>)``, and fit ends at the next batch start (after Lightning logged
+    the saved batch's metrics) by raising Lightning's ``SIGTERMException`` (a ``SystemExit`` with code 0). Restart with
+    ``resume=auto`` or ``trainer.fit(ckpt_path="last")`` (the default file name starts with ``last``) to go on.
+
+    Not every batch end is an exact resume point (:func:`lit_tricks.compat.batch_end_is_resumable`): when a
+    validation or the epoch end follows the batch (its last batch, or ``val_check_interval``), Lightning would resume
+    past them, so the save waits for the end of that validation (``on_validation_end``, after ModelCheckpoint and
+    EarlyStopping), or without one for the next batch end; when fit ends first, nothing is saved and fit ends
+    normally. With gradient accumulation the checkpoint waits for the end of the current window (the accumulated
+    gradients of a half-done window are in no checkpoint).
 
     ``dirpath``: default the first ModelCheckpoint's directory, else ``<default_root_dir>/checkpoints``.
     ``requeue``: ``"auto"`` requeues the SLURM job (``scontrol requeue``, once, from rank 0) when running under SLURM

@@ -13,6 +13,7 @@ batch), where ``batch`` is the index of the training batch that ran last (for ``
 - ``kill``: a ``kill -9`` there, simulated in-process: the run directory is copied as it is at that instant (a torn
   temp file included when inside a write) to ``<run>.killed``, then the fit is aborted with :class:`Killed` (which
   nothing of lit_tricks catches); the resume runs in the copy with ``resume=auto`` (the newest intact checkpoint).
+- ``realkill``: ``kill -9`` of this process there (for runs in a subprocess, ``test_real_kills.py``).
 - ``term``: a SIGTERM to this process there; the ``Preemption`` callback saves and ends the fit (``SystemExit``);
   the resume runs in the same directory with ``resume=auto``.
 
@@ -150,7 +151,7 @@ class MNIST1DWithIds(_RecordsIds, MNIST1DDataModule):
 # ----------------------------------------------------------------------------------------------- probe + faults
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # kill | term | none
+    kind: str  # kill | realkill | term | none
     hook: str = ""  # batch | valstart | valend | write
     epoch: int = -1
     batch: int = -1
@@ -223,6 +224,8 @@ class Probe(Callback):
         if self._fired or f.kind == "none" or (hook, *self._batch) != (f.hook, f.epoch, f.batch):
             return
         self._fired = True
+        if f.kind == "realkill":  # the real thing, for the subprocess tests: nothing after this line runs
+            os.kill(os.getpid(), signal.SIGKILL)
         if f.kind == "kill":
             copy_run(self.out, Path(str(self.out) + ".killed"))
             raise Killed(str(f))
@@ -276,6 +279,16 @@ def config(recipe: str, run_dir: Path, fault: str | Fault = "none", resume: bool
                                           "fault": str(fault)}
         cfg.trainer.plugins = [{"_target_": "tests.resume.harness.ProbeIO"}]
     return cfg
+
+
+def cli_overrides(recipe: str, run_dir: Path, fault: str | Fault = "none", resume: bool = False,
+                  extra: tuple[str, ...] = ()) -> list[str]:
+    """The same run as :func:`config` as ``scripts/train.py`` arguments (the process needs the repo on PYTHONPATH)."""
+    data = () if recipe in OWN_DATA else DIGITS
+    return [*BASE, *data, *RECIPES[recipe], *extra, f"hydra.run.dir={run_dir}", f"paths.log_dir={run_dir.parent}",
+            f"paths.data_dir={run_dir.parent.parent / 'data'}", f"resume={'auto' if resume else 'null'}",
+            "+callbacks.harness_probe._target_=tests.resume.harness.Probe", f"+callbacks.harness_probe.out={run_dir}",
+            f"+callbacks.harness_probe.fault={fault}", "trainer.plugins=[{_target_:tests.resume.harness.ProbeIO}]"]
 
 
 @contextmanager
