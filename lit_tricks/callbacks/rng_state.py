@@ -116,8 +116,8 @@ def _resumes_at_epoch_end(trainer: pl.Trainer) -> bool:
     (which Lightning resumes with the next epoch). Not when it was taken at the end of the epoch's last validation:
     the resumed fit then finishes that epoch first and creates the next epoch's iterator itself. Read at
     ``on_train_start``, after Lightning's fit loop applied its restart rules."""
-    epochs = trainer.fit_loop.epoch_progress.current
-    return epochs.processed >= epochs.started
+    epochs: Any = trainer.fit_loop.epoch_progress.current  # a _StartedTracker, typed as its base class
+    return bool(epochs.processed >= epochs.started)
 
 
 def _to_cpu(obj: Any) -> Any:

@@ -41,7 +41,8 @@ def batch_end_is_resumable(trainer: pl.Trainer) -> bool:
     loop = trainer.fit_loop.epoch_loop
     if loop._is_training_done or loop.batch_progress.is_last_batch:
         return False
-    return not loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+    fetcher: Any = trainer.fit_loop._data_fetcher
+    return not loop._should_check_val_fx(fetcher)
 
 
 def rows_logged_after_save(trainer: pl.Trainer) -> int:
@@ -52,7 +53,8 @@ def rows_logged_after_save(trainer: pl.Trainer) -> int:
     if not trainer.training or not trainer.loggers or trainer._results is None:
         return 0
     loop = trainer.fit_loop
-    batches, epochs = loop.epoch_loop.batch_progress.current, loop.epoch_progress.current
+    batches: Any = loop.epoch_loop.batch_progress.current  # trackers typed as their base class
+    epochs: Any = loop.epoch_progress.current
     connector = trainer._logger_connector
     if epochs.processed > epochs.completed:  # inside on_train_epoch_end
         return int(bool(trainer._results.metrics(False)["log"]))
@@ -60,7 +62,7 @@ def rows_logged_after_save(trainer: pl.Trainer) -> int:
         return 0
     if trainer.lightning_module.automatic_optimization and loop.epoch_loop._should_accumulate():
         return 0
-    if not (connector.should_update_logs or trainer.fast_dev_run):
+    if not (connector.should_update_logs or getattr(trainer, "fast_dev_run", False)):
         return 0
     return int(bool(trainer._results.metrics(True)["log"]))
 

@@ -70,9 +70,10 @@ def run_skipped_epoch_start(trainer: pl.Trainer) -> bool:
     are in the restored states, so they must not run twice.
     """
     loop = trainer.fit_loop
-    if not epoch_start_skipped(trainer) or _EPOCH_STARTED.get(loop) == loop.epoch_progress.total.processed:
+    processed = int(getattr(loop.epoch_progress.total, "processed", 0))  # a tracker typed as its base class
+    if not epoch_start_skipped(trainer) or _EPOCH_STARTED.get(loop) == processed:
         return False
-    _EPOCH_STARTED[loop] = loop.epoch_progress.total.processed
+    _EPOCH_STARTED[loop] = processed
     call_epoch_start(trainer)
     return True
 

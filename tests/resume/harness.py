@@ -50,7 +50,6 @@ from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, open_dict
 
-from lit_tricks.data.base import SplitDataModule
 from lit_tricks.data.digits import DigitsDataModule
 from lit_tricks.data.mnist1d import MNIST1DDataModule
 from lit_tricks.data.sampling import SplitDataset, train_loader
@@ -88,7 +87,8 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "learning_curves": (f"callbacks=[{ALONE},learning_curves]", "++callbacks.learning_curves.plot=false"),
     "layer_stats": (f"callbacks=[{ALONE},layer_stats]", "callbacks.layer_stats.every_n_steps=2"),
     "model_checkpoint": (f"callbacks=[{ALONE},model_checkpoint,lr_monitor]",),
-    "backbone": ("callbacks=[default,backbone_finetuning]", "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch=1"),
+    "backbone": ("callbacks=[default,backbone_finetuning]",
+                 "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch=1"),
     # the full stack of the issue
     "full": ("callbacks=[default,early_stopping,checkpoint_ensemble,learning_curves,layer_stats]",
              "callbacks.ema.recalibrate_bn_batches=2", "callbacks.clipping.mode=auto", "callbacks.clipping.history=8",
@@ -106,7 +106,7 @@ NO_VALIDATION = {"mnist1d"}
 OWN_DATA = {"mnist1d"}
 
 
-class Killed(BaseException):  # noqa: N818 - a simulated kill -9, not an error
+class Killed(BaseException):
     """A simulated ``kill -9``: the run directory was copied, the fit is abandoned (nothing may catch this)."""
 
 
@@ -469,6 +469,27 @@ def assert_same(resumed: dict[str, Any], reference: dict[str, Any], label: str) 
 
 
 # ----------------------------------------------------------------------------------------------- the grid
+@dataclass(frozen=True)
+class KnownFailure:
+    """Cells of a recipe that fail for a reason fixed elsewhere: ``hits(run_dir)`` says whether a finished cell's run
+    is one of them (test_grid makes those a strict xfail); ``kinds`` are the points where it can happen."""
+
+    kinds: tuple[str, ...]
+    hits: Callable[[Path], bool]
+    reason: str
+
+
+KNOWN_FAILURES: dict[str, KnownFailure] = {
+    "full": KnownFailure(
+        ("mid", "last", "after_val", "in_write", "twice"),
+        lambda run_dir: any(step % BATCHES > VAL_AFTER[0] for step in resume_steps(run_dir)),
+        "issue 23 item 2 (the EMA/ensemble state refactor fixes it): EMAWeights(recalibrate_bn_batches>0) iterates "
+        "the training loader during a mid-epoch validation, so a checkpoint taken after it resumes at the "
+        "recalibration's data position (the cells whose resume point lies after that validation)",
+    ),
+}
+
+
 #: Interruption points (see ``faults_for``).
 KINDS = ("epoch_start", "first", "mid", "last", "after_val", "in_write", "twice")
 INTERRUPTIONS = ("kill", "term")

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from tests.resume.harness import (
-    BATCHES,
-    VAL_AFTER,
+    KNOWN_FAILURES,
     assert_same,
     cell_faults,
     ci_cells,
@@ -27,25 +26,12 @@ from tests.resume.harness import (
     grid,
     interrupted_run,
     outcome,
-    resume_steps,
 )
 
 #: Cells ``make test`` runs (each a few seconds: the interrupted run and its resumption).
 CI_SIZE = 40
 SEED = env_seed()
 CELLS = grid() if os.environ.get("LIT_TRICKS_RESUME_GRID") == "full" else ci_cells(SEED, CI_SIZE)
-
-#: Known failures fixed elsewhere: recipe -> (does this run hit it?, reason). Strict: a cell that hits the known
-#: failure and still equals the reference fails, so the entry goes once the fix lands.
-KNOWN: dict[str, tuple[Callable[[Path], bool], str]] = {
-    "full": (
-        lambda run_dir: any(step % BATCHES > VAL_AFTER[0] for step in resume_steps(run_dir)),
-        "issue 23 item 2 (EMA/ensemble state refactor): EMAWeights(recalibrate_bn_batches>0) iterates the training "
-        "loader during the mid-epoch validation, so a checkpoint taken after it resumes at the recalibration's data "
-        "position",
-    ),
-}
-
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(("recipe", "kind", "interruption"), CELLS, ids=["-".join(c) for c in CELLS])
@@ -57,9 +43,9 @@ def test_interrupted_run_equals_the_uninterrupted_one(
     run_dir = interrupted_run(recipe, tmp_path, faults)
     resumed = outcome(run_dir)
     label = f"{recipe} {kind} {interruption} {[str(f) for f in faults]} (seed {SEED})"
-    hits, reason = KNOWN.get(recipe, (lambda _: False, ""))
-    if hits(run_dir):
+    known = KNOWN_FAILURES.get(recipe)
+    if known is not None and known.hits(run_dir):  # a strict xfail, decided by where the run resumed
         if differences(resumed["records"], expected["records"]):
-            pytest.xfail(reason)
-        pytest.fail(f"{label}: XPASS(strict) of a known failure, remove it from KNOWN: {reason}")
+            pytest.xfail(known.reason)
+        pytest.fail(f"{label}: XPASS(strict) of a known failure, remove it from KNOWN_FAILURES: {known.reason}")
     assert_same(resumed, expected, label)
