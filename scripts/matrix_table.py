@@ -112,14 +112,16 @@ def render_resume_grid() -> list[str]:
             return ""
         return f"✓/✗<sup>{notes[recipe]}</sup>" if known and kind in known.kinds else "✓"
 
-    lines = ["", "## Resume-equivalence grid", "",
-             "`tests/resume/test_grid.py`: each recipe run through `lit_tricks.run.train` (the CLI's path), "
-             "interrupted at a point drawn by a seed, resumed with `resume=auto`, and compared bit for bit with the uninterrupted "
-             "run: every checkpoint file (weights, optimizer, EMA, ensemble members, every callback's state), the lr "
-             "and the sample ids of every batch, the CSV rows and `metrics.json`. Each mark covers both "
-             f"interruptions ({', '.join(INTERRUPTIONS)}: kill -9 simulated in-process, SIGTERM through Preemption); "
-             f"{len(cells)} cells, `make test` runs 40, `make test-resume` all. ✓/✗: strict xfail where the resume "
-             "point lies where the note says, ✓ elsewhere.", "",
+    intro = (
+        "`tests/resume/test_grid.py`: each recipe run through `lit_tricks.run.train` (the CLI's path), interrupted at "
+        "a point drawn by a seed, resumed with `resume=auto`, and compared bit for bit with the uninterrupted run: "
+        "every checkpoint file (weights, optimizer, EMA, ensemble members, every callback's state), the lr and the "
+        "sample ids of every batch, the CSV rows and `metrics.json`. Each mark covers both interruptions "
+        f"({', '.join(INTERRUPTIONS)}: kill -9 simulated in-process, SIGTERM through Preemption); {len(cells)} cells, "
+        "`make test` runs 40, `make test-resume` all. ✓/✗: strict xfail where the resume point lies where the note "
+        "says, ✓ elsewhere."
+    )
+    lines = ["", "## Resume-equivalence grid", "", intro, "",
              "| recipe | " + " | ".join(KINDS) + " |", "|" + "---|" * (len(KINDS) + 1)]
     lines += [f"| `{r}`{' (no validation)' if r in NO_VALIDATION else ''} | "
               + " | ".join(mark(r, k) for k in KINDS) + " |" for r in RECIPES]
