@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 
-from lit_tricks.compat import batch_end_is_resumable
+from lit_tricks.compat import apply_pending_train_loader_state, batch_end_is_resumable
 
 __all__ = ["ModelCheckpoint"]
 
@@ -23,9 +23,17 @@ class ModelCheckpoint(_LightningModelCheckpoint):
       :func:`lit_tricks.compat.batch_end_is_resumable`). ``last.ckpt`` written every step thus always resumes
       exactly.
     - ``current_score`` (the monitored value of the last check) is restored with the rest of the state.
+    - A fit resumed from one of its checkpoints starts at the saved data position also when the train loader was
+      built before the restore (:func:`lit_tricks.compat.apply_pending_train_loader_state`, Lightning #20550).
     """
 
     _deferred_step_save = False  # a step save due at a batch end that is no exact resume point (per instance once set)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        # the checkpoint's data position, when the loader was built before the restore (once: RNGState may have
+        # applied it already, before restoring the RNG that creating the iterator draws from)
+        apply_pending_train_loader_state(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -53,6 +53,16 @@ def test_1_default_recipe_resumed_mid_epoch_trains_on_the_same_batches(tmp_path:
 
 
 @pytest.mark.timeout(240)
+def test_1_without_rng_state_the_data_position_is_still_the_saved_one(tmp_path: Path) -> None:
+    """The same with only the per-step ``last.ckpt`` (lit_tricks' ModelCheckpoint) and no RNGState: dropout masks
+    differ after the resume (no RNG state is saved), the batches do not."""
+    extra = ("callbacks=[last_checkpoint]",)
+    reference = merged_records(_reference("default", tmp_path, extra))
+    resumed = merged_records(interrupted_run("default", tmp_path / "cell", [Fault("kill", "batch", 1, 3)], extra))
+    assert [r["ids"] for r in resumed] == [r["ids"] for r in reference]
+
+
+@pytest.mark.timeout(240)
 def test_3_preemption_in_an_epochs_last_batch_keeps_that_epochs_end(tmp_path: Path) -> None:
     """SIGTERM during the last batch of epoch 0: the epoch's validation, early-stopping check, ensemble member and
     epoch-end checkpoint happen as in the uninterrupted run (Preemption saves after that validation)."""
