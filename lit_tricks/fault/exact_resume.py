@@ -69,9 +69,11 @@ def run_skipped_epoch_start(trainer: pl.Trainer) -> bool:
     Only that case: after any other mid-epoch checkpoint the epoch's start hooks ran before the save and their effects
     are in the restored states, so they must not run twice.
     """
+    if not epoch_start_skipped(trainer):
+        return False
     loop = trainer.fit_loop
     processed = int(getattr(loop.epoch_progress.total, "processed", 0))  # a tracker typed as its base class
-    if not epoch_start_skipped(trainer) or _EPOCH_STARTED.get(loop) == processed:
+    if _EPOCH_STARTED.get(loop) == processed:
         return False
     _EPOCH_STARTED[loop] = processed
     call_epoch_start(trainer)
