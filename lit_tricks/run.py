@@ -132,9 +132,8 @@ def _continue_csv_logs(loggers: list[Any], resume_ckpt: str | None) -> None:
             with path.open(newline="") as fh:
                 rows = list(csv.DictReader(fh))
             kept = counts.get(f"{lg.name}/version_{version}")  # rows written when the checkpoint was (RNGState)
-            if kept is None:  # a checkpoint without the count: the rows of earlier steps
-                kept = sum(1 for r in rows if not r.get("step") or float(r["step"]) < step)
-            rows = rows[:kept]
+            earlier = [r for r in rows if not r.get("step") or float(r["step"]) < step]  # a checkpoint without it
+            rows = rows[:kept] if kept is not None else earlier
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Experiment logs directory")
             writer = lg.experiment  # deletes the old metrics.csv
