@@ -178,7 +178,7 @@ class Probe(Callback):
         self._pending: dict[str, Any] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        io = trainer.strategy.checkpoint_io
+        io: Any = trainer.strategy.checkpoint_io
         while io is not None and not isinstance(io, ProbeIO):  # EMAWeights wraps the IO in a delegating one
             io = getattr(io, "inner", None) or getattr(io, "_inner", None) or getattr(io, "checkpoint_io", None)
         if isinstance(io, ProbeIO):
@@ -196,7 +196,7 @@ class Probe(Callback):
                              batch_idx: int) -> None:
         self._batch = (trainer.current_epoch, batch_idx)
         self._fire("batch")
-        ids = getattr(trainer.datamodule, "last_ids", None)
+        ids = getattr(getattr(trainer, "datamodule", None), "last_ids", None)
         lrs = [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups]
         self._pending = {"epoch": trainer.current_epoch, "batch": batch_idx, "step": int(trainer.global_step),
                          "ids": ids, "lr": lrs}
