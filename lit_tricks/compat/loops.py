@@ -57,14 +57,27 @@ def rows_logged_after_save(trainer: pl.Trainer) -> int:
     epochs: Any = loop.epoch_progress.current
     connector = trainer._logger_connector
     if epochs.processed > epochs.completed:  # inside on_train_epoch_end
-        return int(bool(trainer._results.metrics(False)["log"]))
+        return int(_will_log(trainer, on_step=False))
     if batches.completed >= batches.processed:  # not inside a training batch's end hooks
         return 0
     if trainer.lightning_module.automatic_optimization and loop.epoch_loop._should_accumulate():
         return 0
     if not (connector.should_update_logs or getattr(trainer, "fast_dev_run", False)):
         return 0
-    return int(bool(trainer._results.metrics(True)["log"]))
+    return int(_will_log(trainer, on_step=True))
+
+
+def _will_log(trainer: pl.Trainer, on_step: bool) -> bool:
+    """Whether the training results hold a value for the loggers (``_ResultCollection.metrics(on_step)["log"]`` non
+    empty), read without computing one: an epoch value's ``compute`` syncs the ranks, and only rank 0 asks."""
+    results: Any = trainer._results
+    for _, metric in results.valid_items():
+        meta = metric.meta
+        if not meta.logger or not (meta.on_step if on_step else meta.on_epoch):
+            continue
+        if not on_step or metric._forward_cache is not None:
+            return True
+    return False
 
 
 def apply_pending_train_loader_state(trainer: pl.Trainer) -> bool:
