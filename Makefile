@@ -31,24 +31,33 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# pytest in two passes (test tiers: docs/guide/install.md): every test that may share the cores on $(JOBS) xdist
+# workers, then the `serial` ones (DDP, the SLURM cluster, the database, several processes at once) one at a time.
+# Exit status 5 (nothing selected) of one pass is fine when the other ran tests.
+JOBS ?= 2
+PYTEST := $(VENV)/bin/pytest -q --timeout=300
 pytest: $(STAMP)
-	$(VENV)/bin/pytest -q --timeout=300 $(PYTEST_ARGS)
+	$(PYTEST) -n $(JOBS) -m "not serial" $(PYTEST_ARGS); a=$$?; \
+	$(PYTEST) -m serial $(PYTEST_ARGS); b=$$?; \
+	if [ $$a = 5 ] && [ $$b = 5 ]; then exit 5; fi; \
+	for rc in $$a $$b; do if [ $$rc != 0 ] && [ $$rc != 5 ]; then exit $$rc; fi; done
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 test: lint typecheck docs pytest
 
-# The inner loop: no SLURM cluster, no database server.
+# The inner loop: no test that starts a process, a process group, a cluster or a database (marker slow).
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -q --timeout=300 -m "not slurm and not db" $(PYTEST_ARGS)
+	$(PYTEST) -n $(JOBS) -m "not slow" $(PYTEST_ARGS)
 
 # The whole resume-equivalence grid (tests/resume: every recipe x interruption point x kill -9/SIGTERM, ~170 cells);
 # `make test` runs 40 of them. LIT_TRICKS_RESUME_SEED=<n> draws other positions.
 test-resume: $(STAMP)
 	LIT_TRICKS_RESUME_GRID=full $(VENV)/bin/pytest -q --timeout=600 -p no:cacheprovider tests/resume $(PYTEST_ARGS)
 
-# A local 2-node SLURM cluster (installs slurm-wlm and munge with apt when missing); see docs/cluster.md.
+# A local 2-node SLURM cluster with accounting (installs slurm-wlm, slurmdbd, munge, MariaDB with apt when missing);
+# CLUSTER_PORT_BASE (ports base..base+4) and CLUSTER_DIR (default .cluster) give a checkout its own; see docs/cluster.md.
 cluster-up:
 	scripts/cluster/up.sh
 

@@ -12,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["build_callbacks", "build_datamodule", "build_loggers", "build_model", "build_module"]
 
@@ -31,28 +31,69 @@ def _accepted_kwargs(target: Any) -> set[str] | None:
     return {p.name for p in params}
 
 
-def _maybe_instantiate(node: Any, **kwargs: Any) -> Any:
+def _build(key: str, node: Any, **kwargs: Any) -> Any:
+    """``instantiate(node)``; a constructor that refuses its config (``ArgumentError``, ``ValueError``,
+    ``TypeError``) raises ``ArgumentError`` naming ``key`` (its argument, or the command-line overrides that set the
+    node), which ``lit_tricks.run`` reports as a rejected config (one line, no run left behind). Any other error
+    (a ``RuntimeError`` of a constructor) is raised as it is: the run failed."""
+    from hydra.errors import InstantiationException
+
+    from lit_tricks.hydra_utils import hydra_config
+    from lit_tricks.validation import ArgumentError
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        root: BaseException = err
+        while root.__cause__ is not None:
+            root = root.__cause__
+        if isinstance(root, ArgumentError):
+            raise ArgumentError(f"{key}.{root.arg}", root.value, root.problem) from err
+        if not isinstance(root, ValueError | TypeError):
+            raise
+        hc = hydra_config()
+        mine = [o for o in (hc.overrides.task if hc is not None else []) if o.lstrip("+~").startswith(key)]
+        line = f"{type(root).__name__}: {str(root).strip().splitlines()[0]}" if str(root).strip() else repr(root)
+        raise ArgumentError(key, " ".join(mine) or "its config", f"cannot be built ({line})") from err
+
+
+def _maybe_instantiate(key: str, node: Any, **kwargs: Any) -> Any:
     if node is None or (isinstance(node, DictConfig) and "_target_" not in node):
         return None
-    return instantiate(node, **kwargs)
+    return _build(key, node, **kwargs)
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     """Instantiate ``cfg.data`` with the augmentation pipeline of ``cfg.augment``, then set it up for fitting."""
-    transform = _maybe_instantiate(cfg.get("augment"))
-    dm = instantiate(cfg.data, train_transform=transform) if transform is not None else instantiate(cfg.data)
+    transform = _maybe_instantiate("augment", cfg.get("augment"))
+    dm = _build("data", cfg.data, **({"train_transform": transform} if transform is not None else {}))
     dm.prepare_data()
     dm.setup("fit")
     return dm
+
+
+def _check_flat_input(cfg: DictConfig, dm: Any, target: Any) -> None:
+    """Refuse, in one line, one of our image/signal/sequence models after a preprocessor with a flat output (PCA)."""
+    from lit_tricks.models import ConvNet1d, GRU1d, SmallCNN, torchvision_model
+    from lit_tricks.validation import ArgumentError
+
+    if not getattr(getattr(dm, "preprocessor", None), "flat_output", False):
+        return
+    if target in (SmallCNN, ConvNet1d, GRU1d, torchvision_model):
+        kind = OmegaConf.select(cfg, "data.preprocessing", default="pca")
+        raise ArgumentError("data.preprocessing", kind, f"outputs a flat vector of {dm.model_dims[0]} principal "
+                            f"components per sample, which model={cfg.model._target_} (an image/signal model) cannot "
+                            f"take: use model=mlp, mlp_mnist1d or logreg_mnist1d, or data.preprocessing=zca")
 
 
 def build_model(cfg: DictConfig, dm: Any) -> torch.nn.Module:
     """Instantiate ``cfg.model``, filling num_classes / in_channels / image_size from the DataModule."""
     dims = getattr(dm, "model_dims", dm.dims)  # what the model sees after preprocessing (PCA: a flat (k, 1, 1))
     values = {"num_classes": dm.num_classes, "in_channels": dims[0], "image_size": tuple(dims[1:])}
+    _check_flat_input(cfg, dm, get_object(cfg.model._target_))
     accepted = _accepted_kwargs(get_object(cfg.model._target_))
     fill = {k: v for k, v in values.items() if (accepted is None or k in accepted) and k not in cfg.model}
-    return instantiate(cfg.model, **fill)
+    return _build("model", cfg.model, **fill)
 
 
 def build_module(cfg: DictConfig, model: torch.nn.Module, dm: Any) -> pl.LightningModule:
@@ -62,24 +103,32 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, dm: Any) -> pl.Lightni
     if accepted is None or "preprocess" in accepted:
         kwargs["preprocess"] = getattr(dm, "preprocessor", None)
     if cfg.get("optimizer") is not None:
-        kwargs["optimizer"] = instantiate(cfg.optimizer)
-    scheduler = _maybe_instantiate(cfg.get("scheduler"))
+        kwargs["optimizer"] = _build("optimizer", cfg.optimizer)
+    scheduler = _maybe_instantiate("scheduler", cfg.get("scheduler"))
     if scheduler is not None:
         kwargs["scheduler"] = scheduler
-    return instantiate(cfg.module, **kwargs)
+    return _build("module", cfg.module, **kwargs)
 
 
-def _instantiate_dict(node: Any) -> list[Any]:
+def _instantiate_dict(group: str, node: Any) -> list[Any]:
+    """Every entry of a dict of components; an entry without ``_target_`` (``+callbacks.early_stopping.patience=5``
+    without the early_stopping option) would build nothing and is refused."""
     if not node:
         return []
-    return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]
+    for name, value in node.items():
+        if isinstance(value, DictConfig) and "_target_" not in value:
+            from lit_tricks.validation import ArgumentError
+
+            raise ArgumentError(f"{group}.{name}", dict(value), f"has no _target_, so nothing would be built; add "
+                                f"the option first: '{group}=[default,{name}]' (or set {group}.{name}._target_)")
+    return [_build(f"{group}.{name}", v) for name, v in node.items() if v is not None]
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """Instantiate every entry of the ``callbacks`` dict (null entries are off)."""
-    return _instantiate_dict(cfg.get("callbacks"))
+    return _instantiate_dict("callbacks", cfg.get("callbacks"))
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
     """Instantiate every entry of the ``logger`` dict; an empty dict means no logger."""
-    return _instantiate_dict(cfg.get("logger"))
+    return _instantiate_dict("logger", cfg.get("logger"))

@@ -1,24 +1,38 @@
-"""Start-up validation of a composed training config: every problem found at once, one readable line each."""
+"""Start-up validation of a composed training config: every problem found at once, one readable line each.
+
+One design (:mod:`lit_tricks.validation`): each component checks its own arguments; :func:`check_config` walks the
+composed config and lets each component check its own node, before anything is built for real or written: the
+DataModule, the augmentation, every callback and the optimizer and schedule partials are constructed (their
+constructors check); a module class with a ``check_config`` classmethod (TrickModule) checks the arguments that
+do not depend on the model (what does is refused when the module is built around the real model); the Trainer's
+arguments go through :func:`lit_tricks.trainers.build.check_trainer_args`. An
+:class:`~lit_tricks.validation.ArgumentError` becomes ``<config key>.<arg>=<value>: <problem>``, another
+``ValueError``/``TypeError`` of a constructor ``<config key>: <its message>``. Kept here are only the rules that span
+several components (or keys), the run's own ``seed``, and the optimizer's ``lr`` and ``momentum``, which torch's
+optimizers accept at values no run should have (lr=0 never moves, momentum >= 1 diverges).
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
+import functools
+import inspect
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-# The allowed values live with the code that uses them (one source each).
-from lit_tricks.data.preprocessing import PREPROCESSING
 from lit_tricks.hydra_utils import hydra_config
-from lit_tricks.modules.surgery import INIT_SCHEMES, NORM_KINDS
-from lit_tricks.validation import DIRECTIONS, is_number, number_problem
+from lit_tricks.migrate import old_target_problems
+from lit_tricks.validation import DIRECTIONS, ArgumentError, ArgumentErrors, is_number, number_problem
 
 __all__ = ["ConfigError", "SweepConfigError", "check_config", "check_norm_groups"]
 
 #: DataModule targets whose data lives on disk under ``data_dir`` (digits ships inside scikit-learn).
 DISK_DATAMODULES = ("MNISTDataModule", "CIFAR10DataModule", "ImageFolderDataModule")
+#: Steps handed to a schedule built at start-up: large enough for any warm-up or cycle a real run could have.
+_STAND_IN_STEPS = {"total_steps": 10**9, "steps_per_epoch": 10**6}
 
 
 class ConfigError(ValueError):
@@ -39,59 +53,92 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
 
 
-def _number(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = True,
-            integer: bool = False) -> Callable[[Any], str | None]:
-    return lambda v: number_problem(v, lo, hi, lo_open=lo_open, hi_open=hi_open, integer=integer)
-
-
-def _norm(v: Any) -> str | None:
-    if isinstance(v, DictConfig | dict):
-        kind = v.get("kind")
-    elif isinstance(v, str):
-        kind = v.split(":", 1)[0]
-        if kind == "group" and ":" in v and not v.split(":", 1)[1].isdigit():
-            return "group shorthand is 'group:<num_groups>', e.g. group:8"
-    else:
-        return f"must be one of {list(NORM_KINDS)} (or group:<n>)"
-    return None if kind in NORM_KINDS else f"must be one of {list(NORM_KINDS)} (or group:<n>)"
-
-
-def _init(v: Any) -> str | None:
-    name = v.get("scheme") if isinstance(v, DictConfig | dict) else v
-    return None if name in INIT_SCHEMES else f"must be one of {list(INIT_SCHEMES)}"
-
-
-def _dropout(v: Any) -> str | None:
-    if v is None:
-        return None
-    return _number(0.0, 1.0)(v)
-
-
-def _choice(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
-    return lambda v: None if v in allowed else f"must be one of {list(allowed)}"
-
-
-#: key -> check(value) returning an error text or None. Absent keys are not checked.
+#: The run's own keys, and the two optimizer arguments torch's optimizers accept although no run should have them
+#: (lr=0 never moves, momentum >= 1 diverges): key -> check(value) returning what is allowed, or None.
 RULES: dict[str, Callable[[Any], str | None]] = {
-    "optimizer.lr": _number(0.0, lo_open=True),  # null is refused below (every optimizer needs an lr)
-    "optimizer.momentum": _number(0.0, 1.0),
-    "module.weight_decay": _number(0.0),
-    "module.l1": _number(0.0),
-    "module.jacobian_reg": _number(0.0),
-    "module.label_smoothing": _number(0.0, 1.0),
-    "module.dropout": _dropout,
-    "module.norm": _norm,
-    "module.init": _init,
-    "data.batch_size": _number(1, integer=True),
-    "data.num_workers": _number(0, integer=True),
-    "data.split_seed": _number(0, integer=True),
-    "data.preprocessing": _choice(tuple(PREPROCESSING)),
-    "trainer.max_epochs": _number(-1, integer=True),
-    "seed": _number(0, integer=True),
-    "optimizer.weight_decay": lambda v: (
-        None if v == 0 else "set module.weight_decay instead (decay is applied through parameter groups)"
-    ),
+    "optimizer.lr": lambda v: number_problem(v, 0.0, lo_open=True),  # null is refused below
+    "optimizer.momentum": lambda v: number_problem(v, 0.0, 1.0),
+    "seed": lambda v: number_problem(v, 0, integer=True),
 }
+
+
+def _root(err: BaseException) -> BaseException:
+    """The error a constructor raised, out of Hydra's InstantiationException wrappers."""
+    while type(err).__name__ == "InstantiationException" and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def _lines(key: str, err: BaseException) -> list[str]:
+    """``err`` of the component at ``key`` as config lines (empty when it is not about the arguments)."""
+    err = _root(err)
+    if isinstance(err, ArgumentErrors):
+        return [line for e in err.errors for line in _lines(key, e)]
+    if isinstance(err, ArgumentError):
+        return [f"{key}.{err.arg}={err.value!r}: {err.problem}"]
+    if isinstance(err, ValueError | TypeError | ImportError):
+        return [f"{key}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"]
+    return []  # e.g. a missing optional package: the run reports it when it builds the part
+
+
+def _stand_in_steps(factory: Any) -> dict[str, int]:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in _STAND_IN_STEPS.items() if k in params and k not in getattr(factory, "keywords", {})}
+
+
+def _component_checks(cfg: DictConfig, skip: set[str]) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """(config key, a call that builds the component cheaply and so lets it check its own arguments)."""
+    import torch
+    from hydra.utils import get_object, instantiate
+
+    def has_target(node: Any) -> bool:
+        return isinstance(node, DictConfig) and "_target_" in node
+
+    param = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = cfg.get("optimizer") if "optimizer" not in skip and has_target(cfg.get("optimizer")) else None
+    for key in ("data", "augment"):
+        if key not in skip and has_target(cfg.get(key)):
+            yield key, functools.partial(instantiate, cfg[key])
+    if optimizer is not None:
+        yield "optimizer", lambda: instantiate(optimizer)(param)
+    scheduler = cfg.get("scheduler")
+    if has_target(scheduler):
+        def build_scheduler() -> Any:
+            factory = instantiate(scheduler)
+            return factory(torch.optim.SGD(param, lr=0.1), **_stand_in_steps(factory))
+        yield "scheduler", build_scheduler
+    if has_target(cfg.get("module")):
+        def build_module() -> Any:
+            check = getattr(get_object(str(cfg.module._target_)), "check_config", None)
+            if check is None:  # a LightningModule of the user's: built around the real model by the run
+                return None
+            kwargs = OmegaConf.to_container(cfg.module, resolve=True)
+            assert isinstance(kwargs, dict)
+            return check({k: v for k, v in kwargs.items() if not str(k).startswith("_")},
+                         instantiate(optimizer) if optimizer is not None else None)
+        yield "module", build_module
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if has_target(node):
+            yield f"callbacks.{name}", functools.partial(instantiate, node)
+    if isinstance(cfg.get("trainer"), DictConfig):
+        from lit_tricks.trainers.build import check_trainer_args
+
+        yield "trainer", lambda: check_trainer_args(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
+
+
+def _component_problems(cfg: DictConfig, skip: set[str]) -> list[str]:
+    problems: list[str] = []
+    for key, build in _component_checks(cfg, skip):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. init of the stand-in's empty layer
+                build()
+        except Exception as err:  # each component's own message, with its config key
+            problems += _lines(key, err)
+    return problems
 
 
 def _data_dir_problem(cfg: DictConfig) -> str | None:
@@ -106,7 +153,7 @@ def _data_dir_problem(cfg: DictConfig) -> str | None:
 
 
 def _relation_problems(cfg: DictConfig) -> list[str]:
-    """Problems of keys that are fine alone but not together."""
+    """Problems of keys of several components that are fine alone but not together."""
     problems: list[str] = []
     if "lr" in (_get(cfg, "optimizer") or {}) and _get(cfg, "optimizer.lr") is None:
         problems.append("optimizer.lr=None: must be a number in (0, inf)")
@@ -122,9 +169,6 @@ def _relation_problems(cfg: DictConfig) -> list[str]:
     if clippers and _get(cfg, "trainer.gradient_clip_val") not in (None, 0, 0.0):
         problems.append(f"trainer.gradient_clip_val={_get(cfg, 'trainer.gradient_clip_val')!r}: clipping twice; "
                         f"callbacks.{clippers[0]} already clips (set its max_norm, or remove one of the two)")
-    if _get(cfg, "trainer.sync_batchnorm") and _get(cfg, "trainer.accelerator") == "cpu":
-        problems.append("trainer.sync_batchnorm=True: needs GPUs (SyncBatchNorm is a CUDA-only layer in torch); "
-                        "with trainer.accelerator=cpu set it false (use trainer=ddp on GPUs)")
     return problems
 
 
@@ -165,26 +209,32 @@ def check_norm_groups(norm: Any, model: Any) -> None:
                            f"model's norm layers (channels: {channels})"])
 
 
-def check_config(cfg: DictConfig, extra_rules: Iterable[tuple[str, Callable[[Any], str | None]]] = ()) -> None:
+def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` listing every bad value of ``cfg`` (key, value received, what is allowed)."""
-    problems: list[str] = []
-    for key, rule in [*RULES.items(), *extra_rules]:
+    problems = old_target_problems(cfg)
+    if problems:  # nothing else can be checked on a config that does not instantiate
+        raise ConfigError(problems)
+    for key, rule in RULES.items():
         try:
             value = _get(cfg, key)
         except Exception as err:  # an interpolation that does not resolve
             problems.append(f"{key}: cannot be resolved ({err})")
             continue
-        if value is None and key != "module.dropout":
-            continue
-        message = rule(value)
+        message = None if value is None else rule(value)
         if message:
             problems.append(f"{key}={value!r}: {message}")
+    skip = {p.split(".", 1)[0] for p in problems}  # a part already refused by a rule is not built
     data_problem = _data_dir_problem(cfg)
     if data_problem:
         problems.append(data_problem)
+        skip.add("data")
     problems += _relation_problems(cfg)
+    if "optimizer" in {p.split(".", 1)[0] for p in problems}:
+        skip.add("optimizer")
+    problems += _component_problems(cfg, skip)
     direction = _direction_problem(cfg)
     if direction:
         raise SweepConfigError([direction, *problems])
     if problems:
         raise ConfigError(problems)
+

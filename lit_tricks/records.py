@@ -1,8 +1,9 @@
 """The ``metrics.json`` record of one run or sweep job: one versioned schema, written by ``lit_tricks.run.train``
 and read by the sweep report, the sweep ensemble and the cluster tools.
 
-Every number in ``metrics`` comes with the file that reproduces it (``reproduced_by``): with EMA evaluation that is
-the ``-ema`` twin of the checkpoint, not the raw checkpoint (which is what ``resume`` restarts from). A failed job
+Every evaluation number in ``metrics`` comes with the file that reproduces it (``reproduced_by``, see
+:mod:`lit_tricks.provenance`): with EMA evaluation that is the EMA twin of the checkpoint, not the raw checkpoint
+(which is what ``resume`` restarts from); training statistics (``train/loss``, ``lr-*``) name no file. A failed job
 keeps the root error and its whole cause chain; a pruned job (a sweeper stopped it early) says so.
 
 Extending the schema: add an optional key with a default to :data:`FIELDS` (old records stay valid) and bump
@@ -26,6 +27,7 @@ __all__ = [
     "STATUSES",
     "error_chain",
     "new_record",
+    "previous_record",
     "read_record",
     "root_error",
     "validate_record",
@@ -62,8 +64,10 @@ FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     # "ExceptionType: message" of the innermost cause (one line) and the whole chain outermost first.
     "error": ((str,), False),
     "error_chain": ((list,), False),
-    # pruned jobs: {"epoch": int, "step": int, "value": float} where the sweeper stopped it.
+    # pruned jobs: {"epoch": int, "step": int, "value": float} where the sweeper stopped it (epoch 0-based).
     "pruned_at": ((dict,), False),
+    # The checkpoint this run resumed from (resume=auto or a path; a sweep trial continuing a preempted one).
+    "resumed_from": ((str,), False),
     "overrides": ((list,), False),
     "run_dir": ((str,), False),
     "world_size": ((int,), False),
@@ -198,3 +202,11 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     out.update(record)
     out["schema_version"] = record.get("schema_version", 0)
     return out
+
+
+def previous_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The record at ``path`` (a resumed run's earlier ``metrics.json``), or {} when it is missing or unreadable."""
+    try:
+        return read_record(path)
+    except (OSError, ValueError):
+        return {}

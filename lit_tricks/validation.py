@@ -5,15 +5,22 @@ Design (one for the whole package): a component checks its constructor arguments
 the allowed values and the value received. ``config_checks`` does not restate those rules: it walks the composed
 config, lets each component check its own node, and prefixes the node's key (``callbacks.ema.decay=1.5: ...``); it
 keeps only the rules that span several components. :func:`number_problem` returns the text that says what is
-allowed (``"must be a number in [0, 1)"``) or None.
+allowed (``"must be a number in [0, 1)"``) or None. A component that checks all its arguments at once raises
+:class:`ArgumentErrors` (every bad argument, each an :class:`ArgumentError`) through :func:`raise_all`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-__all__ = ["DIRECTIONS", "ArgumentError", "check_choice", "check_number", "is_int", "is_number", "number_problem"]
+T = TypeVar("T")
+
+__all__ = [
+    "DIRECTIONS", "ArgumentError", "ArgumentErrors", "CheckAll", "check_choice", "check_number", "is_int", "is_number",
+    "number_problem", "raise_all",
+]
 
 #: ``monitor_mode`` (and lit_optuna's ``direction`` aliases) -> Optuna's study direction; the one map, used by the
 #: start-up direction check (``config_checks``) and the sweeper (``sweeps.study``).
@@ -31,6 +38,50 @@ class ArgumentError(ValueError):
         self.arg, self.value, self.problem, self.owner = arg, value, problem, owner
         text = f"{arg} {problem}, got {value!r}"
         super().__init__(f"{owner}: {text}" if owner else text)
+
+
+class ArgumentErrors(ValueError):
+    """Several bad arguments of one component, each an :class:`ArgumentError`; ``str()`` joins them with ``"; "``."""
+
+    def __init__(self, errors: list[ArgumentError]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(str(e) for e in self.errors))
+
+
+def raise_all(errors: list[ArgumentError]) -> None:
+    """Raise nothing (no error), the one :class:`ArgumentError`, or :class:`ArgumentErrors` for several."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ArgumentErrors(errors)
+
+
+class CheckAll:
+    """Run several checks of one component and report every bad argument at once.
+
+    ``with CheckAll() as checks: x = checks(check_fn, *args)``: a check that raises :class:`ArgumentError` (or
+    :class:`ArgumentErrors`) returns None and its errors are kept; leaving the block raises them all
+    (:func:`raise_all`).
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[ArgumentError] = []
+
+    def __call__(self, check: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return check(*args)
+        except ArgumentErrors as many:
+            self.errors.extend(many.errors)
+        except ArgumentError as one:
+            self.errors.append(one)
+        return None
+
+    def __enter__(self) -> CheckAll:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            raise_all(self.errors)
 
 
 def is_int(value: Any) -> bool:

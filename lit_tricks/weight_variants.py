@@ -30,6 +30,8 @@ The one interface through which callbacks and a LightningModule cooperate on eva
   context. The answer comes from the names the module built with ``metric_name``, never from the metric's spelling.
 
 A copy of a module (``copy.deepcopy``, pickling) gets an empty registry: the contexts act on the original's weights.
+What a training run asks its callbacks after ``fit`` (which variant was evaluated, its files) is
+:mod:`lit_tricks.callback_protocols`.
 """
 
 from __future__ import annotations

@@ -5,8 +5,11 @@
 2. EMAWeights on CUDA and with ``device="cpu"`` offload: same EMA (to float tolerance), each on its device.
 3. CheckpointEnsemble's vmap path on CUDA equals the member loop.
 4. Exact resume with CUDA RNG (dropout on the GPU, RNGState): stop-and-resume equals uninterrupted, bit for bit.
-5. FSDP on one GPU with EMAWeights: a clean one-line refusal passes (the EMA is not gathered under sharding);
-   training on silently fails.
+5. FSDP1 (``strategy="fsdp"``) on one GPU with EMAWeights: a clean one-line refusal passes (flat shards are not
+   averaged); training on silently fails.
+6. FSDP2 (``ModelParallelStrategy``, NCCL, bf16-true) on one GPU: EMAWeights keeps fp32 DTensor shards on CUDA that
+   follow the fp32 recurrence, GradientClipping's global norm equals ``clip_grad_norm_``'s, both checkpoint modes
+   write their ``ema-`` twins (a directory of shards, a full file).
 
 Without CUDA it prints one skip line and exits 0. Exit 1 when a check fails.
 """
@@ -32,7 +35,8 @@ CHECKS: dict[str, str] = {
     "ema_cuda_and_offload": "EMAWeights on CUDA and device='cpu'",
     "ensemble_vmap": "CheckpointEnsemble vmap on CUDA == loop",
     "exact_resume_cuda_rng": "exact resume with CUDA RNG (RNGState)",
-    "fsdp_ema": "FSDP (1 GPU) + EMAWeights: clean refusal",
+    "fsdp_ema": "FSDP1 (1 GPU) + EMAWeights: clean refusal",
+    "fsdp2_callbacks": "FSDP2 (1 GPU, bf16-true): sharded fp32 EMA, global-norm clipping, both checkpoint modes",
 }
 
 
@@ -190,6 +194,61 @@ def check_fsdp_ema(root: Path) -> str:
         assert "\n" not in message and "EMA" in message, f"refusal is not one line naming EMAWeights: {message!r}"
         return f"refused: {type(err).__name__}: {message}"
     raise AssertionError("EMAWeights under FSDP trained on without refusing (the EMA shards are not gathered)")
+
+
+def check_fsdp2_callbacks(root: Path) -> str:
+    pl, Net = _lightning()
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    from lit_tricks.callbacks import EMAWeights, GradientClipping
+    from lit_tricks.functional.sharded import full_state_dict, is_dtensor, local
+    from lit_tricks.modules.sharding import shard_model
+    from lit_tricks.trainers.strategies import model_parallel_strategy
+
+    class Sharded(Net):  # type: ignore[misc,valid-type]
+        def configure_model(self) -> None:
+            shard_model(self, self.net, self.device_mesh["data_parallel"], "blocks")
+
+    class Record(Callback):  # after the EMA update: the weights it averaged; before the step: the clipped norm
+        def __init__(self) -> None:
+            self.weights: list[dict[str, torch.Tensor]] = []
+            self.norms: list[float] = []
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            self.weights.append(full_state_dict(pl_module))
+
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            grads = [p.grad.full_tensor().float() for p in pl_module.parameters() if p.grad is not None]
+            self.norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            self.weights.append(full_state_dict(pl_module))
+
+    details = []
+    for distributed in (True, False):
+        pl.seed_everything(0)
+        ema, clip, rec = EMAWeights(decay=0.9, apply_at_end=False), GradientClipping("norm", max_norm=0.5), Record()
+        where = root / f"distributed_{distributed}"
+        ckpt = ModelCheckpoint(dirpath=where, save_last=True)
+        trainer = _trainer(pl, where, strategy=model_parallel_strategy(timeout_s=120, process_group_backend="nccl",
+                                                                        save_distributed_checkpoint=distributed),
+                           precision="bf16-true", max_epochs=1, callbacks=[clip, rec, ema, ckpt],
+                           enable_checkpointing=True)
+        model = Sharded()
+        trainer.fit(model, _loader())
+        shadows = ema.state.ema_params
+        assert all(is_dtensor(e) and e.dtype == torch.float32 and local(e).is_cuda for e in shadows), "EMA shards"
+        expected = {k: v.double() for k, v in rec.weights[0].items()}
+        for w in rec.weights[1:]:
+            expected = {k: 0.9 * v + 0.1 * w[k].double() for k, v in expected.items()}
+        got = {k: v.full_tensor().double().cpu() for k, v in ema.ema_state_dict.items() if is_dtensor(v)}
+        worst = max(float((got[k] - expected[k]).abs().max()) for k in got)
+        assert worst < 1e-4, f"sharded EMA differs from the fp32 recurrence by {worst}"
+        assert max(rec.norms) <= 0.5 * (1 + 1e-2), f"clipped global norms above max_norm: {max(rec.norms)}"
+        twin = where / "ema-last.ckpt"
+        assert (twin / "meta.pt").is_file() if distributed else twin.is_file(), f"no twin at {twin}"
+        details.append(f"{'dir' if distributed else 'file'}: |ema - recurrence| {worst:.1e}")
+    return "; ".join(details)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lit_tricks.config_bases import load_preset
+
 CONF = Path(__file__).resolve().parents[1] / "conf" / "scheduler"
 
 
@@ -28,7 +30,7 @@ def load_schedule(name: str, overrides: Sequence[str] = ()) -> Any:
     if not path.is_file():
         valid = sorted(p.stem for p in CONF.glob("*.yaml"))
         raise SystemExit(f"unknown schedule {name!r}; valid: {valid}")
-    cfg = OmegaConf.load(path) or OmegaConf.create({})
+    cfg = load_preset("scheduler", name).get("scheduler") or OmegaConf.create({})
     assert isinstance(cfg, DictConfig)
     for item in overrides:
         key = item.split("=", 1)[0]

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+
+from lit_tricks.config_bases import load_preset
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "augment"
 
@@ -28,9 +29,7 @@ def load_pipeline(name: str) -> Any:
     path = CONF / f"{name}.yaml"
     if not path.is_file():
         raise SystemExit(f"unknown preset {name!r}; valid: {sorted(p.stem for p in CONF.glob('*.yaml'))}")
-    cfg = OmegaConf.load(path) or OmegaConf.create({})
-    assert isinstance(cfg, DictConfig)
-    node = cfg.get("augment", cfg) if "module" in cfg else cfg  # `# @package _global_` presets
+    node = load_preset("augment", name).get("augment")
     return instantiate(node) if node is not None and "_target_" in node else None
 
 

@@ -1,5 +1,5 @@
-"""The import picture of ``lit_tricks`` (CONVENTIONS.md, "Who imports whom"): every module imports, no cycle between
-packages, and none of the "never" pairs. Imports are read from the source with ``ast``, function-local ones and
+"""The import picture of ``lit_tricks`` (docs/architecture.md, "Who imports whom"): every module imports, no cycle
+between packages, and none of the "never" pairs. Imports are read from the source with ``ast``, function-local ones and
 ``importlib.import_module("lit_tricks....")`` calls included, so a lazy import cannot hide an arrow.
 """
 
@@ -15,10 +15,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lit_tricks"
-
-#: Deprecated shims kept for old import paths and saved ``_target_``s: they point down at the moved code and are
-#: exempt from the layering rules (they must still import).
-SHIMS = {"lit_tricks.sweeps.ddp", "lit_tricks.sweeps.jobs", "lit_tricks.functional.atomic"}
 
 #: (importer room, imported room, why) that must never occur. A room is a subpackage (``callbacks``) or a top-level
 #: module (``run``, ``builders``, ``config_checks``).
@@ -99,8 +95,6 @@ def imports_of(module: str) -> tuple[set[str], set[str]]:
 def room_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for module in MODULES:
-        if module in SHIMS:
-            continue
         src = room(module)
         targets = {room(t) for t in imports_of(module)[0]} - {src, "lit_tricks"}
         graph.setdefault(src, set()).update(targets)
@@ -168,7 +162,7 @@ def test_find_cycle_finds_a_cycle() -> None:
 
 @pytest.mark.parametrize(("src", "dst", "why"), NEVER)
 def test_never_pairs(src: str, dst: str, why: str) -> None:
-    bad = sorted(f"{m} -> {t}" for m in MODULES if room(m) == src and m not in SHIMS
+    bad = sorted(f"{m} -> {t}" for m in MODULES if room(m) == src
                  for t in imports_of(m)[0] if room(t) == dst)
     assert not bad, f"{src} must never import {dst} ({why}): {bad}"
 
@@ -177,7 +171,7 @@ def test_functional_imports_only_torch_and_the_standard_library() -> None:
     allowed = set(sys.stdlib_module_names) | {"torch"}
     bad = []
     for module in MODULES:
-        if room(module) != "functional" or module in SHIMS:
+        if room(module) != "functional":
             continue
         ours, others = imports_of(module)
         bad += [f"{module} -> {t}" for t in sorted(ours) if room(t) != "functional"]
@@ -205,10 +199,3 @@ def test_the_rules_see_function_local_and_importlib_imports() -> None:
     ours, _ = imports_of("lit_tricks.sweeps.ensemble")  # builders and callbacks are imported inside a function
     assert {"lit_tricks.builders", "lit_tricks.callbacks.ensemble"} <= ours
     assert "lit_tricks.trainers.strategies" in imports_of("lit_tricks.trainers.build")[0]
-
-
-def test_run_still_exports_the_moved_builders() -> None:
-    from lit_tricks import builders, run
-
-    for name in ("build_callbacks", "build_datamodule", "build_loggers", "build_model", "build_module"):
-        assert getattr(run, name) is getattr(builders, name)

@@ -234,6 +234,14 @@ def test_installed_checkpoint_io() -> None:
     assert compat.installed_checkpoint_io(strategy) is io
 
 
+def test_saves_distributed_checkpoint() -> None:
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    assert compat.saves_distributed_checkpoint(ModelParallelStrategy())
+    assert not compat.saves_distributed_checkpoint(ModelParallelStrategy(save_distributed_checkpoint=False))
+    assert not compat.saves_distributed_checkpoint(SingleDeviceStrategy(torch.device("cpu")))
+
+
 def test_legacy_state_key_and_state_key_args() -> None:
     stopper = EarlyStopping(monitor="val/acc", mode="max")
     assert compat.legacy_state_key(stopper) is EarlyStopping

@@ -34,7 +34,7 @@ def test_hydra_config_outside_and_inside_an_app(in_hydra_app: None) -> None:
 
 
 def test_callers_read_the_app_through_it(in_hydra_app: None) -> None:
-    from lit_tricks.trainers.jobs import sweeper_target
+    from lit_tricks.trainers.hydra_job import sweeper_target
 
     assert sweeper_target() == "my.Sweeper"
     HydraConfig.instance().cfg = None  # type: ignore[assignment]

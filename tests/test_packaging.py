@@ -16,6 +16,7 @@ def test_version_and_py_typed() -> None:
     assert (Path(lit_tricks.__file__).parent / "py.typed").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_callbacks_and_modules_do_not_import_sklearn_or_matplotlib() -> None:
     """Our code adds neither. (torchmetrics itself imports matplotlib when it is installed, so the baseline is what

@@ -29,6 +29,7 @@ def _python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_readme_callbacks_example_runs_outside_the_repo(tmp_path: Path) -> None:
     """The 10-line example needs only the installed package: run it in a fresh directory, repo off sys.path."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -15,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from lit_tricks.config_checks import ConfigError, SweepConfigError, check_config
+from lit_tricks.fault.ema_checkpoint import ema_checkpoint_path
 from lit_tricks.records import read_record, validate_record
 from lit_tricks.run import train
 from lit_tricks.sweeps.report import build_report
@@ -93,12 +95,38 @@ def test_a_test_monitor_without_validation_trains_and_is_the_objective(tmp_path:
 
 
 @pytest.mark.timeout(180)
+def test_a_constructor_that_refuses_its_config_is_a_rejected_config_naming_the_key(tmp_path: Path) -> None:
+    # the model is built after the data (its input size), so the start-up checks cannot build it: the builder
+    # names the key of the argument SmallCNN refused
+    with pytest.raises(ConfigError) as info:
+        train(compose_cfg(tmp_path / "run", "model.width=-4", *QUICK))
+    assert info.value.problems == ["model.width=-4: must be an integer in [1, inf)"]
+    cause = info.value.__cause__
+    assert cause is not None and type(cause.__cause__).__name__ == "InstantiationException"  # the chain is kept
+    assert not (tmp_path / "run").exists()  # rejected before it trained: nothing left
+
+
+class ExplodingCallback(pl.Callback):
+    """A constructor that fails for a reason that is not one of its arguments (start-up checks let it pass)."""
+
+    def __init__(self) -> None:
+        raise RuntimeError("disk on fire")
+
+
+def test_a_bad_callback_argument_is_refused_at_start_up_by_the_callback(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        train(compose_cfg(tmp_path, "callbacks.ema.decay=1.5", *QUICK))
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith("callbacks.ema")
+    assert "decay" in info.value.problems[0] and "1.5" in info.value.problems[0]
+    assert not (tmp_path / "metrics.json").exists()
+
+
 def test_constructor_error_keeps_its_root_cause(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="Error in call to target"):
-        train(compose_cfg(tmp_path, "callbacks.ema.decay=1.5", *QUICK))
+        train(compose_cfg(tmp_path, "+callbacks.boom._target_=tests.test_run_records.ExplodingCallback", *QUICK))
     record = read_record(tmp_path / "metrics.json")
     assert record["status"] == "failed"
-    assert record["error"].startswith("ValueError: ") and "decay" in record["error"] and "1.5" in record["error"]
+    assert record["error"] == "RuntimeError: disk on fire"
     assert record["error_chain"][0].startswith("InstantiationException")
     assert record["error_chain"][-1] == record["error"]
 
@@ -113,7 +141,8 @@ def run_cli(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.Comple
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_sweep_records_every_job_and_goes_on(tmp_path: Path) -> None:
-    """-m with a rejected config, a constructor error and two good jobs: 4 records, the report ranks the good ones."""
+    """-m with rejected configs (a bad lr; a bad EMA decay, refused by EMAWeights itself) and two good jobs: 6 records,
+    the report ranks the good ones."""
     old = os.umask(0o022)
     try:
         proc = run_cli(tmp_path, "-m", "optimizer.lr=-1,0.1", "callbacks.ema.decay=1.5,0.5,0.9", *QUICK)
@@ -127,8 +156,8 @@ def test_sweep_records_every_job_and_goes_on(tmp_path: Path) -> None:
         assert validate_record({k: v for k, v in record.items()}) == [], record
     by_status = {num: (r["status"], r["error"] or "") for num, r in records.items()}
     assert sum(s == "failed" and e.startswith("ConfigError: optimizer.lr=-1") for s, e in by_status.values()) == 3
-    decay_fail = [r for r in records.values() if r["status"] == "failed" and "decay" in (r["error"] or "")
-                  and r["error"].startswith("ValueError")]
+    decay_fail = [r for r in records.values() if r["status"] == "failed" and "1.5" in (r["error"] or "")
+                  and r["error"].startswith("ConfigError: callbacks.ema")]
     assert len(decay_fail) == 1
     good = [r for r in records.values() if r["status"] == "ok"]
     assert len(good) == 2
@@ -136,7 +165,7 @@ def test_sweep_records_every_job_and_goes_on(tmp_path: Path) -> None:
         files = r["checkpoints"]
         assert r["objective_source"] == "best_checkpoint" and r["evaluated_weights"] == "ema"
         assert r["best_ckpt"] == files["best_ema"] == r["reproduced_by"]["objective"] == r["reproduced_by"]["test/acc"]
-        assert Path(files["best_ema"]).name.startswith("ema-")
+        assert files["best_ema"] == str(ema_checkpoint_path(files["best"]))
         for path in [*(f for f in files.values() if f), Path(r["run_dir"]) / "metrics.json",
                      Path(r["run_dir"]) / "config_resolved.yaml"]:
             assert stat.S_IMODE(Path(path).stat().st_mode) == 0o644, path
@@ -144,7 +173,7 @@ def test_sweep_records_every_job_and_goes_on(tmp_path: Path) -> None:
     assert report.direction == "minimize" and len(report.ok_jobs) == 2
     assert report.ok_jobs[0].objective <= report.ok_jobs[1].objective
     markdown = report.markdown()
-    assert "ValueError" in markdown and "decay" in markdown and "ConfigError: optimizer.lr=-1" in markdown
+    assert "ConfigError: callbacks.ema" in markdown and "ConfigError: optimizer.lr=-1" in markdown
 
 
 @pytest.mark.slow
@@ -153,10 +182,12 @@ def test_single_run_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path: Path) 
     """(An unknown group option is one line too: tests/cli/test_hydra_errors.py, in-process.)"""
     proc = run_cli(tmp_path, "optimizer.lr=null", "callbacks.ema.decay=1.5")
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2 and len(lines) == 2 and "optimizer.lr=None" in lines[1], proc.stderr
+    assert proc.returncode == 2 and len(lines) == 3 and "optimizer.lr=None" in lines[1], proc.stderr
+    assert lines[2].startswith("  - callbacks.ema") and "1.5" in lines[2]  # both problems at once
     assert not list((tmp_path / "logs" / "train" / "runs").iterdir())  # the rejected run left no folder
-    proc = run_cli(tmp_path, "callbacks.ema.decay=1.5", "trainer.fast_dev_run=true")
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and ln.startswith("lit_tricks:")]
-    assert proc.returncode == 1 and len(lines) <= 3, proc.stderr
-    assert lines[0].startswith("lit_tricks: ValueError: ") and "decay" in lines[0] and "1.5" in lines[0]
+    proc = run_cli(tmp_path, "callbacks.ema.decay=1.5", "trainer.fast_dev_run=true")  # refused by EMAWeights itself
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 2, proc.stderr
+    assert lines[1].startswith("  - callbacks.ema") and "decay" in lines[1] and "1.5" in lines[1]
+    assert not list((tmp_path / "logs" / "train" / "runs").iterdir())
     assert "Traceback" not in proc.stderr

@@ -4,7 +4,7 @@ Each batch asks up to ``n_jobs`` trials, launches them as Hydra jobs (job direct
 and tells each trial its job's outcome: the returned objective (COMPLETE), a raised ``optuna.TrialPruned`` (PRUNED),
 or a failure (FAIL, with the root error as ``fail_reason``). The study lives in a storage (default: SQLite next to the
 task's sweeps), so a rerun of the same command resumes it and several workers can share it; they stop together once
-``n_trials`` trials have finished (see :func:`lit_tricks.sweeps.study.is_counted`). Optuna is imported only when a
+``n_trials`` trials have finished (see :func:`lit_tricks.sweeps.trials.is_counted`). Optuna is imported only when a
 sweep starts: Hydra imports this module in every app to discover plugins.
 """
 
@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import threading
 import time
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,76 +27,34 @@ __all__ = ["LitOptunaSweeper"]
 log = logging.getLogger(__name__)
 
 
-def _root_error(err: BaseException) -> str:
-    """``Type: message`` of the innermost cause, first line only."""
-    seen = set()
-    while (err.__cause__ or err.__context__) is not None and id(err) not in seen:
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__  # type: ignore[assignment]
-    return f"{type(err).__name__}: {err}".splitlines()[0]
-
-
-class _Heartbeat:
-    """A thread that marks the batch's running trials alive every ``interval`` seconds."""
-
-    def __init__(self, storage: Any, trial_ids: Sequence[int], interval: float | None) -> None:
-        self.storage, self.trial_ids, self.interval = storage, list(trial_ids), interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _beat(self) -> None:
-        from lit_tricks.sweeps.study import record_heartbeat
-
-        for trial_id in self.trial_ids:
-            try:
-                record_heartbeat(self.storage, trial_id)
-            except Exception as err:  # a finished trial, or the database briefly away: try again next beat
-                log.debug("heartbeat of trial id %d: %s", trial_id, err)
-
-    def __enter__(self) -> _Heartbeat:
-        if self.interval:
-            self._beat()
-            self._thread = threading.Thread(target=self._run, name="lit_optuna-heartbeat", daemon=True)
-            self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._beat()
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-
 class LitOptunaSweeper(Sweeper):
-    """Optuna sweeper; the fields are documented in ``conf/hydra/sweeper/lit_optuna.yaml`` and docs/sweeps.md."""
+    """Optuna sweeper; the fields are documented in ``conf/hydra/sweeper/lit_optuna.yaml`` and docs/sweeps.md.
+
+    Every field is checked here and the whole sweep (search space, grid, a job's composed config, the storage and
+    an existing study) before anything is written: a refused sweep prints one line and leaves nothing behind.
+    """
 
     def __init__(self, direction: str = "minimize", n_trials: int | None = 20, n_jobs: int = 1,
                  sampler: str = "tpe", sampler_kwargs: Any = None, seed: int | None = None,
                  pruner: str | None = None, pruner_kwargs: Any = None, storage: str | None = None,
-                 study_name: str = "study", heartbeat_interval: int | None = 60, grace_period: int | None = 180,
-                 poll_interval: float = 5.0, params: Any = None, trial: int | None = None) -> None:
-        self.direction = direction
-        self.n_trials = n_trials
-        self.n_jobs = int(n_jobs)
-        self.sampler = sampler
-        self.sampler_kwargs = dict(sampler_kwargs or {})
-        self.seed = seed
-        self.pruner = pruner
-        self.pruner_kwargs = dict(pruner_kwargs or {})
-        self.storage = storage
-        self.study_name = str(study_name)
-        self.heartbeat_interval = heartbeat_interval
-        self.grace_period = grace_period
-        self.poll_interval = float(poll_interval)
+                 study_name: str = "study", heartbeat_interval: float | None = 60, grace_period: float | None = 180,
+                 poll_interval: float = 5.0, params: Any = None, trial: int | None = None,
+                 resume_key: str | None = "resume") -> None:
+        from lit_tricks.sweeps.checks import check_sweeper_args
+
+        check_sweeper_args(direction=direction, n_trials=n_trials, n_jobs=n_jobs, sampler=sampler,
+                           sampler_kwargs=sampler_kwargs, seed=seed, pruner=pruner, pruner_kwargs=pruner_kwargs,
+                           storage=storage, study_name=study_name, heartbeat_interval=heartbeat_interval,
+                           grace_period=grace_period, poll_interval=poll_interval, params=params, trial=trial,
+                           resume_key=resume_key)
+        self.direction, self.n_trials, self.n_jobs = direction, n_trials, int(n_jobs)
+        self.sampler, self.sampler_kwargs, self.seed = str(sampler).lower(), dict(sampler_kwargs or {}), seed
+        self.pruner, self.pruner_kwargs, self.storage = pruner, dict(pruner_kwargs or {}), storage
+        self.study_name, self.heartbeat_interval, self.grace_period = study_name, heartbeat_interval, grace_period
+        self.poll_interval, self.resume_key = float(poll_interval), resume_key
         self.params = {str(k): v for k, v in (params or {}).items()}
-        if self.n_jobs < 1:
-            raise ValueError(f"hydra.sweeper.n_jobs must be >= 1, got {n_jobs!r}")
-        if n_trials is not None and int(n_trials) < 1:
-            raise ValueError(f"hydra.sweeper.n_trials must be >= 1 or null (grid: the grid's size), got {n_trials!r}")
         self.config: DictConfig | None = None
+        self._files_written = False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -107,112 +62,155 @@ class LitOptunaSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
-    # ------------------------------------------------------------------------------------------------ the study
+    # ------------------------------------------------------------------------------------------------ the checks
     def _direction(self) -> str:
         from lit_tricks.sweeps.study import direction_from_mode
+        from lit_tricks.validation import ArgumentError
 
         direction = direction_from_mode(self.direction)
         mode = OmegaConf.select(self.config, "monitor_mode", default=None) if self.config is not None else None
+        if mode is not None and mode not in ("min", "max"):
+            raise ArgumentError("monitor_mode", mode, "must be one of ['min', 'max']")
         if mode in ("min", "max") and direction != direction_from_mode(mode):
-            raise ValueError(f"hydra.sweeper.direction={self.direction} contradicts monitor_mode={mode}: leave "
-                             "direction at its default (${monitor_mode}) or change monitor_mode")
+            raise ArgumentError("hydra.sweeper.direction", self.direction, f"contradicts monitor_mode={mode}: leave "
+                                "direction at its default (${monitor_mode}) or change monitor_mode")
         return direction
 
-    def _open(self, sweep_dir: Path, space: dict[str, Any]) -> tuple[Any, str]:
+    def _open(self, sweep_dir: Path, space: dict[str, Any], texts: dict[str, str], direction: str,
+              sampler: Any) -> tuple[Any, str]:
         import optuna
 
-        from lit_tricks.sweeps.study import build_pruner, build_sampler, open_storage, resolve_storage_url
+        from lit_tricks.sweeps.checks import check_storage_url, check_study_compatible, probe_storage
+        from lit_tricks.sweeps.study import build_pruner, open_storage, resolve_storage_url
 
         url = resolve_storage_url(self.storage, sweep_dir)
-        storage = open_storage(url, self.heartbeat_interval, self.grace_period)
-        direction = self._direction()
-        study = optuna.create_study(
-            storage=storage, study_name=self.study_name, direction=direction,  # type: ignore[arg-type]
-            load_if_exists=True,
-            sampler=build_sampler(self.sampler, self.seed, space, self.sampler_kwargs),
-            pruner=build_pruner(self.pruner, self.pruner_kwargs))
-        if study.direction.name.lower() != direction:
-            raise ValueError(f"study {self.study_name!r} in {url} was created to {study.direction.name.lower()}; "
-                             f"this sweep would {direction}: pick another study_name")
+        check_storage_url(url)
+        probe_storage(url)
+        with warnings.catch_warnings():  # "heartbeat_interval is experimental": not the user's to act on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = open_storage(url, self.heartbeat_interval, self.grace_period)  # type: ignore[arg-type]
+        check_study_compatible(storage, self.study_name, direction, space, texts)
+        study = optuna.create_study(storage=storage, study_name=self.study_name, direction=direction,  # type: ignore[arg-type]
+                                    load_if_exists=True, sampler=sampler,
+                                    pruner=build_pruner(self.pruner, self.pruner_kwargs))
         return study, url
 
-    def _write_study_file(self, sweep_dir: Path, url: str, direction: str) -> None:
+    def _write_sweep_files(self, sweep_dir: Path, url: str, direction: str) -> None:
+        """``multirun.yaml`` and ``optuna_study.json`` (the storage URL as given: the report opens it): written once
+        this worker launches its first job."""
         from lit_tricks.fault.atomic import atomic_write_bytes
-        from lit_tricks.sweeps.study import STUDY_FILE
+        from lit_tricks.sweeps.trials import STUDY_FILE
 
+        if self._files_written:
+            return
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         info = {"storage": url, "study_name": self.study_name, "direction": direction}
         atomic_write_bytes(json.dumps(info, indent=2).encode(), sweep_dir / STUDY_FILE)
+        self._files_written = True
 
     # ----------------------------------------------------------------------------------------------- the sweep
     def sweep(self, arguments: list[str]) -> Any:
+        from lit_tricks.sweeps import checks as C
         from lit_tricks.sweeps import study as S
+        from lit_tricks.sweeps import trials as T
 
         assert self.config is not None, "setup() first"
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        direction = self._direction()
         space, fixed = S.parse_search_space(self.params, arguments)
-        n_trials = self.n_trials
-        if n_trials is None:
-            if str(self.sampler).lower() != "grid":
-                raise ValueError("hydra.sweeper.n_trials=null is only for sampler=grid (the grid's size)")
-            n_trials = math.prod(len(v) for v in S.grid_search_space(space).values())
-        n_trials = int(n_trials)
-        study, url = self._open(sweep_dir, space)
-        self._write_study_file(sweep_dir, url, study.direction.name.lower())
-        log.info("lit_optuna: study %r (%s), %s, %d trials, sampler %s, pruner %s", self.study_name, url,
-                 study.direction.name.lower(), n_trials, self.sampler, self.pruner or "none")
+        texts = {**{k: str(v) for k, v in self.params.items()},
+                 **{a.split("=", 1)[0].lstrip("+~"): a.split("=", 1)[-1] for a in arguments}}
+        grid = S.grid_search_space(space) if self.sampler == "grid" else None
+        n_trials = C.grid_n_trials(self.n_trials, grid)
+        sampler = S.build_sampler(self.sampler, self.seed, space, self.sampler_kwargs)
+        C.preflight_compose(self.hydra_context.config_loader, self.config, fixed, space)
+        study, url = self._open(sweep_dir, space, texts, direction, sampler)
+        log.info("lit_optuna: study %r (%s), %s, %d trials, sampler %s, pruner %s", self.study_name,
+                 C.display_url(url), direction, n_trials, self.sampler, self.pruner or "none")
         while True:
-            S.fail_stale_trials(study, self.grace_period if self.heartbeat_interval else None)
+            T.fail_stale_trials(study, self.grace_period if self.heartbeat_interval else None)
             trials = study.get_trials(deepcopy=False)
-            done = sum(S.is_counted(t) for t in trials)
-            active = sum(S.is_active(t) for t in trials)
+            done = sum(T.is_counted(t) for t in trials)
+            running = sum(t.state == optuna_state("RUNNING") for t in trials)  # a WAITING one: the next ask pops it
             if done >= n_trials:
                 log.info("lit_optuna: study %r has %d finished trials (n_trials=%d): done", self.study_name, done,
                          n_trials)
                 break
-            room = n_trials - done - active
+            room = n_trials - done - running
             if room <= 0:
                 if not self.heartbeat_interval:
                     log.warning("lit_optuna: %d trials of other workers still run; without a heartbeat this worker "
-                                "cannot tell a dead one from a slow one, so it stops here", active)
+                                "cannot tell a dead one from a slow one, so it stops here", running)
                     break
                 time.sleep(self.poll_interval)  # another worker's trials run; if one dies, its heartbeat stops
                 continue
-            batch = self._ask(study, space, min(self.n_jobs, room), n_trials, sweep_dir)
+            batch = self._ask(study, space, min(self.n_jobs, room), n_trials, sweep_dir, grid)
             if batch:
+                self._write_sweep_files(sweep_dir, url, direction)
                 self._run_batch(study, batch, fixed, sweep_dir)
-        self._write_results(study, sweep_dir)
+            elif grid is not None and not running and T.next_grid_point(grid, study.get_trials()) is None:
+                log.warning("lit_optuna: every grid point is covered, %d of %d trials finished", done, n_trials)
+                break
+            else:  # another worker took the slot (or the grid's last points) at the same moment: look again
+                time.sleep(self.poll_interval)
+        if sweep_dir.is_dir():
+            self._write_results(study, sweep_dir)
         return None
 
-    def _ask(self, study: Any, space: dict[str, Any], count: int, n_trials: int, sweep_dir: Path) -> list[Any]:
-        from lit_tricks.sweeps import study as S
+    def _ask(self, study: Any, space: dict[str, Any], count: int, n_trials: int, sweep_dir: Path,
+             grid: dict[str, list[Any]] | None) -> list[Any]:
+        """Up to ``count`` trials: first continuations of preempted trials, then (grid) the unvisited points."""
+        from lit_tricks.fault.resume import find_resume_checkpoint
+        from lit_tricks.sweeps import batch as B
+        from lit_tricks.sweeps import trials as T
+
+        def checkpoint_of(job_dir: Path) -> str | None:
+            return find_resume_checkpoint(job_dir, warn=False)
 
         batch: list[Any] = []
-        for _ in range(count):
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = study.ask(space)
-            if not S.claim_trial(study, trial.number, n_trials):  # another worker asked at the same moment
-                trial.set_user_attr(S.FAIL_REASON, f"surplus: n_trials={n_trials} already running or finished")
-                study.tell(trial, state=optuna_state("FAIL"), skip_if_finished=True)
+        while len(batch) < count:
+            trials = study.get_trials(deepcopy=False)
+            pending = T.continuation(trials, checkpoint_of) if self.resume_key else None
+            if pending is not None:
+                study.enqueue_trial(pending[0], user_attrs=pending[1])
+            elif grid is not None and not any(t.state == optuna_state("WAITING") for t in trials):
+                point = T.next_grid_point(grid, trials)
+                if point is None:
+                    break
+                study.enqueue_trial(point)
+            trial = B.ask_trial(study, space)
+            if not T.claim_trial(study, trial.number, n_trials):  # another worker asked at the same moment
+                B.fail_trial(study, trial, f"surplus: n_trials={n_trials} already running or finished")
                 break
-            trial.set_user_attr(S.JOB_DIR, str((sweep_dir / str(trial.number)).absolute()))
+            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+            duplicate = T.duplicate_of(frozen, study.get_trials(deepcopy=False), grid is not None)
+            if duplicate is not None:  # another worker took the same grid point or continuation first
+                B.fail_trial(study, trial, f"surplus: duplicate of trial {duplicate}")
+                continue
+            trial.set_user_attr(T.JOB_DIR, str((sweep_dir / str(trial.number)).absolute()))
             batch.append(trial)
         return batch
 
     def _run_batch(self, study: Any, batch: list[Any], fixed: list[str], sweep_dir: Path) -> None:
+        from lit_tricks.sweeps import batch as B
         from lit_tricks.sweeps import study as S
+        from lit_tricks.sweeps import trials as T
 
         overrides = []
         for trial in batch:
             params = [f"{k}={S.override_value(v)}" for k, v in trial.params.items()]
+            resume = trial.user_attrs.get(T.RESUME_FROM)
+            if resume and self.resume_key:
+                params.append(f"++{self.resume_key}={S.override_value(str(resume))}")
+                log.info("lit_optuna: trial %d continues trial %d from %s", trial.number,
+                         trial.user_attrs.get(T.CONTINUES), resume)
             overrides.append(tuple([*fixed, *params, f"hydra.sweep.subdir={trial.number}",
                                     f"hydra.sweeper.trial={trial.number}"]))
         log.info("lit_optuna: launching trials %s", ", ".join(str(t.number) for t in batch))
         told: set[int] = set()
         try:
-            with _Heartbeat(study._storage, [t._trial_id for t in batch], self.heartbeat_interval):
+            with B.Heartbeat(study._storage, [t._trial_id for t in batch], self.heartbeat_interval):
                 assert self.launcher is not None, "setup() first"
                 returns = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
             for trial, ret in zip(batch, returns):
@@ -222,40 +220,21 @@ class LitOptunaSweeper(Sweeper):
             for trial in batch:
                 if trial.number not in told:
                     try:
-                        trial.set_user_attr(S.FAIL_REASON, f"interrupted: {_root_error(err)}")
-                        study.tell(trial, state=optuna_state("FAIL"), skip_if_finished=True)
+                        B.fail_trial(study, trial, f"interrupted: {B.root_error(err)}")
                     except Exception:  # the storage itself is gone
                         pass
             raise
 
     def _tell(self, study: Any, trial: Any, ret: Any, job_dir: Path) -> None:
-        from hydra.core.utils import JobStatus
+        from lit_tricks.sweeps import batch as B
+        from lit_tricks.sweeps import trials as T
 
-        from lit_tricks.sweeps import study as S
-
-        state, value, reason = "COMPLETE", None, None
-        if ret.status == JobStatus.FAILED:
-            err = ret._return_value
-            if type(err).__name__ == "TrialPruned":
-                state, reason = "PRUNED", str(err)
-            else:
-                state, reason = "FAIL", _root_error(err) if isinstance(err, BaseException) else str(err)
-        else:
-            record = _read_record(job_dir)
-            try:
-                value = float(ret.return_value)
-            except (TypeError, ValueError):
-                value = math.nan
-            if record.get("status") == "pruned":
-                state, value, reason = "PRUNED", None, record.get("error")
-            elif not math.isfinite(value):
-                state, value = "FAIL", None
-                reason = record.get("error") or f"objective is {ret.return_value!r}"
+        state, value, reason = B.job_outcome(ret, B.read_job_record(job_dir))
         status = {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "failed"}[state]
         try:
-            trial.set_user_attr(S.JOB_STATUS, status)
+            trial.set_user_attr(T.JOB_STATUS, status)
             if reason:
-                trial.set_user_attr(S.FAIL_REASON, str(reason))
+                trial.set_user_attr(T.FAIL_REASON, str(reason))
             study.tell(trial, value, state=optuna_state(state))
         except Exception as err:  # failed meanwhile as stale by another worker (a very long pause): keep going
             log.warning("lit_optuna: trial %d finished (%s) but could not be told: %s", trial.number, status, err)
@@ -284,11 +263,3 @@ def optuna_state(name: str) -> Any:
     from optuna.trial import TrialState
 
     return TrialState[name]
-
-
-def _read_record(job_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((job_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

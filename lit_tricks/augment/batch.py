@@ -17,7 +17,9 @@ class BatchMix:
 
     ``x``: ``(N, C, H, W)`` float; ``y``: ``(N,)`` class indices -> returns ``x`` mixed and ``(N, num_classes)`` soft
     targets (``lam * onehot(y) + (1 - lam) * onehot(y[perm])``, ``lam ~ Beta(alpha, alpha)``; for CutMix lam is the
-    kept area). ``p``: probability of mixing a batch (unmixed batches get one-hot targets, same dtype).
+    kept area). ``p``: probability of mixing a batch (unmixed batches get one-hot targets, same dtype). The partner of
+    sample i is sample i - 1 (torchvision's ``roll(1, 0)``). On a 1-D signal (``H == 1``, where torchvision's square
+    box would have height 0 and CutMix would do nothing) CutMix pastes a segment of length ``(1 - lam) W``.
     """
 
     def __init__(self, kind: str = "mixup", alpha: float = 0.2, num_classes: int = 10, p: float = 1.0,
@@ -34,7 +36,8 @@ class BatchMix:
         calpha = float(cutmix_alpha) if cutmix_alpha is not None else float(alpha)
         mixup = v2.MixUp(alpha=self.alpha, num_classes=num_classes)
         cutmix = v2.CutMix(alpha=calpha, num_classes=num_classes)
-        self.transform = {"mixup": mixup, "cutmix": cutmix, "both": v2.RandomChoice([mixup, cutmix])}[kind]
+        self.transforms = {"mixup": mixup, "cutmix": cutmix}
+        self._cutmix = torch.distributions.Beta(torch.tensor([calpha]), torch.tensor([calpha]))
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if x.ndim != 4 or not x.is_floating_point():
@@ -43,8 +46,24 @@ class BatchMix:
             raise TypeError(f"BatchMix: y must be (N,) class indices, got {tuple(y.shape)} {y.dtype}")
         if self.p < 1.0 and float(torch.rand(())) >= self.p:
             return x, F.one_hot(y, self.num_classes).to(x.dtype)
-        xm, ym = self.transform(x, y)
+        kind = self.kind if self.kind != "both" else ("mixup" if float(torch.rand(())) < 0.5 else "cutmix")
+        if kind == "cutmix" and x.shape[-2] == 1:
+            return self._cutmix_signal(x, y)
+        xm, ym = self.transforms[kind](x, y)
         return xm.as_subclass(Tensor), ym.to(x.dtype)
+
+    def _cutmix_signal(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """CutMix on ``(N, C, 1, W)``: a segment of length ``2 int((1 - lam) W / 2)`` around a uniform centre, clipped
+        at the ends, comes from the partner; the target weight is the kept share, ``1 - length / W``."""
+        lam = float(self._cutmix.sample(()))
+        width = x.shape[-1]
+        centre, half = int(torch.randint(width, (1,))), int(0.5 * (1.0 - lam) * width)
+        x1, x2 = max(centre - half, 0), min(centre + half, width)
+        out = x.clone()
+        out[..., x1:x2] = x.roll(1, 0)[..., x1:x2]
+        kept = 1.0 - (x2 - x1) / width
+        onehot = F.one_hot(y, self.num_classes).to(x.dtype)
+        return out, kept * onehot + (1.0 - kept) * onehot.roll(1, 0)
 
     def __repr__(self) -> str:
         return f"BatchMix(kind={self.kind!r}, alpha={self.alpha}, num_classes={self.num_classes}, p={self.p})"

@@ -13,6 +13,8 @@ from lit_tricks.callbacks.layer_stats import LayerStats, LayerStatsWarning
 from lit_tricks.callbacks.learning_curves import LearningCurves
 from lit_tricks.callbacks.model_checkpoint import ModelCheckpoint
 from lit_tricks.callbacks.nan_guard import NaNGuard, NonFiniteCheckpointError
+from lit_tricks.callbacks.optuna_pruning import OptunaPruning
+from lit_tricks.callbacks.posthoc_ema import PostHocEMA
 from lit_tricks.callbacks.preemption import Preemption
 from lit_tricks.callbacks.rng_state import RNGState
 from lit_tricks.callbacks.sanity_checks import SanityCheckError, SanityChecks
@@ -31,6 +33,8 @@ __all__ = [
     "ModelCheckpoint",
     "NaNGuard",
     "NonFiniteCheckpointError",
+    "OptunaPruning",
+    "PostHocEMA",
     "Preemption",
     "RNGState",
     "SanityCheckError",

@@ -26,6 +26,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from lit_tricks.fault.exact_resume import run_skipped_epoch_start
+from lit_tricks.validation import check_number
 
 __all__ = ["BackboneFinetuning", "SupportsFinetuneParamGroups"]
 
@@ -74,13 +75,11 @@ class BackboneFinetuning(_LightningBackboneFinetuning):
         train_bn: bool = True,
         verbose: bool = False,
     ) -> None:
-        if not isinstance(unfreeze_backbone_at_epoch, int) or unfreeze_backbone_at_epoch < 0:
-            raise ValueError(
-                f"unfreeze_backbone_at_epoch: expected an integer >= 0, got {unfreeze_backbone_at_epoch!r}")
-        if not 0.0 < float(backbone_initial_ratio_lr):
-            raise ValueError(f"backbone_initial_ratio_lr: expected a number > 0, got {backbone_initial_ratio_lr!r}")
-        if not 0.0 < float(lr_growth):
-            raise ValueError(f"lr_growth: expected a number > 0, got {lr_growth!r}")
+        check_number("unfreeze_backbone_at_epoch", unfreeze_backbone_at_epoch, 0, integer=True,
+                     owner="BackboneFinetuning")
+        check_number("backbone_initial_ratio_lr", backbone_initial_ratio_lr, 0.0, lo_open=True,
+                     owner="BackboneFinetuning")
+        check_number("lr_growth", lr_growth, 0.0, lo_open=True, owner="BackboneFinetuning")
         func = lambda_func if lambda_func is not None else functools.partial(_constant, float(lr_growth))
         super().__init__(unfreeze_backbone_at_epoch=unfreeze_backbone_at_epoch, lambda_func=func,
                          backbone_initial_ratio_lr=float(backbone_initial_ratio_lr), should_align=should_align,

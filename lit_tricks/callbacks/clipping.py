@@ -8,9 +8,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
-from lit_tricks.compat import logs_this_step, unwrap_optimizer
+from lit_tricks.compat import logs_this_step, sharded_strategy_name, unwrap_optimizer
 from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.clip import (
     CLIP_MODES,
@@ -20,8 +21,9 @@ from lit_tricks.functional.clip import (
     clip_grad_value_,
     grad_norm,
     grads_of,
-    push_history_,
 )
+from lit_tricks.functional.clip_history import ClipHistory
+from lit_tricks.validation import ArgumentError, check_choice, check_number
 
 __all__ = ["GradientClipping"]
 
@@ -40,7 +42,9 @@ class GradientClipping(Callback):
     so far whose gradients were changed) every step when ``log=True``; both are tensors, so logging causes no host
     sync beyond Lightning's own. The norm history and counters are callback state, so resume is exact. Hook:
     ``on_before_optimizer_step``, which Lightning's precision plugin calls after ``scaler.unscale_``, also for the
-    ``opt.step()`` calls of manual optimization.
+    ``opt.step()`` calls of manual optimization. Under ``ModelParallelStrategy`` (FSDP2) the gradients are DTensor
+    shards: ``norm``, ``auto`` and ``agc`` use global norms (squared local norms all-reduced over the shards, equal
+    to ``torch.nn.utils.clip_grad_norm_`` on the gathered gradients), ``value`` clamps locally; FSDP1 is refused.
 
     Several optimizers (Lightning's semantics: ``configure_gradient_clipping`` is called per optimizer): each
     optimizer's step clips that optimizer's parameters only, with their own global norm (as
@@ -64,20 +68,19 @@ class GradientClipping(Callback):
         log: bool = True,
         log_prefix: str = "grad",
     ) -> None:
-        if mode not in CLIP_MODES:
-            raise ValueError(f"mode must be one of {sorted(CLIP_MODES)}, got {mode!r}")
-        if mode == "norm" and not max_norm > 0:
-            raise ValueError(f"max_norm must be > 0 for mode='norm', got {max_norm!r}")
-        if mode == "value" and (max_value is None or not max_value > 0):
-            raise ValueError(f"max_value must be a number > 0 for mode='value', got {max_value!r}")
-        if mode == "agc" and not agc_factor > 0:
-            raise ValueError(f"agc_factor must be > 0 for mode='agc', got {agc_factor!r}")
-        if not 0.0 <= percentile <= 100.0:
-            raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
-        if int(history) < 1:
-            raise ValueError(f"history must be an int >= 1, got {history!r}")
-        if float(norm_type) <= 0:
-            raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type!r}")
+        check_choice("mode", mode, sorted(CLIP_MODES), owner="GradientClipping")
+        if mode == "norm":
+            check_number("max_norm", max_norm, 0.0, lo_open=True, owner="GradientClipping")
+        if mode == "value":
+            if max_value is None:
+                raise ArgumentError("max_value", max_value, "must be a number > 0 for mode='value'", "GradientClipping")
+            check_number("max_value", max_value, 0.0, lo_open=True, owner="GradientClipping")
+        if mode == "agc":
+            check_number("agc_factor", agc_factor, 0.0, lo_open=True, owner="GradientClipping")
+        check_number("percentile", percentile, 0.0, 100.0, hi_open=False, owner="GradientClipping")
+        check_number("history", history, 1, integer=True, owner="GradientClipping")
+        if not float(norm_type) > 0:  # inf allowed (the max norm)
+            raise ArgumentError("norm_type", norm_type, "must be > 0 (or inf)", "GradientClipping")
         self.mode = mode
         self.max_norm = float(max_norm)
         self.norm_type = float(norm_type)
@@ -88,13 +91,8 @@ class GradientClipping(Callback):
         self.history = int(history)
         self.log = log
         self.log_prefix = log_prefix
-        # state (all restored by load_state_dict)
-        self.norm_history = torch.zeros(self.history, dtype=torch.float32)
-        self.steps = 0  # optimizer steps seen (Python int: known on the host without a sync)
-        self.clipped_steps = torch.zeros((), dtype=torch.float32)  # stays on the device of the grads
-        # the three above belong to optimizer `_current`; the other optimizers' are stashed here
-        self._current = 0
-        self._stashed: dict[int, tuple[Tensor, int, Tensor]] = {}
+        #: pre-clip norms, steps and clipped steps per optimizer (Trainer-free; all restored by load_state_dict)
+        self.clip_history = ClipHistory(self.history)
 
     @property
     def state_key(self) -> str:
@@ -106,12 +104,22 @@ class GradientClipping(Callback):
     # ------------------------------------------------------------------ the clipping itself
     def select_optimizer(self, optimizer_idx: int) -> None:
         """Make ``norm_history``, ``steps`` and ``clipped_steps`` those of optimizer ``optimizer_idx``."""
-        if optimizer_idx == self._current:
-            return
-        self._stashed[self._current] = (self.norm_history, self.steps, self.clipped_steps)
-        fresh = (torch.zeros(self.history, dtype=torch.float32), 0, torch.zeros((), dtype=torch.float32))
-        self.norm_history, self.steps, self.clipped_steps = self._stashed.pop(optimizer_idx, fresh)
-        self._current = optimizer_idx
+        self.clip_history.select(optimizer_idx)
+
+    @property
+    def norm_history(self) -> Tensor:
+        """The ring of pre-clip norms of the selected optimizer."""
+        return self.clip_history.norm_history
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps seen by the selected optimizer."""
+        return self.clip_history.steps
+
+    @property
+    def clipped_steps(self) -> Tensor:
+        """How many of those steps were clipped (0-d tensor on the gradients' device)."""
+        return self.clip_history.clipped_steps
 
     def clip_(self, parameters: Iterable[Tensor], optimizer_idx: int = 0) -> Tensor:
         """Clip the gradients of ``parameters`` in place with this callback's mode; returns the pre-clip global norm.
@@ -123,18 +131,15 @@ class GradientClipping(Callback):
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return torch.zeros(())
-        device = grads[0].device
-        if self.norm_history.device != device:
-            self.norm_history = self.norm_history.to(device)
-        if self.clipped_steps.device != device:
-            self.clipped_steps = self.clipped_steps.to(device)
+        history = self.clip_history
+        history.to(grads[0].device)
         if self.mode == "norm":
             norm = clip_grad_norm_(params, self.max_norm, self.norm_type)
             clipped = norm > self.max_norm
         elif self.mode == "auto":
             norm = grad_norm(grads, self.norm_type)
-            push_history_(self.norm_history, self.steps, norm)
-            threshold = autoclip_threshold(self.norm_history, self.steps + 1, self.percentile)
+            history.push(norm)
+            threshold = autoclip_threshold(history.norm_history, history.steps + 1, self.percentile)
             clip_grad_norm_(params, threshold, self.norm_type, total_norm=norm)
             clipped = norm > threshold
         elif self.mode == "value":
@@ -146,26 +151,27 @@ class GradientClipping(Callback):
             norm = grad_norm(grads, self.norm_type)
             clipped = adaptive_clip_grad_(params, self.agc_factor, self.agc_eps)
         if self.mode != "auto":
-            push_history_(self.norm_history, self.steps, norm)
-        self.clipped_steps += clipped.to(self.clipped_steps.dtype)
-        self.steps += 1
+            history.push(norm)
+        history.count(clipped)
         return norm
 
     @property
     def clipped_fraction(self) -> Tensor:
         """Fraction of the optimizer steps so far whose gradients were changed by clipping (0-d tensor)."""
-        return self.clipped_steps / max(self.steps, 1)
+        return self.clip_history.clipped_fraction
 
     def filled_history(self) -> Tensor:
         """The pre-clip norms of the last ``min(steps, history)`` steps, oldest first."""
-        n = min(self.steps, self.history)
-        if self.steps <= self.history:
-            return self.norm_history[:n].clone()
-        start = self.steps % self.history
-        return torch.cat([self.norm_history[start:], self.norm_history[:start]])
+        return self.clip_history.filled()
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        sharded = sharded_strategy_name(trainer.strategy)
+        if sharded and not isinstance(trainer.strategy, ModelParallelStrategy):
+            raise ValueError(
+                f"GradientClipping under {sharded} would clip each rank's flat shard by its own norm; use "
+                "ModelParallelStrategy (FSDP2: global norms over DTensor shards) or gradient_clip_algorithm='value'"
+            )
         if getattr(trainer, "gradient_clip_val", None):
             raise ValueError(
                 "GradientClipping callback and Trainer(gradient_clip_val="
@@ -194,39 +200,7 @@ class GradientClipping(Callback):
         warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
 
     def state_dict(self) -> dict[str, Any]:
-        current = self._current
-        per = {}
-        for idx in sorted({current, *self._stashed}):
-            self.select_optimizer(idx)
-            per[idx] = {
-                "norm_history": self.norm_history.detach().cpu().clone(),
-                "steps": self.steps,
-                "clipped_steps": self.clipped_steps.detach().cpu().clone(),
-            }
-        self.select_optimizer(current)
-        first = per.get(0, {"norm_history": torch.zeros(self.history), "steps": 0, "clipped_steps": torch.zeros(())})
-        return {"version": _STATE_VERSION, "mode": self.mode, **first, "per_optimizer": per}
+        return {"version": _STATE_VERSION, "mode": self.mode, **self.clip_history.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._stashed, self._current = {}, 0
-        per = state_dict.get("per_optimizer") or {0: state_dict}  # version 1: optimizer 0's entries only
-        for idx in sorted(int(i) for i in per if int(i) != 0):
-            self._load_one(per[idx])
-            self._stashed[idx] = (self.norm_history, self.steps, self.clipped_steps)
-        self._load_one(per.get(0, {}))
-
-    def _load_one(self, state_dict: dict[str, Any]) -> None:
-        history = state_dict.get("norm_history")
-        if history is not None:
-            history = torch.as_tensor(history, dtype=torch.float32)
-            if history.numel() != self.history:  # length changed: keeps the first ring slots, not the newest values
-                kept = torch.zeros(self.history, dtype=torch.float32)
-                n = min(self.history, history.numel())
-                kept[:n] = history[:n]
-                history = kept
-            self.norm_history = history.clone()
-        else:
-            self.norm_history = torch.zeros(self.history, dtype=torch.float32)
-        self.steps = int(state_dict.get("steps", 0))
-        self.clipped_steps = torch.as_tensor(state_dict.get("clipped_steps", 0.0), dtype=torch.float32).clone()
-
+        self.clip_history.load_state_dict(state_dict)

@@ -14,6 +14,8 @@ from lightning.pytorch.utilities.rank_zero import rank_prefixed_message
 from torch import Tensor
 
 from lit_tricks.fault.state_keys import warn_changed_args
+from lit_tricks.functional.sharded import full_state_dict, has_dtensors, load_full_state_dict_
+from lit_tricks.validation import check_number
 from lit_tricks.weight_variants import weight_variants_of
 
 __all__ = ["EarlyStopping"]
@@ -65,10 +67,8 @@ class EarlyStopping(_LightningEarlyStopping):
         start_from_epoch: int = 0,
         restore_best_weights: bool = False,
     ) -> None:
-        if isinstance(start_from_epoch, bool) or not isinstance(start_from_epoch, int) or start_from_epoch < 0:
-            raise ValueError(f"`start_from_epoch` must be an int >= 0, got {start_from_epoch!r}")
-        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
-            raise ValueError(f"`patience` must be an int >= 0, got {patience!r}")
+        check_number("start_from_epoch", start_from_epoch, 0, integer=True, owner="EarlyStopping")
+        check_number("patience", patience, 0, integer=True, owner="EarlyStopping")
         super().__init__(
             monitor=monitor, min_delta=min_delta, patience=patience, verbose=verbose, mode=mode, strict=strict,
             check_finite=check_finite, stopping_threshold=stopping_threshold,
@@ -115,7 +115,7 @@ class EarlyStopping(_LightningEarlyStopping):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best_weights and self.best_weights is not None:
-            pl_module.load_state_dict(self.best_weights, strict=True)
+            load_full_state_dict_(pl_module, self.best_weights)  # sharded: each rank its chunks of the full copy
             self._log_info(
                 trainer,
                 f"EarlyStopping: restored the weights of epoch {self.best_epoch} ({self.monitor} = "
@@ -180,7 +180,7 @@ class EarlyStopping(_LightningEarlyStopping):
     @staticmethod
     @torch.no_grad()
     def _copy_state(pl_module: pl.LightningModule, into: dict[str, Tensor] | None) -> dict[str, Tensor]:
-        sd = pl_module.state_dict()
+        sd = full_state_dict(pl_module) if has_dtensors(pl_module) else pl_module.state_dict()  # shards gathered
         if into is not None and into.keys() == sd.keys() and all(
             into[k].shape == v.shape and into[k].dtype == v.dtype for k, v in sd.items()
         ):

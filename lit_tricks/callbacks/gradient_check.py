@@ -9,6 +9,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_tricks.diagnostics.training_step import training_step_loss_fn
 from lit_tricks.functional.gradcheck import SUSPICIOUS, WRONG, GradCheckReport, LossFn, gradient_check
+from lit_tricks.validation import check_choice, check_number
 
 __all__ = ["GradientCheck", "GradientCheckError"]
 
@@ -39,10 +40,9 @@ class GradientCheck(pl.Callback):
         on_failure: str = "raise",
         loss_fn: LossFn | None = None,
     ) -> None:
-        if on_failure not in _ON_FAILURE:
-            raise ValueError(f"on_failure must be one of {_ON_FAILURE}, got {on_failure!r}")
-        if max_error is not None and not max_error > 0:
-            raise ValueError(f"max_error must be > 0 or None, got {max_error}")
+        check_choice("on_failure", on_failure, _ON_FAILURE, owner="GradientCheck")
+        if max_error is not None:
+            check_number("max_error", max_error, 0.0, lo_open=True, owner="GradientCheck")
         self.max_error = max_error
         self.entries_per_tensor = entries_per_tensor
         self.eps = eps

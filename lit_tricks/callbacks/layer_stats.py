@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lit_tricks.functional.diagnosis import activation_stats, update_ratio
+from lit_tricks.validation import check_number
 
 __all__ = ["DEAD_MODULES", "STAT_MODULES", "LayerStats", "LayerStatsWarning"]
 
@@ -54,12 +55,10 @@ class LayerStats(pl.Callback):
         log: bool = True,
         log_histograms: bool = False,
     ) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        if not 0.0 <= dead_threshold <= 1.0:
-            raise ValueError(f"dead_threshold must be in [0, 1], got {dead_threshold}")
-        if ratio_target <= 0 or ratio_factor <= 1:
-            raise ValueError(f"need ratio_target > 0 and ratio_factor > 1, got {ratio_target}, {ratio_factor}")
+        check_number("every_n_steps", every_n_steps, 1, integer=True, owner="LayerStats")
+        check_number("dead_threshold", dead_threshold, 0.0, 1.0, hi_open=False, owner="LayerStats")
+        check_number("ratio_target", ratio_target, 0.0, lo_open=True, owner="LayerStats")
+        check_number("ratio_factor", ratio_factor, 1.0, lo_open=True, owner="LayerStats")
         self.every_n_steps = every_n_steps
         self.dead_threshold = dead_threshold
         self.ratio_target = ratio_target

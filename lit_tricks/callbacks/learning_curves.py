@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_tricks.fault.atomic import atomic_save_figure
 from lit_tricks.fault.exact_resume import run_skipped_epoch_start
 from lit_tricks.functional.diagnosis import Diagnosis, diagnose, ema_smooth, first_samples
+from lit_tricks.validation import check_number
 
 __all__ = ["HISTORY_KEYS", "LearningCurves", "diagnose_history", "plot_learning_curves"]
 
@@ -113,12 +114,10 @@ class LearningCurves(pl.Callback):
         plot: bool = True,
         train_eval_samples: int = 1024,
     ) -> None:
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-        if train_eval_samples < 0:
-            raise ValueError(f"train_eval_samples must be >= 0, got {train_eval_samples}")
-        if target_error is not None and not 0.0 <= target_error:
-            raise ValueError(f"target_error must be >= 0 or None, got {target_error}")
+        check_number("smoothing", smoothing, 0.0, 1.0, owner="LearningCurves")
+        check_number("train_eval_samples", train_eval_samples, 0, integer=True, owner="LearningCurves")
+        if target_error is not None:
+            check_number("target_error", target_error, 0.0, owner="LearningCurves")
         self.target_error = target_error
         self.smoothing = smoothing
         self.bias_tolerance = bias_tolerance

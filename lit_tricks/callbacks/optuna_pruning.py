@@ -14,6 +14,9 @@ class OptunaPruning(pl.Callback):
     """Report ``monitor`` to an Optuna trial after each validation epoch and raise ``optuna.TrialPruned`` when the
     study's pruner says so (the sweeper records the trial as PRUNED; ``lit_tricks.run`` writes status ``pruned``).
 
+    The reported step is the number of epochs completed (``current_epoch + 1``): the pruners' resource, so
+    ``SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)`` decides after 1, 3 and 9 epochs.
+
     Args:
         monitor: the logged metric the study optimizes (``${monitor}``).
         trial: the ``optuna.Trial``; None = the running Hydra job's trial under ``hydra/sweeper=lit_optuna``, and
@@ -38,7 +41,7 @@ class OptunaPruning(pl.Callback):
         if not self._looked_up and trainer.is_global_zero:
             self._looked_up = True
             try:
-                from lit_tricks.studies import current_trial
+                from lit_tricks.optuna_job import current_trial
             except ImportError:  # optuna not installed: no sweep can be running
                 return
             self.trial = current_trial()
@@ -53,7 +56,7 @@ class OptunaPruning(pl.Callback):
                 raise KeyError(f"OptunaPruning: monitor={self.monitor!r} was not logged; logged metrics: "
                                f"{sorted(trainer.callback_metrics)}")
             value = float(metric)
-            self.trial.report(value, step=trainer.current_epoch)
+            self.trial.report(value, step=trainer.current_epoch + 1)  # epochs completed: the pruners' resource
             prune = bool(self.trial.should_prune())
         if trainer.world_size > 1:
             prune = bool(trainer.strategy.broadcast(prune, src=0))

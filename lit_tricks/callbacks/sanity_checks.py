@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,8 +14,10 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from lit_tricks.compat import first_train_loader
 from lit_tricks.diagnostics.training_step import training_step_loss
 from lit_tricks.functional.diagnosis import first_samples
+from lit_tricks.validation import check_choice, check_number
 
 __all__ = ["SanityCheckError", "SanityChecks"]
 
@@ -36,14 +38,6 @@ def _copy_without_dropout(module: nn.Module) -> nn.Module:
         if isinstance(m, _DROPOUT):
             m.eval()
     return clone
-
-
-def _first_loader(loaders: Any) -> Any:
-    if isinstance(loaders, Mapping):
-        return next(iter(loaders.values()))
-    if isinstance(loaders, list | tuple):
-        return loaders[0]
-    return loaders
 
 
 class SanityChecks(pl.Callback):
@@ -77,16 +71,13 @@ class SanityChecks(pl.Callback):
         seed: int = 0,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     ) -> None:
-        if on_failure not in _ON_FAILURE:
-            raise ValueError(f"on_failure must be one of {_ON_FAILURE}, got {on_failure!r}")
-        if overfit_loss not in _OVERFIT_LOSS:
-            raise ValueError(f"overfit_loss must be one of {_OVERFIT_LOSS}, got {overfit_loss!r}")
-        if not 0.0 < overfit_accuracy <= 1.0:
-            raise ValueError(f"overfit_accuracy must be in (0, 1], got {overfit_accuracy}")
+        check_choice("on_failure", on_failure, _ON_FAILURE, owner="SanityChecks")
+        check_choice("overfit_loss", overfit_loss, _OVERFIT_LOSS, owner="SanityChecks")
+        check_number("overfit_accuracy", overfit_accuracy, 0.0, 1.0, lo_open=True, hi_open=False,
+                     owner="SanityChecks")
         for name, value in (("init_samples", init_samples), ("overfit_samples", overfit_samples),
                             ("overfit_steps", overfit_steps)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+            check_number(name, value, 1, integer=True, owner="SanityChecks")
         self.num_classes = num_classes
         self.check_init_loss = check_init_loss
         self.init_samples = init_samples
@@ -111,7 +102,7 @@ class SanityChecks(pl.Callback):
     # -- data -------------------------------------------------------------------------------------------------
     def _samples(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> tuple[Any, ...]:
         """The first ``n`` training samples, read from the dataset (the loader's sampler is not advanced)."""
-        loader = _first_loader(trainer.train_dataloader)
+        loader = first_train_loader(trainer)
         if loader is None:
             raise SanityCheckError("SanityChecks: no training dataloader")
         joined = first_samples(loader, n)

@@ -1,4 +1,4 @@
-"""Console entry points (``lit-tricks-train``, ``lit-tricks-report``, ``lit-tricks-ensemble``, ``lit-tricks-curves``).
+"""Console entry points (``lit-tricks-train``, ``-report``, ``-ensemble``, ``-curves``, ``-bag``, ``-workers``).
 
 Each module's ``main`` holds the command's logic; ``scripts/*.py`` are thin wrappers around them.
 """

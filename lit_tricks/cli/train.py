@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lit_tricks.cli.hydra_errors import condensed_hydra_errors
+from lit_tricks.cli.noise import silence_third_party_noise
 from lit_tricks.config_checks import ConfigError, SweepConfigError
 from lit_tricks.hydra_utils import is_multirun
 from lit_tricks.records import error_chain, root_error
@@ -49,6 +50,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     """Console entry point: compose ``train.yaml`` with the command-line overrides and run."""
+    silence_third_party_noise()
     with condensed_hydra_errors():
         _hydra_main()
 

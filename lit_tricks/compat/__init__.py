@@ -26,7 +26,7 @@ from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
 from lightning.fabric.strategies.launchers.subprocess_script import _basic_subprocess_cmd
 from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
 from lightning.fabric.utilities.types import _PATH
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
@@ -54,10 +54,12 @@ __all__ = [
     "basic_subprocess_cmd",
     "batch_end_is_resumable",
     "call_epoch_start",
+    "checkpoint_ranks_at_train_epoch_end",
     "cluster_environment",
     "csv_logger_version",
     "epoch_results_state",
     "epoch_start_skipped",
+    "first_train_loader",
     "inside_accumulation_window",
     "installed_checkpoint_io",
     "legacy_state_key",
@@ -69,8 +71,10 @@ __all__ = [
     "restore_epoch_results",
     "restore_logged_metrics",
     "rows_logged_after_save",
+    "saves_distributed_checkpoint",
     "set_num_threads_if_needed",
     "set_strategy_launcher",
+    "sharded_strategy_name",
     "state_key_args",
     "unwrap_optimizer",
 ]
@@ -88,11 +92,14 @@ SubprocessScriptLauncher = _SubprocessScriptLauncher
 
 #: Private Lightning methods that lit_tricks overrides or calls on ``super()``: {Lightning class: names}.
 #: ``EarlyStopping``: :class:`lit_tricks.callbacks.EarlyStopping` wraps the check (``_run_early_stopping_check``),
-#: reuses the skip rule and the rank-aware logger. The DDP/FSDP strategies and the script launcher:
-#: :mod:`lit_tricks.trainers.strategies` swaps in its launcher after ``_configure_launcher`` and replaces the
-#: launcher's ``_call_children_scripts`` (which calls ``_check_can_spawn_children``).
+#: reuses the skip rule and the rank-aware logger. ``ModelCheckpoint``: :class:`lit_tricks.callbacks.ModelCheckpoint`
+#: writes a deferred step save through Lightning's own skip rule and top-k/last savers. The DDP/FSDP strategies and
+#: the script launcher: :mod:`lit_tricks.trainers.strategies` swaps in its launcher after ``_configure_launcher``
+#: and replaces the launcher's ``_call_children_scripts`` (which calls ``_check_can_spawn_children``).
 PRIVATE_OVERRIDES: dict[type, tuple[str, ...]] = {
     EarlyStopping: ("_run_early_stopping_check", "_should_skip_check", "_log_info"),
+    ModelCheckpoint: ("_should_skip_saving_checkpoint", "_monitor_candidates", "_save_topk_checkpoint",
+                      "_save_last_checkpoint"),
     Strategy: ("_configure_launcher",),
     DDPStrategy: ("_configure_launcher",),
     FSDPStrategy: ("_configure_launcher",),
@@ -148,6 +155,18 @@ def time_based_validation(trainer: pl.Trainer) -> bool:
     return getattr(trainer, "_val_check_time_interval", None) is not None
 
 
+def checkpoint_ranks_at_train_epoch_end(trainer: pl.Trainer) -> bool:
+    """ModelCheckpoint's ``_should_save_on_train_epoch_end`` (Lightning 2.x) without its explicit override: not with
+    time-based validation, nor with ``check_val_every_n_epoch != 1``; yes without validation batches; else when
+    validation runs once per epoch (``val_check_interval == 1.0``)."""
+    if time_based_validation(trainer) or trainer.check_val_every_n_epoch != 1:
+        return False
+    num_val = trainer.num_val_batches
+    if (sum(num_val) if isinstance(num_val, list) else num_val) == 0:
+        return True
+    return bool(trainer.val_check_interval == 1.0)
+
+
 def installed_checkpoint_io(strategy: Strategy) -> CheckpointIO | None:
     """The CheckpointIO set on ``strategy`` (``strategy._checkpoint_io``), or None when none was set.
 
@@ -155,6 +174,37 @@ def installed_checkpoint_io(strategy: Strategy) -> CheckpointIO | None:
     looks, so a callback can check that the IO it installed is still the one in place.
     """
     return strategy._checkpoint_io
+
+
+def first_train_loader(trainer: pl.Trainer) -> Any:
+    """``trainer.train_dataloader``, or the first of several (list, tuple or dict of loaders, nested); None if none."""
+    loader: Any = trainer.train_dataloader
+    while isinstance(loader, list | tuple | dict) and loader:
+        loader = next(iter(loader.values())) if isinstance(loader, dict) else loader[0]
+    return None if isinstance(loader, list | tuple | dict) else loader
+
+
+def sharded_strategy_name(strategy: Any) -> str | None:
+    """The name of ``strategy`` when it shards parameters across ranks (FSDP, ModelParallel, DeepSpeed stage 3);
+    looked up by name, since the installed Lightning may lack some of these classes."""
+    from lightning.pytorch import strategies
+
+    kinds = tuple(getattr(strategies, name) for name in ("FSDPStrategy", "ModelParallelStrategy")
+                  if hasattr(strategies, name))
+    if isinstance(strategy, kinds):
+        return type(strategy).__name__
+    deepspeed = getattr(strategies, "DeepSpeedStrategy", None)
+    if deepspeed is not None and isinstance(strategy, deepspeed) and bool(getattr(strategy, "zero_stage_3", False)):
+        return "DeepSpeedStrategy (ZeRO stage 3)"
+    return None
+
+
+def saves_distributed_checkpoint(strategy: Any) -> bool:
+    """Whether ``strategy`` writes each checkpoint as a directory of per-rank shards plus ``meta.pt``
+    (``ModelParallelStrategy(save_distributed_checkpoint=True)``: its ``_save_distributed_checkpoint``)."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return isinstance(strategy, ModelParallelStrategy) and bool(strategy._save_distributed_checkpoint)
 
 
 def legacy_state_key(callback: pl.Callback) -> Any:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from lit_tricks.data.preprocessing import PREPROCESSING, FittedPreprocessor, fit_preprocessor
 from lit_tricks.data.sampling import ImageSource, SplitDataset, train_loader
 from lit_tricks.data.splits import bootstrap_indices, mix_seed, stratified_holdout, stratified_kfold
-from lit_tricks.validation import is_int, is_number
+from lit_tricks.validation import ArgumentError, is_int, is_number, number_problem, raise_all
 
 __all__ = ["SplitDataModule", "merged_signature"]
 
@@ -51,8 +51,10 @@ class SplitDataModule(pl.LightningDataModule):
         bootstrap: resample the training split with replacement (bagging); seeded by ``bootstrap_seed``, which
             defaults to the training seed (``seed_everything``), so members trained with different seeds differ.
         preprocessing: one of :data:`lit_tricks.data.preprocessing.PREPROCESSING`: none | center (per-channel mean)
-            | center_per_feature (``X -= X.mean(axis=0)``) | standardize (per-channel mean/std) | minmax (to
-            [-1, 1]) | pca (flat ``(N, k)`` output, see ``pca_components``) | pca_whiten (flat, unit variance) | zca.
+            | center_per_feature (``X -= X.mean(axis=0)``) | standardize (per-channel mean/std) |
+            standardize_per_feature (``X /= X.std(axis=0)`` after centring) | minmax (per channel to [-1, 1]) |
+            minmax_per_feature | pca (flat ``(N, k)`` output, see ``pca_components``) | pca_whiten (flat, unit
+            variance) | zca. A constant channel or feature gets the scale 1 (scikit-learn's rule).
         pca_components: int k, or float fraction of variance to keep (pca, pca_whiten).
         zca_epsilon: added to the covariance eigenvalues before whitening (zca, pca_whiten).
         seed: seeds the shuffle order and the per-sample augmentation RNG; None = the training seed.
@@ -93,38 +95,36 @@ class SplitDataModule(pl.LightningDataModule):
     # ----------------------------------------------------------------------------------------------- validation
     @staticmethod
     def _validate(**v: Any) -> None:
-        problems: list[str] = []
-        if not is_int(v["batch_size"]) or v["batch_size"] < 1:
-            problems.append(f"batch_size: expected an int >= 1, got {v['batch_size']!r}")
-        if not is_int(v["num_workers"]) or v["num_workers"] < 0:
-            problems.append(f"num_workers: expected an int >= 0, got {v['num_workers']!r}")
-        if not is_int(v["split_seed"]) or v["split_seed"] < 0:
-            problems.append(f"split_seed: expected an int >= 0, got {v['split_seed']!r}")
+        """Every bad argument at once (:class:`lit_tricks.validation.ArgumentErrors`)."""
+        errors: list[ArgumentError] = []
+
+        def bad(name: str, problem: str | None, value: Any = None) -> None:
+            if problem:
+                errors.append(ArgumentError(name, v.get(name, value), problem))
+
+        bad("batch_size", number_problem(v["batch_size"], 1, integer=True))
+        bad("num_workers", number_problem(v["num_workers"], 0, integer=True))
+        bad("split_seed", number_problem(v["split_seed"], 0, integer=True))
         for name in ("seed", "bootstrap_seed"):
-            if v[name] is not None and (not is_int(v[name]) or v[name] < 0):
-                problems.append(f"{name}: expected an int >= 0 or None, got {v[name]!r}")
+            bad(name, None if v[name] is None else number_problem(v[name], 0, integer=True))
         for name in ("val_fraction", "test_fraction"):
-            if not is_number(v[name]) or not 0.0 <= v[name] < 1.0:
-                problems.append(f"{name}: expected a float in [0, 1), got {v[name]!r}")
-        if not problems and v["fold"] is None and v["val_fraction"] + v["test_fraction"] >= 1.0:
-            problems.append(f"val_fraction + test_fraction: expected < 1 (something left to train on), got "
-                            f"{v['val_fraction']} + {v['test_fraction']}")
+            bad(name, number_problem(v[name], 0.0, 1.0))
+        if not errors and v["fold"] is None and v["val_fraction"] + v["test_fraction"] >= 1.0:
+            errors.append(ArgumentError("val_fraction + test_fraction", v["val_fraction"] + v["test_fraction"],
+                                        "must be < 1 (something left to train on)"))
         size = v["train_size"]
         if size is not None and not ((is_int(size) and size >= 1) or (is_number(size) and 0.0 < size <= 1.0)):
-            problems.append(f"train_size: expected None, an int >= 1 or a float in (0, 1], got {size!r}")
-        if not is_int(v["num_folds"]) or v["num_folds"] < 2:
-            problems.append(f"num_folds: expected an int >= 2, got {v['num_folds']!r}")
-        elif v["fold"] is not None and (not is_int(v["fold"]) or not 0 <= v["fold"] < v["num_folds"]):
-            problems.append(f"fold: expected None or an int in [0, num_folds={v['num_folds']}), got {v['fold']!r}")
+            bad("train_size", "must be None, an integer >= 1 or a number in (0, 1]")
+        bad("num_folds", number_problem(v["num_folds"], 2, integer=True))
+        if v["fold"] is not None and is_int(v["num_folds"]):
+            bad("fold", number_problem(v["fold"], 0, v["num_folds"], integer=True))
         if v["preprocessing"] not in PREPROCESSING:
-            problems.append(f"preprocessing: expected one of {sorted(PREPROCESSING)}, got {v['preprocessing']!r}")
+            bad("preprocessing", f"must be one of {sorted(PREPROCESSING)}")
         k = v["pca_components"]
         if not ((is_int(k) and k >= 1) or (is_number(k) and 0.0 < k <= 1.0)):
-            problems.append(f"pca_components: expected an int >= 1 or a float fraction in (0, 1], got {k!r}")
-        if not is_number(v["zca_epsilon"]) or v["zca_epsilon"] <= 0:
-            problems.append(f"zca_epsilon: expected a float > 0, got {v['zca_epsilon']!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
+            bad("pca_components", "must be an integer >= 1 or a fraction in (0, 1]")
+        bad("zca_epsilon", number_problem(v["zca_epsilon"], 0.0, lo_open=True))
+        raise_all(errors)
 
     # ---------------------------------------------------------------------------------------------- subclassing
     def load(self) -> tuple[ImageSource, ImageSource | None]:
@@ -248,12 +248,15 @@ class SplitDataModule(pl.LightningDataModule):
         return self._eval_loader("test")
 
 
-def merged_signature(cls: type) -> type:
+def merged_signature(cls: type | None = None, *, without: tuple[str, ...] = ()) -> Any:
     """Class decorator: give ``cls.__init__`` the full signature (its own keywords plus the base class's instead of
-    ``**kwargs``), so ``inspect.signature`` and config checks see every accepted key."""
+    ``**kwargs``), so ``inspect.signature``, config checks and the generated base configs see every accepted key;
+    ``without`` names base keywords the class refuses (``@merged_signature(without=("val_fraction",))``)."""
+    if cls is None:
+        return lambda c: merged_signature(c, without=without)
     own = inspect.signature(cls.__init__)  # type: ignore[misc]
     params = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    names = {p.name for p in params}
+    names = {p.name for p in params} | set(without)
     base = inspect.signature(SplitDataModule.__init__).parameters.values()
     extra = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base if p.name not in names and p.name != "self"]
     cls.__init__.__signature__ = own.replace(parameters=params + extra)  # type: ignore[misc]

@@ -40,7 +40,7 @@ def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("DigitsDataModule needs scikit-learn: pip install 'lit_tricks[data]'") from err
+        raise ImportError("DigitsDataModule needs scikit-learn (the data extra): pip install scikit-learn") from err
     bunch = load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
     return images, torch.as_tensor(bunch.target, dtype=torch.long)

@@ -38,7 +38,7 @@ def generate_mnist1d(args: dict[str, Any]) -> dict[str, torch.Tensor]:
         from mnist1d.data import make_dataset
         from mnist1d.utils import ObjectView
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("MNIST1DDataModule needs the mnist1d package: pip install 'lit_tricks[data]'") from err
+        raise ImportError("MNIST1DDataModule needs mnist1d (the data extra): pip install mnist1d==0.0.2.post1") from err
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
         data = make_dataset(ObjectView({**args, "padding": list(args["padding"])}))
@@ -51,7 +51,7 @@ def generate_mnist1d(args: dict[str, Any]) -> dict[str, torch.Tensor]:
             "y_test": torch.as_tensor(np.asarray(data["y_test"]), dtype=torch.long)}
 
 
-@merged_signature
+@merged_signature(without=("val_fraction", "test_fraction"))
 class MNIST1DDataModule(SplitDataModule):
     """MNIST-1D: 10 classes of 40-sample 1-D signals, 4000 train / 1000 test with the package's defaults.
 

@@ -8,7 +8,7 @@ loads buffers of any shape from a state dict, e.g. a PCA with a different number
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,8 @@ from lit_tricks.functional.preprocessing import (
     fit_channel_minmax,
     fit_channel_stats,
     fit_feature_mean,
+    fit_feature_minmax,
+    fit_feature_stats,
     fit_pca,
     fit_pca_whitening,
     fit_zca,
@@ -49,6 +51,9 @@ class FittedPreprocessor(nn.Module):
     """Base class: named float buffers (empty until fit) that load from a state dict whatever their shape."""
 
     buffer_names: tuple[str, ...] = ()
+    #: True when the output is a flat ``(N, k)`` vector (PCA), not the input's shape: only models that take vectors
+    #: (an MLP) can follow it.
+    flat_output: ClassVar[bool] = False
 
     def __init__(self, **stats: Tensor | None) -> None:
         super().__init__()
@@ -114,7 +119,9 @@ class CenterFeatures(FittedPreprocessor):
 
 
 class Standardize(FittedPreprocessor):
-    """``(x - mean[c]) / std[c]`` with per-channel statistics of the training split."""
+    """``(x - mean) / std`` with statistics of the training split: per channel (``(C,)`` buffers, ``standardize``)
+    or per feature (buffers shaped like one sample, ``standardize_per_feature``: the notes' ``X /= np.std(X,
+    axis=0)``). A constant channel or feature has the scale 1 (scikit-learn's rule): it is only centred."""
 
     buffer_names = ("mean", "std")
     mean: Tensor
@@ -126,7 +133,8 @@ class Standardize(FittedPreprocessor):
 
 
 class MinMaxScale(FittedPreprocessor):
-    """Maps the per-channel training range ``[lo, hi]`` to ``[-1, 1]``."""
+    """Maps the training range ``[lo, hi]`` to ``[-1, 1]``, per channel (``(C,)`` buffers, ``minmax``) or per feature
+    (buffers shaped like one sample, ``minmax_per_feature``); a constant one maps to -1 (span 1, as scikit-learn)."""
 
     buffer_names = ("lo", "hi")
     lo: Tensor
@@ -148,6 +156,8 @@ class PCAProject(FittedPreprocessor):
     components: Tensor
     explained_variance: Tensor
 
+    flat_output = True
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_fitted()
         return pca_project(x, self.mean, self.components)
@@ -167,6 +177,8 @@ class PCAWhiten(FittedPreprocessor):
     components: Tensor
     explained_variance: Tensor
     epsilon: Tensor
+
+    flat_output = True
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_fitted()
@@ -200,14 +212,14 @@ def _fit_center_per_feature(images: Iterable[Tensor] | Tensor, **_: Any) -> Fitt
     return CenterFeatures(mean=fit_feature_mean(images))
 
 
-def _fit_standardize(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
-    mean, std = fit_channel_stats(images)
-    return Standardize(mean=mean, std=std)
+def _fit_scaler(cls: type[FittedPreprocessor],
+                fit: Callable[[Iterable[Tensor] | Tensor], tuple[Tensor, Tensor]]) -> Callable[..., FittedPreprocessor]:
+    """The fit function of a two-statistic scaler: ``cls(**dict(zip(cls.buffer_names, fit(images))))``."""
 
+    def fitter(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
+        return cls(**dict(zip(cls.buffer_names, fit(images), strict=True)))
 
-def _fit_minmax(images: Iterable[Tensor] | Tensor, **_: Any) -> FittedPreprocessor:
-    lo, hi = fit_channel_minmax(images)
-    return MinMaxScale(lo=lo, hi=hi)
+    return fitter
 
 
 def _fit_pca(images: Iterable[Tensor] | Tensor, pca_components: int | float = 0.99, **_: Any) -> FittedPreprocessor:
@@ -233,8 +245,10 @@ PREPROCESSING: dict[str, tuple[type[FittedPreprocessor], Callable[..., FittedPre
     "none": (NoPreprocessing, _fit_none),
     "center": (CenterChannels, _fit_center),
     "center_per_feature": (CenterFeatures, _fit_center_per_feature),
-    "standardize": (Standardize, _fit_standardize),
-    "minmax": (MinMaxScale, _fit_minmax),
+    "standardize": (Standardize, _fit_scaler(Standardize, fit_channel_stats)),
+    "minmax": (MinMaxScale, _fit_scaler(MinMaxScale, fit_channel_minmax)),
+    "standardize_per_feature": (Standardize, _fit_scaler(Standardize, fit_feature_stats)),
+    "minmax_per_feature": (MinMaxScale, _fit_scaler(MinMaxScale, fit_feature_minmax)),
     "pca": (PCAProject, _fit_pca),
     "pca_whiten": (PCAWhiten, _fit_pca_whiten),
     "zca": (ZCAWhiten, _fit_zca),

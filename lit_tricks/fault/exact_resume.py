@@ -16,7 +16,7 @@ at ``on_train_start`` (after Lightning restored its loops, before the first batc
    module; a callback whose epoch-start work must not be lost calls it from its ``on_train_start``).
 
 The CSV logger's row count at each checkpoint goes into the checkpoint too (:func:`csv_log_rows`), so a resumed
-run keeps exactly the rows written before the checkpoint (``lit_tricks.run`` reads it).
+run keeps exactly the rows written before the checkpoint (:func:`lit_tricks.fault.resume.continue_csv_logs` reads it).
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 All functions work in place on ``p.grad`` with ``torch._foreach_*`` kernels grouped by (device, dtype), return tensors
 (never Python numbers) and so never synchronise with the host: a caller that wants a float for logging asks for it.
+
+Sharded gradients (DTensor shards of FSDP2 / ``ModelParallelStrategy``): norms are global (squared local norms
+all-reduced over the ranks holding the other shards, :func:`lit_tricks.functional.sharded.global_norm`), so the
+clip factor is the one of the gathered gradients on every rank; scaling and value clamping act on the local shards.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor
+
+from lit_tricks.functional.sharded import global_norm, is_dtensor, local, locals_of, reduce_over_shards_
 
 __all__ = [
     "CLIP_MODES",
@@ -50,10 +56,12 @@ def grad_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     """Global ``norm_type``-norm of all tensors in ``grads`` as a 0-d float32 tensor (0 when ``grads`` is empty).
 
     Per-tensor norms come from one ``torch._foreach_norm`` per (device, dtype) group, then the norm of those norms
-    (the same reduction as ``torch.nn.utils.get_total_norm``).
+    (the same reduction as ``torch.nn.utils.get_total_norm``); over DTensor shards, the global norm.
     """
     if not grads:
         return torch.zeros(())
+    if any(is_dtensor(g) for g in grads):
+        return global_norm(grads, norm_type)
     norm_type = float(norm_type)
     first_device = grads[0].device
     norms: list[Tensor] = []
@@ -81,7 +89,7 @@ def clip_grad_norm_(
     if not grads:
         return total
     coef = torch.clamp(max_norm / (total + eps), max=1.0)
-    for (device, _), group in _grouped(grads).items():
+    for (device, _), group in _grouped(locals_of(grads)).items():
         torch._foreach_mul_(group, coef.to(device))
     return total
 
@@ -90,7 +98,7 @@ def clip_grad_value_(parameters: Tensor | Iterable[Tensor], max_value: float) ->
     """Clamp every gradient entry to ``[-max_value, max_value]`` in place (``torch.nn.utils.clip_grad_value_``)."""
     if max_value <= 0:
         raise ValueError(f"max_value must be > 0, got {max_value!r}")
-    for group in _grouped(grads_of(parameters)).values():
+    for group in _grouped(locals_of(grads_of(parameters))).values():
         torch._foreach_clamp_min_(group, -max_value)
         torch._foreach_clamp_max_(group, max_value)
 
@@ -109,7 +117,8 @@ def adaptive_clip_grad_(
 
     For each output unit i of each weight W: if ``||G_i|| > clip_factor * max(||W_i||, eps)`` then
     ``G_i <- G_i * clip_factor * max(||W_i||, eps) / ||G_i||`` (Brock et al. 2021, "High-Performance Large-Scale Image
-    Recognition Without Normalization", eq. 3; same rule as ``timm.utils.adaptive_clip_grad``).
+    Recognition Without Normalization", eq. 3; same rule as ``timm.utils.adaptive_clip_grad``). A DTensor shard's
+    unit norms are completed over the ranks holding the unit's other entries, and the flag is true on every rank.
     """
     if clip_factor <= 0:
         raise ValueError(f"clip_factor (agc_factor) must be > 0, got {clip_factor!r}")
@@ -119,13 +128,26 @@ def adaptive_clip_grad_(
         for p in params:
             if p.grad is None:
                 continue
-            g = p.grad
-            max_norm = unitwise_norm(p.detach()).clamp_min_(eps).mul_(clip_factor)
-            g_norm = unitwise_norm(g)
+            g = local(p.grad)
+            max_norm = _unitwise_norm(p.detach()).clamp_min_(eps).mul_(clip_factor)
+            g_norm = _unitwise_norm(p.grad)
             scale = (max_norm / g_norm.clamp_min(1e-6)).clamp_max_(1.0)
-            flags.append((scale < 1.0).any().to(flags[0].device if flags else scale.device))
+            clipped = reduce_over_shards_((scale < 1.0).any().float(), p, "max")  # any unit anywhere
+            flags.append(clipped.to(flags[0].device if flags else scale.device))
             g.mul_(scale.to(g.dtype))
-    return torch.stack(flags).any() if flags else torch.zeros((), dtype=torch.bool)
+    return torch.stack(flags).amax() > 0 if flags else torch.zeros((), dtype=torch.bool)
+
+
+def _unitwise_norm(x: Tensor) -> Tensor:
+    """:func:`unitwise_norm` of ``x``'s local rows; for a DTensor the squared sums are all-reduced over the ranks
+    holding the same units' other entries (all of a vector's, the other columns of a matrix's rows)."""
+    if not is_dtensor(x):
+        return unitwise_norm(x)
+    part = local(x).float()
+    dims = tuple(range(1, part.ndim)) if x.ndim > 1 else tuple(range(part.ndim))
+    squares = part.square().sum(dim=dims, keepdim=x.ndim > 1)
+    reduced = tuple(range(1, x.ndim)) if x.ndim > 1 else (0,)  # the tensor dims a unit spans
+    return reduce_over_shards_(squares, x, "sum", reduced).sqrt().to(x.dtype)
 
 
 def push_history_(history: Tensor, count: int, value: Tensor) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lit_tricks.functional.sharded import locals_of
 from lit_tricks.functional.wrappers import strip_wrapper_prefixes  # re-exported: its old home
 
 __all__ = [
@@ -71,11 +72,12 @@ def ema_update_(ema: Sequence[Tensor], current: Sequence[Tensor], decay: float) 
 
 @torch.no_grad()
 def copy_(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
-    """In place ``dst[i].copy_(src[i])`` for all i, as one foreach copy (devices and dtypes may differ)."""
+    """In place ``dst[i].copy_(src[i])`` for all i, as one foreach copy (devices and dtypes may differ; DTensors
+    placed alike copy their local shards)."""
     if len(dst) != len(src):
         raise ValueError(f"`dst` and `src` must have the same length, got {len(dst)} and {len(src)}")
     if dst:
-        torch._foreach_copy_(list(dst), list(src))
+        torch._foreach_copy_(locals_of(dst), locals_of(src))
 
 
 @torch.no_grad()

@@ -1,5 +1,7 @@
 """Ensembles of models: combining members' outputs, loop and vmap evaluation, export, uniform weight averaging (soup).
 
+BatchNorm recalibration of a soup is :func:`lit_tricks.functional.batchnorm.recalibrate_bn_` (re-exported here).
+
 ``combine`` rules map stacked member logits ``[M, N, C]`` to class probabilities ``[N, C]``:
 ``mean_prob`` = (1/M) sum_m softmax(z_m) (the default), ``mean_logit`` = softmax((1/M) sum_m z_m),
 ``vote`` = fraction of members whose argmax is each class (majority vote; ties go to the lower class index).
@@ -13,6 +15,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from lit_tricks.functional.batchnorm import recalibrate_bn_
 
 __all__ = [
     "COMBINERS",
@@ -182,40 +186,3 @@ def average_state_dicts(state_dicts: Sequence[Mapping[str, Tensor]]) -> dict[str
         else:
             out[key] = first.detach().clone()
     return out
-
-
-_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
-
-
-@torch.no_grad()
-def recalibrate_bn_(
-    model: nn.Module, batches: Iterable[Any], forward: Callable[[nn.Module, Any], Any] | None = None
-) -> int:
-    """Recompute BatchNorm running statistics of ``model`` from ``batches`` (cumulative average); returns #batches.
-
-    Running stats are reset and each BN's ``momentum`` set to ``None`` (equal-weight average over the batches) as in
-    ``torch.optim.swa_utils.update_bn`` (Izmailov et al. 2018). ``forward(model, batch)`` runs one batch; by default
-    the first element of a tuple/list batch is fed to ``model``. The training mode and momenta are restored.
-    """
-    bns = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
-    if not bns:
-        return 0
-    momenta = {bn: bn.momentum for bn in bns}
-    was_training = model.training
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    n = 0
-    try:
-        for batch in batches:
-            if forward is not None:
-                forward(model, batch)
-            else:
-                model(batch[0] if isinstance(batch, (list, tuple)) else batch)
-            n += 1
-    finally:
-        for bn in bns:
-            bn.momentum = momenta[bn]
-        model.train(was_training)
-    return n

@@ -16,6 +16,7 @@ __all__ = [
     "GOOD",
     "KINK_MODULES",
     "OK",
+    "ROUNDOFF_ULPS",
     "SUSPICIOUS",
     "WRONG",
     "GradCheckReport",
@@ -30,6 +31,9 @@ WRONG = 1e-2  # above: the gradient is probably wrong
 SUSPICIOUS = 1e-4  # above: uncomfortable; below: usually fine when the loss has kinks
 GOOD = 1e-7  # below: good, also for smooth losses (tanh, softmax)
 OK = SUSPICIOUS
+#: A float64 loss evaluation is trusted to this many ulps of ``max(|f|, 1)`` (reduction order differs between CPUs
+#: and BLAS kernels); the centered difference then resolves a gradient entry only to ``ROUNDOFF_ULPS * eps * |f| / h``.
+ROUNDOFF_ULPS = 10
 
 #: Modules whose non-differentiable points (kinks) make isolated large errors expected.
 KINK_MODULES: tuple[type[nn.Module], ...] = (
@@ -162,9 +166,11 @@ def gradient_check(
     :func:`lit_tricks.diagnostics.training_step.training_step_loss_fn`). ``entries_per_tensor``: sampled entries of each
     parameter tensor (all when smaller). ``eps``: the step ``h``; None = 1e-5 for smooth models, 1e-6 with kinks
     (fewer kinks crossed). ``rel_floor``: an entry whose gradient is below
-    ``rel_floor`` times the largest sampled one of its tensor is compared relative to that floor instead (in float64
-    the centered difference has round-off ~1e-16 * |f| / h, which swamps tiny gradients); entries below 1e6 such
-    round-off units (~2e-5 for |f| ~ 1, h = 1e-5) are compared against that absolute floor. ``max_samples``:
+    ``rel_floor`` times the largest sampled one of its tensor is compared relative to that floor instead. The
+    centered difference itself resolves an entry only to ``noise = ROUNDOFF_ULPS * eps_mach * max(|f|, 1) / h``
+    (~2.2e-10 for |f| ~ 1, h = 1e-5, whatever the CPU), so the denominator is also floored at ``noise / GOOD``
+    (``noise / SUSPICIOUS`` with kinks): round-off alone then reads at most as ``good`` (``ok``), never
+    ``suspicious``, while a 1% error still reads ``suspicious`` on entries above 1% of that floor. ``max_samples``:
     check on the first samples of the batch only; fewer samples mean fewer kinks a +-h step can cross (CS231n).
 
     Numeric gradient ``n = (f(w + h) - f(w - h)) / 2h``, relative error ``|a - n| / max(|a|, |n|)``; verdicts by
@@ -202,9 +208,10 @@ def gradient_check(
     model.zero_grad(set_to_none=True)
     loss = evaluate()
     grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-    # Round-off of a centered difference is ~eps_mach * |f| / h; a gradient below 1e6 of those units cannot be
-    # resolved to the 1e-7 a smooth loss should reach, so it is compared against that floor instead.
-    noise_floor = 1e6 * torch.finfo(torch.float64).eps * max(abs(loss.item()), 1.0) / eps
+    # The centered difference's own round-off (ROUNDOFF_ULPS * eps_mach * |f| / h) must read as at most the finest
+    # error the verdict distinguishes (GOOD; SUSPICIOUS with kinks), so smaller gradients are compared against that.
+    noise = ROUNDOFF_ULPS * torch.finfo(torch.float64).eps * max(abs(loss.item()), 1.0) / eps
+    noise_floor = noise / (SUSPICIOUS if has_kinks else GOOD)
     generator = torch.Generator().manual_seed(seed)
     tensors: list[TensorCheck] = []
     with torch.no_grad():

@@ -7,7 +7,7 @@ batch ``(N, C, ...)``. ``lit_tricks.data.preprocessing`` wraps them in modules w
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -18,6 +18,8 @@ __all__ = [
     "fit_channel_minmax",
     "fit_channel_stats",
     "fit_feature_mean",
+    "fit_feature_minmax",
+    "fit_feature_stats",
     "fit_pca",
     "fit_pca_whitening",
     "fit_zca",
@@ -51,16 +53,25 @@ def _per_channel(x: Tensor) -> Tensor:
     return x.transpose(0, 1).reshape(x.shape[1], -1)
 
 
-def fit_channel_stats(images: Tensor | Iterable[Tensor], min_std: float = 1e-8) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and population standard deviation (numpy's ``ddof=0``) over samples and pixels.
+class _PerFeature:
+    """``(n, C, ...)`` -> ``(C * prod(...), n)``: one row per feature (pixel and channel); remembers the shape of
+    one sample, to give the statistics back in it."""
 
-    Chunks are merged with Chan et al.'s parallel variance formula, so streaming equals one pass over all data.
-    ``min_std`` floors the std so a constant channel does not divide by zero.
-    """
+    def __init__(self) -> None:
+        self.shape: tuple[int, ...] = ()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.shape = tuple(x.shape[1:])
+        return x.reshape(x.shape[0], -1).T
+
+
+def _moments(images: Tensor | Iterable[Tensor], rows: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, int]:
+    """Mean and population variance of every row of ``rows(chunk)`` over all chunks, and the sample count; chunks
+    merged with Chan et al.'s parallel variance formula, so streaming equals one pass over all data."""
     count = 0
     mean = m2 = torch.zeros(0, dtype=torch.float64)
     for chunk in _chunks(images):
-        flat = _per_channel(chunk)
+        flat = rows(chunk)
         n = flat.shape[1]
         c_mean = flat.mean(dim=1)
         c_m2 = ((flat - c_mean[:, None]) ** 2).sum(dim=1)
@@ -72,20 +83,56 @@ def fit_channel_stats(images: Tensor | Iterable[Tensor], min_std: float = 1e-8) 
             mean = mean + delta * (n / total)
             m2 = m2 + c_m2 + delta**2 * (count * n / total)
         count += n
-    std = (m2 / count).sqrt().clamp_min(min_std)
-    return mean.float(), std.float()
+    return mean, m2 / count, count
 
 
-def fit_channel_minmax(images: Tensor | Iterable[Tensor]) -> tuple[Tensor, Tensor]:
-    """Per-channel minimum and maximum over samples and pixels."""
+def _scale(var: Tensor, mean: Tensor, count: int) -> Tensor:
+    """``sqrt(var)``, with 1 for a feature indistinguishable from a constant: var within the rounding bound of the
+    two-pass algorithm, ``n eps var + (n mean eps)^2`` (Chan, Golub & LeVeque), as scikit-learn's StandardScaler."""
+    eps = torch.finfo(torch.float64).eps
+    constant = var <= count * eps * var + (count * mean * eps) ** 2
+    return torch.where(constant, torch.ones_like(var), var.sqrt())
+
+
+def fit_channel_stats(images: Tensor | Iterable[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and population standard deviation (numpy's ``ddof=0``) over samples and pixels.
+
+    A constant channel gets the scale 1 (scikit-learn's rule), so standardizing it only centres it.
+    """
+    mean, var, count = _moments(images, _per_channel)
+    return mean.float(), _scale(var, mean, count).float()
+
+
+def fit_feature_stats(images: Tensor | Iterable[Tensor]) -> tuple[Tensor, Tensor]:
+    """Mean and population standard deviation of every feature (pixel and channel) over the samples, each shaped
+    like one sample ``(C, ...)``: the notes' (001, 002) ``X -= np.mean(X, axis=0); X /= np.std(X, axis=0)``. A constant
+    feature (an always-black border pixel) gets the scale 1, as in scikit-learn's StandardScaler."""
+    rows = _PerFeature()
+    mean, var, count = _moments(images, rows)
+    return mean.float().reshape(rows.shape), _scale(var, mean, count).float().reshape(rows.shape)
+
+
+def _min_max(images: Tensor | Iterable[Tensor], rows: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
     lo = hi = None
     for chunk in _chunks(images):
-        flat = _per_channel(chunk)
+        flat = rows(chunk)
         c_lo, c_hi = flat.min(dim=1).values, flat.max(dim=1).values
         lo = c_lo if lo is None else torch.minimum(lo, c_lo)
         hi = c_hi if hi is None else torch.maximum(hi, c_hi)
     assert lo is not None and hi is not None  # _chunks raises on empty input
     return lo.float(), hi.float()
+
+
+def fit_channel_minmax(images: Tensor | Iterable[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-channel minimum and maximum over samples and pixels."""
+    return _min_max(images, _per_channel)
+
+
+def fit_feature_minmax(images: Tensor | Iterable[Tensor]) -> tuple[Tensor, Tensor]:
+    """Minimum and maximum of every feature over the samples, each shaped like one sample ``(C, ...)``."""
+    rows = _PerFeature()
+    lo, hi = _min_max(images, rows)
+    return lo.reshape(rows.shape), hi.reshape(rows.shape)
 
 
 def fit_feature_mean(images: Tensor | Iterable[Tensor]) -> Tensor:
@@ -185,6 +232,17 @@ def _channel_view(stat: Tensor, x: Tensor) -> Tensor:
     return stat.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
 
 
+def _stat_view(stat: Tensor, x: Tensor) -> Tensor:
+    """A statistic broadcast over a batch ``(N, C, ...)``: one value per channel when it is 1-D, else one per
+    feature (shaped like one sample)."""
+    return _channel_view(stat, x) if stat.dim() == 1 else stat.to(x.dtype)
+
+
+def _nonzero_scale(scale: Tensor) -> Tensor:
+    """1 where ``scale`` is within rounding of 0 (``< 10 eps``, scikit-learn's ``_handle_zeros_in_scale``)."""
+    return torch.where(scale < 10 * torch.finfo(scale.dtype).eps, torch.ones_like(scale), scale)
+
+
 def center_channels(x: Tensor, mean: Tensor) -> Tensor:
     """``x - mean[c]`` on a batch ``(N, C, ...)``: one mean per channel, no scaling."""
     return x - _channel_view(mean, x)
@@ -196,14 +254,18 @@ def center_features(x: Tensor, mean: Tensor) -> Tensor:
 
 
 def standardize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """``(x - mean[c]) / std[c]`` on a batch ``(N, C, ...)``."""
-    return (x - _channel_view(mean, x)) / _channel_view(std, x)
+    """``(x - mean) / std`` on a batch ``(N, C, ...)``: per channel for 1-D ``(C,)`` statistics, per feature for
+    statistics shaped like one sample; a scale within rounding of 0 counts as 1 (a constant feature is only
+    centred, as by scikit-learn's StandardScaler)."""
+    return (x - _stat_view(mean, x)) / _stat_view(_nonzero_scale(std), x)
 
 
 def minmax_scale(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """Map the per-channel range ``[lo[c], hi[c]]`` of the training data to ``[-1, 1]``."""
-    span = (hi - lo).clamp_min(1e-12)
-    return 2.0 * (x - _channel_view(lo, x)) / _channel_view(span, x) - 1.0
+    """Map the training range ``[lo, hi]`` (per channel for 1-D statistics, else per feature) to ``[-1, 1]``; a
+    constant feature (``hi == lo``) gets the span 1, so it maps to -1, as by scikit-learn's
+    ``MinMaxScaler(feature_range=(-1, 1))``."""
+    span = _nonzero_scale(hi - lo)
+    return 2.0 * (x - _stat_view(lo, x)) / _stat_view(span, x) - 1.0
 
 
 def pca_project(x: Tensor, mean: Tensor, components: Tensor) -> Tensor:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lit_tricks.validation import check_number
+
 __all__ = ["SmallCNN"]
 
 
@@ -43,6 +45,8 @@ class SmallCNN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        check_number("width", width, 1, integer=True, owner="SmallCNN")
+        check_number("convs_per_stage", convs_per_stage, 1, integer=True, owner="SmallCNN")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)

@@ -1,10 +1,13 @@
 """TrickModule's full-batch path: the second-order optimizers (``optimizer=newton|gauss_newton|lm``) step once per
 epoch on the whole training set, in Lightning's manual optimization.
 
-What they refuse, each with the fix: mini-batches (``data.batch_size`` below the training set size), stochastic
-layers (dropout makes the curvature noise), terms outside the data loss (weight decay, L1, Jacobian penalty, batch
-augmentation: use the method's ``damping`` instead of weight decay), LR schedules (Lightning does not step them in
-manual optimization), and for the least-squares methods any loss but ``mse``.
+What they refuse at construction, each with the fix: stochastic layers (dropout, Gaussian dropout, DropConnect,
+weight noise, zoneout: they make the curvature noise), terms outside the data loss (weight decay, L1, Jacobian
+penalty, batch augmentation: use the method's ``damping`` instead of weight decay), LR schedules (Lightning does not
+step them in manual optimization), and for the least-squares methods any loss but ``mse``; at the start of training,
+mini-batches (``data.batch_size`` below the training set size). BatchNorm is handled, not refused: the step uses the
+full batch's statistics (deterministic), and the running statistics become the full batch's after each step
+(:class:`~lit_tricks.optim.full_batch_methods.FullBatchMethod`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from lit_tricks.modules.noise import noisy_layers
 from lit_tricks.optim.second_order import SecondOrderOptimizer
 
 __all__ = ["check_full_batch_module", "check_one_batch", "second_order_class"]
@@ -43,10 +47,9 @@ def check_full_batch_module(cls: type[SecondOrderOptimizer], model: nn.Module, *
         problems.append("module.batch_augment: a full-batch method needs the same batch every step; set it to null")
     if scheduler is not None:
         problems.append("scheduler: Lightning does not step LR schedules in manual optimization; set scheduler=none")
-    noisy = sorted({type(m).__name__ for m in model.modules()
-                    if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0})
+    noisy = sorted({type(model.get_submodule(name)).__name__ for name in noisy_layers(model)})
     if noisy:
-        problems.append(f"the model has dropout ({', '.join(noisy)}): stochastic layers make the curvature noise; "
+        problems.append(f"the model has stochastic layers ({', '.join(noisy)}): they make the curvature noise; "
                         f"set module.dropout=0 (and the model's own dropout to 0)")
     if problems:
         raise ValueError(f"optimizer={name} (full-batch second-order): " + "; ".join(problems))

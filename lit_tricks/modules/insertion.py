@@ -17,12 +17,14 @@ model (unexpected keys). Dropout has no parameters, so it changes no key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+
+from lit_tricks.validation import check_choice
 
 __all__ = [
     "ACTIVATIONS",
@@ -144,16 +146,22 @@ def insert_around_activations(
     return changed
 
 
-def insert_norm(model: nn.Module, kind: str, num_groups: int | None = None) -> int:
+def insert_norm(model: nn.Module, kind: str, num_groups: int | None = None,
+                layers: Sequence[str] | None = None) -> int:
     """Add a ``kind`` norm between each hidden conv/linear and its activation (in place, sites that already have a
     norm are skipped); returns how many were inserted. ``group`` needs ``num_groups`` to divide every layer's
     channels, else ``ValueError`` naming the layer and its channel count (nothing is changed then); None = per layer
-    the largest divisor <= 32."""
+    the largest divisor <= 32. ``layers``: fnmatch patterns of the conv/linear layers' paths to norm (None: all);
+    a pattern that matches no hidden layer is refused in one line (the notes (000): BatchNorm may be applied to
+    selected layers only)."""
+    from lit_tricks.modules.surgery import matching_paths
+
     if kind not in INSERT_NORM_KINDS:
         raise ValueError(f"norm: insertable kinds are {list(INSERT_NORM_KINDS)}, got {kind!r}")
+    chosen = matching_paths([s.layer_path for s in hidden_sites(model)], layers, "hidden conv/linear layers")
 
     def norm(site: HiddenSite) -> nn.Module | None:
-        if site.has_norm:
+        if site.has_norm or site.layer_path not in chosen:
             return None
         where = f"layer {site.layer_path} ({type(site.layer).__name__})"
         return make_norm(kind, site.channels, num_groups, where)
@@ -178,40 +186,48 @@ def has_norm(model: nn.Module) -> bool:
 def apply_norm(model: nn.Module, norm: str | Mapping[str, Any]) -> nn.Module:
     """``module.norm``: on a model with norm layers, swap them (:func:`~lit_tricks.modules.surgery.swap_norm`); on a
     model without any, ``batch | group:<n> | layer`` *insert* one before each hidden activation (:func:`insert_norm`;
-    ``group:<n>`` must then divide every layer's channels). Returns ``model``."""
-    from lit_tricks.modules.surgery import parse_norm, swap_norm
+    ``group:<n>`` must then divide every layer's channels); a mapping's ``layers`` selects the layers. A model with
+    neither norm layers nor a hidden activation module is refused in one line. Returns ``model``."""
+    from lit_tricks.modules.surgery import norm_layers, parse_norm, swap_norm
 
     kind, groups = parse_norm(norm)
     if kind in INSERT_NORM_KINDS and not has_norm(model):
+        if not hidden_sites(model):
+            raise ValueError(f"norm={kind}: the model has no norm layer to swap and no hidden conv/linear layer "
+                             f"followed by an activation module to insert one at")
         explicit = (isinstance(norm, str) and ":" in norm) or (isinstance(norm, Mapping) and "num_groups" in norm)
-        insert_norm(model, kind, groups if explicit else None)
+        insert_norm(model, kind, groups if explicit else None, norm_layers(norm))
         return model
     return swap_norm(model, norm)
 
 
 def apply_dropout(model: nn.Module, p: float, kind: str = "dropout", placement: str = "head") -> nn.Module:
     """``module.dropout`` with ``module.dropout_placement``: head = :func:`~lit_tricks.modules.surgery.set_dropout`
-    (one layer before the head) | every_hidden = inverted dropout (or :class:`GaussianDropout` for
-    ``kind=gaussian``) after every hidden activation, or for ``kind=dropconnect`` / ``weight_noise`` every hidden
-    ``nn.Linear`` becomes a :class:`DropConnectLinear` / :class:`WeightNoiseLinear` (same parameters and keys);
-    the model's own Dropout layers are left as built. Returns ``model``."""
-    from lit_tricks.modules.surgery import DROPOUT_KINDS, WEIGHT_KINDS, GaussianDropout, replace_linear, set_dropout
+    (on the head's input, or the head's weights) | every_hidden = inverted dropout (or ``GaussianDropout`` for
+    ``kind=gaussian``) after every hidden activation; for the weight kinds (dropconnect, weight_noise,
+    additive_weight_noise) every hidden Linear/Conv layer gets the noise on its weights, sharing its parameters
+    (:func:`~lit_tricks.modules.noise.add_weight_noise`); zoneout: every ``nn.GRU`` keeps each hidden unit with
+    probability ``p`` per step (:func:`~lit_tricks.modules.zoneout.apply_zoneout`). The model's own Dropout layers
+    are left as built; no state-dict key changes. Returns ``model``."""
+    from lit_tricks.modules.noise import WEIGHT_KINDS, GaussianDropout, add_weight_noise
+    from lit_tricks.modules.surgery import DROPOUT_KINDS, set_dropout
+    from lit_tricks.modules.zoneout import apply_zoneout
 
-    if placement not in DROPOUT_PLACEMENTS:
-        raise ValueError(f"dropout_placement must be one of {list(DROPOUT_PLACEMENTS)}, got {placement!r}")
-    if kind not in DROPOUT_KINDS:
-        raise ValueError(f"dropout_kind must be one of {list(DROPOUT_KINDS)}, got {kind!r}")
+    check_choice("dropout_placement", placement, DROPOUT_PLACEMENTS)
+    check_choice("dropout_kind", kind, DROPOUT_KINDS)
     if placement == "head":
         return set_dropout(model, p, kind)
+    if kind == "zoneout":
+        apply_zoneout(model, p)
+        return model
     sites = hidden_sites(model)
     if not sites:
         raise ValueError("dropout_placement=every_hidden: the model has no hidden activation module after a "
-                         "conv/linear layer (activations applied in forward() cannot be reached)")
+                         "conv/linear layer (activations applied in forward() cannot be reached; a GRU takes "
+                         "dropout_kind=zoneout)")
     if kind in WEIGHT_KINDS:
-        for module in list(model.modules()):
-            for name, child in list(module.named_children()):
-                if any(child is s.layer for s in sites) and isinstance(child, nn.Linear):
-                    replace_linear(module, name, child, p, kind)
+        for site in sites:
+            add_weight_noise(site.parent, site.layer_path.rpartition(".")[2], p, kind)
         return model
     factory: Callable[[float], nn.Module] = GaussianDropout if kind == "gaussian" else nn.Dropout
     insert_dropout(model, p, factory)

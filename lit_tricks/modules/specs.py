@@ -12,11 +12,18 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from lit_tricks.hydra_utils import to_plain
 
-__all__ = ["as_factory", "callable_from_spec", "callable_to_spec", "plain"]
+__all__ = [
+    "PREPROCESS_KEY", "as_factory", "callable_from_spec", "callable_to_spec", "plain", "restored_preprocess",
+    "save_preprocess_class", "scheduler_config",
+]
+
+#: Checkpoint key holding the import path of the preprocessing module's class.
+PREPROCESS_KEY = "lit_tricks_preprocess"
 
 
 def plain(value: Any) -> Any:
@@ -75,3 +82,45 @@ def as_factory(value: Any, name: str) -> Callable[..., Any] | None:
         return value  # type: ignore[no-any-return]
     raise TypeError(f"{name} must be a partial/callable taking the {'params' if name == 'optimizer' else 'optimizer'}"
                     f" (Hydra _partial_: true), a spec dict with '_target_', or None; got {type(value).__name__}")
+
+
+def scheduler_config(factory: Callable[..., Any], optimizer: torch.optim.Optimizer, trainer: Any,
+                     interval: str | None) -> dict[str, Any]:
+    """Lightning's ``lr_scheduler`` dict for ``factory(optimizer)``: from ``lit_tricks.schedules.lr_scheduler_config``
+    when importable (plain torch schedulers need none of it: per epoch, ReduceLROnPlateau on ``val/loss``); an
+    ``interval`` ("step" | "epoch") overrides the one chosen."""
+    try:
+        lr_scheduler_config = getattr(importlib.import_module("lit_tricks.schedules"), "lr_scheduler_config", None)
+    except ImportError:
+        lr_scheduler_config = None
+    if lr_scheduler_config is not None:
+        config = dict(lr_scheduler_config(factory, optimizer, trainer))
+    else:
+        scheduler = factory(optimizer)
+        config = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+    if interval is not None:
+        config["interval"] = interval
+    return config
+
+
+def save_preprocess_class(preprocess: nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Put the import path of ``preprocess``'s class (a plain string) into ``checkpoint``, unless it is Identity."""
+    if not isinstance(preprocess, nn.Identity):
+        cls = type(preprocess)
+        checkpoint[PREPROCESS_KEY] = f"{cls.__module__}.{cls.__qualname__}"
+
+
+def restored_preprocess(preprocess: nn.Module, checkpoint: dict[str, Any]) -> nn.Module:
+    """The preprocessing module to load ``checkpoint``'s statistics into: ``preprocess`` when given (not Identity) or
+    when the checkpoint has none, else one rebuilt from its saved class (constructor without arguments)."""
+    has_stats = any(k.startswith("preprocess.") for k in checkpoint.get("state_dict", {}))
+    if not has_stats or not isinstance(preprocess, nn.Identity):
+        return preprocess
+    target = checkpoint.get(PREPROCESS_KEY)
+    try:
+        return callable_from_spec({"_target_": target})()  # type: ignore[no-any-return]
+    except Exception as err:
+        raise ValueError(f"preprocess: this checkpoint carries input preprocessing statistics ({target}); pass "
+                         "preprocess=<an instance of that class> to load_from_checkpoint") from err

@@ -1,38 +1,51 @@
-"""Model surgery usable on any ``nn.Module``: swap normalization layers, set or insert dropout, initialize weights,
-recompute BatchNorm statistics.
+"""Model surgery usable on any ``nn.Module``: swap normalization layers, set or insert dropout, recompute BatchNorm
+statistics; weight initialization is :mod:`lit_tricks.modules.initialization` and the noise layers are
+:mod:`lit_tricks.modules.noise` (both re-exported here).
 
-About 340 lines: three surgeries (norm, dropout, init) that share the walk over a model's children and the head
-finder; each is one public function with its own allowed-value list.
+Each surgery is one public function with its own allowed-value list; they share the walk over a model's children
+and the head finder.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Callable, Iterable, Mapping
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
-from lit_tricks.functional.ensemble import recalibrate_bn_
+from lit_tricks.functional.batchnorm import recalibrate_bn_
 from lit_tricks.models.heads import find_head
-from lit_tricks.validation import check_number
+from lit_tricks.modules.initialization import INIT_SCHEMES, init_weights
+from lit_tricks.modules.noise import (
+    WEIGHT_KINDS,
+    AdditiveWeightNoiseLinear,
+    DropConnectLinear,
+    GaussianDropout,
+    WeightNoiseLinear,
+    add_input_dropout,
+    add_weight_noise,
+    noisy_layers,
+)
+from lit_tricks.validation import ArgumentError, check_choice, check_number
 
 __all__ = [
     "DROPOUT_KINDS",
     "INIT_SCHEMES",
     "NORM_KINDS",
     "WEIGHT_KINDS",
+    "AdditiveWeightNoiseLinear",
     "BatchNormNd",
     "DropConnectLinear",
     "GaussianDropout",
     "WeightNoiseLinear",
     "find_head",
     "init_weights",
+    "matching_paths",
     "noisy_layers",
+    "norm_layers",
     "parse_norm",
     "recalibrate_bn",
     "set_dropout",
@@ -40,9 +53,8 @@ __all__ = [
 ]
 
 NORM_KINDS = ("keep", "batch", "group", "layer", "weight", "none")
-DROPOUT_KINDS = ("dropout", "dropconnect", "gaussian", "weight_noise")
-#: the kinds that act on a Linear layer's weights (the layer is replaced by one sharing its parameters)
-WEIGHT_KINDS = ("dropconnect", "weight_noise")
+#: dropout_kind: on activations (dropout, gaussian), on weights (WEIGHT_KINDS), on a GRU's hidden state (zoneout)
+DROPOUT_KINDS = ("dropout", "dropconnect", "gaussian", "weight_noise", "additive_weight_noise", "zoneout")
 _NORM_LAYERS: tuple[type[nn.Module], ...] = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 _DROPOUT_LAYERS: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
@@ -57,8 +69,12 @@ class BatchNormNd(_BatchNorm):
 
 
 def parse_norm(norm: str | Mapping[str, Any]) -> tuple[str, int]:
-    """``"group:8"`` / ``{"kind": "group", "num_groups": 8}`` / ``"layer"`` -> (kind, num_groups) with validation."""
+    """``"group:8"`` / ``{"kind": "group", "num_groups": 8}`` / ``"layer"`` -> (kind, num_groups) with validation
+    (a mapping may also hold ``layers``: :func:`norm_layers`)."""
     if isinstance(norm, Mapping):
+        unknown = sorted(set(norm) - {"kind", "num_groups", "layers"})
+        if unknown:
+            raise ArgumentError("norm", dict(norm), f"has unknown keys {unknown} (allowed: kind, num_groups, layers)")
         kind, groups = norm.get("kind"), norm.get("num_groups", 32)
     elif isinstance(norm, str):
         kind, _, rest = norm.partition(":")
@@ -68,10 +84,38 @@ def parse_norm(norm: str | Mapping[str, Any]) -> tuple[str, int]:
     else:
         raise TypeError(f"norm must be a string or a mapping with 'kind', got {type(norm).__name__}")
     if kind not in NORM_KINDS:
-        raise ValueError(f"norm must be one of {list(NORM_KINDS)} (or group:<n>), got {norm!r}")
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"norm: num_groups must be an integer >= 1, got {groups!r}")
-    return str(kind), groups
+        raise ArgumentError("norm", norm, f"must be one of {list(NORM_KINDS)} (or group:<n>)")
+    check_number("num_groups", groups, 1, integer=True, owner="norm")
+    if kind == "weight" and norm_layers(norm) is not None:
+        raise ArgumentError("layers", norm_layers(norm), "selects norm layers for kind batch/group/layer/none; "
+                            "kind=weight reparametrizes every conv/linear layer", owner="norm")
+    return str(kind), int(groups)
+
+
+def norm_layers(norm: str | Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The ``layers`` of a norm mapping: fnmatch patterns of the layer paths the norm surgery acts on (None: all).
+
+    A swap matches the norm layers' own paths (SmallCNN: ``features.1``); an insertion matches the conv/linear layer
+    a new norm follows (MLP: ``features.1``, ConvNet1d: ``features.0``): BatchNorm on selected layers only."""
+    layers = norm.get("layers") if isinstance(norm, Mapping) else None
+    if layers is None:
+        return None
+    if isinstance(layers, str) or not layers or not all(isinstance(p, str) for p in layers):
+        raise ArgumentError("layers", layers, "must be a non-empty list of layer-path patterns (fnmatch), e.g. "
+                            "['features.0']", owner="norm")
+    return tuple(layers)
+
+
+def matching_paths(paths: Sequence[str], patterns: Sequence[str] | None, what: str) -> set[str]:
+    """The ``paths`` matching any of ``patterns`` (all of them for None); a pattern matching none is refused in one
+    line listing the ``what`` paths there are."""
+    if patterns is None:
+        return set(paths)
+    for pattern in patterns:
+        if not fnmatch.filter(paths, pattern):
+            raise ArgumentError("layers", list(patterns), f"pattern {pattern!r} matches none of the model's {what} "
+                                f"{list(paths)}", owner="norm")
+    return {p for p in paths if any(fnmatch.fnmatchcase(p, pattern) for pattern in patterns)}
 
 
 def _channels(layer: nn.Module) -> int | None:
@@ -134,17 +178,19 @@ def swap_norm(model: nn.Module, kind: str | Mapping[str, Any]) -> nn.Module:
     | none (Identity) | weight (norm layers removed and every Conv/Linear weight reparametrized as
     ``w = g * v / ||v||`` with ``torch.nn.utils.parametrizations.weight_norm``; Salimans & Kingma, 2016).
     Affine scale/shift are copied where the shapes match. Channel-wise swaps assume channels on dim 1 (CNNs,
-    MLPs); a LayerNorm over several trailing dims is left as is.
+    MLPs); a LayerNorm over several trailing dims is left as is. A mapping's ``layers`` (:func:`norm_layers`) limits
+    the swap to the norm layers whose paths match, e.g. ``{kind: none, layers: ["features.4"]}`` keeps BatchNorm on
+    the other layers only.
     """
     norm_kind, num_groups = parse_norm(kind)
     if norm_kind == "keep":
         return model
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, _NORM_LAYERS):
-                new = _replacement(child, norm_kind, num_groups)
-                if new is not None:
-                    parent._modules[name] = new
+    found = [(f"{pp}.{name}" if pp else name, parent, name, child) for pp, parent in model.named_modules()
+             for name, child in parent.named_children() if isinstance(child, _NORM_LAYERS)]
+    chosen = matching_paths([f[0] for f in found], norm_layers(kind), "norm layers")
+    for path, parent, name, child in found:
+        if path in chosen and (new := _replacement(child, norm_kind, num_groups)) is not None:
+            parent._modules[name] = new
     if norm_kind == "weight":
         from torch.nn.utils.parametrizations import weight_norm
         from torch.nn.utils.parametrize import is_parametrized
@@ -158,111 +204,28 @@ def swap_norm(model: nn.Module, kind: str | Mapping[str, Any]) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------------------------- dropout
-class GaussianDropout(nn.Module):
-    """Multiplicative Gaussian noise ``x * (1 + sqrt(p / (1 - p)) * N(0, 1))`` in training, identity in eval.
-
-    Same mean and variance as inverted dropout with drop probability ``p`` (Srivastava et al., 2014, sec. 10).
-    """
-
-    def __init__(self, p: float = 0.5) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        return x * (1.0 + math.sqrt(self.p / (1.0 - self.p)) * torch.randn_like(x))
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-class DropConnectLinear(nn.Linear):
-    """Linear layer whose weights (not activations) are dropped with probability ``p`` in training, rescaled by
-    ``1 / (1 - p)`` (inverted, so eval uses the weights as they are). Wan et al. (2013), "DropConnect"."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, p: float = 0.5) -> None:
-        super().__init__(in_features, out_features, bias=bias)
-        self.p = p
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, p: float) -> DropConnectLinear:
-        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, p=p)
-        new.weight = linear.weight
-        new.bias = linear.bias
-        return new
-
-    def weight_mask(self) -> Tensor:
-        """The training-time multiplier of the weights: Bernoulli(1 - p) / (1 - p) (mean 1)."""
-        return torch.empty_like(self.weight).bernoulli_(1.0 - self.p) / (1.0 - self.p)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return super().forward(x)
-        return F.linear(x, self.weight * self.weight_mask(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, p={self.p}"
-
-
-class WeightNoiseLinear(DropConnectLinear):
-    """Linear layer whose weights get multiplicative Gaussian noise in training, ``W * (1 + sqrt(p / (1 - p)) *
-    N(0, 1))`` drawn per weight and per forward; eval uses the weights as they are. The multiplier has the mean (1)
-    and variance (``p / (1 - p)``) of DropConnect's, as :class:`GaussianDropout` has those of dropout: the Gaussian
-    counterpart of DropConnect (Wang & Manning, 2013, "Fast dropout training"). ``p`` < 1."""
-
-    def weight_mask(self) -> Tensor:
-        """The training-time multiplier of the weights: 1 + sqrt(p / (1 - p)) * N(0, 1)."""
-        return 1.0 + math.sqrt(self.p / (1.0 - self.p)) * torch.randn_like(self.weight)
-
-
-def weight_layer_class(kind: str) -> type[DropConnectLinear]:
-    """The Linear replacement of a weight-acting dropout ``kind`` (one of :data:`WEIGHT_KINDS`)."""
-    return WeightNoiseLinear if kind == "weight_noise" else DropConnectLinear
-
-
-def replace_linear(parent: nn.Module, name: str, layer: nn.Linear, p: float, kind: str) -> None:
-    """``parent.<name>`` (an ``nn.Linear``) becomes the ``kind`` layer sharing its parameters (and state-dict keys);
-    one that already is of that class only gets the new ``p``."""
-    cls = weight_layer_class(kind)
-    if type(layer) is cls:
-        layer.p = p
-        return
-    parent._modules[name] = cls.from_linear(layer, p)
-
-
-def noisy_layers(model: nn.Module) -> list[str]:
-    """Names of the layers of ``model`` that add noise in training with ``p > 0``: Dropout layers,
-    :class:`GaussianDropout`, :class:`DropConnectLinear` and :class:`WeightNoiseLinear`."""
-    kinds = (*_DROPOUT_LAYERS, GaussianDropout, DropConnectLinear)
-    return [name for name, m in model.named_modules() if isinstance(m, kinds) and float(getattr(m, "p", 0.0)) > 0.0]
-
-
-def _check_p(p: float) -> None:
-    check_number("dropout", p, 0.0, 1.0)
-
-
 def set_dropout(model: nn.Module, p: float, kind: str = "dropout", insert: str = "auto") -> nn.Module:
     """Set dropout probability ``p`` in place; returns ``model``. Inverted dropout: eval needs no rescaling.
 
     ``kind``: dropout (set ``p`` of every Dropout layer) | gaussian (every Dropout layer becomes
-    :class:`GaussianDropout`) | dropconnect (the head's weights are dropped: the head becomes a
-    :class:`DropConnectLinear` sharing its parameters; other Dropout layers are left alone) | weight_noise (the
-    same with multiplicative Gaussian noise on the head's weights: :class:`WeightNoiseLinear`).
-    ``insert`` (dropout/gaussian): auto = put a layer before the head (last ``nn.Linear``) only when ``model`` has
-    no Dropout layer | always | never.
+    :class:`GaussianDropout`) | dropconnect / weight_noise / additive_weight_noise (noise on the head's weights, the
+    head sharing its parameters: :class:`DropConnectLinear`, :class:`WeightNoiseLinear`,
+    :class:`AdditiveWeightNoiseLinear`; other Dropout layers are left alone).
+    ``insert`` (dropout/gaussian): auto = apply a dropout layer to the head's input (last ``nn.Linear``) only when
+    ``model`` has no Dropout layer | always | never. The inserted layer is ``<head>.input_dropout`` (a forward
+    pre-hook), so every state-dict key stays and the weights load into the model as built.
     """
-    _check_p(p)
-    if kind not in DROPOUT_KINDS:
-        raise ValueError(f"dropout_kind must be one of {list(DROPOUT_KINDS)}, got {kind!r}")
-    if insert not in ("auto", "always", "never"):
-        raise ValueError(f"insert must be one of ['auto', 'always', 'never'], got {insert!r}")
+    check_number("dropout", p, 0.0, 1.0)
+    check_choice("dropout_kind", kind, DROPOUT_KINDS)
+    check_choice("insert", insert, ("auto", "always", "never"))
+    if kind == "zoneout":
+        raise ArgumentError("dropout_placement", "head", "must be every_hidden for dropout_kind='zoneout' (it acts on "
+                            "the recurrent layers' hidden state)")
     head = find_head(model)
     if kind in WEIGHT_KINDS:
         if head is None:
             raise ValueError(f"dropout_kind={kind!r} needs an nn.Linear head, and the model has none")
-        parent, name, layer = head
-        replace_linear(parent, name, layer, p, kind)
+        add_weight_noise(head[0], head[1], p, kind)
         return model
     found = False
     for parent in list(model.modules()):
@@ -276,89 +239,11 @@ def set_dropout(model: nn.Module, p: float, kind: str = "dropout", insert: str =
     if insert == "always" or (insert == "auto" and not found):
         if head is None:
             raise ValueError("cannot insert dropout before the head: the model has no nn.Linear layer")
-        parent, name, layer = head
-        drop: nn.Module = GaussianDropout(p) if kind == "gaussian" else nn.Dropout(p)
-        parent._modules[name] = nn.Sequential(drop, layer)
-    return model
-
-
-# ------------------------------------------------------------------------------------------------------------ init
-def _gain(nonlinearity: str) -> float:
-    return nn.init.calculate_gain(nonlinearity)  # type: ignore[arg-type]
-
-
-def _kaiming(fn: Callable[..., Tensor]) -> Callable[..., None]:
-    def init(w: Tensor, mode: str = "fan_in", nonlinearity: str = "relu", **_: Any) -> None:
-        fn(w, mode=mode, nonlinearity=nonlinearity)
-
-    return init
-
-
-def _xavier(fn: Callable[..., Tensor]) -> Callable[..., None]:
-    def init(w: Tensor, nonlinearity: str = "relu", gain: float | None = None, **_: Any) -> None:
-        fn(w, gain=gain if gain is not None else _gain(nonlinearity))
-
-    return init
-
-
-def _orthogonal(w: Tensor, nonlinearity: str = "relu", gain: float | None = None, **_: Any) -> None:
-    nn.init.orthogonal_(w, gain=gain if gain is not None else _gain(nonlinearity))
-
-
-#: scheme -> weight initializer (None = keep PyTorch's default init).
-INIT_SCHEMES: dict[str, Callable[..., None] | None] = {
-    "default": None,
-    "xavier_uniform": _xavier(nn.init.xavier_uniform_),
-    "xavier_normal": _xavier(nn.init.xavier_normal_),
-    "kaiming_uniform": _kaiming(nn.init.kaiming_uniform_),
-    "kaiming_normal": _kaiming(nn.init.kaiming_normal_),
-    "orthogonal": _orthogonal,
-}
-
-
-@torch.no_grad()
-def init_weights(
-    model: nn.Module,
-    scheme: str | Mapping[str, Any] = "default",
-    *,
-    mode: str = "fan_in",
-    nonlinearity: str = "relu",
-    gain: float | None = None,
-) -> nn.Module:
-    """Initialize every Conv/Linear weight with ``scheme`` and zero its bias (in place); returns ``model``.
-
-    ``scheme`` may be a mapping ``{"scheme": ..., "mode": ..., "nonlinearity": ..., "gain": ...}`` (YAML form).
-    kaiming_*: He et al. (2015), std ``gain / sqrt(fan)`` with ``mode`` fan_in|fan_out; xavier_*: Glorot & Bengio
-    (2010), gain from ``nonlinearity`` unless ``gain``; orthogonal: Saxe et al. (2014). ``default`` keeps PyTorch's
-    init (biases untouched too). The head is initialized like every other layer.
-    """
-    if isinstance(scheme, Mapping):
-        opts = dict(scheme)
-        name = opts.pop("scheme", None)
-        mode = opts.pop("mode", mode)
-        nonlinearity = opts.pop("nonlinearity", nonlinearity)
-        gain = opts.pop("gain", gain)
-        if opts:
-            raise ValueError(f"init: unknown keys {sorted(opts)}; allowed: scheme, mode, nonlinearity, gain")
-    else:
-        name = scheme
-    if name not in INIT_SCHEMES:
-        raise ValueError(f"init must be one of {list(INIT_SCHEMES)}, got {name!r}")
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"init: mode must be one of ['fan_in', 'fan_out'], got {mode!r}")
-    fn = INIT_SCHEMES[name]
-    if fn is None:
-        return model
-    for module in model.modules():
-        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            fn(module.weight, mode=mode, nonlinearity=nonlinearity, gain=gain)
-            if module.bias is not None:
-                module.bias.zero_()
+        add_input_dropout(head[2], GaussianDropout(p) if kind == "gaussian" else nn.Dropout(p))
     return model
 
 
 # -------------------------------------------------------------------------------------------------- BN statistics
-@torch.no_grad()
 def recalibrate_bn(
     model: nn.Module,
     loader: Iterable[Any],
@@ -369,17 +254,13 @@ def recalibrate_bn(
     (all when None), as a cumulative average (``momentum=None``), like ``torch.optim.swa_utils.update_bn``.
 
     Use after swapping in averaged weights (EMA/SWA) or any weights whose statistics no longer match. Batches may
-    be tensors or ``(x, ...)`` tuples; ``model(x)`` is called, so pass a module that applies any preprocessing.
-    Training mode and momenta are restored afterwards.
+    be tensors or ``(x, ...)`` tuples (:func:`~lit_tricks.functional.batchnorm.batch_inputs`); ``model(x)`` is
+    called on ``device`` (default: the model's), so pass a module that applies any preprocessing. Training mode and
+    momenta are restored afterwards (:func:`~lit_tricks.functional.batchnorm.recalibrate_bn_`).
     """
-    if num_batches is not None and num_batches < 1:
-        raise ValueError(f"num_batches must be >= 1 or None, got {num_batches!r}")
+    if num_batches is not None:
+        check_number("num_batches", num_batches, 1, integer=True)
     if device is None:
         device = next(iter(model.parameters()), torch.zeros(())).device
-
-    def forward(module: nn.Module, batch: Any) -> None:
-        x = batch[0] if isinstance(batch, list | tuple) else batch
-        module(x.to(device))
-
-    recalibrate_bn_(model, itertools.islice(loader, num_batches), forward)
+    recalibrate_bn_(model, loader, num_batches=num_batches, device=device)
     return model

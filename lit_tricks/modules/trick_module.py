@@ -1,51 +1,57 @@
 """TrickModule: a LightningModule wrapping any classifier (or regressor) with the notes' training tricks.
 
-Its parts live beside it: :mod:`~lit_tricks.modules.specs` (plain specs of the optimizer/scheduler partials),
-:mod:`~lit_tricks.modules.tasks` (what each ``loss`` means), :mod:`~lit_tricks.modules.decay` (where weight decay
-is applied), :mod:`~lit_tricks.modules.surgery` (norm, dropout, init) and :func:`lit_tricks.augment.tta.tta_flip`.
-This file stays near 400 lines because the one class documents its ~20 YAML-facing arguments in one place.
+Its parts live beside it: :mod:`~lit_tricks.modules.task_steps` (outputs, loss, evaluation steps; its base class),
+:mod:`~lit_tricks.modules.trick_args` (its arguments, checked by group), :mod:`~lit_tricks.modules.specs` (plain
+specs of the optimizer/scheduler partials), :mod:`~lit_tricks.modules.tasks` (what each ``loss`` means),
+:mod:`~lit_tricks.modules.decay` (where weight decay is applied), :mod:`~lit_tricks.modules.surgery` (norm, dropout,
+init) and :mod:`~lit_tricks.modules.finetune` (what BackboneFinetuning asks).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lit_tricks.augment.tta import tta_flip
-from lit_tricks.functional.losses import binned_expected_value, binned_point
-from lit_tricks.functional.param_groups import (
-    decoupled_weight_decay_,
-    describe_param_groups,
-    param_groups,
-    split_decay,
-)
+from lit_tricks.functional.param_groups import decoupled_weight_decay_, describe_param_groups, param_groups, split_decay
 from lit_tricks.functional.regularization import jacobian_penalty, l1_penalty, l2_penalty
 from lit_tricks.models.heads import find_head
 from lit_tricks.modules.decay import build_optimizer, decay_mode
+from lit_tricks.modules.finetune import backbone_layers, finetune_groups
 from lit_tricks.modules.full_batch import check_full_batch_module, check_one_batch, second_order_class
-from lit_tricks.modules.insertion import DROPOUT_PLACEMENTS, apply_dropout, apply_norm
-from lit_tricks.modules.specs import as_factory, callable_from_spec, callable_to_spec, plain
-from lit_tricks.modules.surgery import DROPOUT_KINDS, init_weights, noisy_layers, parse_norm
-from lit_tricks.modules.tasks import BINNED_POINTS, LOSSES, bin_edges, is_regression_output, task_loss, task_residual
-from lit_tricks.validation import check_number
+from lit_tricks.modules.insertion import apply_dropout, apply_norm
+from lit_tricks.modules.sharding import ShardedModel
+from lit_tricks.modules.specs import (
+    PREPROCESS_KEY,
+    as_factory,
+    callable_from_spec,
+    callable_to_spec,
+    plain,
+    restored_preprocess,
+    save_preprocess_class,
+    scheduler_config,
+)
+from lit_tricks.modules.surgery import init_weights, noisy_layers
+from lit_tricks.modules.task_steps import TaskSteps
+from lit_tricks.modules.tasks import LOSSES, bin_edges, task_residual
+from lit_tricks.modules.trick_args import check_config, check_groups, check_training, plain_bins
 from lit_tricks.weight_variants import WeightVariants
 
-__all__ = ["LOSSES", "TrickModule", "callable_from_spec", "callable_to_spec"]
-
-#: Checkpoint key holding the import path of the preprocessing module's class.
-PREPROCESS_KEY = "lit_tricks_preprocess"
+__all__ = ["LOSSES", "PREPROCESS_KEY", "TrickModule", "callable_from_spec", "callable_to_spec"]
 
 
-class TrickModule(pl.LightningModule):
+class TrickModule(ShardedModel, TaskSteps):
     """Train any ``nn.Module`` with the notes' tricks: norm swap, dropout, init, weight decay (coupled or decoupled),
     L1, Jacobian penalty, label smoothing, MixUp/CutMix soft targets, binned regression, TTA, EMA side-by-side.
+
+    The keyword arguments come in groups, checked by :mod:`~lit_tricks.modules.trick_args`: task (``num_classes`` ..
+    ``binned_point``, ``top_k``), surgery (``norm`` .. ``init``), regularization (``weight_decay`` ..
+    ``jacobian_projections``), optimization (``optimizer`` .. ``scheduler_interval``), inputs (``preprocess`` ..
+    ``tta``); flat, so that every key keeps its Hydra path (``module.weight_decay``).
 
     Args:
         model: the network; modified in place by ``init`` -> ``norm`` -> ``dropout`` (that order).
@@ -56,12 +62,12 @@ class TrickModule(pl.LightningModule):
         binned_point: the point prediction taken from the bin distribution: mean (expected value; best for squared
             error) | median (best for absolute error) | mode.
         norm: keep | batch | group | ``group:<n>`` | ``{kind: group, num_groups: n}`` | layer | weight | none
-            (see :func:`~lit_tricks.modules.surgery.swap_norm`); on a model without norm layers, batch/group/layer
-            insert one before each hidden activation (:func:`~lit_tricks.modules.insertion.apply_norm`).
-        dropout: None keeps the model's dropout; a p in [0, 1) is set by
-            :func:`~lit_tricks.modules.insertion.apply_dropout` with ``dropout_kind`` dropout | dropconnect |
-            gaussian and ``dropout_placement`` head (one layer before the head) | every_hidden (after every hidden
-            activation).
+            (swap_norm); a model without norm layers gets one inserted before each hidden activation, at the layers
+            a mapping's ``layers`` selects (:func:`~lit_tricks.modules.insertion.apply_norm`).
+        dropout: None keeps the model's dropout; a p in [0, 1) is applied by
+            :func:`~lit_tricks.modules.insertion.apply_dropout` with ``dropout_kind`` (on activations, on linear/conv
+            weights, on a GRU's state) and ``dropout_placement`` head (the head's input or weights) | every_hidden
+            (after every hidden activation, on every hidden layer's weights, every GRU).
         init: default | xavier_uniform | xavier_normal | kaiming_uniform | kaiming_normal | orthogonal, or a dict
             ``{scheme, mode, nonlinearity, gain}``; biases zero.
         weight_decay: lambda of the decayed tensors (conv/linear weights; not biases, norm or embedding params,
@@ -82,6 +88,7 @@ class TrickModule(pl.LightningModule):
         batch_augment: ``(x, y) -> (x, y_soft)`` applied in ``training_step`` only (torchvision v2 MixUp/CutMix).
         tta: at test/predict average the softmax over the input and its horizontal flip.
         top_k: also log ``{stage}/top{k}_acc`` when ``num_classes > top_k`` (0 = off).
+        shard: auto | none | root | blocks: FSDP2 units (:mod:`~lit_tricks.modules.sharding`).
 
     Logs ``train/loss`` (data loss; ``train/penalty`` when a penalty is on), ``val/loss``, ``val/acc``,
     ``test/loss``, ``test/acc`` (regression: ``{stage}/mae``, ``{stage}/mse``). Implements
@@ -96,6 +103,8 @@ class TrickModule(pl.LightningModule):
 
         module = TrickModule.load_from_checkpoint(path, model=SmallCNN(num_classes=10))
     """
+
+    check_config: classmethod[Any, Any, None] = classmethod(check_config)  #: start-up check of the arguments (no model)
 
     def __init__(
         self,
@@ -124,53 +133,29 @@ class TrickModule(pl.LightningModule):
         batch_augment: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
         tta: bool = False,
         top_k: int = 5,
+        shard: str = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         #: weight variants (e.g. the EMA) evaluated beside the trained weights: lit_tricks.weight_variants
         self.weight_variants = WeightVariants()
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
-        label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
-        weight_decay = check_number("weight_decay", weight_decay, 0.0)
-        l1 = check_number("l1", l1, 0.0)
-        jacobian_reg = check_number("jacobian_reg", jacobian_reg, 0.0)
-        if dropout is not None:
-            dropout = check_number("dropout", dropout, 0.0, 1.0)
-        if dropout_kind not in DROPOUT_KINDS:
-            raise ValueError(f"dropout_kind must be one of {list(DROPOUT_KINDS)}, got {dropout_kind!r}")
-        if dropout_placement not in DROPOUT_PLACEMENTS:
-            raise ValueError(f"dropout_placement must be one of {list(DROPOUT_PLACEMENTS)}, got {dropout_placement!r}")
-        parse_norm(norm)
-        if scheduler_interval not in (None, "step", "epoch"):
-            raise ValueError(f"scheduler_interval must be one of [None, 'step', 'epoch'], got {scheduler_interval!r}")
-        if not isinstance(jacobian_projections, int) or jacobian_projections < 1:
-            raise ValueError(f"jacobian_projections must be an integer >= 1, got {jacobian_projections!r}")
-        if not isinstance(top_k, int) or top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
-        if binned_point not in BINNED_POINTS:
-            raise ValueError(f"binned_point must be one of {list(BINNED_POINTS)}, got {binned_point!r}")
+        label_smoothing, dropout, (weight_decay, l1, jacobian_reg) = check_groups(  # every bad argument at once
+            (loss, label_smoothing, binned_point, num_classes, top_k), (norm, dropout, dropout_kind, dropout_placement),
+            (weight_decay, l1, jacobian_reg, jacobian_projections))
         edges = bin_edges(loss, bins)
         self._optimizer_factory = as_factory(optimizer, "optimizer")
         self._scheduler_factory = as_factory(scheduler, "scheduler")
-        opt_kwargs = getattr(self._optimizer_factory, "keywords", None) or {}
-        if float(opt_kwargs.get("weight_decay", 0.0) or 0.0) != 0.0:
-            raise ValueError(f"optimizer: weight_decay={opt_kwargs['weight_decay']!r} set in the optimizer; set "
-                             "module weight_decay instead (decay is applied through parameter groups)")
-
+        check_training(scheduler_interval, getattr(self._optimizer_factory, "keywords", None) or {}, shard)
         hparams = {
-            "num_classes": num_classes, "loss": loss, "label_smoothing": label_smoothing,
-            "bins": None if bins is None else [float(b) for b in bins], "binned_point": binned_point,
-            "norm": norm, "dropout": dropout, "dropout_kind": dropout_kind, "dropout_placement": dropout_placement,
-            "init": init, "weight_decay": weight_decay, "decoupled": bool(decoupled),
-            "no_decay": list(no_decay), "l1": l1, "jacobian_reg": jacobian_reg,
+            "num_classes": num_classes, "loss": loss, "label_smoothing": label_smoothing, "bins": plain_bins(bins),
+            "binned_point": binned_point, "norm": norm, "dropout": dropout, "dropout_kind": dropout_kind,
+            "dropout_placement": dropout_placement, "init": init, "weight_decay": weight_decay,
+            "decoupled": bool(decoupled), "no_decay": list(no_decay), "l1": l1, "jacobian_reg": jacobian_reg,
             "jacobian_projections": jacobian_projections,
             "optimizer": None if self._optimizer_factory is None else callable_to_spec(self._optimizer_factory),
             "scheduler": None if self._scheduler_factory is None else callable_to_spec(self._scheduler_factory),
-            "scheduler_interval": scheduler_interval, "tta": bool(tta), "top_k": top_k,
+            "scheduler_interval": scheduler_interval, "tta": bool(tta), "top_k": top_k, "shard": shard,
         }
         self.save_hyperparameters(plain(hparams), logger=True)
 
@@ -194,12 +179,10 @@ class TrickModule(pl.LightningModule):
             self.register_buffer("bin_edges", edges, persistent=False)
         else:
             self.bin_edges = None
-        if num_classes is None:
-            if edges is not None:
-                num_classes = edges.numel() - 1
-            else:
-                head = find_head(model)
-                num_classes = head[2].out_features if head is not None else None
+        if num_classes is None and edges is not None:
+            num_classes = edges.numel() - 1
+        elif num_classes is None and (head := find_head(model)) is not None:
+            num_classes = head[2].out_features
         self.num_classes = num_classes
         self._decay_names = split_decay(model, exclude=self.no_decay)[0]
         self._decay_mode = "native"  # native | hook (decoupled, applied here) | loss (coupled, as a loss term)
@@ -212,29 +195,6 @@ class TrickModule(pl.LightningModule):
             check_full_batch_module(self._second_order, model, loss=loss, weight_decay=weight_decay, l1=l1,
                                     jacobian_reg=jacobian_reg, batch_augment=batch_augment,
                                     scheduler=self._scheduler_factory)
-
-    # ------------------------------------------------------------------------------------------------ forward
-    def forward(self, x: Tensor) -> Tensor:
-        """Outputs on raw inputs: ``model(preprocess(x))``."""
-        return self.model(self.preprocess(x))  # type: ignore[no-any-return]
-
-    def _outputs(self, x: Tensor, tta: bool) -> Tensor:
-        """Outputs, or with ``tta`` the flip-averaged ones (lit_tricks.augment.tta): log of the mean probabilities,
-        or the mean output for regression."""
-        out = self(x)
-        if not tta:
-            return out
-        if self._is_regression_output(out):
-            return tta_flip(self, x, probabilities=False)
-        return torch.log(tta_flip(self, x))
-
-    def _is_regression_output(self, out: Tensor) -> bool:
-        return is_regression_output(self.loss_name, out)
-
-    # ----------------------------------------------------------------------------------------------- the loss
-    def compute_loss(self, out: Tensor, y: Tensor) -> Tensor:
-        """Data loss of outputs ``out`` against targets ``y`` (indices, soft (N, K) targets, or real values)."""
-        return task_loss(self.loss_name, out, y, self.label_smoothing, self.bin_edges)
 
     def _decay_params(self) -> list[Tensor]:
         return [self.model.get_parameter(n) for n in self._decay_names]
@@ -268,76 +228,6 @@ class TrickModule(pl.LightningModule):
             return loss + penalty
         return loss
 
-    # ------------------------------------------------------------------------------------------------ metrics
-    def _log_metric(self, key: str, factory: Callable[[], Any], preds: Tensor, target: Tensor,
-                    **kwargs: Any) -> None:
-        """Update the torchmetrics object logged as ``key`` (created on first use) and log it."""
-        safe = key.replace("/", "__")
-        if safe not in self.metrics:
-            self.metrics[safe] = factory().to(self.device)
-        metric: Any = self.metrics[safe]
-        metric.update(preds, target)
-        self.log(key, metric, metric_attribute=f"metrics.{safe}", **kwargs)
-
-    def _evaluate(self, batch: Any, stage: str, variant: str | None) -> None:
-        import torchmetrics.classification as tmc
-        import torchmetrics.regression as tmr
-
-        def key(metric: str) -> str:
-            return metric if variant is None else self.weight_variants.metric_name(metric, variant)
-
-        x, y = batch[0], batch[1]
-        out = self._outputs(x, tta=self.tta and stage == "test")
-        n = x.shape[0]
-        log = functools.partial(self.log, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        log(key(f"{stage}/loss"), self.compute_loss(out, y), prog_bar=stage == "val" and variant is None)
-        if self.loss_name == "binned" or self._is_regression_output(out):
-            if self.bin_edges is not None:
-                pred = binned_point(out, self.bin_edges, self.binned_point)
-            else:
-                pred = out.reshape(y.shape)
-            for name, cls in (("mae", tmr.MeanAbsoluteError), ("mse", tmr.MeanSquaredError)):
-                self._log_metric(key(f"{stage}/{name}"), cls, pred.detach(), y.to(pred.dtype), on_step=False,
-                                 on_epoch=True)
-            return
-        if self.num_classes is None:
-            self.num_classes = int(out.shape[-1])
-        classes = self.num_classes
-        target = y.argmax(-1) if y.is_floating_point() and y.ndim == out.ndim else y
-        self._log_metric(key(f"{stage}/acc"), lambda: tmc.MulticlassAccuracy(classes, average="micro"),
-                         out.detach(), target, on_step=False, on_epoch=True,
-                         prog_bar=stage == "val" and variant is None)
-        if self.top_k and classes > self.top_k:
-            k = self.top_k
-            self._log_metric(key(f"{stage}/top{k}_acc"),
-                             lambda: tmc.MulticlassAccuracy(classes, top_k=k, average="micro"), out.detach(), target,
-                             on_step=False, on_epoch=True)
-
-    def _eval_step(self, batch: Any, stage: str) -> None:
-        self._evaluate(batch, stage, None)
-        for name, ctx in self.weight_variants.items():
-            with ctx():
-                self._evaluate(batch, stage, name)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
-        """Class probabilities; for binned regression ``{"value": binned_point, "mean": expected value, "probs"}``;
-        raw outputs for mse regression."""
-        x = batch[0] if isinstance(batch, list | tuple) else batch
-        out = self._outputs(x, tta=self.tta)
-        if self.loss_name == "binned":
-            assert self.bin_edges is not None
-            return {"value": binned_point(out, self.bin_edges, self.binned_point),
-                    "mean": binned_expected_value(out, self.bin_edges), "probs": out.softmax(-1)}
-        if self._is_regression_output(out):
-            return out
-        return out.softmax(-1)
-
     # --------------------------------------------------------------------------------------------- optimizers
     def describe_param_groups(self) -> str:
         """A table of which tensors of the model get which weight decay and L1 (print it)."""
@@ -345,36 +235,15 @@ class TrickModule(pl.LightningModule):
 
     @property
     def backbone(self) -> nn.Module:
-        """Every layer of the model but its head (:func:`~lit_tricks.models.heads.find_head`), for
-        :class:`~lit_tricks.callbacks.backbone_finetuning.BackboneFinetuning`: a ``ModuleList`` of the model's leaf
-        layers, plus holders of the parameters that a parent module owns itself (e.g. a ViT's class token)."""
-        head = find_head(self.model)
-        if head is None:
-            raise AttributeError("backbone: the model has no nn.Linear head (lit_tricks.models.heads.find_head)")
-        layers: list[nn.Module] = []
-        for module in self.model.modules():
-            if module is head[2]:
-                continue
-            if not list(module.children()):
-                layers.append(module)
-            elif module._parameters:
-                holder = nn.Module()
-                for name, p in module.named_parameters(recurse=False):
-                    holder.register_parameter(name, p)
-                layers.append(holder)
-        return nn.ModuleList(layers)
+        """Every layer of the model but its head, for :class:`~lit_tricks.callbacks.BackboneFinetuning`
+        (:func:`~lit_tricks.modules.finetune.backbone_layers`)."""
+        return backbone_layers(self.model)
 
     def finetune_param_groups(self, params: list[nn.Parameter]) -> list[dict[str, Any]]:
         """Optimizer groups for ``params`` unfrozen after :meth:`configure_optimizers` (BackboneFinetuning), under
         this module's weight-decay rule: decayed tensors and the rest (biases, norms, ``no_decay``), as there."""
         decayed = {id(p) for p in self._decay_params()}
-        native = self._decay_mode == "native"
-        groups = [
-            {"params": [p for p in params if id(p) in decayed], "weight_decay": self.weight_decay if native else 0.0,
-             "lit_tricks_decay": self.weight_decay},
-            {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0, "lit_tricks_decay": 0.0},
-        ]
-        return [g for g in groups if g["params"]]
+        return finetune_groups(params, decayed, self.weight_decay, self._decay_mode == "native")
 
     def configure_optimizers(self) -> Any:
         factory = self._optimizer_factory
@@ -394,42 +263,15 @@ class TrickModule(pl.LightningModule):
                 g["weight_decay"] = 0.0
         if self._scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self._scheduler_config(optimizer)}
-
-    def _scheduler_config(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        assert self._scheduler_factory is not None
-        try:
-            lr_scheduler_config = getattr(importlib.import_module("lit_tricks.schedules"), "lr_scheduler_config", None)
-        except ImportError:  # plain torch schedulers need no lit_tricks.schedules
-            lr_scheduler_config = None
-        if lr_scheduler_config is not None:
-            config = dict(lr_scheduler_config(self._scheduler_factory, optimizer, self.trainer))
-        else:
-            scheduler = self._scheduler_factory(optimizer)
-            config = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                config["monitor"] = "val/loss"
-        if self.scheduler_interval is not None:
-            config["interval"] = self.scheduler_interval
-        return config
+        config = scheduler_config(self._scheduler_factory, optimizer, self.trainer, self.scheduler_interval)
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The preprocessing class (a plain string), so load_from_checkpoint can rebuild it when it is not passed.
-        if not isinstance(self.preprocess, nn.Identity):
-            cls = type(self.preprocess)
-            checkpoint[PREPROCESS_KEY] = f"{cls.__module__}.{cls.__qualname__}"
+        save_preprocess_class(self.preprocess, checkpoint)  # load_from_checkpoint rebuilds it when not passed
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        has_stats = any(k.startswith("preprocess.") for k in checkpoint.get("state_dict", {}))
-        if not has_stats or not isinstance(self.preprocess, nn.Identity):
-            return
-        target = checkpoint.get(PREPROCESS_KEY)
-        try:
-            self.preprocess = callable_from_spec({"_target_": target})()
-        except Exception as err:
-            raise ValueError(f"preprocess: this checkpoint carries input preprocessing statistics ({target}); pass "
-                             "preprocess=<an instance of that class> to load_from_checkpoint") from err
+        self.preprocess = restored_preprocess(self.preprocess, checkpoint)
 
     def on_train_start(self) -> None:
         if self._second_order is not None:

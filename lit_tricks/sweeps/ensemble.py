@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_tricks.sweeps.report import JobResult, SweepReport, build_report
 
-__all__ = ["ensemble_members", "evaluate_sweep_ensemble", "job_config", "member_checkpoint"]
+__all__ = ["ensemble_members", "evaluate_sweep_ensemble", "evaluate_sweep_soups", "job_config", "member_checkpoint"]
 
 
 def _evaluated_with_ema(job: JobResult) -> bool:
@@ -32,18 +32,19 @@ def _evaluated_with_ema(job: JobResult) -> bool:
 
 
 def member_checkpoint(job: JobResult) -> str | None:
-    """The file whose weights produced the job's objective: its ``-ema`` twin when the job evaluated the EMA.
+    """The file whose weights produced the job's objective: its EMA twin when the job evaluated the EMA.
 
-    Records written by this lit_tricks name that file already; older ones named the raw checkpoint, and the twin
-    beside it is used when the job's config evaluated with the EMA.
+    Records written by this lit_tricks name that file already (or none, when no file reproduces the objective);
+    older ones named the raw training checkpoint, and its twin is used when the job's config evaluated the EMA.
     """
-    from lit_tricks.callbacks.ema import EMA_CHECKPOINT_SUFFIX, ema_checkpoint_path
+    from lit_tricks.fault.ema_checkpoint import ema_checkpoint_path
+    from lit_tricks.fault.resume import is_training_checkpoint
 
     path = job.best_ckpt
     if not isinstance(path, str) or not path or not Path(path).is_file():
         return None
     twin = ema_checkpoint_path(path)
-    if not Path(path).stem.endswith(EMA_CHECKPOINT_SUFFIX) and twin.is_file() and _evaluated_with_ema(job):
+    if is_training_checkpoint(path) and twin.is_file() and _evaluated_with_ema(job):
         return str(twin)
     return path
 
@@ -65,7 +66,10 @@ def job_config(job: JobResult) -> DictConfig:
     """A job's resolved config: ``config_resolved.yaml`` (written by lit_tricks.run), else ``.hydra/config.yaml``."""
     for path in (job.dir / "config_resolved.yaml", job.dir / ".hydra" / "config.yaml"):
         if path.is_file():
-            cfg = OmegaConf.load(path)
+            try:
+                cfg = OmegaConf.load(path)
+            except Exception as err:  # a file cut short by a killed job
+                raise ValueError(f"job {job.num}: {path} is not a readable config ({type(err).__name__})") from None
             if isinstance(cfg, DictConfig):
                 return cfg
     raise FileNotFoundError(f"job {job.num}: no config_resolved.yaml or .hydra/config.yaml in {job.dir}")
@@ -76,7 +80,7 @@ def evaluate_sweep_ensemble(sweep_dir: str | Path, top_k: int = 3, combine: str 
     """Test the top-k checkpoints of a sweep as one ensemble; returns members and test metrics.
 
     The module is the best job's, loaded from its member file; the other members' weights come from theirs (each
-    the file that reproduces the job's objective: the ``-ema`` twin of EMA-evaluated jobs). Result keys:
+    the file that reproduces the job's objective: the ``ema-`` twin of EMA-evaluated jobs). Result keys:
     ``members`` (job, objective, checkpoint, its own test/acc), ``test/acc`` (best single
     model), ``test/acc_ensemble``, ``test/loss_ensemble``.
     """
@@ -112,3 +116,26 @@ def evaluate_sweep_ensemble(sweep_dir: str | Path, top_k: int = 3, combine: str 
                      "test/acc": m.metrics.get("test/acc", math.nan)} for m in members],
         **metrics,
     }
+
+
+def evaluate_sweep_soups(sweep_dir: str | Path, top_k: int = 5, select: str = "val/acc", combine: str = "mean_prob",
+                         bn_batches: int | None = None) -> dict[str, Any]:
+    """Best member, uniform soup, greedy soup and prediction ensemble of the top-k jobs
+    (:func:`lit_tricks.posthoc.soup.soup_report`); souping needs members that share an initialization (one
+    ``seed``, ``model`` and ``module.init``), refused in one line otherwise. Writes ``<sweep_dir>/soup.md``, ``.json``.
+    """
+    from lit_tricks.posthoc.evaluate import load_state, rebuild_run
+    from lit_tricks.posthoc.soup import soup_report
+
+    members = ensemble_members(build_report(sweep_dir), top_k)
+    if not members:
+        raise ValueError(f"sweep_dir={str(sweep_dir)!r}: no ok job with a best checkpoint file to soup")
+    keys = [tuple(OmegaConf.select(job_config(m), k) for k in ("seed", "model", "module.init")) for m in members]
+    other = next((i for i, k in enumerate(keys) if k != keys[0]), None)
+    if other is not None:
+        raise ValueError(f"sweep_dir={str(sweep_dir)!r}: soups need members that share an initialization; job "
+                         f"{members[other].num} has (seed, model, init) {keys[other]}, job {members[0].num} {keys[0]}")
+    _, dm, module = rebuild_run(members[0].dir)
+    result = soup_report([(f"job {m.num}", load_state(str(m.best_ckpt))) for m in members], module, dm,
+                         select=select, bn_batches=bn_batches, combine_method=combine, out_dir=Path(sweep_dir))
+    return {"sweep_dir": str(sweep_dir), **result}

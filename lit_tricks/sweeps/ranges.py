@@ -2,8 +2,9 @@
 
 A dimension comes from a Hydra sweep override (``optimizer.lr=tag(log, interval(1e-6, 10))``, ``choice(...)``,
 ``range(...)``, ``0.1,0.3``) as written in ``hydra.sweeper.params``. Narrowing keeps the span of the best jobs,
-widened by a margin (a factor in log space); a best value at the border of its range extends the range beyond it,
-as the notes advise ("if the best value is at the edge, the range was too small").
+widened by a margin (a factor in log space) and never beyond the searched range: a best value at the border of
+its range is reported as a warning instead (the notes: "if the best value is at the edge, the range was too
+small"), for the user to search beyond it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "border_warnings",
     "format_overrides",
     "narrow_ranges",
+    "narrowed_override_string",
     "parse_search_space",
     "position_in_range",
 ]
@@ -132,33 +134,34 @@ def border_warnings(dims: Mapping[str, SearchDim], best: Mapping[str, object], e
             at_low, at_high = float(value) == bounds[0], float(value) == bounds[1]
         else:
             at_low, at_high = pos <= edge, pos >= 1.0 - edge
-        if at_low or at_high:
-            side = "lower" if at_low else "upper"
-            lines.append(
-                f"WARNING: best {name}={_fmt(value)} lies at the {side} border of its range "
-                f"[{_fmt(bounds[0])}, {_fmt(bounds[1])}]: the optimum may lie outside; widen the range "
-                f"{'downwards' if at_low else 'upwards'}"
-            )
+        if not (at_low or at_high):
+            continue
+        side = "lower" if at_low else "upper"
+        if dim.choices is not None:
+            advice = f"add values {'below' if at_low else 'above'} {_fmt(value)} to the choices"
+        else:
+            advice = f"search {'below' if at_low else 'above'} {_fmt(bounds[0] if at_low else bounds[1])} too"
+        lines.append(f"WARNING: best {name}={_fmt(value)} lies at the {side} border of its range "
+                     f"[{_fmt(bounds[0])}, {_fmt(bounds[1])}]: the optimum may lie outside; {advice}")
     return lines
 
 
-def narrow_ranges(dims: Mapping[str, SearchDim], top: Sequence[Mapping[str, object]], margin: float = 0.1,
-                  border_extend: float = 0.25, edge: float = 0.1) -> dict[str, SearchDim]:
+def narrow_ranges(dims: Mapping[str, SearchDim], top: Sequence[Mapping[str, object]], margin: float = 0.1
+                  ) -> dict[str, SearchDim]:
     """Ranges for the next stage: the span of the ``top`` jobs' values (best first), padded by ``margin``.
 
-    margin: fraction of the old range's width (in log units for log dimensions) added on both sides of the span,
-    without leaving the old range. When the best value lies within ``edge`` of a border, the new range instead
-    extends ``border_extend`` of the old width beyond that border (the optimum may lie outside), but never across
-    zero: a range that started at or above 0 (a dropout p, a smoothing factor, an integer count) stays >= 0.
-    Integer dimensions stay integer (``tag(int, ...)``). Choice dimensions keep the choices the top jobs used.
+    margin: fraction of the old range's width (in log units for log dimensions) added on both sides of the span.
+    The new range never leaves the searched one: nothing was measured outside it (a best value at a border is
+    what :func:`border_warnings` reports). Integer dimensions stay integer (``tag(int, ...)``). Choice dimensions
+    keep the choices the top jobs used.
     """
     if not top:
         raise ValueError("top must hold at least one job's parameters to narrow around")
-    if margin < 0 or border_extend < 0:
-        raise ValueError(f"margin and border_extend must be >= 0, got {margin!r} and {border_extend!r}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin!r}")
     out: dict[str, SearchDim] = {}
     for name, dim in dims.items():
-        values = [v for v in (job.get(name) for job in top) if isinstance(v, int | float) or v is not None]
+        values = [v for v in (job.get(name) for job in top) if v is not None]
         if not values:
             out[name] = dim
             continue
@@ -167,7 +170,7 @@ def narrow_ranges(dims: Mapping[str, SearchDim], top: Sequence[Mapping[str, obje
             out[name] = SearchDim(name, choices=kept or dim.choices, log=dim.log)
             continue
         low, high = float(dim.low), float(dim.high)  # type: ignore[arg-type]
-        nums = [float(v) for v in values if isinstance(v, int | float)]
+        nums = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         if not nums:
             out[name] = dim
             continue
@@ -176,20 +179,32 @@ def narrow_ranges(dims: Mapping[str, SearchDim], top: Sequence[Mapping[str, obje
         width = t(high) - t(low)
         new_lo = max(t(min(nums)) - margin * width, t(low))
         new_hi = min(t(max(nums)) + margin * width, t(high))
-        pos = position_in_range(dim, nums[0])
-        if pos is not None and pos <= edge:
-            new_lo = t(low) - border_extend * width
-            if not use_log and low >= 0:
-                new_lo = max(new_lo, 0.0)
-        if pos is not None and pos >= 1.0 - edge:
-            new_hi = t(high) + border_extend * width
         lo_val, hi_val = (10.0**new_lo, 10.0**new_hi) if use_log else (new_lo, new_hi)
         if dim.integer:
-            lo_val, hi_val = math.floor(lo_val), math.ceil(hi_val)
-        else:  # 3 significant digits: what the printed override says is exactly this range
-            lo_val, hi_val = float(f"{lo_val:.3g}"), float(f"{hi_val:.3g}")
+            lo_val, hi_val = max(math.floor(lo_val), math.ceil(low)), min(math.ceil(hi_val), math.floor(high))
+        else:  # 3 significant digits, rounded inwards: what the printed override says lies inside the searched range
+            lo_val, hi_val = max(float(f"{lo_val:.3g}"), low), min(float(f"{hi_val:.3g}"), high)
+        if (lo_val, hi_val) == (low, high):
+            out[name] = dim
+            continue
         out[name] = SearchDim(name, lo_val, hi_val, log=dim.log, integer=dim.integer)
     return out
+
+
+def narrowed_override_string(dims: Mapping[str, SearchDim]) -> str:
+    """One shell-quoted Hydra override setting ``hydra.sweeper.params`` to the given ranges.
+
+    e.g. ``"hydra.sweeper.params={optimizer.lr:'tag(log, interval(0.001, 0.1))'}"``: pass it after
+    ``-m hparams_search=fine``. (A dict, because the keys contain dots; recorded in each job's
+    ``.hydra/hydra.yaml``, so the next stage's report knows its ranges.)
+    """
+    if not dims:
+        return ""
+    items = []
+    for dim in dims.values():
+        name, _, value = dim.to_override().partition("=")
+        items.append(f"{name}:'{value}'")
+    return '"hydra.sweeper.params={' + ",".join(items) + '}"'
 
 
 def format_overrides(dims: Iterable[SearchDim]) -> str:

@@ -1,29 +1,32 @@
-"""Multirun reports: a table sorted by the objective, objective-vs-hyperparameter plots, border warnings, failed
-jobs, and the narrowed ranges for the next coarse-to-fine stage as a ready Hydra override string.
+"""Multirun reports: a table sorted by the objective, objective-vs-hyperparameter plots, border warnings, the jobs
+that were not ranked (failed, pruned, continued, running) with their reasons, and the narrowed ranges for the next
+coarse-to-fine stage as a ready Hydra override string, when the evidence supports them.
 
-Reads a Hydra multirun directory: every job directory with ``metrics.json`` (written by ``lit_tricks.run.train``:
-objective, status, error, metrics, best_ckpt) and ``.hydra/overrides.yaml`` / ``.hydra/hydra.yaml`` (the job's
-hyperparameters and the sweeper's search space).
-
-About 400 lines: reading job directories, the table, the plots and the narrowed ranges are one report written
-from one pass over the jobs; the range arithmetic itself lives in :mod:`lit_tricks.sweeps.ranges`.
+Reads a Hydra multirun directory through :mod:`lit_tricks.sweeps.results` (each job's ``metrics.json`` and
+overrides, the sweeper's search space); a ``lit_optuna`` sweep's study adds what the directories cannot know
+(pruned, lost and continued trials). The range arithmetic lives in :mod:`lit_tricks.sweeps.ranges`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from lit_tricks.sweeps.ranges import SearchDim, border_warnings, narrow_ranges, parse_search_space
+from lit_tricks.sweeps.ranges import SearchDim, border_warnings, narrow_ranges, narrowed_override_string
+from lit_tricks.sweeps.results import (
+    JobResult,
+    aggregate_folds,
+    load_jobs,
+    read_yaml,
+    search_space,
+    sweeper_params,
+    varying_params,
+)
 
 __all__ = [
     "JobResult",
@@ -36,32 +39,14 @@ __all__ = [
     "write_report",
 ]
 
-#: Overrides that select config files rather than hyperparameters (never report columns).
-NON_PARAMS = ("hparams_search", "experiment", "hydra", "trainer", "logger", "callbacks", "paths")
-
-
-@dataclass
-class JobResult:
-    """One job of a sweep: its hyperparameters (from its overrides), status and objective."""
-
-    num: int
-    dir: Path
-    params: dict[str, Any]
-    status: str
-    objective: float
-    error: str | None = None
-    best_ckpt: Any = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    monitor_mode: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok" and math.isfinite(self.objective)
+#: Statuses of jobs that are neither ranked nor failed: the sweeper stopped them early, a later trial continues
+#: their work from their checkpoint, or they still run.
+NOT_FAILED = ("pruned", "continued", "running", "waiting")
 
 
 @dataclass
 class SweepReport:
-    """Everything the report shows; :func:`write_report` renders it."""
+    """Everything the report shows; :func:`write_report` renders it. ``evidence``: why no range was narrowed."""
 
     sweep_dir: Path
     direction: str
@@ -70,6 +55,7 @@ class SweepReport:
     dims: dict[str, SearchDim]
     warnings: list[str]
     narrowed: dict[str, SearchDim]
+    evidence: str = ""
 
     @property
     def ok_jobs(self) -> list[JobResult]:
@@ -77,6 +63,12 @@ class SweepReport:
 
     @property
     def failed_jobs(self) -> list[JobResult]:
+        """Jobs that failed (raised, a non-finite objective, or died without a record)."""
+        return [j for j in self.jobs if not j.ok and j.status not in NOT_FAILED]
+
+    @property
+    def unranked_jobs(self) -> list[JobResult]:
+        """Every job that is not ranked: failed, pruned, continued or still running."""
         return [j for j in self.jobs if not j.ok]
 
     @property
@@ -89,12 +81,12 @@ class SweepReport:
         return narrowed_override_string(self.narrowed)
 
     def markdown(self) -> str:
-        """The report as markdown: summary, warnings, table sorted by the objective, failed jobs, next stage."""
+        """The report as markdown: summary, warnings, table sorted by the objective, unranked jobs, next stage."""
         lines = [f"# Sweep report: {self.sweep_dir}", ""]
+        counts = [f"{len(self.ok_jobs)} ok", f"{len(self.failed_jobs)} failed"]
+        counts += [f"{n} {s}" for s in NOT_FAILED if (n := sum(j.status == s for j in self.jobs))]
+        lines.append(f"{len(self.jobs)} jobs: {', '.join(counts)}; objective {self.direction}d.")
         best = self.best
-        pruned = sum(j.status == "pruned" for j in self.jobs)
-        lines.append(f"{len(self.jobs)} jobs, {len(self.ok_jobs)} ok, {len(self.failed_jobs) - pruned} failed"
-                     + (f", {pruned} pruned" if pruned else "") + f"; objective {self.direction}d.")
         if best is not None:
             params = ", ".join(f"{k}={_fmt(best.params.get(k))}" for k in self.param_names)
             lines.append(f"Best: job {best.num}, objective {best.objective:.6g} ({params}).")
@@ -102,19 +94,21 @@ class SweepReport:
         if self.warnings:
             lines += [f"- {w}" for w in self.warnings] + [""]
         lines.append(_markdown_table(self._rows()))
-        if self.failed_jobs:
-            lines += ["", "## Failed jobs", ""]
-            lines += [f"- job {j.num} ({j.dir.name}): {j.error or j.status}" for j in self.failed_jobs]
+        if self.unranked_jobs:
+            lines += ["", "## Jobs not ranked", ""]
+            lines += [f"- job {j.num} ({j.status}): {j.error or j.status}" for j in self.unranked_jobs]
+        lines += ["", "## Next stage (narrowed ranges)", ""]
         if self.narrowed:
-            lines += ["", "## Next stage (narrowed ranges)", "", "```", self.overrides(), "```"]
+            lines += ["```", self.overrides(), "```"]
+        else:
+            lines.append(self.evidence or "No range to narrow.")
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
         """The table as CSV (same rows and order as the markdown table)."""
-        rows = self._rows()
         buf = io.StringIO()
         writer = csv.writer(buf)
-        for row in rows:
+        for row in self._rows():
             writer.writerow(row)
         return buf.getvalue()
 
@@ -145,165 +139,12 @@ def _markdown_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def _parse_overrides(lines: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` overrides -> {key: python value}; group selections and deletions are kept as strings."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    params: dict[str, Any] = {}
-    for line in lines:
-        try:
-            override = parser.parse_override(line)
-        except Exception:  # an override this Hydra cannot parse: keep the raw text
-            key, _, raw = line.partition("=")
-            params[key.lstrip("+~")] = raw
-            continue
-        if override.is_sweep_override() or override.is_delete():
-            continue
-        value = override.value()
-        params[override.get_key_element().lstrip("+~")] = value
-    return params
-
-
-def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-
-
-def _job_dirs(sweep_dir: Path) -> list[Path]:
-    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and ((p / "metrics.json").is_file()
-                                                               or (p / ".hydra" / "overrides.yaml").is_file())]
-
-    def key(p: Path) -> tuple[int, str]:
-        return (int(p.name), "") if p.name.isdigit() else (1 << 30, p.name)
-
-    return sorted(dirs, key=key)
-
-
-def load_jobs(sweep_dir: str | Path) -> list[JobResult]:
-    """Every job of a multirun directory; a job without ``metrics.json`` is listed as failed (crashed or running)."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"sweep_dir={str(sweep_dir)!r} is not a directory")
-    jobs: list[JobResult] = []
-    for i, job_dir in enumerate(_job_dirs(sweep_dir)):
-        overrides = _read_yaml(job_dir / ".hydra" / "overrides.yaml")
-        record: dict[str, Any] = {}
-        metrics_path = job_dir / "metrics.json"
-        if metrics_path.is_file():
-            try:
-                record = json.loads(metrics_path.read_text())
-            except json.JSONDecodeError as err:
-                record = {"status": "failed", "error": f"unreadable metrics.json: {err}"}
-        else:
-            record = {"status": "missing", "error": "no metrics.json (the job crashed, was killed or is running)"}
-        if overrides is None:
-            overrides = record.get("overrides") or []
-        objective = record.get("objective")
-        try:
-            value = float(objective) if objective is not None else math.nan
-        except (TypeError, ValueError):
-            value = math.nan
-        status = str(record.get("status", "ok"))
-        if status == "ok" and not math.isfinite(value):
-            status, record["error"] = "failed", record.get("error") or f"objective is {objective!r}"
-        jobs.append(JobResult(
-            num=int(job_dir.name) if job_dir.name.isdigit() else i, dir=job_dir,
-            params=_parse_overrides([str(o) for o in overrides]), status=status, objective=value,
-            error=record.get("error"), best_ckpt=record.get("best_ckpt"), metrics=dict(record.get("metrics") or {}),
-            monitor_mode=record.get("monitor_mode"),
-        ))
-    return jobs
-
-
-def _sweeper_params(sweep_dir: Path, jobs: Sequence[JobResult]) -> tuple[dict[str, Any], Any]:
-    """(hydra.sweeper.params plus sweep overrides of the command line, sweeper direction) of the sweep."""
-    params: dict[str, Any] = {}
-    direction: Any = None
-    sources = [sweep_dir / "multirun.yaml"] + [j.dir / ".hydra" / "hydra.yaml" for j in jobs[:1]]
-    for path in sources:
-        data = _read_yaml(path)
-        if not isinstance(data, dict):
-            continue
-        hydra = data.get("hydra", {}) or {}
-        sweeper = hydra.get("sweeper", {}) or {}
-        params.update({str(k): v for k, v in (sweeper.get("params") or {}).items()})
-        direction = direction or sweeper.get("direction")
-        if path.name == "multirun.yaml":  # the basic sweeper's command-line sweeps (lr=0.1,0.3)
-            for line in (hydra.get("overrides", {}) or {}).get("task", []) or []:
-                key, sep, value = str(line).partition("=")
-                if sep and ("," in value or "(" in value):
-                    params.setdefault(key.lstrip("+"), value)
-    return params, direction
-
-
-def search_space(sweep_dir: str | Path, jobs: Sequence[JobResult]) -> dict[str, SearchDim]:
-    """The sweep's search space: the sweeper's params, else the observed span of every hyperparameter that varies.
-
-    An observed positive span over two decades or more is taken as log-sampled.
-    """
-    params, _ = _sweeper_params(Path(sweep_dir), jobs)
-    try:
-        dims = parse_search_space(params)
-    except Exception:  # a sweeper syntax this Hydra cannot parse: fall back to the observed span
-        dims = {}
-    for name in _varying_params(jobs):
-        if name in dims:
-            continue
-        values = [j.params[name] for j in jobs if name in j.params]
-        nums = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-        if len(nums) == len(values) and len(set(nums)) >= 2:
-            lo, hi = min(nums), max(nums)
-            dims[name] = SearchDim(name, lo, hi, log=lo > 0 and hi / lo >= 100.0)
-    return dims
-
-
-def _varying_params(jobs: Sequence[JobResult]) -> list[str]:
-    names: list[str] = []
-    for job in jobs:
-        for name in job.params:
-            if name not in names and name.split(".")[0].split("/")[0] not in NON_PARAMS:
-                names.append(name)
-    return [n for n in names if len({repr(j.params.get(n)) for j in jobs}) > 1]
-
-
-def aggregate_folds(jobs: Sequence[JobResult], fold_key: str = "data.fold") -> list[JobResult]:
-    """Merge jobs that differ only in ``fold_key`` (a ``data.fold=range(5)`` sweep): objective = mean over folds.
-
-    The merged job keeps the first fold's number and directory; ``metrics`` gets ``objective_std`` and ``folds``.
-    A group with a failed fold is failed. Jobs without ``fold_key`` are returned unchanged.
-    """
-    groups: dict[str, list[JobResult]] = {}
-    for job in jobs:
-        key = json.dumps({k: repr(v) for k, v in sorted(job.params.items()) if k != fold_key})
-        groups.setdefault(key if fold_key in job.params else f"__single__{job.num}", []).append(job)
-    merged: list[JobResult] = []
-    for members in groups.values():
-        if len(members) == 1 and fold_key not in members[0].params:
-            merged.append(members[0])
-            continue
-        first = members[0]
-        params = {k: v for k, v in first.params.items() if k != fold_key}
-        failed = [m for m in members if not m.ok]
-        values = [m.objective for m in members]
-        metrics = {"folds": len(members), "objective_std": statistics.pstdev(values) if not failed else math.nan}
-        if failed:
-            error = f"{len(failed)}/{len(members)} folds failed: " + (failed[0].error or failed[0].status)
-            merged.append(replace(first, params=params, status="failed", objective=math.nan, error=error,
-                                  metrics=metrics))
-        else:
-            merged.append(replace(first, params=params, objective=statistics.fmean(values), metrics=metrics,
-                                  best_ckpt=[m.best_ckpt for m in members]))
-    return merged
-
-
 def _monitor_mode(jobs: Sequence[JobResult]) -> str | None:
     """``monitor_mode`` of the sweep's jobs (their metrics.json, else their .hydra/config.yaml)."""
     for job in jobs:
         mode = job.monitor_mode
         if mode is None:
-            cfg = _read_yaml(job.dir / ".hydra" / "config.yaml")
+            cfg = read_yaml(job.dir / ".hydra" / "config.yaml")
             mode = cfg.get("monitor_mode") if isinstance(cfg, dict) else None
         if mode in ("min", "max"):
             return str(mode)
@@ -312,7 +153,7 @@ def _monitor_mode(jobs: Sequence[JobResult]) -> str | None:
 
 def _direction(sweep_dir: Path, jobs: Sequence[JobResult]) -> tuple[str, str | None]:
     """(how to rank: the jobs' ``monitor_mode``, else the sweeper's direction; a warning when the two disagree)."""
-    _, direction = _sweeper_params(sweep_dir, jobs)
+    _, direction = sweeper_params(sweep_dir, jobs)
     if isinstance(direction, list) and direction:
         direction = direction[0]
     mode = _monitor_mode(jobs)
@@ -328,19 +169,38 @@ def _direction(sweep_dir: Path, jobs: Sequence[JobResult]) -> tuple[str, str | N
     return "maximize", None
 
 
+def _narrowed(dims: Mapping[str, SearchDim], ok: Sequence[JobResult], top_fraction: float, min_top: int,
+              jobs_per_dim: int) -> tuple[dict[str, SearchDim], str]:
+    """(ranges the best jobs support, or {} and the reason). Only ranges that shrink are proposed."""
+    needed = jobs_per_dim * max(1, len(dims))
+    if len(ok) < needed:
+        return {}, (f"Too little evidence to narrow: {len(ok)} ranked job(s) for {len(dims)} searched "
+                    f"hyperparameter(s); narrowing needs at least {needed} ({jobs_per_dim} per hyperparameter). "
+                    "Run more trials (hydra.sweeper.n_trials) first.")
+    top = ok[: max(min_top, math.ceil(top_fraction * len(ok)))]
+    narrowed = {k: d for k, d in narrow_ranges(dims, [j.params for j in top]).items() if d != dims[k]}
+    if not narrowed:
+        return {}, (f"No narrower range follows from the best {len(top)} of {len(ok)} ranked jobs: they spread "
+                    "over the whole searched space.")
+    return narrowed, ""
+
+
 def build_report(sweep_dir: str | Path, *, top_fraction: float = 0.25, min_top: int = 2, edge: float = 0.1,
-                 fold_key: str | None = "data.fold") -> SweepReport:
+                 fold_key: str | None = "data.fold", jobs_per_dim: int = 5) -> SweepReport:
     """Read a multirun directory and compute the report.
 
     top_fraction / min_top: the best jobs whose values span the narrowed ranges (at least ``min_top`` of them).
     edge: fraction of a range (log scale where log-sampled) counted as its border for the warning.
+    jobs_per_dim: ranked jobs needed per searched hyperparameter before any range is narrowed.
     """
     if not 0.0 < top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
+    if not 0.0 <= edge < 0.5:
+        raise ValueError(f"edge must be in [0, 0.5), got {edge!r}")
     sweep_dir = Path(sweep_dir)
     jobs = load_jobs(sweep_dir)
     if (sweep_dir / "optuna_study.json").is_file():  # a lit_optuna sweep: its study knows pruned and lost trials
-        from lit_tricks.sweeps.study import merge_study_trials
+        from lit_tricks.sweeps.trials import merge_study_trials
 
         jobs = merge_study_trials(sweep_dir, jobs, JobResult)
     dims = search_space(sweep_dir, jobs)
@@ -350,40 +210,28 @@ def build_report(sweep_dir: str | Path, *, top_fraction: float = 0.25, min_top: 
         dims.pop(fold_key, None)
     sign = -1.0 if direction == "maximize" else 1.0
     ok = sorted((j for j in jobs if j.ok), key=lambda j: (sign * j.objective, j.num))
-    failed = sorted((j for j in jobs if not j.ok), key=lambda j: j.num)
-    names = list(dims) + [n for n in _varying_params(jobs) if n not in dims and n != fold_key]
+    unranked = sorted((j for j in jobs if not j.ok), key=lambda j: j.num)
+    names = list(dims) + [n for n in varying_params(jobs) if n not in dims and n != fold_key]
     warnings: list[str] = []
     narrowed: dict[str, SearchDim] = {}
+    evidence = "No job finished ok: nothing to rank or narrow."
     if ok:
         warnings = border_warnings(dims, ok[0].params, edge=edge)
-        top = ok[: max(min_top, math.ceil(top_fraction * len(ok)))]
-        narrowed = narrow_ranges(dims, [j.params for j in top])
+        narrowed, evidence = _narrowed(dims, ok, top_fraction, min_top, jobs_per_dim)
     if direction_warning:
         warnings.insert(0, direction_warning)
-    if failed:
-        warnings.append(f"WARNING: {len(failed)} of {len(jobs)} jobs failed (listed below); they are not ranked")
-    return SweepReport(sweep_dir, direction, ok + failed, names, dims, warnings, narrowed)
-
-
-def narrowed_override_string(dims: Mapping[str, SearchDim]) -> str:
-    """One shell-quoted Hydra override setting ``hydra.sweeper.params`` to the given ranges.
-
-    e.g. ``"hydra.sweeper.params={optimizer.lr:'tag(log, interval(0.001, 0.1))'}"``: pass it after
-    ``-m hparams_search=fine``. (A dict, because the keys contain dots; recorded in each job's
-    ``.hydra/hydra.yaml``, so the next stage's report knows its ranges.)
-    """
-    if not dims:
-        return ""
-    items = []
-    for dim in dims.values():
-        name, _, value = dim.to_override().partition("=")
-        items.append(f"{name}:'{value}'")
-    return '"hydra.sweeper.params={' + ",".join(items) + '}"'
+    report = SweepReport(sweep_dir, direction, ok + unranked, names, dims, warnings, narrowed, evidence)
+    if report.failed_jobs:
+        warnings.append(f"WARNING: {len(report.failed_jobs)} of {len(jobs)} jobs failed (listed below); they are "
+                        "not ranked")
+    return report
 
 
 def _plot(report: SweepReport, path: Path) -> Path | None:
+    import importlib.util
+
     names = [n for n in report.param_names if any(isinstance(j.params.get(n), int | float) for j in report.jobs)]
-    if not names:
+    if not names or importlib.util.find_spec("matplotlib") is None:  # no plots extra: the report without its plot
         return None
     import matplotlib
 

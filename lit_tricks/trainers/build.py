@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -10,11 +11,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_tricks.hydra_utils import hydra_config
 from lit_tricks.trainers.strategies import ddp_strategy
+from lit_tricks.validation import ArgumentError, number_problem, raise_all
 
-__all__ = ["DDP_NAMES", "build_trainer"]
+__all__ = ["DDP_NAMES", "build_trainer", "check_trainer_args"]
 
 #: Strategy names that build_trainer upgrades to the Hydra-safe DDP strategy (popen launcher) under Hydra.
 DDP_NAMES = {"ddp": False, "ddp_find_unused_parameters_true": True, "ddp_find_unused_parameters_false": False}
+
+
+def check_trainer_args(kwargs: Mapping[str, Any]) -> None:
+    """The Trainer keyword arguments refused before Lightning sees them (``ArgumentError`` / ``ArgumentErrors``):
+    ``max_epochs`` below -1, and ``sync_batchnorm`` on CPUs (torch's SyncBatchNorm is a CUDA-only layer)."""
+    errors = []
+    epochs = kwargs.get("max_epochs")
+    if epochs is not None and (problem := number_problem(epochs, -1, integer=True)):
+        errors.append(ArgumentError("max_epochs", epochs, problem))
+    if kwargs.get("sync_batchnorm") and kwargs.get("accelerator") == "cpu":
+        problem = ("needs GPUs (torch's SyncBatchNorm only runs on CUDA modules); with accelerator=cpu set it false, "
+                   "or use trainer=ddp")
+        errors.append(ArgumentError("sync_batchnorm", kwargs["sync_batchnorm"], problem))
+    raise_all(errors)
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], logger: Any) -> pl.Trainer:
@@ -27,9 +43,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], logger: Any) ->
     if not isinstance(container, dict):
         raise TypeError(f"trainer must be a mapping of Trainer keyword arguments, got {type(container).__name__}")
     container.pop("_target_", None)
-    if container.get("sync_batchnorm") and container.get("accelerator") == "cpu":
-        raise ValueError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm only runs on CUDA modules);"
-                         " got trainer.accelerator=cpu: set trainer.sync_batchnorm=false or use trainer=ddp")
+    check_trainer_args(container)  # type: ignore[arg-type]
     kwargs: dict[str, Any] = instantiate(container, _convert_="all")
     strategy = kwargs.get("strategy")
     if isinstance(strategy, str) and strategy in DDP_NAMES and hydra_config() is not None:

@@ -1,7 +1,7 @@
-"""Hydra-safe DDP/FSDP strategies built from YAML-friendly values, and linear LR scaling with the global batch.
+"""Hydra-safe DDP/FSDP/FSDP2 strategies built from YAML-friendly values, and linear LR scaling with the global batch.
 
 Lightning's script launcher starts ranks > 0 by re-running ``sys.argv``; the strategies here start each child rank
-from the Hydra job's composed config instead (see :mod:`lit_tricks.trainers.jobs`).
+from the Hydra job's composed config instead (see :mod:`lit_tricks.trainers.hydra_job`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 
 from lit_tricks.compat import (
     SubprocessScriptLauncher,
@@ -22,10 +22,14 @@ from lit_tricks.compat import (
     set_num_threads_if_needed,
     set_strategy_launcher,
 )
+from lit_tricks.fault.sharded_checkpoint import ShardedSaves
 from lit_tricks.functional.lr_scale import scale_lr_
-from lit_tricks.trainers.jobs import _JOB, _hydra_child_base, child_rank_command
+from lit_tricks.trainers.hydra_job import _JOB, _hydra_child_base, child_rank_command
 
-__all__ = ["HydraSafeDDPStrategy", "HydraSafeFSDPStrategy", "ddp_strategy", "fsdp_strategy", "scale_learning_rates"]
+__all__ = [
+    "HydraSafeDDPStrategy", "HydraSafeFSDPStrategy", "HydraSafeModelParallelStrategy", "ddp_strategy", "fsdp_strategy",
+    "model_parallel_strategy", "scale_learning_rates",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,21 @@ class HydraSafeFSDPStrategy(_HydraSafeMixin, FSDPStrategy):
     """FSDPStrategy whose child ranks run the Hydra job's composed config in rank 0's run dir (see module doc)."""
 
 
+class HydraSafeModelParallelStrategy(_HydraSafeMixin, ModelParallelStrategy):
+    """ModelParallelStrategy (FSDP2) whose child ranks run the Hydra job's composed config (see module doc), whose
+    distributed checkpoints are written atomically (:class:`~lit_tricks.fault.sharded_checkpoint.ShardedSaves`), and
+    whose ``data_parallel_size=None`` means every process (``world size / tensor_parallel_size``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        ShardedSaves.of(self).keep = True
+
+    def setup_environment(self) -> None:
+        if self._data_parallel_size is None:  # known now: the launcher has set the processes and nodes
+            self._data_parallel_size = self.num_nodes * self.num_processes // int(self._tensor_parallel_size)
+        super().setup_environment()
+
+
 def ddp_strategy(*, timeout_s: float = 1800.0, process_group_backend: str | None = None,
                  start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
                  find_unused_parameters: bool = False, static_graph: bool = False,
@@ -154,6 +173,31 @@ def fsdp_strategy(*, timeout_s: float = 1800.0, process_group_backend: str | Non
         process_group_backend=process_group_backend, timeout=timedelta(seconds=timeout_s),
         sharding_strategy=sharding_strategy,  # type: ignore[arg-type]
         cpu_offload=bool(cpu_offload), auto_wrap_policy=policy, state_dict_type=state_dict_type,
+    )
+    strategy.scale_lr = bool(scale_lr)
+    return strategy
+
+
+def model_parallel_strategy(*, timeout_s: float = 1800.0, process_group_backend: str | None = None,
+                            data_parallel_size: int | None = None, tensor_parallel_size: int = 1,
+                            save_distributed_checkpoint: bool = True,
+                            scale_lr: bool = False) -> HydraSafeModelParallelStrategy:
+    """A Hydra-safe ``ModelParallelStrategy`` (FSDP2 through the module's ``configure_model``; TrickModule shards per
+    ``module.shard``) from YAML-friendly values; on CPU (gloo) as on GPUs (NCCL).
+
+    data_parallel_size: ranks that shard the parameters; None = all (``world size / tensor_parallel_size``).
+    save_distributed_checkpoint: True = each checkpoint is a directory of per-rank shards (written atomically;
+    ``resume=auto`` finds it); False = rank 0 writes one full file (loadable without sharding).
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    for name, size in (("data_parallel_size", data_parallel_size), ("tensor_parallel_size", tensor_parallel_size)):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {size!r}")
+    strategy = HydraSafeModelParallelStrategy(
+        data_parallel_size=data_parallel_size,  # type: ignore[arg-type]  # None: resolved in setup_environment
+        tensor_parallel_size=tensor_parallel_size, save_distributed_checkpoint=save_distributed_checkpoint,
+        process_group_backend=process_group_backend, timeout=timedelta(seconds=timeout_s),
     )
     strategy.scale_lr = bool(scale_lr)
     return strategy

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stop the local cluster of scripts/cluster/up.sh: cancel its jobs, then stop the daemons it started, by the pids in
-# $CLUSTER_DIR/run (and job step daemons whose SLURM_CONF is this cluster's). Nothing else is touched. Idempotent.
+# Stop the local cluster of scripts/cluster/up.sh: cancel its jobs, then stop the daemons it started (slurmd, job
+# step daemons, slurmctld, slurmdbd, MariaDB, munged) by the pids in $CLUSTER_DIR/run (job step daemons: those whose
+# SLURM_CONF is this cluster's). Nothing else is touched. Idempotent.
 set -uo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 CLUSTER_DIR="${CLUSTER_DIR:-$REPO/.cluster}"
@@ -59,6 +60,8 @@ stop "${daemons[@]}"
 mapfile -t steps < <(stepd_pids)
 stop "${steps[@]}"
 if pid=$(live_pid "$RUN/slurmctld.pid" slurmctld); then stop "$pid"; fi
+if pid=$(live_pid "$RUN/slurmdbd.pid" slurmdbd); then stop "$pid"; fi
+if pid=$(live_pid "$RUN/mariadb.pid" mariadbd); then stop "$pid"; fi
 if pid=$(live_pid "$RUN/munged.pid" munged); then stop "$pid"; fi
 rm -f "$RUN"/*.pid
 echo "cluster-down: stopped"

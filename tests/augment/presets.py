@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from lit_tricks.config_bases import load_preset as compose_preset
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "augment"
 # Image presets (raw [0, 1] images); the mnist1d* presets are 1-D signal pipelines, tested in test_signal.py.
@@ -16,12 +18,8 @@ SIGNAL_PRESETS = sorted(p.stem for p in CONF.glob("mnist1d*.yaml"))
 
 def load_preset(name: str) -> tuple[Any, Any]:
     """``(pipeline or None, batch_augment or None)`` of ``conf/augment/<name>.yaml``."""
-    cfg = OmegaConf.load(CONF / f"{name}.yaml") or OmegaConf.create({})
-    assert isinstance(cfg, DictConfig)
-    if "augment" in cfg or "module" in cfg:  # `# @package _global_` presets
-        pipe_cfg, batch_cfg = cfg.get("augment"), OmegaConf.select(cfg, "module.batch_augment")
-    else:
-        pipe_cfg, batch_cfg = cfg, None
+    cfg = compose_preset("augment", name)
+    pipe_cfg, batch_cfg = cfg.get("augment"), OmegaConf.select(cfg, "module.batch_augment")
     pipe = instantiate(pipe_cfg) if pipe_cfg is not None and "_target_" in pipe_cfg else None
     batch = instantiate(batch_cfg) if batch_cfg is not None else None
     return pipe, batch

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 
+@pytest.mark.slow  # the mnist1d section trains through scripts/train.py
 @pytest.mark.timeout(120)
 def test_quick_benchmarks_write_all_sections(tmp_path: Path) -> None:
     from benchmarks.run_all import BENCHES, main

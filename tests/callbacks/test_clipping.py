@@ -160,3 +160,14 @@ def test_manual_optimization_and_boring_model(tmp_path: Path) -> None:
     tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0,
                  callbacks=[boring_clip]).fit(BoringModel())
     assert boring_clip.steps == 4
+
+
+def test_fsdp1_is_refused_in_one_line() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    trainer = SimpleNamespace(strategy=FSDPStrategy(), gradient_clip_val=None)
+    with pytest.raises(ValueError, match="ModelParallelStrategy") as err:
+        GradientClipping().setup(trainer, None, "fit")  # type: ignore[arg-type]
+    assert "FSDPStrategy" in str(err.value) and "\n" not in str(err.value)

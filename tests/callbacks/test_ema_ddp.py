@@ -3,7 +3,7 @@
 Checks, per rank (written by a recorder callback inside the workers): EMA identical on both ranks, the same
 early-stopping decision on both ranks although only rank 1's metric says stop, the same restored weights; and in
 the parent: EMAWeights pickles into the spawned workers (Lightning's EMAWeightAveraging does not: "Can't pickle
-local object 'get_ema_avg_fn.<locals>.ema_update'") and writes the raw checkpoint plus its ``-ema`` twin.
+local object 'get_ema_avg_fn.<locals>.ema_update'") and writes the raw checkpoint plus its ``ema-`` twin.
 """
 
 from __future__ import annotations

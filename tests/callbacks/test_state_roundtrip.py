@@ -22,6 +22,8 @@ FACTORIES: dict[str, tuple[Callable[[], pl.Callback], Callable[[], pl.Callback] 
                       lambda: cb.EarlyStopping(monitor="val/acc", mode="max")),
     "EMAWeights": (lambda: cb.EMAWeights(decay=0.9, save_ema_checkpoint=False),
                    lambda: cb.EMAWeights(decay=0.5, save_ema_checkpoint=False)),
+    "PostHocEMA": (lambda: cb.PostHocEMA(snapshot_every_n_steps=3),
+                   lambda: cb.PostHocEMA(sigma_rels=[0.02, 0.2], snapshot_every_n_steps=3)),
     "CheckpointEnsemble": (lambda: cb.CheckpointEnsemble(every_n_epochs=1),
                            lambda: cb.CheckpointEnsemble(top_k=2, monitor="val/loss")),
     "GradientClipping": (lambda: cb.GradientClipping(mode="auto", history=50),

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ("lit-tricks-train", "lit-tricks-report", "lit-tricks-ensemble", "lit-tricks-curves", "lit-tricks-bag")
+COMMANDS = ("lit-tricks-train", "lit-tricks-report", "lit-tricks-ensemble", "lit-tricks-curves", "lit-tricks-bag",
+            "lit-tricks-migrate", "lit-tricks-posthoc-ema", "lit-tricks-workers")
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import torch
 
 from lit_tricks.data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, MNISTDataModule
 from lit_tricks.data.preprocessing import CenterChannels, CenterFeatures, PCAProject, Standardize
+from lit_tricks.validation import ArgumentError, ArgumentErrors
 
 
 def digits(**kwargs: Any) -> DigitsDataModule:
@@ -102,20 +103,27 @@ def test_train_size_and_bootstrap() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"batch_size": 0}, r"batch_size: expected an int >= 1, got 0"),
-    ({"val_fraction": 1.5}, r"val_fraction: expected a float in \[0, 1\), got 1.5"),
+    ({"batch_size": 0}, r"batch_size must be an integer in \[1, inf\), got 0"),
+    ({"val_fraction": 1.5}, r"val_fraction must be a number in \[0, 1\), got 1.5"),
     ({"test_fraction": -0.1}, r"test_fraction"),
     ({"val_fraction": 0.5, "test_fraction": 0.5}, r"val_fraction \+ test_fraction"),
-    ({"fold": 5, "num_folds": 5}, r"fold: expected None or an int in \[0, num_folds=5\), got 5"),
+    ({"fold": 5, "num_folds": 5}, r"fold must be an integer in \[0, 5\), got 5"),
     ({"num_folds": 1}, r"num_folds"),
     ({"train_size": 0}, r"train_size"),
-    ({"preprocessing": "whiten"}, r"preprocessing: expected one of \['center', 'center_per_feature', 'minmax', "
-                                  r"'none', 'pca', 'pca_whiten', 'standardize', 'zca'\]"),
+    ({"preprocessing": "whiten"}, r"preprocessing must be one of \['center', 'center_per_feature', 'minmax', "
+                                  r"'minmax_per_feature', 'none', 'pca', 'pca_whiten', 'standardize', "
+                                  r"'standardize_per_feature', 'zca'\]"),
     ({"pca_components": 1.5}, r"pca_components"),
 ])
 def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ArgumentError, match=message):
         DigitsDataModule(**kwargs)
+
+
+def test_every_bad_argument_at_once() -> None:
+    with pytest.raises(ArgumentErrors) as info:
+        DigitsDataModule(batch_size=0, num_workers=-1)
+    assert [(e.arg, e.value) for e in info.value.errors] == [("batch_size", 0), ("num_workers", -1)]
 
 
 def test_sklearn_is_imported_lazily() -> None:

@@ -71,7 +71,8 @@ def assert_same_batches(a: list[tuple[torch.Tensor, torch.Tensor]],
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(("num_workers", "resume_steps"), [(0, (5, 20)), (1, (20,))])
+@pytest.mark.parametrize(("num_workers", "resume_steps"),
+                         [(0, (5, 20)), pytest.param(1, (20,), marks=pytest.mark.slow)])  # 1: a worker process
 def test_mid_epoch_resume_replays_the_remaining_batches(tmp_path: Path, num_workers: int,
                                                         resume_steps: tuple[int, ...]) -> None:
     """The uninterrupted run saves a checkpoint every 5 steps (13 per epoch: steps 5 and 20 are mid-epoch 0 and 1);
@@ -106,6 +107,7 @@ def test_resume_from_checkpoints_at_the_epoch_boundary(tmp_path: Path) -> None:
     assert_same_batches(resumed.batches, full.batches[len(first.batches):])
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_augmentation_does_not_depend_on_workers_or_global_rng(tmp_path: Path) -> None:
     """Per-sample seeds: the same batches with 0 or 2 workers; the global RNG moves as without augmentation."""
     batches, states = [], []

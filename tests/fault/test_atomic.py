@@ -1,8 +1,7 @@
-"""lit_tricks.fault.atomic: a write lands whole or not at all; the old functional.atomic path still resolves."""
+"""lit_tricks.fault.atomic: a write lands whole or not at all; nothing else of it is left behind."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
@@ -26,9 +25,3 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"old"
     assert not any(p.name.startswith(atomic.TMP_PREFIX) for p in tmp_path.iterdir())
-
-
-def test_old_functional_path_warns_and_returns_the_moved_function() -> None:
-    old = importlib.import_module("lit_tricks.functional.atomic")
-    with pytest.warns(DeprecationWarning, match="lit_tricks.fault.atomic.atomic_write_bytes"):
-        assert old.atomic_write_bytes is atomic.atomic_write_bytes

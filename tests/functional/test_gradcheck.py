@@ -110,3 +110,47 @@ def test_callback_passes_on_correct_module_and_fails_fast_naming_worst_tensor(tm
     with pytest.raises(GradientCheckError, match=r"net\.2\.scale"):
         trainer.fit(model, datamodule=BlobsDataModule())
     assert trainer.global_step == 0 and torch.equal(before, model.net[0].weight)  # failed before any step
+
+
+def another_cpu(loss_fn: Any, ulps: float = 4.0) -> Any:
+    """``loss_fn`` whose every value is off by up to ``ulps`` float64 ulps, as another CPU's summation order gives."""
+    g = torch.Generator().manual_seed(123)  # its own stream: gradient_check reseeds the global RNG per evaluation
+
+    def perturbed(module: nn.Module, b: Any) -> torch.Tensor:
+        loss = loss_fn(module, b)
+        u = 2 * torch.rand((), generator=g, dtype=torch.float64) - 1
+        return loss * (1 + ulps * torch.finfo(torch.float64).eps * u)
+
+    return perturbed
+
+
+class TinyInput(nn.Module):
+    """A tanh MLP whose first input feature is scaled by 1e-6: its weight column gets gradients ~1e-7."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * torch.tensor([1e-6, 1, 1, 1, 1], dtype=x.dtype))
+
+
+@pytest.mark.parametrize("model_seed", range(4))
+def test_round_off_of_any_cpu_never_makes_a_correct_model_suspicious(model_seed: int) -> None:
+    torch.manual_seed(model_seed)
+    model = TinyInput(nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double())
+    report = gradient_check(model, batch(), another_cpu(ce), entries_per_tensor=40)
+    tiny = [abs(a) for a, i in zip(report.tensors[0].analytic, report.tensors[0].indices) if i % 5 == 0]
+    assert tiny and max(tiny) < 1e-5  # the check did sample the tiny entries
+    assert report.verdict == "good", report.summary()
+
+
+def test_one_percent_bug_in_small_gradients_is_still_flagged() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), BuggyScale(8), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[3].weight.mul_(1e-2)  # the buggy tensor's gradients shrink ~100x, to ~1e-4
+    report = gradient_check(model, batch(), another_cpu(ce))
+    scale = next(t for t in report.tensors if t.name == "2.scale")
+    assert max(abs(a) for a in scale.analytic) < 1e-3
+    assert report.worst is scale and report.verdict in ("suspicious", "wrong"), report.summary()

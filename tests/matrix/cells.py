@@ -29,6 +29,7 @@ DIMENSIONS: dict[str, str] = {
     "manual": "manual optimization",
     "two_optimizers": "two optimizers",
     "bf16": "`bf16-mixed` on CPU",
+    "low_precision": "`bf16-true` / `16-true` weights on CPU (fp32 recurrence)",
     "compiled": "`torch.compile` (aot_eager), all callbacks in one fit",
     "second_fit": "same instance, second `fit()`",
     "resume_changed": "resume with changed `max_epochs` / arguments",
@@ -40,6 +41,7 @@ DIMENSIONS: dict[str, str] = {
     "lr_sources": "several lr / update sources composing (schedule, plateau, NaN-guard lr cut, weight decay)",
     "load_other_args": "`load_state_dict` into an instance with other arguments",
     "ddp": "2-process DDP (gloo), all callbacks in one fit",
+    "sharded": "2-rank FSDP2 (`ModelParallelStrategy`, gloo), both checkpoint modes, 2→1 / 1→2 ranks",
     "pickle": "pickled / exported objects (`torch.save`)",
 }
 STATUSES = ("pass", "limitation", "xfail")

@@ -19,5 +19,5 @@ def test_gpu_check_skips_cleanly_without_cuda(capsys: pytest.CaptureFixture[str]
     spec.loader.exec_module(script)
     assert script.main([]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("gpu-check: no CUDA device; skipped 5 checks"), out
+    assert len(out) == 1 and out[0].startswith("gpu-check: no CUDA device; skipped 6 checks"), out
     assert set(script.CHECKS) == {n[len("check_"):] for n in vars(script) if n.startswith("check_")}

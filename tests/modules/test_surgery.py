@@ -76,8 +76,10 @@ def test_dropout_set_insert_gaussian_dropconnect() -> None:
     set_dropout(model, 0.3)
     assert model.dropout.p == 0.3
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    set_dropout(net, 0.25)  # no Dropout layer: one is inserted before the head
-    assert isinstance(net[2], nn.Sequential) and isinstance(net[2][0], nn.Dropout) and net[2][0].p == 0.25
+    keys = list(net.state_dict())
+    set_dropout(net, 0.25)  # no Dropout layer: one is applied to the head's input, every key kept
+    assert isinstance(net[2], nn.Linear) and isinstance(net[2].input_dropout, nn.Dropout)
+    assert net[2].input_dropout.p == 0.25 and list(net.state_dict()) == keys
     set_dropout(model, 0.2, kind="gaussian")
     assert isinstance(model.dropout, GaussianDropout) and model.dropout.p == 0.2
     set_dropout(model, 0.5, kind="dropconnect")

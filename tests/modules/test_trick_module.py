@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_tricks.config_bases import load_preset
 from lit_tricks.models import MLP, SmallCNN, torchvision_model
 from lit_tricks.modules import TrickModule
 from tests.helpers.tiny import BlobsDataModule, make_blobs, tiny_trainer
@@ -377,11 +378,11 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
 def test_configs_instantiate() -> None:
     for name in ("cnn_small", "mlp", "resnet18"):
-        model = instantiate(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"), num_classes=10, in_channels=1,
+        model = instantiate(load_preset("model", name).model, num_classes=10, in_channels=1,
                             image_size=(8, 8))
         assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
     for name in ("trick", "plain"):
-        module = instantiate(OmegaConf.load(ROOT / "conf" / "module" / f"{name}.yaml"), model=copy.deepcopy(_net()),
+        module = instantiate(load_preset("module", name).module, model=copy.deepcopy(_net()),
                              optimizer=functools.partial(torch.optim.SGD, lr=0.1))
         assert isinstance(module, TrickModule)
         assert all(not type(v).__module__.startswith("omegaconf") for v in module.hparams.values())

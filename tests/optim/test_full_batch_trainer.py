@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_tricks.config_bases import load_preset
 from lit_tricks.modules.trick_module import TrickModule
 from lit_tricks.optim import GaussNewtonOptimizer, LevenbergMarquardtOptimizer, NewtonOptimizer
 from tests.helpers.tiny import tiny_trainer
@@ -36,7 +36,7 @@ def loaders(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[DataLoader[t
 def fit(tmp_path: Path, option: str, x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int) -> TrickModule:
     torch.manual_seed(0)
     module = TrickModule(nn.Sequential(nn.Linear(x.shape[1], 1)), loss="mse",
-                         optimizer=instantiate(OmegaConf.load(CONF / f"{option}.yaml")))
+                         optimizer=instantiate(load_preset("optimizer", option).optimizer))
     train, val = loaders(x, y, batch_size)
     trainer = tiny_trainer(tmp_path, max_epochs=epochs, enable_checkpointing=False, num_sanity_val_steps=0)
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val)

@@ -14,6 +14,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lit_tricks.config_bases import load_preset
+
 CONF = Path(__file__).resolve().parents[2] / "conf"
 SPE, EPOCHS, BASE = 3, 4, 0.1
 TOTAL = SPE * EPOCHS
@@ -70,5 +72,7 @@ def plateau_expected(s: int) -> float:
 
 def scheduler_partial(name: str, overrides: dict[str, Any] | None = None) -> Any:
     """``conf/scheduler/<name>.yaml`` merged with ``overrides``, instantiated (a partial, or None for none)."""
-    cfg = OmegaConf.merge(OmegaConf.load(CONF / "scheduler" / f"{name}.yaml") or {}, overrides or {})
-    return instantiate(cfg) if "_target_" in cfg else None
+    node = load_preset("scheduler", name).get("scheduler")
+    if node is None or "_target_" not in node:
+        return None
+    return instantiate(OmegaConf.merge(node, overrides or {}))

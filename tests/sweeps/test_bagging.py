@@ -4,10 +4,11 @@ recomputed here from the member checkpoints (hand-written majority vote / mean o
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -17,6 +18,7 @@ import torch
 
 from lit_tricks.builders import build_datamodule, build_model, build_module
 from lit_tricks.cli.bag import main as bag_main
+from lit_tricks.cli.ensemble import main as ensemble_main
 from lit_tricks.data import DigitsDataModule
 from lit_tricks.records import read_record
 from lit_tricks.sweeps.bagging import bagging_command
@@ -28,18 +30,24 @@ TINY = ["model=mlp", "model.hidden=[32]", "trainer.max_epochs=1", "trainer.limit
         "trainer.limit_val_batches=1", "callbacks=minimal", "logger=none"]
 
 
-def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LIT_TRICKS_LOG_DIR": str(cwd / "logs"), "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=240)
+def run_main(main: Callable[[list[str]], int], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A command's ``main`` in this process (scripts/*.py only call it; the bag's multirun is still a child process),
+    with the script's environment and working directory; its exit status and output as a CompletedProcess."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.chdir(cwd)
+        mp.setenv("LIT_TRICKS_LOG_DIR", str(cwd / "logs"))
+        mp.setenv("OMP_NUM_THREADS", "1")
+        mp.delenv("HYDRA_FULL_ERROR", raising=False)
+        code = main(list(args))
+    return subprocess.CompletedProcess([main.__module__, *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
 def bag(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     tmp = tmp_path_factory.mktemp("bag")
     out = tmp / "sweep"
-    proc = run_script("bag.py", "--bags", "3", "--combine", "vote", "--out", str(out), *TINY, cwd=tmp)
+    proc = run_main(bag_main, "--bags", "3", "--combine", "vote", "--out", str(out), *TINY, cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -96,7 +104,7 @@ def test_bag_trains_three_bootstrap_members_and_reports_member_vs_bag_accuracy(
     assert report in proc.stdout
 
     # scripts/ensemble_from_sweep.py on the same sweep: the 2 best jobs by objective, mean of probabilities
-    ens = run_script("ensemble_from_sweep.py", str(out), "--top-k", "2", cwd=out.parent)
+    ens = run_main(ensemble_main, str(out), "--top-k", "2", cwd=out.parent)
     assert ens.returncode == 0, ens.stderr[-3000:]
     written = json.loads((out / "ensemble.json").read_text())
     best_two = [j.num for j in build_report(out).ok_jobs[:2]]
@@ -116,7 +124,7 @@ def test_bagging_command_and_bad_bag_sizes(tmp_path: Path, capsys: pytest.Captur
         bagging_command(1, tmp_path)
     assert bag_main(["--bags", "3", "--eval-only", "--out", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bag: sweep_dir=") and "is not a directory" in err
+    assert err.startswith("lit-tricks-bag: sweep_dir=") and "is not a directory" in err
 
 
 def test_bagging_preset_is_a_basic_multirun_over_seeds_with_bootstrap() -> None:

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from lit_tricks.fault.ema_checkpoint import ema_checkpoint_path
 from lit_tricks.sweeps.ensemble import ensemble_members, job_config
 from lit_tricks.sweeps.report import build_report
 
@@ -20,7 +22,7 @@ def make_job(sweep: Path, num: int, lr: float, acc: float | None, ckpt: bool = T
     path = job / "checkpoints" / "best.ckpt"
     if ckpt:
         path.parent.mkdir()
-        path.write_bytes(b"ckpt")
+        torch.save({"state_dict": {}, "loops": {}, "optimizer_states": []}, path)  # a training checkpoint
     record = {"objective": acc, "status": "ok" if acc is not None else "failed", "best_ckpt": str(path),
               "error": None if acc is not None else "RuntimeError: boom", "metrics": {"test/acc": acc or 0.0}}
     (job / "metrics.json").write_text(json.dumps(record))
@@ -48,10 +50,16 @@ def test_ema_evaluated_jobs_contribute_their_ema_twins(tmp_path: Path) -> None:
     make_job(tmp_path, 0, 0.1, 0.7)
     make_job(tmp_path, 1, 0.3, 0.9)
     job = tmp_path / "1"
-    (job / "checkpoints" / "ema-best.ckpt").write_bytes(b"ema")
+    torch.save({"state_dict": {}}, ema_checkpoint_path(job / "checkpoints" / "best.ckpt"))  # weights only
     cfg = {"seed": 1, "callbacks": {"ema": {"_target_": "lit_tricks.callbacks.ema.EMAWeights",
                                             "evaluate_with": "ema"}}}
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (tmp_path / "0" / "checkpoints" / "ema-best.ckpt").write_bytes(b"ema")  # twin, but job 0 evaluated raw weights
+    # a twin, but job 0 evaluated the raw weights
+    torch.save({"state_dict": {}}, ema_checkpoint_path(tmp_path / "0" / "checkpoints" / "best.ckpt"))
     members = ensemble_members(build_report(tmp_path), top_k=2)
-    assert [Path(m.best_ckpt).name for m in members] == ["ema-best.ckpt", "best.ckpt"]
+    assert [Path(m.best_ckpt) for m in members] == [ema_checkpoint_path(job / "checkpoints" / "best.ckpt"),
+                                                    tmp_path / "0" / "checkpoints" / "best.ckpt"]
+    # a record that names the twin already (this lit_tricks) keeps it
+    record = json.loads((job / "metrics.json").read_text())
+    (job / "metrics.json").write_text(json.dumps({**record, "best_ckpt": str(members[0].best_ckpt)}))
+    assert ensemble_members(build_report(tmp_path), top_k=1)[0].best_ckpt == members[0].best_ckpt

@@ -60,7 +60,9 @@ def test_random_lr_sweep_report_then_narrowed_stage_runs(tmp_path: Path) -> None
     # the acceptance sweep's shape: hparams_search=random_lr with 4 trials; lr > 0.0015 "diverges" (job fails; with seed
     # 42 the per-trial seeded sampler draws lr 0.00139, 0.00144, 0.00173, 2.5e-05)
     sweep = run_sweep(tmp_path, "hparams_search=random_lr", "hydra.sweeper.n_trials=4", "fail_above_lr=0.0015")
-    report = build_report(sweep)
+    assert build_report(sweep).narrowed == {}  # 3 ranked jobs for 2 hyperparameters: too little to narrow
+    assert "Too little evidence to narrow: 3 ranked job(s) for 2" in build_report(sweep).markdown()
+    report = build_report(sweep, jobs_per_dim=1)
     paths = write_report(report)
     jobs = load_jobs(sweep)
     assert len(report.jobs) == 4 == len(jobs)
@@ -74,7 +76,7 @@ def test_random_lr_sweep_report_then_narrowed_stage_runs(tmp_path: Path) -> None
     assert values == sorted(values, reverse=True)  # the direction follows the app's monitor_mode=max: best first
     assert report.failed_jobs and all(j.params["optimizer.lr"] > 0.0015 for j in report.failed_jobs)
     md = report.markdown()
-    assert "loss diverged" in md and "## Failed jobs" in md
+    assert "loss diverged" in md and "## Jobs not ranked" in md
     table = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| rank")]
     assert len(table) == 4
     csv_rows = paths["csv"].read_text().strip().splitlines()
@@ -98,10 +100,10 @@ def test_border_warning_fires_when_best_is_at_the_edge(tmp_path: Path) -> None:
     space = {"optimizer.lr": "tag(log, interval(1e-4, 1.0))"}
     for num, (lr, acc) in enumerate([(1e-3, 0.5), (1e-2, 0.7), (0.9, 0.9), (0.1, 0.8)]):
         write_job(tmp_path / "edge", num, {"optimizer.lr": lr}, acc, sweeper_params=space)
-    edge = build_report(tmp_path / "edge")
+    edge = build_report(tmp_path / "edge", jobs_per_dim=1)
     assert edge.best is not None and edge.best.params["optimizer.lr"] == 0.9
-    assert any("optimizer.lr" in w and "upper border" in w for w in edge.warnings)
-    assert edge.narrowed["optimizer.lr"].high > 1.0  # the next stage looks beyond the border
+    assert any("optimizer.lr" in w and "upper border" in w and "search above 1.0 too" in w for w in edge.warnings)
+    assert edge.narrowed["optimizer.lr"].high == 1.0  # never beyond what was searched: the warning says look there
     for num, (lr, acc) in enumerate([(1e-3, 0.5), (1e-2, 0.9), (0.9, 0.6), (0.1, 0.8)]):
         write_job(tmp_path / "inner", num, {"optimizer.lr": lr}, acc, sweeper_params=space)
     inner = build_report(tmp_path / "inner")
@@ -116,7 +118,7 @@ def test_failed_and_missing_jobs_are_listed_not_ranked(tmp_path: Path) -> None:
     assert [j.num for j in report.ok_jobs] == [0]
     assert {j.num: j.status for j in report.failed_jobs} == {1: "failed", 2: "missing"}
     md = report.markdown()
-    assert "job 1 (1): FloatingPointError: loss is nan" in md and "no metrics.json" in md
+    assert "job 1 (failed): FloatingPointError: loss is nan" in md and "no metrics.json" in md
 
 
 def test_fold_sweeps_are_aggregated_to_the_mean(tmp_path: Path) -> None:
@@ -196,3 +198,32 @@ def test_monitor_mode_ranks_even_when_the_sweeper_minimized(tmp_path: Path) -> N
     assert report.direction == "maximize"
     assert [j.objective for j in report.jobs] == [0.9, 0.7, 0.5]
     assert any("direction was minimize but monitor_mode=max" in w for w in report.warnings)
+
+
+def test_pruned_jobs_are_counted_as_pruned_not_failed(tmp_path: Path) -> None:
+    for num in range(6):
+        pruned = num % 2 == 1
+        write_job(tmp_path, num, {"optimizer.lr": 10.0 ** -num}, None if pruned else 0.5 + num / 100,
+                  status="pruned" if pruned else "ok", error="TrialPruned: pruned at epoch 1" if pruned else None)
+    report = build_report(tmp_path)
+    md = report.markdown()
+    assert "6 jobs: 3 ok, 0 failed, 3 pruned" in md and report.failed_jobs == []
+    assert "jobs failed" not in md and "## Failed jobs" not in md
+    assert md.count("(pruned): TrialPruned: pruned at epoch 1") == 3
+
+
+def test_narrowed_ranges_follow_the_evidence(tmp_path: Path) -> None:
+    # seen: after 3 random trials the report proposed weight decay in interval(6.21e-05, 562.0), beyond the searched
+    # upper bound 10; and for a grid lr=0.3,0.1 it said "widen upwards" and proposed the same choices again
+    space = {"optimizer.lr": "tag(log, interval(1e-6, 10.0))", "module.weight_decay": "tag(log, interval(1e-6, 10.0))"}
+    for num, (lr, wd, acc) in enumerate([(1e-3, 5.0, 0.9), (1e-2, 1e-4, 0.8), (1e-5, 1e-6, 0.1)]):
+        write_job(tmp_path / "few", num, {"optimizer.lr": lr, "module.weight_decay": wd}, acc, sweeper_params=space)
+    few = build_report(tmp_path / "few")
+    assert few.narrowed == {} and "Too little evidence to narrow: 3 ranked job(s)" in few.markdown()
+    for dims in build_report(tmp_path / "few", jobs_per_dim=1).narrowed.values():  # forced: still inside
+        assert 1e-6 <= dims.low and dims.high <= 10.0  # type: ignore[operator]
+    for num, (lr, acc) in enumerate([(0.3, 0.9), (0.1, 0.8), (0.3, 0.7), (0.1, 0.6)]):
+        write_job(tmp_path / "grid", num, {"optimizer.lr": lr}, acc, sweeper_params={"optimizer.lr": "0.3,0.1"})
+    grid = build_report(tmp_path / "grid", jobs_per_dim=1)
+    assert grid.narrowed == {} and "No narrower range follows" in grid.markdown()
+    assert any("add values above 0.3 to the choices" in w for w in grid.warnings)

@@ -24,7 +24,7 @@ class Captured(Exception):
 
 def sbatch_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str]) -> tuple[str, Any]:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+    from hydra.utils import get_class
     from submitit.slurm.slurm import SlurmExecutor
 
     fake_bin = tmp_path / "bin"
@@ -45,8 +45,7 @@ def sbatch_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list
         HydraConfig.instance().set_config(cfg)
         params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
         assert isinstance(params, dict)
-        params.pop("_target_")
-        launcher = SlurmLauncher(**params)
+        launcher = get_class(params.pop("_target_"))(**params)  # the class the preset names (LitSlurmLauncher)
         launcher.config, launcher.task_function, launcher.hydra_context = cfg, (lambda c: 0.0), None
         with pytest.raises(Captured) as captured:
             launcher.launch([["optimizer.lr=0.1"], ["optimizer.lr=0.2"]], initial_job_idx=0)
@@ -77,6 +76,43 @@ def test_slurm_launcher_script_has_partition_gpus_nodes_time_and_requeue_signal(
     assert cfg.trainer.devices == cfg.hydra.launcher.gpus_per_node
     assert cfg.trainer.num_nodes == cfg.hydra.launcher.nodes
     assert not HydraConfig.initialized()
+
+
+def test_a_lost_job_is_a_failed_job_return_and_the_batch_is_still_collected(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra.core.utils import JobReturn, JobStatus
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from hydra_plugins.lit_submitit_launcher.lit_submitit_launcher import LostJobError, collect
+
+    class FakeJob:
+        """What ``collect`` uses of a submitit job: ``results()``, ``job_id``, ``watcher``, ``paths.stderr``."""
+
+        def __init__(self, job_id: str, outcome: Any) -> None:
+            self.job_id, self.outcome = job_id, outcome
+            self.watcher = type("W", (), {"get_state": staticmethod(lambda job_id, mode: "FAILED")})()
+            self.paths = type("P", (), {"stderr": tmp_path / f"{job_id}_log.err"})()
+
+        def results(self) -> list[Any]:
+            if isinstance(self.outcome, BaseException):
+                raise self.outcome
+            return [self.outcome]
+
+    ok = JobReturn(overrides=["x=3"], status=JobStatus.COMPLETED, _return_value=0.5)
+    jobs = [FakeJob("7_0", UncompletedJobError("has not produced any output (state: FAILED)")),
+            FakeJob("7_1", FailedJobError("Traceback (most recent call last):\n  ...\nEOFError: Ran out of input\n")),
+            FakeJob("7_2", ok)]
+    returns = collect(jobs, [["x=1"], ["x=2"], ["x=3"]])
+    assert [r.status for r in returns] == [JobStatus.FAILED, JobStatus.FAILED, JobStatus.COMPLETED]
+    assert [r.overrides for r in returns] == [["x=1"], ["x=2"], ["x=3"]]
+    assert returns[2] is ok
+    lost, raised = returns[0]._return_value, returns[1]._return_value
+    assert isinstance(lost, LostJobError) and isinstance(raised, LostJobError)
+    assert str(lost) == (f"SLURM job 7_0 ended FAILED without a result (killed, out of memory, node lost or "
+                         f"cancelled); log: {tmp_path / '7_0_log.err'}")
+    assert str(raised) == "SLURM job 7_1 raised outside its task: EOFError: Ran out of input"
+    with pytest.raises(LostJobError):  # Hydra's basic sweeper reads return_value and raises it, as for any failure
+        _ = returns[0].return_value
 
 
 def test_slurm_launcher_defaults_to_one_node_without_multinode_trainer() -> None:

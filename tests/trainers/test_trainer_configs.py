@@ -23,21 +23,23 @@ from hydra.utils import get_object, instantiate
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lit_tricks.trainers import jobs as jobs_mod
+from lit_tricks.trainers import hydra_job as jobs_mod
 from lit_tricks.trainers.build import build_trainer
-from lit_tricks.trainers.jobs import child_rank_command, config_hash, job_guard
+from lit_tricks.trainers.hydra_job import child_rank_command, config_hash, job_guard
 from lit_tricks.trainers.strategies import (
     HydraSafeDDPStrategy,
     HydraSafeFSDPStrategy,
+    HydraSafeModelParallelStrategy,
     ddp_strategy,
     fsdp_strategy,
+    model_parallel_strategy,
     scale_learning_rates,
 )
 from tests.helpers.tiny import TinyClassifier
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
-GPU_ONLY = {"gpu", "ddp", "ddp_spawn", "multinode", "fsdp"}
+GPU_ONLY = {"gpu", "ddp", "ddp_spawn", "multinode", "fsdp", "fsdp2"}
 
 
 @pytest.fixture
@@ -65,7 +67,7 @@ def test_trainer_option_keys_match_trainer_and_strategy_signatures(option: str, 
     trainer_params = inspect.signature(pl.Trainer.__init__).parameters
     unknown = [k for k in node if not str(k).startswith("_") and k not in trainer_params]
     assert not unknown, f"trainer={option}: Trainer does not accept {unknown}"
-    assert node.precision in ("32-true", "bf16-mixed", "16-mixed", "64-true")
+    assert node.precision in ("32-true", "bf16-mixed", "16-mixed", "64-true", "bf16-true")
     strategy = node.get("strategy")
     if isinstance(strategy, DictConfig):
         factory = get_object(strategy._target_)
@@ -74,12 +76,26 @@ def test_trainer_option_keys_match_trainer_and_strategy_signatures(option: str, 
         assert not bad, f"trainer={option}: {strategy._target_} does not accept {bad}"
         # the strategy builds without a GPU (no process group until fit)
         built = instantiate(OmegaConf.to_container(strategy, resolve=True))
-        assert isinstance(built, HydraSafeDDPStrategy | HydraSafeFSDPStrategy)
+        assert isinstance(built, HydraSafeDDPStrategy | HydraSafeFSDPStrategy | HydraSafeModelParallelStrategy)
         assert built._timeout == timedelta(seconds=float(strategy.timeout_s))
     if option in GPU_ONLY:
         assert node.accelerator == "gpu"
     else:
         assert node.accelerator == "cpu"
+
+
+def test_fsdp_cpu_is_model_parallel_over_two_cpu_processes(tmp_path: Path, clean_hydra: None) -> None:
+    cfg = compose_trainer("fsdp_cpu", tmp_path)
+    trainer = build_trainer(cfg, callbacks=[], logger=False)
+    strategy = trainer.strategy
+    assert isinstance(strategy, HydraSafeModelParallelStrategy) and trainer.num_devices == 2
+    assert strategy._timeout == timedelta(seconds=60) and strategy._save_distributed_checkpoint
+    assert strategy._data_parallel_size is None and strategy._tensor_parallel_size == 1  # None: every process
+    from lit_tricks.fault.sharded_checkpoint import ShardedSaves
+
+    assert ShardedSaves.of(strategy).keep  # its distributed checkpoints are written atomically
+    with pytest.raises(ValueError, match="data_parallel_size must be an integer >= 1, got 0"):
+        model_parallel_strategy(data_parallel_size=0)
 
 
 def test_ddp_cpu_is_two_gloo_processes_with_a_short_timeout(tmp_path: Path, clean_hydra: None) -> None:
@@ -103,7 +119,7 @@ def test_sync_batchnorm_toggle_converts_batchnorm(tmp_path: Path, clean_hydra: N
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
     assert not any(type(m) is torch.nn.BatchNorm1d for m in model.modules())
     # torch's SyncBatchNorm cannot run on CPU: build_trainer says so at start-up, naming the key
-    with pytest.raises(ValueError, match=r"trainer\.sync_batchnorm=true needs GPUs"):
+    with pytest.raises(ValueError, match=r"sync_batchnorm needs GPUs.*got True"):
         build_trainer(compose_trainer("ddp_cpu", tmp_path, "trainer.sync_batchnorm=true"), callbacks=[], logger=False)
 
 
@@ -113,7 +129,7 @@ def test_bf16_precision_override_reaches_the_trainer(tmp_path: Path, clean_hydra
 
 
 def test_plain_ddp_string_becomes_hydra_safe_only_under_hydra(tmp_path: Path, clean_hydra: None) -> None:
-    cfg = compose_trainer("cpu", tmp_path, "trainer.devices=2", "+trainer.strategy=ddp")
+    cfg = compose_trainer("cpu", tmp_path, "trainer.devices=2", "trainer.strategy=ddp")
     trainer = build_trainer(cfg, callbacks=[], logger=False)
     assert type(trainer.strategy) is DDPStrategy  # Hydra is not running: nothing to protect
 
@@ -123,7 +139,7 @@ def test_plain_ddp_string_is_upgraded_under_hydra(tmp_path: Path, clean_hydra: N
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(overrides=["+trainer=cpu", f"+paths.output_dir={tmp_path}", "trainer.devices=2",
-                                 "+trainer.strategy=ddp_find_unused_parameters_true"], return_hydra_config=True)
+                                 "trainer.strategy=ddp_find_unused_parameters_true"], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     try:
         trainer = build_trainer(cfg, callbacks=[], logger=False)
@@ -178,6 +194,7 @@ def test_config_hash_ignores_key_order_and_hydra_node() -> None:
     assert config_hash(a) != config_hash(b)
 
 
+@pytest.mark.slow  # a (1-rank) process group
 def test_job_guard_restores_env_threads_and_destroys_process_group(tmp_path: Path) -> None:
     before = dict(os.environ)
     threads = torch.get_num_threads()
@@ -192,6 +209,7 @@ def test_job_guard_restores_env_threads_and_destroys_process_group(tmp_path: Pat
     assert not dist.is_initialized()
 
 
+@pytest.mark.slow
 def test_job_guard_kills_child_ranks_when_the_job_fails() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     world_size = os.environ.get("WORLD_SIZE")

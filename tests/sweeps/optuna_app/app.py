@@ -2,6 +2,9 @@
 
 Per epoch e (of trainer.max_epochs) the value is ``objective(lr, wd) * (e + 1) / max_epochs``, reported to the
 trial; the job writes metrics.json as ``lit_tricks.run`` does (status ok / failed / pruned) and returns the value.
+Every epoch run appends ``<trial> <lr> <epoch>`` to ``<log dir>/epochs.log``. A preempted job saves
+``checkpoints/last-preempted.ckpt`` (a training checkpoint: its epoch) and exits 0 as the Preemption callback does;
+a job given ``resume=<that file>`` goes on after the saved epoch.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lit_tricks.studies import current_trial
+from lit_tricks.optuna_job import current_trial
 
 
 def objective(lr: float, wd: float) -> float:
@@ -48,9 +51,27 @@ def main(cfg: DictConfig) -> float:
         record.update(status="failed", error="RuntimeError: loss diverged", objective=math.nan)
         (out / "metrics.json").write_text(json.dumps(record))
         raise RuntimeError("loss diverged")
+    if cfg.interrupt_at_trial is not None and number == int(cfg.interrupt_at_trial):
+        raise KeyboardInterrupt
     epochs = int(cfg.trainer.max_epochs)
     value = objective(lr, wd)
-    for epoch in range(epochs):
+    first = 0
+    if cfg.resume:
+        import torch
+
+        first = int(torch.load(str(cfg.resume), weights_only=True)["epoch"]) + 1
+        record["resumed_from"] = str(cfg.resume)
+    for epoch in range(first, epochs):
+        with open(Path(cfg.paths.log_dir) / "epochs.log", "a") as fh:
+            fh.write(f"{number} {lr!r} {epoch}\n")
+        if cfg.preempt_at_trial is not None and number == int(cfg.preempt_at_trial) and epoch == 1:
+            import torch
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            (out / "checkpoints").mkdir(exist_ok=True)
+            state = {"epoch": epoch, "loops": {}, "optimizer_states": []}
+            torch.save(state, out / "checkpoints" / "last-preempted.ckpt")
+            raise SIGTERMException(0)
         value = objective(lr, wd) * (epoch + 1) / epochs
         if trial is not None:
             trial.report(value, epoch)

@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lit_tricks.trainers.jobs import sweep_failure_value
+from lit_tricks.trainers.hydra_job import sweep_failure_value
 
 
 def objective(lr: float, wd: float, lr_opt_log10: float) -> float:

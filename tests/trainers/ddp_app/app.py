@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from lit_tricks.trainers.build import build_trainer
-from lit_tricks.trainers.jobs import config_hash, job_guard
+from lit_tricks.trainers.hydra_job import config_hash, job_guard
 from tests.helpers.tiny import BlobsDataModule, TinyClassifier
 
 ENV_KEYS = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

@@ -116,7 +116,7 @@ def _hydra_child_base() -> tuple[str, str, str, bool, str, int | None] | None:
     else:
         raise RuntimeError(
             "lit_tricks: cannot start DDP child ranks under Hydra: wrap the job in"
-            " lit_tricks.trainers.jobs.job_guard(cfg) or keep hydra.output_subdir (the job's .hydra/config.yaml is"
+            " lit_tricks.trainers.hydra_job.job_guard(cfg) or keep hydra.output_subdir (the job's .hydra/config.yaml is"
             " what child ranks run)"
         )
     try:

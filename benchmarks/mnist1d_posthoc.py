@@ -1,0 +1,130 @@
+"""Weight averaging decided after training, on MNIST-1D: the post-hoc EMA length chosen on a validation split vs
+the recipe's fixed EMA decay, and greedy soup vs uniform soup vs prediction ensemble of the recipe's snapshots.
+
+Each seed is one run of ``experiment=mnist1d_tricks`` with 500 of the 4000 training samples held out for validation
+(``data.val_size=500``: both arms train on the same 3500), PostHocEMA snapshots every 50 steps and the end-of-run
+reconstruction of 7 lengths (``callbacks=[mnist1d,posthoc_ema]``), and a CheckpointEnsemble member every 5 epochs
+(15 snapshot members). Afterwards ``lit_tricks.posthoc.soup.evaluate_run_soups`` soups those members. Every number
+is test accuracy of paired seeds (one run gives every arm), mean with percentile-bootstrap 95% CIs.
+
+    nice -n 10 python benchmarks/mnist1d_posthoc.py --seeds 10 --table docs/results/posthoc_mnist1d.md
+
+Runs one job at a time with one torch thread; finished seeds (``<out>/seed<s>/metrics.json`` and ``soup/soup.json``)
+are reused. ``--quick``: 2 epochs, to check the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# `python benchmarks/mnist1d_posthoc.py` puts benchmarks/ first on sys.path, where benchmarks/mnist1d.py would
+# shadow the mnist1d package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def run_seed(seed: int, out: Path, quick: bool) -> dict:
+    from lit_tricks.posthoc.ema import selection_key
+
+    run = out / f"seed{seed}"
+    if not (run / "metrics.json").is_file() or json.loads((run / "metrics.json").read_text())["status"] != "ok":
+        cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=mnist1d_tricks", f"seed={seed}",
+               "data.val_size=500", "callbacks=[mnist1d,posthoc_ema,checkpoint_ensemble]",
+               "callbacks.checkpoint_ensemble.every_n_epochs=5", "logger=none", f"hydra.run.dir={run}",
+               *(["trainer.max_epochs=2", "callbacks.checkpoint_ensemble.every_n_epochs=1"] if quick else [])]
+        started = time.perf_counter()
+        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT,
+                       stdout=subprocess.DEVNULL)
+        print(f"seed {seed}: trained in {time.perf_counter() - started:.0f} s", flush=True)
+    if not (run / "soup" / "soup.json").is_file():
+        from lit_tricks.posthoc.soup import evaluate_run_soups
+
+        evaluate_run_soups(run)
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    soup = {r["what"].split(" (")[0]: r for r in json.loads((run / "soup" / "soup.json").read_text())["rows"]}
+    lengths = json.loads((run / "posthoc_ema" / "posthoc_ema.json").read_text())["rows"]
+    # the report's rule (lit_tricks.posthoc.ema.selection_key), applied to the scores of the 7 lengths it wrote
+    by_acc = max(lengths, key=lambda r: selection_key(r, "val/acc"))
+    by_nll = max(lengths, key=lambda r: selection_key(r, "val/nll"))
+    return {
+        "recipe EMA (decay 0.998)": metrics["test/acc"],
+        "recipe EMA, BN recalibrated": metrics["posthoc_ema/final/test/acc"],
+        "post-hoc EMA, length chosen on val": by_acc["test/acc"],
+        "post-hoc EMA, length chosen on val NLL": by_nll["test/acc"],
+        "sigma_rel by val NLL": by_nll["sigma_rel"],
+        "post-hoc EMA, best length on test (not a fair choice)": max(r["test/acc"] for r in lengths),
+        "chosen sigma_rel": by_acc["sigma_rel"],
+        **{k: soup[k]["test/acc"] for k in ("best member", "uniform soup", "greedy soup", "prediction ensemble")},
+        "greedy size": soup["greedy soup"]["what"].split("(")[1].rstrip(")"),  # "k of n"
+    }
+
+
+def table(results: list[dict], seeds: list[int]) -> str:
+    from lit_tricks.sweeps.stats import bootstrap_ci, paired_bootstrap_ci
+
+    def ci(values: list[float]) -> str:
+        lo, hi = bootstrap_ci([100 * v for v in values])
+        return f"{100 * statistics.fmean(values):.2f}% | [{lo:.2f}, {hi:.2f}]"
+
+    def paired(a: str, b: str) -> str:
+        est, lo, hi = paired_bootstrap_ci([100 * r[a] for r in results], [100 * r[b] for r in results])
+        return f"{est:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+    ema_rows = ["recipe EMA (decay 0.998)", "recipe EMA, BN recalibrated", "post-hoc EMA, length chosen on val",
+                "post-hoc EMA, length chosen on val NLL", "post-hoc EMA, best length on test (not a fair choice)"]
+    soup_rows = ["best member", "uniform soup", "greedy soup", "prediction ensemble"]
+    chosen = sorted(r["chosen sigma_rel"] for r in results)
+    by_nll = sorted(r["sigma_rel by val NLL"] for r in results)
+    lines = [f"Seeds {seeds[0]}-{seeds[-1]} ({len(seeds)}), test accuracy, mean and 95% bootstrap CI; paired "
+             "differences in points (same seed, same run).", "",
+             "| weights | test acc | 95% CI | vs recipe EMA (paired) |", "|---|---:|---|---|"]
+    lines += [f"| {k} | {ci([r[k] for r in results])} | {paired(k, ema_rows[0]) if k != ema_rows[0] else ''} |"
+              for k in ema_rows]
+    lines += ["", f"sigma_rel chosen per seed (sorted), by val accuracy (ties by val NLL): "
+              f"{', '.join(f'{c:g}' for c in chosen)}; by val NLL: {', '.join(f'{c:g}' for c in by_nll)}.", "",
+              "| snapshot members | test acc | 95% CI | greedy soup minus it (paired) |", "|---|---:|---|---|"]
+    lines += [f"| {k} | {ci([r[k] for r in results])} | {paired('greedy soup', k) if k != 'greedy soup' else ''} |"
+              for k in soup_rows]
+    sizes = sorted((r["greedy size"] for r in results), key=lambda k: int(k.split()[0]))
+    lines += ["", f"Greedy soup size per seed (sorted): {', '.join(sizes)}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "mnist1d_posthoc")
+    parser.add_argument("--table", type=Path, default=None, help="write the markdown table here too")
+    parser.add_argument("--quick", action="store_true", help="2 epochs: check the pipeline, no meaningful numbers")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    seeds = list(range(args.seeds))
+    started = time.perf_counter()
+    results = [run_seed(s, args.out, args.quick) for s in seeds]
+    text = table(results, seeds)
+    from benchmarks.common import machine_info
+
+    minutes = (time.perf_counter() - started) / 60
+    text += (f"`python benchmarks/mnist1d_posthoc.py --seeds {args.seeds}` on {machine_info()['cpu']}, one torch "
+             "thread per process" + (f", {minutes:.0f} min for what was not already there" if minutes >= 1 else "")
+             + ".\n")
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print(text)
+    if args.table is not None:
+        args.table.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

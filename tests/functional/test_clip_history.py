@@ -1,0 +1,41 @@
+"""ClipHistory without a Trainer: the ring against a plain list, per-optimizer counters, state round trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_tricks.functional.clip_history import ClipHistory
+
+
+def test_ring_keeps_the_last_norms_oldest_first_and_counts_clipped_steps() -> None:
+    hist = ClipHistory(history=3)
+    seen: list[float] = []
+    for k, norm in enumerate([1.0, 2.0, 3.0, 4.0, 5.0]):
+        hist.push(torch.tensor(norm))
+        hist.count(torch.tensor(k % 2 == 0))
+        seen.append(norm)
+        assert hist.filled().tolist() == seen[-3:]
+    assert hist.steps == 5 and float(hist.clipped_steps) == 3.0 and float(hist.clipped_fraction) == pytest.approx(0.6)
+
+
+def test_optimizers_keep_their_own_history_and_state_round_trips() -> None:
+    hist = ClipHistory(history=2)
+    hist.push(torch.tensor(1.0))
+    hist.count(torch.tensor(True))
+    hist.select(1)
+    assert hist.steps == 0 and float(hist.clipped_steps) == 0.0  # a fresh set for optimizer 1
+    hist.push(torch.tensor(7.0))
+    hist.count(torch.tensor(False))
+    state = hist.state_dict()
+    assert state["steps"] == 1 and state["per_optimizer"][1]["steps"] == 1 and hist.current == 1
+    other = ClipHistory(history=2)
+    other.load_state_dict(state)
+    assert other.current == 0 and other.filled().tolist() == [1.0]
+    other.select(1)
+    assert other.filled().tolist() == [7.0] and float(other.clipped_steps) == 0.0
+    shorter = ClipHistory(history=1)
+    shorter.load_state_dict({"norm_history": torch.tensor([3.0, 4.0]), "steps": 2, "clipped_steps": 1.0})  # v1
+    assert shorter.norm_history.tolist() == [3.0] and shorter.steps == 2
+    with pytest.raises(ValueError, match="history"):
+        ClipHistory(history=0)
