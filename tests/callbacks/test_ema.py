@@ -324,15 +324,30 @@ def test_early_stopping_restores_the_evaluated_ema_weights(tmp_path: Path) -> No
     assert not _equal(_clone(model), probe.steps[(best + 1) * 8 - 1])  # not the raw ones of that epoch
 
 
+class RecordingEMA(EMAWeights):
+    """Keeps the batches its BatchNorm recalibration ran on."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bn_batches: list[Any] = []
+
+    def bn_forward(self, pl_module: pl.LightningModule, batch: Any) -> None:
+        self.bn_batches.append([t.clone() for t in batch])
+        super().bn_forward(pl_module, batch)
+
+
 def test_recalibrate_bn_matches_update_bn(tmp_path: Path) -> None:
-    ema_cb, probe = EMAWeights(decay=0.8, recalibrate_bn_batches=2, apply_at_end=False), Probe()
+    ema_cb, probe = RecordingEMA(decay=0.8, recalibrate_bn_batches=2, apply_at_end=False), Probe()
     _, model = _fit(tmp_path, [probe, ema_cb], max_epochs=1)
     ema_params = {k: v for k, v in ema_cb.ema_state_dict.items() if "running" not in k and "batches" not in k}
     ref = copy.deepcopy(model)
     ref.load_state_dict(ema_params, strict=False)
+    batches = ema_cb.bn_batches[-2:]  # the last validation's recalibration
     data = BlobsDataModule(shuffle=False)
     data.setup()
-    batches = [b for _, b in zip(range(2), data.train_dataloader())]
+    pool = torch.cat([b[0] for b in data.train_dataloader()])
+    for x, _ in batches:  # full batches of training samples (drawn apart from the training loader's iterator)
+        assert len(x) == data.batch_size and all(bool((pool == row).all(1).any()) for row in x)
     torch.optim.swa_utils.update_bn(batches, ref)
     seen = probe.val_weights[-1]
     torch.testing.assert_close(seen["net.1.running_mean"], ref.net[1].running_mean)

@@ -397,7 +397,7 @@ def outcome(run_dir: Path) -> dict[str, Any]:
         elif path.suffix == ".png":
             files[rel] = "png"
     record = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("timings", "run_dir", "overrides", "hostname"):
+    for key in ("timings", "run_dir", "overrides", "hostname", "resumed_from"):  # resumed_from: only a resumed run
         record.pop(key, None)
     return {"files": files, "records": merged_records(run_dir), "csv": _csv_rows(run_dir),
             "resume sources": resume_sources(run_dir),
@@ -479,15 +479,7 @@ class KnownFailure:
     reason: str
 
 
-KNOWN_FAILURES: dict[str, KnownFailure] = {
-    "full": KnownFailure(
-        ("mid", "last", "after_val", "in_write", "twice"),
-        lambda run_dir: any(step % BATCHES > VAL_AFTER[0] for step in resume_steps(run_dir)),
-        "issue 23 item 2 (the EMA/ensemble state refactor fixes it): EMAWeights(recalibrate_bn_batches>0) iterates "
-        "the training loader during a mid-epoch validation, so a checkpoint taken after it resumes at the "
-        "recalibration's data position (the cells whose resume point lies after that validation)",
-    ),
-}
+KNOWN_FAILURES: dict[str, KnownFailure] = {}  # none left: every cell must be bit-identical
 
 
 #: Interruption points (see ``faults_for``).

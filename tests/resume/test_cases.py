@@ -1,10 +1,10 @@
 """The ways resume broke (issue 23), one test each, against the uninterrupted run as the oracle.
 
-(1) a Schedule sized by the Trainer and a mid-epoch resume; (3) Preemption at an epoch's last batch; (4) the epoch start
-Lightning skips after a last-batch checkpoint (BackboneFinetuning, LearningCurves); (5) ``fit(ckpt_path="last")``
-with EMA twins and a preemption checkpoint; (6) the documented CLI composition with a SIGTERM mid-epoch; (7)
-EarlyStopping restoring the weights of the check that stopped at ``stopping_threshold``. (2) is EMA's BN
-recalibration (see ``test_grid.KNOWN``).
+(1) a Schedule sized by the Trainer and a mid-epoch resume; (2) EMAWeights' BatchNorm recalibration at a mid-epoch
+validation; (3) Preemption at an epoch's last batch; (4) the epoch start Lightning skips after a last-batch checkpoint
+(BackboneFinetuning, LearningCurves); (5) ``fit(ckpt_path="last")`` with EMA twins and a preemption checkpoint; (6)
+the documented CLI composition with a SIGTERM mid-epoch; (7) EarlyStopping restoring the weights of the check that
+stopped at ``stopping_threshold``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tests.resume.harness import (
     interrupted_run,
     merged_records,
     outcome,
+    resume_steps,
     run,
 )
 
@@ -60,6 +61,25 @@ def test_1_without_rng_state_the_data_position_is_still_the_saved_one(tmp_path: 
     reference = merged_records(_reference("default", tmp_path, extra))
     resumed = merged_records(interrupted_run("default", tmp_path / "cell", [Fault("kill", "batch", 1, 3)], extra))
     assert [r["ids"] for r in resumed] == [r["ids"] for r in reference]
+
+
+#: EMAWeights recalibrating BatchNorm (2 batches) before each evaluation with the EMA, alone with the per-step
+#: checkpoint and the RNG states.
+RECALIBRATING_EMA = ("callbacks.ema.recalibrate_bn_batches=2",)
+
+
+@pytest.mark.timeout(240)
+def test_2_bn_recalibration_at_a_mid_epoch_validation_leaves_the_data_position(tmp_path: Path) -> None:
+    """EMAWeights(recalibrate_bn_batches=2) with validation after batches 2 and 5 of each epoch, killed at batch 4 of
+    epoch 1 and resumed from the checkpoint written after the mid-epoch validation: the same sample ids, lr and loss
+    at every step, and everything else bit for bit (the recalibration used to iterate the training loader, so that
+    checkpoint saved the recalibration's data position and the resumed run replayed a batch)."""
+    reference = outcome(_reference("ema", tmp_path, RECALIBRATING_EMA))
+    run_dir = interrupted_run("ema", tmp_path / "cell", [Fault("kill", "batch", 1, 4)], RECALIBRATING_EMA)
+    assert resume_steps(run_dir) == [BATCHES + 4]  # resumed from the checkpoint after the mid-epoch validation
+    resumed = outcome(run_dir)
+    assert [r["ids"] for r in resumed["records"]] == [r["ids"] for r in reference["records"]]
+    assert_same(resumed, reference, "BN recalibration at a mid-epoch validation, killed after it")
 
 
 @pytest.mark.timeout(240)
