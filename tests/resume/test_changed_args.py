@@ -9,19 +9,18 @@ of an instance built with the other value, as a resumed run does.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_tricks.callbacks import CheckpointEnsemble, GradientClipping, NaNGuard
+from lit_tricks.callbacks import CheckpointEnsemble, GradientClipping, ModelCheckpoint, NaNGuard
+from lit_tricks.fault.state_keys import adopt_resized_state
 from tests.helpers.tiny import BlobsDataModule, TinyClassifier, tiny_trainer
-
-#: Owned by the EMA/ensemble/NaNGuard/clipping state refactor (issue 23's class of bugs, fixed there).
-REFACTOR = "issue 23 (changed-argument resume), to be fixed by the EMA/ensemble/NaNGuard/clipping state refactor"
-
 
 def _reload(state: dict[str, Any], into: Callback) -> Callback:
     buffer = io.BytesIO()
@@ -37,8 +36,6 @@ def _fit(tmp_path: Path, callback: Callback, batches: int = 6) -> None:
 
 
 @pytest.mark.parametrize("new_history", [3, 9], ids=["smaller", "larger"])
-@pytest.mark.xfail(strict=True, reason=REFACTOR + ": GradientClipping(history) keeps the first ring slots and pads "
-                   "with zeros")
 def test_clipping_history(tmp_path: Path, new_history: int) -> None:
     old = GradientClipping(mode="auto", history=5)
     _fit(tmp_path, old, batches=7)  # 7 norms through a ring of 5: the ring has wrapped
@@ -49,11 +46,7 @@ def test_clipping_history(tmp_path: Path, new_history: int) -> None:
     assert torch.equal(kept, newest[-min(new_history, newest.numel()):])  # the newest, oldest first, no zeros
 
 
-@pytest.mark.parametrize("new_top_k", [
-    pytest.param(1, id="smaller", marks=pytest.mark.xfail(
-        strict=True, reason=REFACTOR + ": CheckpointEnsemble(top_k) keeps every saved member")),
-    pytest.param(4, id="larger"),
-])
+@pytest.mark.parametrize("new_top_k", [1, 4], ids=["smaller", "larger"])
 def test_ensemble_top_k(tmp_path: Path, new_top_k: int) -> None:
     old = CheckpointEnsemble(top_k=2, monitor="val/loss", keep_inline=True)
     tiny_trainer(tmp_path, max_epochs=3, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
@@ -77,3 +70,61 @@ def test_nan_guard_divergence_window_and_reference(tmp_path: Path, new_window: i
                                                  divergence_window=new_window))
     assert isinstance(resumed, NaNGuard)
     assert resumed.reference == reference and resumed.above == above and resumed.ref_count == old.ref_count
+
+
+def _resume(tmp_path: Path, first: Callback, second: Callback, probe: Callback, epochs: int = 3) -> pl.Trainer:
+    """``first`` trained for 2 epochs with a ModelCheckpoint, then ``second`` (other arguments) resumed from its
+    ``last.ckpt`` for one more epoch; ``probe`` sees ``second`` at train start (after the restore)."""
+    def trainer(callback: Callback, max_epochs: int, *extra: Callback) -> pl.Trainer:
+        return tiny_trainer(tmp_path, max_epochs=max_epochs, limit_train_batches=4, limit_val_batches=1,
+                            num_sanity_val_steps=0, callbacks=[callback, *extra, ModelCheckpoint(
+                                dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)])
+
+    trainer(first, epochs - 1).fit(TinyClassifier(), datamodule=BlobsDataModule())
+    resumed = trainer(second, epochs, probe)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*NOT restored")  # the state is loaded, not started afresh
+        resumed.fit(TinyClassifier(), datamodule=BlobsDataModule(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    return resumed
+
+
+class _AtTrainStart(Callback):
+    def __init__(self, look: Any) -> None:
+        self.look = look
+        self.seen: Any = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seen = self.look()
+
+
+def test_clipping_history_resumed_through_the_trainer_keeps_the_newest_norms(tmp_path: Path) -> None:
+    old, new = GradientClipping(mode="auto", history=5), GradientClipping(mode="auto", history=3)
+    probe = _AtTrainStart(lambda: (new.filled_history().clone(), new.steps))
+    _resume(tmp_path, old, new, probe)
+    assert torch.equal(probe.seen[0], old.filled_history()[-3:]) and probe.seen[1] == 8  # 2 epochs of 4 steps
+
+
+def test_ensemble_top_k_resumed_smaller_keeps_the_best_members_and_removes_the_others_files(tmp_path: Path) -> None:
+    """As Lightning's ModelCheckpoint gives up its worst top-k file, the members beyond the new top_k leave with
+    their files (the oracle: the saved members sorted by score)."""
+    folder = tmp_path / "members"
+    old = CheckpointEnsemble(top_k=2, monitor="val/loss", dirpath=str(folder))
+    new = CheckpointEnsemble(top_k=1, monitor="val/loss", dirpath=str(folder))
+    probe = _AtTrainStart(lambda: ([m["path"] for m in new.members], sorted(str(p) for p in folder.iterdir())))
+    _resume(tmp_path, old, new, probe)
+    assert len(old.members) == 2
+    best = min(old.members, key=lambda m: m["score"])["path"]
+    assert probe.seen == ([best], [best])  # kept: the best member and its file only
+
+
+def test_a_state_saved_under_a_key_with_the_sizing_argument_is_loaded() -> None:
+    """Checkpoints written while ``history`` / ``top_k`` were part of the ``state_key`` load under the new key."""
+    state = GradientClipping(mode="auto", history=4).state_dict()
+    old_key = ("GradientClipping{'mode': 'auto', 'max_norm': 5.0, 'norm_type': 2.0, 'max_value': None, "
+               "'agc_factor': 0.01, 'percentile': 10.0, 'history': 4}")
+    new = GradientClipping(mode="auto", history=2)
+    checkpoint = {"callbacks": {old_key: state}}
+    assert adopt_resized_state(new, checkpoint, sizing=("history",))
+    assert checkpoint["callbacks"][new.state_key] is state
+    other = GradientClipping(mode="auto", history=2, percentile=50.0)  # an identifying argument changed: not adopted
+    assert not adopt_resized_state(other, {"callbacks": {old_key: state}}, sizing=("history",))
