@@ -18,8 +18,9 @@ batch), where ``batch`` is the index of the training batch that ran last (for ``
   the resume runs in the same directory with ``resume=auto``.
 
 Hooks: ``batch`` (``on_train_batch_start``), ``valstart`` / ``valend`` (``on_validation_start`` / ``_end``, outside
-the sanity check) and ``write`` (inside the checkpoint write at that batch: after half of the bytes of the first
-file written there).
+the sanity check) and ``write`` (inside the first atomic write at that batch, after half of its bytes: a checkpoint
+through :class:`ProbeIO`, or any file of :func:`lit_tricks.fault.atomic.atomic_write_bytes`: ensemble members,
+PostHocEMA snapshots, EMA twins).
 
 :func:`outcome` gathers what a finished run left, with the run directory's path replaced by ``<RUN>``; two outcomes
 are compared with :func:`differences` (tensors with ``torch.equal``: bit for bit).
@@ -87,6 +88,9 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "learning_curves": (f"callbacks=[{ALONE},learning_curves]", "++callbacks.learning_curves.plot=false"),
     "layer_stats": (f"callbacks=[{ALONE},layer_stats]", "callbacks.layer_stats.every_n_steps=2"),
     "model_checkpoint": (f"callbacks=[{ALONE},model_checkpoint,lr_monitor]",),
+    # PostHocEMA: its profiles (callback state) and snapshot files every 2 steps (and at the end), then the
+    # end-of-run reconstruction's exported checkpoint
+    "posthoc_ema": (f"callbacks=[{ALONE},posthoc_ema]", "callbacks.posthoc_ema.snapshot_every_n_steps=2"),
     "backbone": ("callbacks=[default,backbone_finetuning]",
                  "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch=1"),
     # the full stack of the issue
@@ -178,6 +182,8 @@ class Probe(Callback):
         self._pending: dict[str, Any] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        global _PROBE
+        _PROBE = self
         io: Any = trainer.strategy.checkpoint_io
         while io is not None and not isinstance(io, ProbeIO):  # EMAWeights wraps the IO in a delegating one
             io = getattr(io, "inner", None) or getattr(io, "_inner", None) or getattr(io, "checkpoint_io", None)
@@ -251,6 +257,23 @@ class ProbeIO(AtomicCheckpointIO):
         fh.write(data[half:])
 
 
+#: The probe of the run in progress (the seam in :func:`_probed_write_bytes` fires its faults).
+_PROBE: Probe | None = None
+
+
+def _probed_write_bytes(data: bytes, path: str | os.PathLike[str]) -> None:
+    """``atomic_write_bytes`` with the seam of :class:`ProbeIO`: half the bytes, flushed, then the probe."""
+    from lit_tricks.fault.atomic import atomic_open
+
+    with atomic_open(path) as fh:
+        half = len(data) // 2
+        fh.write(data[:half])
+        fh.flush()
+        if _PROBE is not None:
+            _PROBE.in_write(str(path))
+        fh.write(data[half:])
+
+
 def copy_run(src: Path, dst: Path) -> None:
     """The run directory as a ``kill -9`` leaves it now (open files flushed by the writers above)."""
     if dst.exists():
@@ -318,7 +341,8 @@ def run(recipe: str, run_dir: Path, fault: str | Fault = "none", resume: bool = 
 
     cfg = config(recipe, run_dir, fault, resume, extra)
     # no fsync: a simulated kill leaves the page cache as it is (the real kills in test_real_kills.py keep it)
-    with _quiet(), mock.patch("os.fsync"):
+    with _quiet(), mock.patch("os.fsync"), \
+            mock.patch("lit_tricks.fault.atomic.atomic_write_bytes", _probed_write_bytes):
         try:
             train(cfg)
         except Killed:
@@ -396,10 +420,15 @@ def outcome(run_dir: Path) -> dict[str, Any]:
             files[rel] = _normalise(torch.load(path, map_location="cpu", weights_only=False), root)
         elif path.suffix == ".png":
             files[rel] = "png"
+        elif path.suffix in (".json", ".md") and rel != "metrics.json":  # e.g. PostHocEMA's reconstruction table
+            files[rel] = _normalise(path.read_text(), root)
     record = json.loads((run_dir / "metrics.json").read_text())
     for key in ("timings", "run_dir", "overrides", "hostname", "resumed_from"):  # resumed_from: only a resumed run
         record.pop(key, None)
-    return {"files": files, "records": merged_records(run_dir), "csv": _csv_rows(run_dir),
+    listing = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()
+                     and not str(p.relative_to(run_dir)).startswith("harness")
+                     and not any(k in p.name for k in ONLY_INTERRUPTED))
+    return {"files": files, "listing": listing, "records": merged_records(run_dir), "csv": _csv_rows(run_dir),
             "resume sources": resume_sources(run_dir),
             "metrics.json": _normalise(record, root), "csv versions": len(list(run_dir.glob("csv/version_*")))}
 
@@ -463,7 +492,9 @@ def assert_same(resumed: dict[str, Any], reference: dict[str, Any], label: str) 
     kept = set(resumed.get("resume sources", set()))
     kept |= {str(ema_checkpoint_path(k)) for k in kept}
     files = {k: v for k, v in resumed["files"].items() if k in reference["files"] or k not in kept}
-    found = differences({**resumed, "files": files, "resume sources": None}, {**reference, "resume sources": None})
+    listing = [k for k in resumed["listing"] if k in reference["listing"] or k not in kept]
+    found = differences({**resumed, "files": files, "listing": listing, "resume sources": None},
+                        {**reference, "resume sources": None})
     if found:
         raise AssertionError(f"{label}: the resumed run differs from the uninterrupted one:\n  " + "\n  ".join(found))
 

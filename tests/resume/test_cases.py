@@ -221,3 +221,20 @@ def test_our_step_checkpoint_is_never_taken_before_a_validation_or_an_epoch_end(
                      ).fit(TinyClassifier(), datamodule=BlobsDataModule())
         assert [s for s in saves.where if s[1] in (2, 4)] == [(expected, 2), (expected, 4)], cls
         assert ("train", 1) in saves.where and ("train", 3) in saves.where
+
+
+@pytest.mark.timeout(240)
+def test_posthoc_ema_killed_inside_a_snapshot_write_leaves_the_snapshots_of_the_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """Issue 27: a ``kill -9`` halfway through writing the snapshot of step 10 (snapshots every 2 steps), resumed
+    from step 9's checkpoint: the same snapshot files bit for bit, the same profiles in every checkpoint, and no
+    torn temp file left in the snapshot folder (the end-of-run reconstruction is off: the grid runs it)."""
+    extra = ("posthoc_ema=null",)
+    reference = outcome(_reference("posthoc_ema", tmp_path, extra))
+    run_dir = interrupted_run("posthoc_ema", tmp_path / "cell", [Fault("kill", "write", 1, 3)], extra)
+    assert resume_steps(run_dir) == [BATCHES + 3]
+    resumed = outcome(run_dir)
+    snapshots = [k for k in reference["listing"] if "posthoc_ema/" in k]
+    assert len(snapshots) == 9 and [k for k in resumed["listing"] if "posthoc_ema/" in k] == snapshots
+    assert_same(resumed, reference, "PostHocEMA killed inside a snapshot write")

@@ -22,6 +22,7 @@ from lit_tricks.callbacks import CheckpointEnsemble, GradientClipping, ModelChec
 from lit_tricks.fault.state_keys import adopt_resized_state
 from tests.helpers.tiny import BlobsDataModule, TinyClassifier, tiny_trainer
 
+
 def _reload(state: dict[str, Any], into: Callback) -> Callback:
     buffer = io.BytesIO()
     torch.save(state, buffer)
