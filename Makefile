@@ -51,7 +51,7 @@ test: lint typecheck docs pytest
 test-fast: $(STAMP)
 	$(PYTEST) -n $(JOBS) -m "not slow" $(PYTEST_ARGS)
 
-# The whole resume-equivalence grid (tests/resume: every recipe x interruption point x kill -9/SIGTERM, ~170 cells);
+# The whole resume-equivalence grid (tests/resume: every recipe x interruption point x kill -9/SIGTERM, 180 cells);
 # `make test` runs 40 of them. LIT_TRICKS_RESUME_SEED=<n> draws other positions.
 test-resume: $(STAMP)
 	LIT_TRICKS_RESUME_GRID=full $(VENV)/bin/pytest -q --timeout=600 -p no:cacheprovider tests/resume $(PYTEST_ARGS)

@@ -115,11 +115,12 @@ def render_resume_grid() -> list[str]:
     intro = (
         "`tests/resume/test_grid.py`: each recipe run through `lit_tricks.run.train` (the CLI's path), interrupted at "
         "a point drawn by a seed, resumed with `resume=auto`, and compared bit for bit with the uninterrupted run: "
-        "every checkpoint file (weights, optimizer, EMA, ensemble members, every callback's state), the lr and the "
-        "sample ids of every batch, the CSV rows and `metrics.json`. Each mark covers both interruptions "
+        "every checkpoint file (weights, optimizer, EMA, ensemble members, PostHocEMA snapshots, every callback's "
+        "state), the list of files the run left, the lr and the sample ids of every batch, the CSV rows and "
+        "`metrics.json`. Each mark covers both interruptions "
         f"({', '.join(INTERRUPTIONS)}: kill -9 simulated in-process, SIGTERM through Preemption); {len(cells)} cells, "
-        "`make test` runs 40, `make test-resume` all. ✓/✗: strict xfail where the resume point lies where the note "
-        "says, ✓ elsewhere."
+        "`make test` runs 40, `make test-resume` all. ✓: every cell bit-identical"
+        + ("; ✓/✗: strict xfail where the resume point lies where the note says, ✓ elsewhere." if notes else ".")
     )
     lines = ["", "## Resume-equivalence grid", "", intro, "",
              "| recipe | " + " | ".join(KINDS) + " |", "|" + "---|" * (len(KINDS) + 1)]

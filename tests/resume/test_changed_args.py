@@ -18,7 +18,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_tricks.callbacks import CheckpointEnsemble, GradientClipping, ModelCheckpoint, NaNGuard
+from lit_tricks.callbacks import CheckpointEnsemble, GradientClipping, ModelCheckpoint, NaNGuard, PostHocEMA
 from lit_tricks.fault.state_keys import adopt_resized_state
 from tests.helpers.tiny import BlobsDataModule, TinyClassifier, tiny_trainer
 
@@ -129,3 +129,30 @@ def test_a_state_saved_under_a_key_with_the_sizing_argument_is_loaded() -> None:
     assert checkpoint["callbacks"][new.state_key] is state
     other = GradientClipping(mode="auto", history=2, percentile=50.0)  # an identifying argument changed: not adopted
     assert not adopt_resized_state(other, {"callbacks": {old_key: state}}, sizing=("history",))
+
+
+def test_posthoc_ema_resumed_with_other_profiles_is_refused_in_one_line_and_keeps_the_old_snapshots(
+    tmp_path: Path,
+) -> None:
+    """``sigma_rels`` is not a size but which profiles exist: a profile not tracked from step 0 cannot be made up from
+    the saved ones. The resumed run says so in one line, starts its profiles afresh, and writes its snapshots to a
+    folder of its own: the saved run's snapshot files stay as they were."""
+    folder = tmp_path / "ckpt" / "posthoc_ema"
+
+    def trainer(callback: Callback, max_epochs: int) -> pl.Trainer:
+        return tiny_trainer(tmp_path, max_epochs=max_epochs, limit_train_batches=4, limit_val_batches=1,
+                            num_sanity_val_steps=0, callbacks=[callback, ModelCheckpoint(
+                                dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)])
+
+    trainer(PostHocEMA(sigma_rels=[0.05, 0.1], snapshot_every_n_steps=2), 1).fit(
+        TinyClassifier(), datamodule=BlobsDataModule())
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert sorted(before) == [f"posthoc-ema-{s:09d}.pt" for s in (2, 4)]
+    resumed = PostHocEMA(sigma_rels=[0.05, 0.2], snapshot_every_n_steps=2)
+    with pytest.warns(UserWarning, match="NOT restored") as record:
+        trainer(resumed, 2).fit(TinyClassifier(), datamodule=BlobsDataModule(),
+                                ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    [message] = [str(w.message) for w in record if "NOT restored" in str(w.message)]
+    assert "\n" not in message and "gammas" in message
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert resumed.snapshot_dir is not None and resumed.snapshot_dir.name == "posthoc_ema-v1"
