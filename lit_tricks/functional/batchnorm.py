@@ -38,17 +38,18 @@ def sampled_batches(loader: Any, seed: int) -> Iterable[Any]:
     leaves the training data position and the RNG where an exact resume expects them, and the same ``seed`` gives the
     same batches: under DDP every rank draws the same batches from the whole dataset (not its own shard), so the
     recalibrated statistics agree across ranks as the weights do. The batch size is ``loader.batch_size`` or its
-    batch sampler's ``batch_size``; a batch sampler without one (variable-size batches) is refused. An iterable
-    dataset is read from a fresh loader of its own (no permutation); anything that is not a ``DataLoader`` is
-    returned as it is.
+    batch sampler's ``batch_size`` (a batch sampler without one is refused; a loader without automatic batching,
+    whose samples are batches, stays so). An iterable dataset is read from a fresh loader of its own (no
+    permutation); anything that is not a ``DataLoader`` is returned as it is.
     """
     if not isinstance(loader, DataLoader):
         return loader
     batcher = loader.batch_sampler
     size = loader.batch_size or getattr(batcher, "batch_size", None)
-    if not isinstance(size, int) or size < 1:
+    if batcher is not None and (not isinstance(size, int) or size < 1):
         raise ValueError(f"sampled_batches: the train loader's batch sampler {type(batcher).__name__} has no "
-                         "batch_size; recalibrate BatchNorm on batches of your own (recalibrate_bn_ takes any).")
+                         "batch_size (variable-size batches?): recalibrating BatchNorm during training needs one "
+                         "(or set recalibrate_bn_batches=0)")
     drop_last = bool(loader.drop_last or getattr(batcher, "drop_last", False))
     generator = torch.Generator().manual_seed(int(seed))
     common: dict[str, Any] = {

@@ -93,6 +93,8 @@ def test_sampled_batches_refuse_a_batch_sampler_without_a_batch_size() -> None:
     data = TensorDataset(torch.arange(6))
     with pytest.raises(ValueError, match="list has no batch_size"):
         sampled_batches(DataLoader(data, batch_sampler=[[0, 1], [2, 3, 4], [5]]), seed=0)
+    whole = DataLoader([(torch.arange(3),), (torch.arange(3, 6),)], batch_size=None)  # samples are batches
+    assert sorted(_ids(sampled_batches(whole, seed=0))) == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_sampled_batches_are_the_same_on_every_ddp_rank() -> None:
