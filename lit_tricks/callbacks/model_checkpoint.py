@@ -14,7 +14,7 @@ __all__ = ["ModelCheckpoint"]
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` (same arguments, files and ``state_key``) with two resume fixes.
+    """Lightning's ``ModelCheckpoint`` (same arguments, files and ``state_key``) with these resume fixes.
 
     - A step checkpoint (``every_n_train_steps``, ``train_time_interval``) due at a batch that a validation or the
       epoch end follows is written right after that validation (``on_validation_end``), or at the epoch end when no
@@ -25,12 +25,20 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     - ``current_score`` (the monitored value of the last check) is restored with the rest of the state.
     - A fit resumed from one of its checkpoints starts at the saved data position also when the train loader was
       built before the restore (:func:`lit_tricks.compat.apply_pending_train_loader_state`, Lightning #20550).
+    - Resumed with a smaller ``save_top_k`` (>= 1) than the checkpoint's top-k holds, the best ``save_top_k`` of the
+      saved ``best_k_models`` stay and the files of the others are removed at train start, as the top-k gives up
+      its worst (Lightning keeps them all, and its top-k then grows past ``save_top_k``).
     """
 
     _deferred_step_save = False  # a step save due at a batch end that is no exact resume point (per instance once set)
+    _left_top_k: tuple[str, ...] = ()  # top-k files beyond a smaller save_top_k after a restore (removed at start)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        for path in self._left_top_k:
+            if self._should_remove_checkpoint(trainer, path, self.last_model_path):
+                self._remove_checkpoint(trainer, path)
+        self._left_top_k = ()
         # the checkpoint's data position, when the loader was built before the restore (once: RNGState may have
         # applied it already, before restoring the RNG that creating the iterator draws from)
         apply_pending_train_loader_state(trainer)
@@ -55,6 +63,24 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         super().load_state_dict(state_dict)
         if state_dict.get("dirpath", self.dirpath) == self.dirpath:
             self.current_score = state_dict.get("current_score", self.current_score)
+            self._trim_top_k()
+
+    def _trim_top_k(self) -> None:
+        """Give up the worst of ``best_k_models`` (the first among equal ones, as Lightning's ``kth``) down to
+        ``save_top_k``; their files go at train start."""
+        k, models = self.save_top_k, self.best_k_models
+        if k < 1 or len(models) <= k:
+            return
+        worse, better = (max, min) if self.mode == "min" else (min, max)
+        left = []
+        while len(models) > k:
+            left.append(worse(models, key=models.get))  # type: ignore[arg-type]
+            models.pop(left[-1])
+        self._left_top_k = tuple(left)
+        self.kth_best_model_path = worse(models, key=models.get)  # type: ignore[arg-type]
+        self.kth_value = models[self.kth_best_model_path]
+        self.best_model_path = better(models, key=models.get)  # type: ignore[arg-type]
+        self.best_model_score = models[self.best_model_path]
 
     def _step_save_due(self, trainer: pl.Trainer) -> bool:
         """Lightning's step/time trigger of ``on_train_batch_end`` (the time check is rank 0's, as there)."""

@@ -1,6 +1,11 @@
 """A callback whose state size follows an argument (a history length, a top-k, a window), resumed with another value
 of it, keeps the newest values and never invents any (an invented zero in a percentile window drives the next
-clipping threshold to zero). One test per (callback, argument) that sizes state, smaller and larger.
+clipping threshold to zero). One test per (callback, argument) that sizes state, smaller and larger:
+``GradientClipping(history)``, ``CheckpointEnsemble(top_k)``, ``ModelCheckpoint(save_top_k)``,
+``NaNGuard(divergence_window, divergence_ref_steps)``. These arguments are not part of the callbacks' ``state_key``,
+so a resumed run loads the state (tested through ``Trainer.fit(ckpt_path=...)`` too). ``PostHocEMA(sigma_rels |
+gammas)`` is not a size but which profiles exist: a profile not tracked from step 0 cannot be made up, so another
+set is refused in one warning line and the callback starts afresh in a snapshot folder of its own.
 
 The state goes through ``state_dict`` -> ``torch.save`` -> ``torch.load(weights_only=True)`` -> ``load_state_dict``
 of an instance built with the other value, as a resumed run does.
@@ -156,3 +161,22 @@ def test_posthoc_ema_resumed_with_other_profiles_is_refused_in_one_line_and_keep
     assert "\n" not in message and "gammas" in message
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert resumed.snapshot_dir is not None and resumed.snapshot_dir.name == "posthoc_ema-v1"
+
+
+def test_model_checkpoint_save_top_k_resumed_smaller_keeps_the_best_files(tmp_path: Path) -> None:
+    """Lightning's ModelCheckpoint keeps every saved top-k entry after a resume with a smaller ``save_top_k`` (and
+    then grows past it); lit_tricks' keeps the best ``save_top_k`` by score and removes the others' files."""
+    folder = tmp_path / "top"
+
+    def checkpoint(k: int) -> ModelCheckpoint:
+        return ModelCheckpoint(dirpath=folder, monitor="val/loss", save_top_k=k, filename="{epoch}")
+
+    old, new = checkpoint(3), checkpoint(1)
+    probe = _AtTrainStart(lambda: dict(new.best_k_models))  # restored (files go at ModelCheckpoint's train start)
+    _resume(tmp_path, old, new, probe, epochs=4)
+    saved = {Path(p).name: float(v) for p, v in old.best_k_models.items()}
+    assert len(saved) == 3
+    best = min(saved, key=saved.__getitem__)
+    assert [Path(p).name for p in probe.seen] == [best]
+    assert len(new.best_k_models) == 1  # after epoch 3: still one entry, and one file
+    assert sorted(p.name for p in folder.iterdir()) == [Path(new.best_model_path).name]
