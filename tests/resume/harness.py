@@ -374,6 +374,8 @@ def interrupted_run(recipe: str, root: Path, faults: list[Fault], extra: tuple[s
 # ----------------------------------------------------------------------------------------------- comparing
 #: Files of a run that only an interrupted run has.
 ONLY_INTERRUPTED = ("preempted",)
+#: What only a run through ``scripts/train.py`` (Hydra's job) writes, and the harness's own records: not compared.
+ONLY_CLI = ("harness", ".hydra", "train.log")
 
 
 def _normalise(obj: Any, run_dir: str) -> Any:
@@ -426,7 +428,7 @@ def outcome(run_dir: Path) -> dict[str, Any]:
     for key in ("timings", "run_dir", "overrides", "hostname", "resumed_from"):  # resumed_from: only a resumed run
         record.pop(key, None)
     listing = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()
-                     and not str(p.relative_to(run_dir)).startswith("harness")
+                     and not str(p.relative_to(run_dir)).startswith(ONLY_CLI)
                      and not any(k in p.name for k in ONLY_INTERRUPTED))
     return {"files": files, "listing": listing, "records": merged_records(run_dir), "csv": _csv_rows(run_dir),
             "resume sources": resume_sources(run_dir),
