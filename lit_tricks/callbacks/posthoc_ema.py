@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import weakref
@@ -11,11 +12,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
+from lit_tricks.compat import sharded_strategy_name
 from lit_tricks.fault.atomic import atomic_torch_save
 from lit_tricks.fault.checkpoint_io import clean_stale_temp_files
+from lit_tricks.fault.sharded_state import ShardedCallbackState
 from lit_tricks.fault.state_keys import warn_changed_args
+from lit_tricks.functional import sharded
 from lit_tricks.functional.ema import named_ema_tensors
 from lit_tricks.functional.posthoc_ema import SIGMA_REL_MAX, PowerEMAProfiles, gamma_to_sigma_rel, sigma_rel_to_gamma
 from lit_tricks.validation import ArgumentError, check_number
@@ -45,7 +50,7 @@ def list_snapshots(dirpath: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-class PostHocEMA(Callback):
+class PostHocEMA(ShardedCallbackState, Callback):
     """Track power-function EMAs of the weights (EDM2, Karras et al. 2024) and write snapshots of them every
     ``snapshot_every_n_steps`` optimizer steps, so that an EMA of any length can be synthesized after training
     (:func:`lit_tricks.posthoc.reconstruct_posthoc_ema`, ``lit-tricks-posthoc-ema RUN_DIR``).
@@ -65,8 +70,12 @@ class PostHocEMA(Callback):
     Resume is exact: the profiles and step counters are in the callback state, and when training starts (a resume,
     a second fit) the snapshots of this folder past the restored step (written by a run that went on after the
     checkpoint, or at the end of an earlier fit) are removed; they are written again, equal, as training passes
-    their steps. Under DDP every rank tracks the same EMAs and rank 0 writes (its BatchNorm buffers). Sharded
-    strategies (FSDP, ModelParallel, DeepSpeed ZeRO-3) are refused at ``setup``.
+    their steps. Under DDP every rank tracks the same EMAs and rank 0 writes (its BatchNorm buffers). Under
+    ``ModelParallelStrategy`` (FSDP2) each rank tracks its own shards (DTensor shadows placed like the parameters, no
+    communication per update); a snapshot gathers them into full tensors (every rank) and rank 0 writes; checkpoints
+    hold the profiles gathered (one full file) or as shards in ``X.ckpt/posthoc_ema-<id>/`` (directories:
+    :class:`~lit_tricks.fault.sharded_state.ShardedCallbackState`). Other sharded strategies (FSDP1, DeepSpeed
+    ZeRO-3) are refused at ``setup``.
     """
 
     def __init__(
@@ -120,25 +129,40 @@ class PostHocEMA(Callback):
         return self._generate_state_key(gammas=tuple(self.gammas), update_every_n_steps=self.update_every_n_steps)
 
     @property
+    def shards_dir(self) -> str:
+        """The folder of a distributed checkpoint holding this instance's shards (one per ``state_key``)."""
+        return "posthoc_ema-" + hashlib.sha1(self.state_key.encode()).hexdigest()[:8]
+
+    def sharded_state(self) -> dict[str, Any]:
+        return {f"profile{i}": p for i, p in enumerate(self.profiles.profiles())} if self.profiles.shadows else {}
+
+    @property
     def snapshot_dir(self) -> Path | None:
         """The folder this run's snapshots go to (None until training started)."""
         return Path(self._dir) if self._dir is not None else None
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        name = type(trainer.strategy).__name__
-        if name in ("FSDPStrategy", "ModelParallelStrategy") or bool(getattr(trainer.strategy, "zero_stage_3", 0)):
-            raise ValueError(f"PostHocEMA does not support sharded strategies yet (got {name}); use a ddp strategy")
+        name = sharded_strategy_name(trainer.strategy)
+        if name and not isinstance(trainer.strategy, ModelParallelStrategy):
+            raise ValueError(f"PostHocEMA under sharding needs ModelParallelStrategy (FSDP2), got {name}; use "
+                             "ModelParallelStrategy (trainer=fsdp_cpu) or ddp")
+        if name:  # every rank saves its shards of the profiles beside a distributed checkpoint
+            self.attach_saves(trainer.strategy)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.detach_saves()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         bound = self._bound() if self._bound is not None else None
-        if bound is not None and bound is not pl_module and self.profiles._pending is None:  # another module
+        if bound is not None and bound is not pl_module and not self._restored:  # another module
             self.profiles = PowerEMAProfiles(self.gammas, self.update_every_n_steps)
             self._dir = None
         self._bound = weakref.ref(pl_module)
         self._bind(pl_module)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._bind(pl_module)  # ModelParallelStrategy restores the callback state after on_fit_start
         self.last_step = trainer.global_step
         self._dir = str(self._choose_dir(trainer).absolute())  # every rank: a refusal stops all (shared file system)
         if trainer.is_global_zero:
@@ -167,31 +191,40 @@ class PostHocEMA(Callback):
         warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": _STATE_VERSION, "profiles": self.profiles.state_dict(), "last_step": self.last_step,
-                "dirpath": self._dir}
+        profiles = self.profiles.state_dict(full=self.gathers())  # sharded into one file: gathered (every rank)
+        shards = {}
+        if self.distributed():  # sharded into a directory: the shards are written beside (write_beside)
+            profiles["ema"], shards = [], ({"shards": self.shards_dir} if self.profiles.shadows else {})
+        return {"version": _STATE_VERSION, "profiles": profiles, "last_step": self.last_step, "dirpath": self._dir,
+                **shards}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.profiles = PowerEMAProfiles(self.gammas, self.update_every_n_steps)
         self.profiles.load_state_dict(state_dict.get("profiles", {}))
+        self.expect_shards(state_dict.get("shards"))
         self.last_step = int(state_dict.get("last_step", 0))
         self._dir = state_dict.get("dirpath")
         self._restored = True
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_bound": None, "_params": []}  # picklable under ddp_spawn
+        return {**self.__dict__, "_bound": None, "_params": [], "_saves": None}  # picklable under ddp_spawn
 
     # ------------------------------------------------------------------ snapshots
     def write_snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
         """Write the current profiles (and the model's buffers) as the snapshot of step ``last_update``; rank 0
-        writes, the other ranks return None. Override to store snapshots elsewhere."""
-        if not trainer.is_global_zero or self._dir is None:
+        writes, the other ranks return None (sharded profiles are gathered first: every rank calls this). Override
+        to store snapshots elsewhere."""
+        gather = any(sharded.is_dtensor(t) for t in self._params)
+        if self._dir is None or not (trainer.is_global_zero or gather):
+            return None
+        ema = self.profiles.profiles(full=True)  # a collective when sharded
+        if not trainer.is_global_zero:
             return None
         _, buffers = named_ema_tensors(pl_module)
         snapshot = {
             "format": SNAPSHOT_FORMAT, "step": self.profiles.last_update, "gammas": list(self.gammas),
-            "sigma_rels": [gamma_to_sigma_rel(g) for g in self.gammas],
-            "ema": [{n: t.detach().cpu().clone() for n, t in p.items()} for p in self.profiles.profiles()],
-            "buffers": {n: t.detach().cpu().clone() for n, t in buffers},
+            "sigma_rels": [gamma_to_sigma_rel(g) for g in self.gammas], "ema": ema,
+            "buffers": {n: sharded.full(t).detach().to("cpu", copy=True) for n, t in buffers},
         }
         path = snapshot_path(self._dir, self.profiles.last_update)
         atomic_torch_save(snapshot, path)
@@ -201,6 +234,7 @@ class PostHocEMA(Callback):
         params, _ = named_ema_tensors(pl_module)
         self._params = [t.detach() for _, t in params]
         self.profiles.bind([(n, t.detach()) for n, t in params])
+        self.load_pending_shards()  # restored from a distributed checkpoint: its shards, re-sharded (every rank)
 
     def _choose_dir(self, trainer: pl.Trainer) -> Path:
         if self.dirpath is not None:

@@ -35,13 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edge", type=float, default=0.1, help="fraction of a range counted as its border")
     parser.add_argument("--jobs-per-dim", type=positive_int, default=5,
                         help="ranked jobs needed per searched hyperparameter before ranges are narrowed")
+    parser.add_argument("--no-sigma-rel", action="store_true",
+                        help="one row per job even when jobs scored post-hoc EMA lengths (default: a row per length)")
     args = parser.parse_args(argv)
     if args.sweep_dir is None and not args.latest:
         parser.error("give a sweep directory or --latest")
     try:
         sweep_dir = latest_sweep(args.log_dir) if args.sweep_dir is None else args.sweep_dir
         report = build_report(sweep_dir, top_fraction=args.top_fraction, edge=args.edge,
-                              jobs_per_dim=args.jobs_per_dim)
+                              jobs_per_dim=args.jobs_per_dim, sigma_rel=not args.no_sigma_rel)
     except (FileNotFoundError, ValueError) as err:
         print(f"lit-tricks-report: {err}", file=sys.stderr)
         return 2

@@ -24,10 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.strategies import Strategy
-
-from lit_tricks.compat import saves_distributed_checkpoint
-from lit_tricks.fault.sharded_checkpoint import ShardedSaves, load_shards_, save_meta, save_shards
+from lit_tricks.fault.sharded_checkpoint import save_meta, save_shards
+from lit_tricks.fault.sharded_state import ShardedCallbackState
 from lit_tricks.functional.ema_state import EMAState
 
 __all__ = ["EMA_SHARDS_DIR", "ShardedEMACheckpoints"]
@@ -38,28 +36,28 @@ EMA_SHARDS_DIR = "ema"
 TRAINING_STATE = ("optimizer_states", "lr_schedulers", "callbacks", "loops")
 
 
-class ShardedEMACheckpoints:
+class ShardedEMACheckpoints(ShardedCallbackState):
     """The EMA's checkpoint side under ``ModelParallelStrategy``: a
-    :class:`~lit_tricks.fault.sharded_checkpoint.SaveListener` of the strategy's saves (see module doc)."""
+    :class:`~lit_tricks.fault.sharded_state.ShardedCallbackState` whose shards are the EMA's, plus the raw weights
+    kept in ``state_dict`` and the ``-ema`` twins (see module doc)."""
 
     state: EMAState
     save_ema_checkpoint: bool
 
-    def __init__(self) -> None:
-        self._saves: ShardedSaves | None = None  # installed on a ModelParallelStrategy from setup to teardown
-        self._loaded_dir: Path | None = None  # the distributed checkpoint the strategy loaded last
-        self._shards_pending: str | None = None  # the folder in it whose EMA shards the next bind loads
+    @property
+    def shards_dir(self) -> str:
+        return EMA_SHARDS_DIR
+
+    def sharded_state(self) -> dict[str, Any]:
+        return {"ema": self.state.ema_state_dict} if self.state.names else {}
 
     # ------------------------------------------------------------------ callback state
-    def _distributed(self) -> bool:
-        return self._saves is not None and saves_distributed_checkpoint(self._saves.strategy)
-
     def ema_entries(self) -> dict[str, Any]:
         """``num_updates`` and the EMA for the callback state: the tensors (gathered under full-file sharding: every
         rank calls this), or, in a distributed checkpoint, the name of the folder holding the shards."""
         if self._saves is None:
             return self.state.state_dict()
-        if self._distributed():
+        if self.distributed():
             shards = {"ema_shards": EMA_SHARDS_DIR} if self.state.names else {}
             return {"num_updates": self.state.num_updates, "ema": {}, **shards}
         return self.state.state_dict(full=True)
@@ -67,46 +65,26 @@ class ShardedEMACheckpoints:
     def load_ema_entries(self, state_dict: dict[str, Any]) -> None:
         """Load :meth:`ema_entries`' output; shards are read from the loaded directory at the next :meth:`bind_ema`."""
         self.state.load_state_dict(state_dict)
-        self._shards_pending = state_dict.get("ema_shards")
+        self.expect_shards(state_dict.get("ema_shards"))
 
     def bind_ema(self, module: Any) -> None:
         """Bind the EMA to ``module``'s tensors: create it, or match the loaded one (full tensors cut into this rank's
         chunks, shards re-sharded by DCP: a collective)."""
         self.state.bind(module)
-        if self._shards_pending is None:
-            return
-        if self._loaded_dir is None:
-            raise RuntimeError("EMAWeights: the callback state names sharded EMA weights, but no distributed "
-                               "checkpoint was loaded through ModelParallelStrategy; resume from its directory")
-        load_shards_({"ema": self.state.ema_state_dict}, self._loaded_dir / self._shards_pending)
-        self._shards_pending = None
+        self.load_pending_shards()
 
     # ------------------------------------------------------------------ the strategy's saves (every rank)
-    def attach_saves(self, strategy: Strategy) -> None:
-        self._saves = ShardedSaves.of(strategy)
-        self._saves.add(self)
-
-    def detach_saves(self) -> None:
-        if self._saves is not None:
-            self._saves.discard(self)
-        self._saves = None
-
     def before_save(self, checkpoint: dict[str, Any]) -> None:
         """Keep the raw weights in ``state_dict`` when the EMA is in the model (gathered in a full-file save)."""
         if self.state.swapped and "state_dict" in checkpoint:
-            self.state.write_into(checkpoint["state_dict"], raw=True, full=not self._distributed())
-
-    def write_beside(self, directory: Path) -> None:
-        """Write this rank's EMA shards into the distributed checkpoint being written."""
-        if self.state.names:
-            save_shards({"ema": self.state.ema_state_dict}, directory / EMA_SHARDS_DIR)
+            self.state.write_into(checkpoint["state_dict"], raw=True, full=not self.distributed())
 
     def after_save(self, checkpoint: dict[str, Any], path: Path) -> None:
         """Write the twin of the checkpoint just saved at ``path`` (a directory or a file, as the checkpoint)."""
         if not self.save_ema_checkpoint or self.is_twin(path) or not self.state.names or self._saves is None:
             return
         meta = self.twin_meta()
-        if not self._distributed():
+        if not self.distributed():
             self.write_twin_file(checkpoint, path, lambda sd: self.state.write_into(sd, full=True, model_dtype=True),
                                  meta, self._saves.strategy.is_global_zero)
             return
@@ -125,9 +103,6 @@ class ShardedEMACheckpoints:
     def after_remove(self, path: Path) -> None:
         """Remove the twin (file or directory) of the checkpoint just removed."""
         self.remove_twin(path)
-
-    def after_load(self, path: Path) -> None:
-        self._loaded_dir = path if path.is_dir() else None
 
     # ------------------------------------------------------------------ the twin's name and file (the subclass's)
     def twin_path(self, path: Path) -> Path:

@@ -4,9 +4,9 @@ across ranks, listed in the callback state so that resume is exact. The base of 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 import torch
@@ -19,8 +19,11 @@ from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.batchnorm import sampled_batches
 from lit_tricks.functional.ensemble import EnsembleModule
 from lit_tricks.functional.ensemble_members import EnsembleMembers, cpu_state
+from lit_tricks.functional.soup import GreedySoup, accuracy
 
 __all__ = ["EnsembleMembersCallback"]
+
+_M = TypeVar("_M", bound=nn.Module)
 
 _STATE_VERSION = 1
 
@@ -148,8 +151,29 @@ class EnsembleMembersCallback(Callback):
         """A copy of ``pl_module`` holding the uniform average of the members' weights (model soup), with BatchNorm
         statistics recomputed on ``bn_batches`` batches (all if None) of ``dataloader`` (default: the train dataset
         of the attached Trainer, in an order of its own: :func:`~lit_tricks.functional.batchnorm.sampled_batches`)."""
-        if dataloader is None:
-            trainer = module_trainer(pl_module)
-            train = first_train_loader(trainer) if trainer is not None else None
-            dataloader = None if trainer is None or train is None else sampled_batches(train, seed=trainer.global_step)
-        return self.store.average(pl_module, dataloader, bn_batches)
+        return self.store.average(pl_module, _train_loader(pl_module, dataloader), bn_batches)
+
+    def greedy_soup(self, pl_module: _M, val_dataloader: Iterable[Any], dataloader: Iterable[Any] | None = None,
+                    bn_batches: int | None = None, score: Callable[[nn.Module], float] | None = None,
+                    mode: str = "max") -> tuple[_M, GreedySoup]:
+        """A copy of ``pl_module`` holding the greedy soup of the members (Wortsman et al. 2022, Recipe 1: members by
+        held-out score, best first; each joins only when the soup with it scores strictly better), and its
+        :class:`~lit_tricks.functional.soup.GreedySoup` (``members``: indices into :meth:`member_paths` in the order
+        added, ``score``, ``trace``). ``score(module)`` (eval mode; ``mode`` ``"max"``/``"min"``): default the top-1
+        accuracy on ``val_dataloader``'s ``(x, y, ...)`` batches. BatchNorm statistics are recomputed for every member
+        and candidate as in :meth:`average_weights`. Members of different architectures are refused in one line. All
+        four side by side (best member, uniform and greedy soup, prediction ensemble):
+        :func:`lit_tricks.posthoc.soup.soup_report`, ``lit-tricks-ensemble RUN_DIR --soup``."""
+        scorer = score if score is not None else (lambda m: accuracy(m, val_dataloader))
+        return self.store.greedy_soup(pl_module, scorer, _train_loader(pl_module, dataloader), bn_batches, mode)
+
+
+def _train_loader(pl_module: nn.Module, dataloader: Iterable[Any] | None) -> Iterable[Any] | None:
+    """``dataloader``, else batches of the train dataset of the Trainer ``pl_module`` is attached to, in an order of
+    their own (:func:`~lit_tricks.functional.batchnorm.sampled_batches`: the training loader's saved position stays
+    where it is); None without one."""
+    if dataloader is not None:
+        return dataloader
+    trainer = module_trainer(pl_module)
+    train = first_train_loader(trainer) if trainer is not None else None
+    return None if trainer is None or train is None else sampled_batches(train, seed=trainer.global_step)

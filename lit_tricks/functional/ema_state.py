@@ -32,33 +32,15 @@ from lit_tricks.functional.ema import (
     BUFFER_MODES,
     copy_,
     decay_from_half_life,
-    ema_update_,
     named_ema_tensors,
     state_dict_aliases,
     update_buffers_,
     warmup_decay,
 )
+from lit_tricks.functional.ema_shadows import EMA_DTYPES, average_, new_shadow, shadow_dtype
 from lit_tricks.functional.wrappers import match_wrapped_keys
 
 __all__ = ["EMA_DTYPES", "EMAState", "shadow_dtype"]
-
-#: ``ema_dtype`` values: None (fp32 shadow for 16-bit floating weights, else the weight's dtype), ``"model"`` (the
-#: weight's dtype), or a floating dtype name for every floating tensor.
-EMA_DTYPES = (None, "model", "float32", "float64", "bfloat16", "float16")
-
-
-def shadow_dtype(ema_dtype: str | None, weight_dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the EMA of a ``weight_dtype`` tensor under ``ema_dtype`` (non-floating tensors keep theirs).
-
-    Default (None): float32 for 16-bit floating weights (bf16, fp16), whose resolution (8 and 11 significant bits)
-    swallows an update ``(1 - d) * (w - ema)`` below ``2**-8 * |ema|``: at ``d = 0.999`` a bf16 EMA never moves.
-    """
-    if not weight_dtype.is_floating_point or ema_dtype == "model":
-        return weight_dtype
-    if ema_dtype is None:
-        return torch.float32 if torch.finfo(weight_dtype).bits < 32 else weight_dtype
-    return getattr(torch, ema_dtype)  # type: ignore[no-any-return]
-
 
 class EMAState:
     """The EMA of a module's floating parameters and its buffers, its decay rule, and swapping it into the module.
@@ -169,17 +151,13 @@ class EMAState:
             self.model_params, self.model_buffers = [], []
 
     def _shadow(self, model_tensor: Tensor, source: Tensor) -> Tensor:
-        """A new EMA tensor holding ``source``, placed and typed for ``model_tensor``: the one creation point.
-
-        A DTensor ``model_tensor`` gets a DTensor placed like it, holding this rank's chunk of ``source`` (a full
-        tensor loaded from a checkpoint, or a DTensor)."""
-        dtype = shadow_dtype(self.ema_dtype, model_tensor.dtype)
-        if sharded.is_dtensor(model_tensor):
-            if self.device is not None:
-                raise ValueError(f"EMAWeights(device={str(self.device)!r}): offloading is not supported for sharded "
-                                 "(DTensor) weights; use device=None (each rank keeps its shard beside the weights)")
-            return sharded.shard_like(source, model_tensor, dtype)
-        return source.detach().to(device=self.device or model_tensor.device, dtype=dtype, copy=True)
+        """A new EMA tensor holding ``source``, placed and typed for ``model_tensor``: the one creation point
+        (:func:`~lit_tricks.functional.ema_shadows.new_shadow`; a DTensor ``model_tensor`` gets a DTensor placed like
+        it, holding this rank's chunk of ``source``)."""
+        if sharded.is_dtensor(model_tensor) and self.device is not None:
+            raise ValueError(f"EMAWeights(device={str(self.device)!r}): offloading is not supported for sharded "
+                             "(DTensor) weights; use device=None (each rank keeps its shard beside the weights)")
+        return new_shadow(model_tensor, source, shadow_dtype(self.ema_dtype, model_tensor.dtype), self.device)
 
     # ------------------------------------------------------------------ updates
     def follow(self) -> None:
@@ -196,13 +174,9 @@ class EMAState:
         return d
 
     def _average_(self, ema: Sequence[Tensor], current: Sequence[Tensor], decay: float) -> None:
-        """``ema <- decay * ema + (1 - decay) * current`` over the floating parameters: the one update kernel.
-
-        On local shards (each rank averages its own part of a DTensor, no communication), ``current`` cast to the
-        shadow's dtype (a bf16 weight into an fp32 shadow)."""
-        shadows = sharded.locals_of(ema)
-        weights = [w if w.dtype == e.dtype else w.to(e.dtype) for e, w in zip(shadows, sharded.locals_of(current))]
-        ema_update_(shadows, weights, decay)
+        """``ema <- decay * ema + (1 - decay) * current`` over the floating parameters: the one update kernel
+        (:func:`~lit_tricks.functional.ema_shadows.average_`: local shards, ``current`` cast to the shadow's dtype)."""
+        average_(ema, current, decay)
 
     def set_buffers(self, values: Sequence[Tensor]) -> None:
         """Replace the EMA buffers (e.g. by rank 0's after a broadcast); the module's too while swapped in."""

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lit_tricks.functional.batchnorm import recalibrate_bn_
 from lit_tricks.functional.ensemble import EnsembleModule, average_state_dicts, export_ensemble
 from lit_tricks.functional.sharded import full_state_dict, has_dtensors
+from lit_tricks.functional.soup import GreedySoup, check_same_architecture, greedy_soup_module
 from lit_tricks.functional.wrappers import match_wrapped_keys
 
 __all__ = ["EXTERNAL_TAGS", "EnsembleMembers", "load_member_state_dict", "top_k_decision", "worst_index"]
@@ -269,3 +270,15 @@ class EnsembleMembers:
         if batches is not None:
             recalibrate_bn_(soup, batches, num_batches=bn_batches, device=_device_of(soup))
         return soup.eval()
+
+    def greedy_soup(self, template: _M, score: Callable[[nn.Module], float], batches: Iterable[Any] | None = None,
+                    bn_batches: int | None = None, mode: str = "max") -> tuple[_M, GreedySoup]:
+        """A copy of ``template`` holding the greedy soup of the members and its record
+        (:func:`~lit_tricks.functional.soup.greedy_soup_module`: ``score(module)`` on held-out data, BatchNorm
+        recomputed on ``bn_batches`` of ``batches`` for every member and candidate when given)."""
+        if not self.records:
+            raise ValueError("CheckpointEnsemble has no members yet (nothing captured, no checkpoint_paths)")
+        states = self.state_dicts()
+        check_same_architecture(states, self.paths())
+        return greedy_soup_module(self._copy_of(template, states[0]), states, score, bn_batches=batches,
+                                  num_bn_batches=bn_batches, mode=mode, names=self.paths())

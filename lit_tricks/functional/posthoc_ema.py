@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_tricks.functional.ema import ema_update_
+from lit_tricks.functional import sharded
+from lit_tricks.functional.ema_shadows import average_, new_shadow
 from lit_tricks.functional.wrappers import match_wrapped_keys
 
 __all__ = [
@@ -138,18 +139,15 @@ def synthesize(inputs: Iterable[Mapping[str, Tensor]], coefficients: Tensor) -> 
     return [{k: v.to(dtypes[k]) for k, v in out.items()} for out in acc]
 
 
-def _shadow_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 shadows for low-precision floating weights (bf16/fp16), where small updates would round away."""
-    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
-
-
 class PowerEMAProfiles:
     """Power-function EMAs of one list of floating-point tensors, one per exponent in ``gammas``: the Trainer-free
     state of :class:`lit_tricks.callbacks.PostHocEMA`.
 
     :meth:`bind` names the tensors (and matches a loaded state to them); :meth:`step` counts optimizer steps and
-    updates every ``update_every``-th one (the first update copies). Shadows of bf16/fp16 tensors are fp32. Sharded
-    tensors would need only local updates here (each shadow a shard); a snapshot would gather them.
+    updates every ``update_every``-th one (the first update copies). The shadows are EMAState's
+    (:mod:`~lit_tricks.functional.ema_shadows`): fp32 for bf16/fp16 tensors, and for DTensor parameters of a sharded
+    model DTensors placed like them, updated on the local shards without communication; ``full=True`` in
+    :meth:`profiles` and :meth:`state_dict` gathers them (a collective every rank enters).
     """
 
     def __init__(self, gammas: Sequence[float], update_every: int = 1) -> None:
@@ -179,8 +177,7 @@ class PowerEMAProfiles:
                                    "it belongs to another model")
         self._pending = None
         self.names = names
-        self.shadows = [[src.get(n, t).detach().to(dtype=_shadow_dtype(t.dtype), copy=True) for n, t in named]
-                        for src in sources]
+        self.shadows = [[new_shadow(t, src.get(n, t)) for n, t in named] for src in sources]
 
     @torch.no_grad()
     def step(self, tensors: Sequence[Tensor], steps: int = 1) -> bool:
@@ -191,17 +188,21 @@ class PowerEMAProfiles:
             return False
         delta = self.steps - self.last_update
         for gamma, shadow in zip(self.gammas, self.shadows):
-            src = [t if t.dtype == s.dtype else t.to(s.dtype) for s, t in zip(shadow, tensors)]
-            ema_update_(shadow, src, power_ema_beta(gamma, self.steps, delta))
+            average_(shadow, tensors, power_ema_beta(gamma, self.steps, delta))
         self.last_update = self.steps
         return True
 
-    def profiles(self) -> list[dict[str, Tensor]]:
-        """Each profile's shadows as ``{name: tensor}`` (the live tensors, not copies)."""
+    def profiles(self, full: bool = False) -> list[dict[str, Tensor]]:
+        """Each profile's shadows as ``{name: tensor}``: the live tensors, or with ``full`` CPU copies, DTensors
+        gathered into full tensors (a collective every rank enters)."""
+        if full:
+            return [{n: sharded.full(t).detach().to("cpu", copy=True) for n, t in zip(self.names, shadow)}
+                    for shadow in self.shadows]
         return [dict(zip(self.names, shadow)) for shadow in self.shadows]
 
-    def state_dict(self) -> dict[str, Any]:
-        ema = self.profiles() if self.shadows else list(self._pending or [])
+    def state_dict(self, full: bool = False) -> dict[str, Any]:
+        """Counters and profiles (a loaded, not yet bound state as loaded); ``full``: see :meth:`profiles`."""
+        ema = self.profiles(full) if self.shadows else list(self._pending or [])
         return {"gammas": list(self.gammas), "update_every": self.update_every, "steps": self.steps,
                 "last_update": self.last_update, "ema": ema}
 

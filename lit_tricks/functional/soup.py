@@ -10,13 +10,19 @@ held-out split than the soup without it. The uniform soup is
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["GreedySoup", "check_same_architecture", "greedy_order", "greedy_soup"]
+from lit_tricks.functional.batchnorm import batch_inputs, recalibrate_bn_
+from lit_tricks.functional.wrappers import match_wrapped_keys
+
+__all__ = ["GreedySoup", "accuracy", "check_same_architecture", "greedy_order", "greedy_soup", "greedy_soup_module"]
+
+_M = TypeVar("_M", bound=nn.Module)
 
 
 def check_same_architecture(state_dicts: Sequence[Mapping[str, Tensor]], names: Sequence[str] | None = None) -> None:
@@ -103,3 +109,40 @@ def greedy_soup(state_dicts: Sequence[Mapping[str, Tensor]], scores: Sequence[fl
             soup.members.append(i)
             soup.state_dict, soup.score = candidate, score
     return soup
+
+
+@torch.no_grad()
+def accuracy(module: nn.Module, batches: Iterable[Any]) -> float:
+    """Top-1 accuracy of ``module(x)`` (class logits) over ``(x, y, ...)`` batches, on the module's device."""
+    device = next(iter(module.parameters()), torch.zeros(())).device
+    correct = total = 0
+    for batch in batches:
+        y = batch[1].to(device)
+        correct += int((module(batch_inputs(batch).to(device)).argmax(-1) == y).sum())
+        total += int(y.numel())
+    if total == 0:
+        raise ValueError("accuracy: the held-out batches are empty")
+    return correct / total
+
+
+def greedy_soup_module(module: _M, state_dicts: Sequence[Mapping[str, Tensor]],
+                       score: Callable[[nn.Module], float], *, bn_batches: Iterable[Any] | None = None,
+                       num_bn_batches: int | None = None, mode: str = "max",
+                       names: Sequence[str] | None = None) -> tuple[_M, GreedySoup]:
+    """:func:`greedy_soup` of ``state_dicts`` scored on a module: each member and each candidate soup is loaded into
+    ``module`` (its weights are replaced: pass a copy), its BatchNorm statistics recomputed on ``bn_batches`` (when
+    given; :func:`~lit_tricks.functional.batchnorm.recalibrate_bn_`), and scored by ``score(module)`` in eval mode
+    (e.g. ``lambda m: accuracy(m, val_loader)``). Members of different architectures are refused in one line.
+    Returns ``module`` holding the greedy soup (BatchNorm recalibrated, eval mode) and the :class:`GreedySoup`."""
+    check_same_architecture(state_dicts, names)
+    device = next(iter(module.parameters()), torch.zeros(())).device
+
+    def evaluate(state_dict: Mapping[str, Tensor]) -> float:
+        module.load_state_dict(match_wrapped_keys(dict(state_dict), module.state_dict().keys()))
+        if bn_batches is not None:
+            recalibrate_bn_(module, bn_batches, num_batches=num_bn_batches, device=device)
+        return float(score(module.eval()))
+
+    soup = greedy_soup(state_dicts, [evaluate(sd) for sd in state_dicts], evaluate, mode=mode)
+    evaluate(soup.state_dict)  # the module ends holding the soup chosen, recalibrated
+    return module, soup

@@ -90,7 +90,7 @@ def evaluate_sweep_ensemble(sweep_dir: str | Path, top_k: int = 3, combine: str 
     from lit_tricks.builders import build_datamodule, build_model, build_module
     from lit_tricks.callbacks.ensemble import CheckpointEnsemble
 
-    report = build_report(sweep_dir)
+    report = build_report(sweep_dir, sigma_rel=False)
     members = ensemble_members(report, top_k)
     if not members:
         raise ValueError(f"sweep_dir={str(sweep_dir)!r}: no ok job with a best checkpoint file to ensemble")
@@ -127,7 +127,7 @@ def evaluate_sweep_soups(sweep_dir: str | Path, top_k: int = 5, select: str = "v
     from lit_tricks.posthoc.evaluate import load_state, rebuild_run
     from lit_tricks.posthoc.soup import soup_report
 
-    members = ensemble_members(build_report(sweep_dir), top_k)
+    members = ensemble_members(build_report(sweep_dir, sigma_rel=False), top_k)
     if not members:
         raise ValueError(f"sweep_dir={str(sweep_dir)!r}: no ok job with a best checkpoint file to soup")
     keys = [tuple(OmegaConf.select(job_config(m), k) for k in ("seed", "model", "module.init")) for m in members]

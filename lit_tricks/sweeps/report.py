@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lit_tricks.sweeps.posthoc_rows import best_row_per_job, sigma_rel_rows
 from lit_tricks.sweeps.ranges import SearchDim, border_warnings, narrow_ranges, narrowed_override_string
 from lit_tricks.sweeps.results import (
     JobResult,
@@ -83,9 +84,9 @@ class SweepReport:
     def markdown(self) -> str:
         """The report as markdown: summary, warnings, table sorted by the objective, unranked jobs, next stage."""
         lines = [f"# Sweep report: {self.sweep_dir}", ""]
-        counts = [f"{len(self.ok_jobs)} ok", f"{len(self.failed_jobs)} failed"]
+        counts = [f"{len({j.num for j in self.ok_jobs})} ok", f"{len({j.num for j in self.failed_jobs})} failed"]
         counts += [f"{n} {s}" for s in NOT_FAILED if (n := sum(j.status == s for j in self.jobs))]
-        lines.append(f"{len(self.jobs)} jobs: {', '.join(counts)}; objective {self.direction}d.")
+        lines.append(f"{len({j.num for j in self.jobs})} jobs: {', '.join(counts)}; objective {self.direction}d.")
         best = self.best
         if best is not None:
             params = ", ".join(f"{k}={_fmt(best.params.get(k))}" for k in self.param_names)
@@ -186,9 +187,10 @@ def _narrowed(dims: Mapping[str, SearchDim], ok: Sequence[JobResult], top_fracti
 
 
 def build_report(sweep_dir: str | Path, *, top_fraction: float = 0.25, min_top: int = 2, edge: float = 0.1,
-                 fold_key: str | None = "data.fold", jobs_per_dim: int = 5) -> SweepReport:
+                 fold_key: str | None = "data.fold", jobs_per_dim: int = 5, sigma_rel: bool = True) -> SweepReport:
     """Read a multirun directory and compute the report.
 
+    sigma_rel: rank jobs with post-hoc EMA scores once per EMA length too (:mod:`lit_tricks.sweeps.posthoc_rows`).
     top_fraction / min_top: the best jobs whose values span the narrowed ranges (at least ``min_top`` of them).
     edge: fraction of a range (log scale where log-sampled) counted as its border for the warning.
     jobs_per_dim: ranked jobs needed per searched hyperparameter before any range is narrowed.
@@ -208,6 +210,7 @@ def build_report(sweep_dir: str | Path, *, top_fraction: float = 0.25, min_top: 
     if fold_key is not None and any(fold_key in j.params for j in jobs):
         jobs = aggregate_folds(jobs, fold_key)
         dims.pop(fold_key, None)
+    jobs, sigma_rel_note = sigma_rel_rows(jobs) if sigma_rel else (jobs, None)
     sign = -1.0 if direction == "maximize" else 1.0
     ok = sorted((j for j in jobs if j.ok), key=lambda j: (sign * j.objective, j.num))
     unranked = sorted((j for j in jobs if not j.ok), key=lambda j: j.num)
@@ -217,7 +220,8 @@ def build_report(sweep_dir: str | Path, *, top_fraction: float = 0.25, min_top: 
     evidence = "No job finished ok: nothing to rank or narrow."
     if ok:
         warnings = border_warnings(dims, ok[0].params, edge=edge)
-        narrowed, evidence = _narrowed(dims, ok, top_fraction, min_top, jobs_per_dim)
+        narrowed, evidence = _narrowed(dims, best_row_per_job(ok), top_fraction, min_top, jobs_per_dim)
+    warnings += [sigma_rel_note] if sigma_rel_note else []
     if direction_warning:
         warnings.insert(0, direction_warning)
     report = SweepReport(sweep_dir, direction, ok + unranked, names, dims, warnings, narrowed, evidence)

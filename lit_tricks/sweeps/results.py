@@ -37,6 +37,7 @@ class JobResult:
     best_ckpt: Any = None
     metrics: dict[str, Any] = field(default_factory=dict)
     monitor_mode: str | None = None
+    monitor: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -121,7 +122,7 @@ def load_jobs(sweep_dir: str | Path) -> list[JobResult]:
             num=int(job_dir.name) if job_dir.name.isdigit() else i, dir=job_dir,
             params=_parse_overrides([str(o) for o in overrides]), status=status, objective=value,
             error=record.get("error"), best_ckpt=record.get("best_ckpt"), metrics=_dict(record.get("metrics")),
-            monitor_mode=record.get("monitor_mode"),
+            monitor_mode=record.get("monitor_mode"), monitor=record.get("monitor"),
         ))
     return jobs
 

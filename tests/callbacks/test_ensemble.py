@@ -209,6 +209,72 @@ def test_checkpoint_paths_and_soup_with_bn_recalibration(tmp_path: Path) -> None
     torch.testing.assert_close(soup.net[1].running_mean, h.mean(0), rtol=1e-4, atol=1e-5)
 
 
+def test_greedy_soup_equals_a_hand_written_greedy_loop_with_bn_recalibrated(tmp_path: Path) -> None:
+    from torch.optim.swa_utils import update_bn
+
+    dm = BlobsDataModule(shuffle=False)
+    torch.manual_seed(0)
+    model = TinyClassifier(lr=0.02)
+    tiny_trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(model, datamodule=dm)
+    g = torch.Generator().manual_seed(0)  # members: the weights plus noise (averaging cancels it; one is far off)
+    paths = []
+    for i, sigma in enumerate((0.5, 0.5, 4.0, 0.5, 0.5)):
+        sd = {k: v + sigma * torch.randn(v.shape, generator=g) if k.endswith(("weight", "bias")) else v
+              for k, v in model.state_dict().items()}
+        torch.save({"state_dict": sd}, tmp_path / f"member{i}.ckpt")
+        paths.append(str(tmp_path / f"member{i}.ckpt"))
+    ens = CheckpointEnsemble(checkpoint_paths=paths)
+    states = ens.member_state_dicts()
+
+    def nll(m: torch.nn.Module) -> float:  # held-out NLL: lower is better
+        with torch.no_grad():
+            return float(torch.cat([torch.nn.functional.cross_entropy(m(x).double(), y, reduction="none")
+                                    for x, y in dm.val_dataloader()]).mean())
+
+    def acc(m: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(torch.cat([m(x).argmax(-1) == y for x, y in dm.val_dataloader()]).double().mean())
+
+    def held_out(sd: dict[str, torch.Tensor], metric: Any) -> float:  # torch's update_bn, then the metric on val
+        m = TinyClassifier()
+        m.load_state_dict(sd)
+        update_bn(dm.train_dataloader(), m)
+        return float(metric(m.eval()))
+
+    def mean(members: list[int]) -> dict[str, torch.Tensor]:
+        return {k: (sum(states[j][k].double() for j in members) / len(members)).to(v.dtype)
+                if v.is_floating_point() else v for k, v in states[members[0]].items()}
+
+    def hand_written(metric: Any, sign: float) -> tuple[list[int], float]:  # the paper's Recipe 1, written out
+        scores = [held_out(sd, metric) for sd in states]
+        order = sorted(range(5), key=lambda i: sign * scores[i])
+        chosen, best = [order[0]], scores[order[0]]
+        for i in order[1:]:
+            if sign * (s := held_out(mean([*chosen, i]), metric)) < sign * best:
+                chosen, best = [*chosen, i], s
+        return chosen, best
+
+    soup, result = ens.greedy_soup(model, dm.val_dataloader(), dm.train_dataloader(), score=nll, mode="min")
+    chosen, best = hand_written(nll, 1.0)
+    assert result.members == chosen and result.score == pytest.approx(best, rel=1e-5)
+    assert 1 < len(chosen) < 5 and 2 not in chosen  # some joined, some did not; the far-off member never
+    assert [i for i, _, added in result.trace if added] == chosen[1:] and len(result.trace) == 4
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(soup.net[0].weight, mean(chosen)["net.0.weight"], rtol=4 * eps, atol=4 * eps)
+    with torch.no_grad():  # BatchNorm recalibrated on the train split for the soup chosen
+        h = soup.net[0](torch.cat([x for x, _ in dm.train_dataloader()]))
+    torch.testing.assert_close(soup.net[1].running_mean, h.mean(0), rtol=1e-4, atol=1e-5)
+    assert not soup.training and soup is not model
+    _, by_accuracy = ens.greedy_soup(model, dm.val_dataloader(), dm.train_dataloader())  # default: top-1 accuracy
+    assert (by_accuracy.members, by_accuracy.score) == hand_written(acc, -1.0)
+    # members of another architecture: refused in one line
+    torch.save({"state_dict": TinyClassifier(hidden=8).state_dict()}, tmp_path / "small.ckpt")
+    mixed = CheckpointEnsemble(checkpoint_paths=[paths[0], str(tmp_path / "small.ckpt")])
+    with pytest.raises(ValueError, match="different architectures") as err:
+        mixed.greedy_soup(model, dm.val_dataloader(), dm.train_dataloader())
+    assert "\n" not in str(err.value)
+
+
 def test_test_with_best_ckpt_keeps_the_full_member_list(tmp_path: Path) -> None:
     ens = CheckpointEnsemble(every_n_epochs=1)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/loss", save_top_k=1)

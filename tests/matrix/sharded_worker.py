@@ -8,7 +8,7 @@ callback, several fits per launch (a process start costs seconds here); each ran
   after clipping (first steps) and probes of every clipping mode on the same gradients.
 - ``term_dir`` / ``term_full``: SIGTERM on rank 0 at step ``SIGTERM_STEP`` (Preemption saves and exits with 0),
   then ``resume=auto`` in the same process; distributed checkpoints / one full file.
-- ``bf16``: ``bf16-true`` weights, 8 steps: the EMA's fp32 shards.
+- ``bf16``: ``bf16-true`` weights, 8 steps: the EMA's and PostHocEMA's fp32 shards.
 - ``lightning_clip``: Lightning's own ``gradient_clip_val`` (the oracle of global-norm clipping), 2 steps.
 - ``from1``: resume on 2 ranks from the full file of the unsharded single-process run (``--from-file``).
 - ``to1`` (``--devices 1``): resume on 1 rank from the 2-rank run's checkpoints (``--from-dir``, ``--from-file``),
@@ -45,6 +45,7 @@ from lit_tricks.callbacks import (  # noqa: E402
     EMAWeights,
     GradientClipping,
     NaNGuard,
+    PostHocEMA,
     Preemption,
     RNGState,
 )
@@ -61,6 +62,7 @@ SIGTERM_STEP = 10
 PROBE_STEPS = 3  # steps whose gradients are recorded and probed with every clipping mode
 MAX_NORM, MAX_VALUE, AGC = 0.5, 0.02, 0.05
 PG_TIMEOUT = datetime.timedelta(seconds=60)
+SNAPSHOT_EVERY = 4  # PostHocEMA snapshots at steps 4, 8, 12, 16 and 18 (the end)
 
 
 class Blobs(Dataset):
@@ -145,7 +147,8 @@ class Probe(Callback):
         if ema is not None and self.where == "pre":
             ema._ensure(pl_module)  # a restored EMA is loaded (re-sharded) now
             self.start = {"step": trainer.global_step, "weights": full_state_dict(pl_module),
-                          "ema": _gather(ema.ema_state_dict), "num_updates": ema.num_updates}
+                          "ema": _gather(ema.ema_state_dict), "num_updates": ema.num_updates,
+                          "posthoc": posthoc_state(trainer.callbacks, pl_module)}  # type: ignore[attr-defined]
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if trainer.global_step >= PROBE_STEPS:
@@ -170,10 +173,22 @@ class Probe(Callback):
             self.records.append({"step_end": trainer.global_step, "weights": full_state_dict(pl_module)})
 
 
+def posthoc_state(cbs: list[Callback], module: pl.LightningModule | None = None) -> dict[str, Any]:
+    """PostHocEMA's profiles gathered (a collective: every rank) and its counters; with ``module`` a restored state
+    is bound (loaded, re-sharded) first, as PostHocEMA does at train start."""
+    ph = next(c for c in cbs if isinstance(c, PostHocEMA))
+    if module is not None:
+        ph._bind(module)
+    return {"profiles": ph.profiles.profiles(full=True), "steps": ph.profiles.steps,
+            "dtypes": sorted({str(t.dtype) for shadow in ph.profiles.shadows for t in shadow}),
+            "sharded": all(is_dtensor(t) for shadow in ph.profiles.shadows for t in shadow)}
+
+
 def callbacks(root: Path) -> list[Callback]:
     return [
         Probe("pre"), GradientClipping("norm", max_norm=MAX_NORM), Probe("post"), NaNGuard(policy="skip_step"),
         EMAWeights(decay=0.8, warmup=True), RNGState(), Preemption(),
+        PostHocEMA(snapshot_every_n_steps=SNAPSHOT_EVERY, dirpath=str(root / "posthoc")),
         CheckpointEnsemble(every_n_epochs=1, dirpath=str(root / "ensemble"), log_test=False),
         EarlyStopping("val/loss", patience=50, restore_best_weights=True),
         # at each epoch's last step (steps 6, 12, 18); keeps the newest two (removing the oldest and its twin)
@@ -215,7 +230,7 @@ def outcome(trainer: pl.Trainer, model: pl.LightningModule, cbs: list[Callback])
                    if isinstance(c, (GradientClipping, NaNGuard, RNGState))},
         "es": {k: v for k, v in next(c for c in cbs if isinstance(c, EarlyStopping)).state_dict().items()},
         "records": pre.records, "post": next(c for c in cbs if isinstance(c, Probe) and c.where == "post").records,
-        "start": pre.start,
+        "start": pre.start, "posthoc": posthoc_state(cbs),
     }
 
 
@@ -271,15 +286,17 @@ def lightning_clip(root: Path) -> dict[str, Any]:
 
 
 def bf16(root: Path) -> dict[str, Any]:
-    """``bf16-true`` weights sharded over the ranks: the EMA keeps fp32 shards (distributed checkpoints)."""
+    """``bf16-true`` weights sharded over the ranks: the EMA and PostHocEMA keep fp32 shards (distributed
+    checkpoints)."""
     pl.seed_everything(7, verbose=False)
     ema, probe = EMAWeights(decay=0.99, apply_at_end=False), Probe("pre")
-    cbs: list[Callback] = [probe, ema, ModelCheckpoint(dirpath=str(root), save_last=True)]
+    posthoc = PostHocEMA(snapshot_every_n_steps=SNAPSHOT_EVERY, dirpath=str(root / "posthoc"))
+    cbs: list[Callback] = [probe, ema, posthoc, ModelCheckpoint(dirpath=str(root), save_last=True)]
     trainer = trainer_for(root, 2, cbs, precision="bf16-true", max_steps=8, limit_val_batches=0)
     trainer.fit(Net(nan_rank=-2))
     return {"ema": _gather(ema.ema_state_dict), "dtypes": sorted({str(e.dtype) for e in ema.state.ema_params}),
             "sharded": all(is_dtensor(e) for e in ema.state.ema_params), "records": probe.records,
-            "weight_dtype": str(next(trainer.lightning_module.parameters()).dtype)}
+            "weight_dtype": str(next(trainer.lightning_module.parameters()).dtype), "posthoc": posthoc_state(cbs)}
 
 
 def to_one(root: Path, from_dir: str, from_file: str) -> dict[str, Any]:

@@ -1,11 +1,13 @@
-"""FSDP2 on 2 CPU ranks (``ModelParallelStrategy``, gloo, 60 s process-group timeout): every stateful callback in
-one fit, a SIGTERM-and-resume in each checkpoint mode, Lightning's own clipping, and resumes across world sizes
-(1 -> 2 and 2 -> 1), from two launches of tests/matrix/sharded_worker.py and one unsharded run in this process.
+"""FSDP2 on 2 CPU ranks (``ModelParallelStrategy``, gloo, 60 s process-group timeout): every stateful callback
+(PostHocEMA too) in one fit, a SIGTERM-and-resume in each checkpoint mode, Lightning's own clipping, and resumes across
+world sizes (1 -> 2 and 2 -> 1), from two launches of tests/matrix/sharded_worker.py and one unsharded run in this
+process.
 
-Oracles: the hand-written EMA recurrence over the gathered weights; the unsharded single-process run of the same
-data (batch 16 = the union of the two ranks' batches of 8); ``torch.nn.utils.clip_grad_norm_`` on the gathered
-gradients and Lightning's ``gradient_clip_val``; the uninterrupted run, bit for bit; the checkpoint contents read
-offline (``torch.distributed.checkpoint.format_utils.dcp_to_torch_save``).
+Oracles: the hand-written EMA and power-function EMA recurrences over the gathered weights; the unsharded
+single-process run of the same data (batch 16 = the union of the two ranks' batches of 8);
+``torch.nn.utils.clip_grad_norm_`` on the gathered gradients and Lightning's ``gradient_clip_val``; the uninterrupted
+run, bit for bit; the checkpoint contents read offline
+(``torch.distributed.checkpoint.format_utils.dcp_to_torch_save``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 import torch
 
+from lit_tricks.callbacks.posthoc_ema import list_snapshots
 from lit_tricks.fault.resume import checkpoint_is_intact, find_resume_checkpoint
 from lit_tricks.functional.clip import adaptive_clip_grad_
 from tests.fault.battery.conftest import differences
@@ -133,7 +136,7 @@ def _resumed_equals_reference(runs: dict[str, Any], phase: str) -> None:
         ref, resumed = runs["ref"][rank], runs[phase][rank]
         assert Path(resumed["resumed_from"]).name == "last-preempted.ckpt"
         keys = ("global_step", "weights", "ema", "num_updates", "local_optimizer", "members", "member_states",
-                "states", "es")
+                "states", "es", "posthoc")
         assert [d for k in keys for d in differences(_nan_safe(ref[k]), _nan_safe(resumed[k]), k)] == []
 
 
@@ -145,6 +148,11 @@ def test_sharded_sigterm_checkpoint_resume_is_bit_exact_in_both_checkpoint_modes
     assert (root / "term_full" / "checkpoints" / "last-preempted.ckpt").is_file()  # one file
     _resumed_equals_reference(runs, "term_dir")
     _resumed_equals_reference(runs, "term_full")
+    # PostHocEMA: its shards in the directory, its snapshots (some written before the SIGTERM) bit for bit
+    assert len(list((root / "term_dir" / "checkpoints" / "preempted.ckpt").glob("posthoc_ema-*/.metadata"))) == 1
+    ref = _snapshots(root / "ref" / "posthoc")
+    assert differences(ref, _snapshots(root / "term_dir" / "posthoc")) == []
+    assert differences(ref, _snapshots(root / "term_full" / "posthoc")) == []
 
 
 @cell("RNGState", "sharded")
@@ -258,6 +266,22 @@ def test_sharded_resume_reshards_from_one_rank_to_two_and_two_to_one(runs: dict[
     twin = _consolidated(root / "ref" / "checkpoints" / "ema-epoch=1-step=12.ckpt", tmp_path / "t.pt")["state_dict"]
     ema, tolerance = _recurrence(runs["ref"][0], 12)
     assert differences(runs["to1"]["twin_loaded"], twin) == [] and not _close(twin, ema, tolerance)
+    # PostHocEMA: 1 -> 2 from the full file, 2 -> 1 from the shards (re-sharded by DCP) and from the full file
+    def posthoc_saved(path: Path) -> list[dict[str, torch.Tensor]]:
+        saved = torch.load(path, weights_only=True)["callbacks"]
+        return next(v for k, v in saved.items() if k.startswith("PostHocEMA"))["profiles"]["ema"]
+
+    for rank in (0, 1):
+        start = runs["from1"][rank]["start"]["posthoc"]
+        assert start["steps"] == 12 and start["sharded"]
+        assert differences(start["profiles"], posthoc_saved(root / "single" / "checkpoints" / STEP12)) == []
+    shards = next((root / "ref" / "checkpoints" / STEP12).glob("posthoc_ema-*"))
+    consolidated = _consolidated(shards, tmp_path / "p.pt")
+    assert differences(runs["to1"]["dir"]["start"]["posthoc"]["profiles"],
+                       [consolidated["profile0"], consolidated["profile1"]]) == []
+    assert differences(runs["to1"]["file"]["start"]["posthoc"]["profiles"],
+                       posthoc_saved(root / "term_full" / "checkpoints" / STEP12)) == []
+    assert runs["to1"]["dir"]["posthoc"]["steps"] == 18
     # TrickModule(shard="auto") shards every parameter under the same strategy
     assert runs["to1"]["trick"]["step"] == 2 and all(runs["to1"]["trick"]["sharded"])
     # through lit_tricks' model_parallel_strategy (trainer=fsdp_cpu): its directories are swapped in whole
@@ -293,3 +317,81 @@ def test_sharded_bf16_weights_keep_fp32_ema_shards_that_follow_the_fp32_recurren
     twin = _consolidated(runs["root"] / "bf16" / "ema-last.ckpt", tmp_path / "twin.pt")["state_dict"]
     assert {str(v.dtype) for v in twin.values()} == {"torch.bfloat16"}  # the twin: the model's dtype
     assert differences(twin, {k: v.to(torch.bfloat16) for k, v in run["ema"].items()}) == []
+
+
+def _snapshots(folder: Path) -> dict[int, dict[str, Any]]:
+    return {step: torch.load(path, weights_only=True) for step, path in list_snapshots(folder)}
+
+
+def _power_ema(weights: dict[int, dict[str, torch.Tensor]], gamma: float, steps: int) -> dict[str, torch.Tensor]:
+    """The power-function EMA (EDM2 eq. 127, one update per step) of ``weights[1..steps]``, in float64."""
+    ema: dict[str, torch.Tensor] = {}
+    for t in range(1, steps + 1):
+        beta = (1 - 1 / t) ** (gamma + 1)
+        ema = {k: beta * ema.get(k, torch.zeros(())) + (1 - beta) * w.double() for k, w in weights[t].items()}
+    return ema
+
+
+def test_sharded_posthoc_ema_snapshots_are_the_recurrence_and_the_single_process_runs(runs: dict[str, Any]) -> None:
+    root, ref = runs["root"], runs["ref"][0]
+    weights, single_weights = _steps(ref), _steps(runs["single"])
+    snaps, single = _snapshots(root / "ref" / "posthoc"), _snapshots(root / "single" / "posthoc")
+    assert sorted(snaps) == sorted(single) == [4, 8, 12, 16, 18]  # every 4 steps and the end
+    assert ref["posthoc"]["sharded"] and ref["posthoc"]["dtypes"] == ["torch.float32"]
+    for rank in (0, 1):  # the tracked shards, gathered on each rank, are the last snapshot
+        assert runs["ref"][rank]["posthoc"]["steps"] == 18
+        assert differences(runs["ref"][rank]["posthoc"]["profiles"], snaps[18]["ema"]) == []
+    # the unsharded run's weights differ by reduction order only; a power EMA is a convex combination of them
+    drift = max(float((a - single_weights[t][k]).abs().max()) for t, w in weights.items() for k, a in w.items())
+    magnitude = max(float(w.abs().max()) for ws in weights.values() for w in ws.values())
+    assert drift < 1e-4
+    for step, snap in snaps.items():
+        tolerance = step * 4 * EPS * magnitude  # 4 float32 ulps of the magnitude per update
+        assert set(snap["ema"][0]) == set(weights[0]) and snap["buffers"] == {}
+        for gamma, profile, unsharded in zip(snap["gammas"], snap["ema"], single[step]["ema"]):
+            assert not _close(profile, _power_ema(weights, gamma, step), tolerance), (step, gamma)
+            assert not _close(profile, unsharded, drift + tolerance), (step, gamma)
+
+
+def test_sharded_posthoc_ema_snapshots_reconstruct_like_the_single_process_ones(runs: dict[str, Any]) -> None:
+    from lit_tricks.functional.posthoc_ema import sigma_rel_to_gamma, solve_posthoc_coefficients
+    from lit_tricks.posthoc.ema import reconstruct_posthoc_ema
+
+    root = runs["root"]
+    targets = [0.05, 0.07, 0.2]
+    ours = reconstruct_posthoc_ema(root / "ref" / "posthoc", targets)
+    theirs = reconstruct_posthoc_ema(root / "single" / "posthoc", targets)
+    tracked = runs["ref"][0]["posthoc"]["profiles"][0]  # sigma_rel 0.05 is stored: the reconstruction is it
+    assert all(float((ours[0][k] - t).norm() / t.norm()) < 1e-6 for k, t in tracked.items())
+    snaps = _snapshots(root / "ref" / "posthoc")
+    steps = [float(s) for s, snap in snaps.items() for _ in snap["gammas"]]
+    gammas = [g for snap in snaps.values() for g in snap["gammas"]]
+    x = solve_posthoc_coefficients(steps, gammas, [18.0] * 3, [sigma_rel_to_gamma(s) for s in targets])
+    weights, single_weights = _steps(runs["ref"][0]), _steps(runs["single"])
+    drift = max(float((a - single_weights[t][k]).abs().max()) for t, w in weights.items() for k, a in w.items())
+    magnitude = max(float(w.abs().max()) for ws in weights.values() for w in ws.values())
+    for j, (a, b) in enumerate(zip(ours, theirs)):  # linear in the snapshots, which differ by drift + rounding
+        bound = float(x[:, j].abs().sum()) * (drift + 18 * 4 * EPS * magnitude) + 2 * EPS * magnitude
+        assert not _close(a, b, bound), targets[j]
+        W.Net().load_state_dict(a)  # full tensors: the unsharded model loads them
+
+
+def test_sharded_bf16_posthoc_ema_keeps_fp32_shards_that_follow_the_fp32_recurrence(runs: dict[str, Any]) -> None:
+    run = runs["bf16"][0]
+    posthoc = run["posthoc"]
+    assert run["weight_dtype"] == "torch.bfloat16" and posthoc["sharded"] and posthoc["dtypes"] == ["torch.float32"]
+    weights = {0: next(r for r in run["records"] if r.get("step") == 0)["weights"]}
+    weights.update({r["step_end"]: r["weights"] for r in run["records"] if "step_end" in r})
+    snaps = _snapshots(runs["root"] / "bf16" / "posthoc")
+    assert sorted(snaps) == [4, 8] and differences(snaps[8]["ema"], posthoc["profiles"]) == []
+    magnitude = max(float(w.abs().max()) for ws in weights.values() for w in ws.values())
+    for gamma, profile in zip(snaps[8]["gammas"], posthoc["profiles"]):
+        assert {str(t.dtype) for t in profile.values()} == {"torch.float32"}
+        expected = _power_ema(weights, gamma, 8)
+        assert not _close(profile, expected, 8 * 4 * EPS * magnitude), gamma  # fp32 accuracy
+        in_bf16: dict[str, torch.Tensor] = {}  # the same recurrence in a bf16 shadow: off by more than that
+        for t in range(1, 9):
+            beta = (1 - 1 / t) ** (gamma + 1)
+            in_bf16 = {k: (beta * in_bf16.get(k, torch.zeros(())) + (1 - beta) * w.double()).bfloat16().double()
+                       for k, w in weights[t].items()}
+        assert _close(in_bf16, expected, 8 * 4 * EPS * magnitude)

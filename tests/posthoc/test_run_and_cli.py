@@ -5,6 +5,7 @@ gives the same numbers afterwards; bad values fail before training, bad input ex
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from omegaconf import DictConfig
 from lit_tricks.callbacks.posthoc_ema import list_snapshots
 from lit_tricks.cli.posthoc_ema import main
 from lit_tricks.run import train
+from lit_tricks.sweeps.posthoc_rows import SIGMA_REL, sigma_rel_rows
+from lit_tricks.sweeps.results import JobResult
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -39,6 +42,14 @@ def test_hydra_run_reconstructs_at_the_end_and_the_cli_agrees(tmp_path: Path, ca
     assert metrics["posthoc_ema/sigma_rel"] == best["sigma_rel"] and metrics["posthoc_ema/val/acc"] == best["val/acc"]
     assert metrics["posthoc_ema/sigma_rel=0.15/test/acc"] == report["rows"][1]["test/acc"]
     assert "posthoc_ema/final/test/acc" in metrics and (tmp_path / "posthoc_ema" / "posthoc-ema-best.ckpt").is_file()
+    # the sweep report reads these metrics as one row per length (the run monitors val/loss: no rows, said once)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    job = JobResult(0, tmp_path, {}, "ok", record["objective"], metrics=metrics, monitor=record["monitor"])
+    assert sigma_rel_rows([job])[0] == [job] and "monitoring val/loss" in str(sigma_rel_rows([job])[1])
+    rows = sigma_rel_rows([replace(job, monitor="val/acc")])[0][1:]
+    expected = [(r["sigma_rel"], r["val/acc"]) for r in report["rows"]]
+    assert [(r.params[SIGMA_REL], r.objective) for r in rows] == expected
+    assert [r.best_ckpt is not None for r in rows] == [r["sigma_rel"] == best["sigma_rel"] for r in report["rows"]]
 
     assert main([str(tmp_path), "--sigma-rel", "0.05,0.15", "--out", str(tmp_path / "cli")]) == 0
     again = json.loads((tmp_path / "cli" / "posthoc_ema.json").read_text())

@@ -18,9 +18,11 @@ from torch.optim.swa_utils import update_bn
 from lit_tricks.callbacks import CheckpointEnsemble
 from lit_tricks.cli.ensemble import main
 from lit_tricks.functional.ensemble import average_state_dicts
-from lit_tricks.posthoc.evaluate import evaluate_weights
+from lit_tricks.posthoc.evaluate import evaluate_weights, load_state, rebuild_run
 from lit_tricks.posthoc.soup import run_members, soup_report
 from lit_tricks.run import train
+from lit_tricks.sweeps.ensemble import ensemble_members
+from lit_tricks.sweeps.report import build_report
 from tests.helpers.tiny import BlobsDataModule, TinyClassifier, tiny_trainer
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -95,6 +97,27 @@ def test_ensemble_cli_soups_a_run_and_a_sweep(tmp_path: Path, capsys: pytest.Cap
     assert main([str(sweep), "--soup", "--top-k", "2"]) == 0  # the sweep: the best checkpoints of both jobs
     result = json.loads((sweep / "soup.json").read_text())
     assert sorted(m["name"] for m in result["members"]) == ["job 0", "job 1"]
+    # the sweep's greedy soup == a hand-written greedy loop over the same held-out scores (torch's update_bn)
+    jobs = ensemble_members(build_report(sweep), 2)
+    _, dm, module = rebuild_run(jobs[0].dir)
+    states = [load_state(str(j.best_ckpt)) for j in jobs]
+
+    def val_acc(sd: dict[str, torch.Tensor]) -> float:
+        module.load_state_dict(sd)
+        update_bn(dm.train_dataloader(), module)
+        module.eval()
+        with torch.no_grad():
+            return float(torch.cat([module(x).argmax(-1) == y for x, y, *_ in dm.val_dataloader()]).double().mean())
+
+    scores = [val_acc(sd) for sd in states]
+    order = sorted(range(2), key=lambda i: -scores[i])
+    soup, best = [order[0]], scores[order[0]]
+    if (both := val_acc(average_state_dicts(states))) > best:
+        soup, best = [*soup, order[1]], both
+    assert result["greedy_members"] == [f"job {jobs[i].num}" for i in soup]
+    rows = {r["what"].split(" (")[0]: r for r in result["rows"]}
+    assert rows["greedy soup"]["val/acc"] == pytest.approx(best) and rows["best member"]["val/acc"] == max(scores)
+    assert set(rows) == {"best member", "uniform soup", "greedy soup", "prediction ensemble"}
     config = sweep / "1" / "config_resolved.yaml"
     config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "seed": 6}))
     assert main([str(sweep), "--soup", "--top-k", "2"]) == 2
