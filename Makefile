@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: train test bench lint typecheck pytest setup docs gpu-check test-db dashboard test-fast cluster-up cluster-down
+.PHONY: train test bench lint typecheck pytest setup docs gpu-check test-db dashboard test-fast test-resume cluster-up cluster-down
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -50,6 +50,11 @@ test: lint typecheck docs pytest
 # The inner loop: no test that starts a process, a process group, a cluster or a database (marker slow).
 test-fast: $(STAMP)
 	$(PYTEST) -n $(JOBS) -m "not slow" $(PYTEST_ARGS)
+
+# The whole resume-equivalence grid (tests/resume: every recipe x interruption point x kill -9/SIGTERM, 180 cells);
+# `make test` runs 40 of them. LIT_TRICKS_RESUME_SEED=<n> draws other positions.
+test-resume: $(STAMP)
+	LIT_TRICKS_RESUME_GRID=full $(VENV)/bin/pytest -q --timeout=600 -p no:cacheprovider tests/resume $(PYTEST_ARGS)
 
 # A local 2-node SLURM cluster with accounting (installs slurm-wlm, slurmdbd, munge, MariaDB with apt when missing);
 # CLUSTER_PORT_BASE (ports base..base+4) and CLUSTER_DIR (default .cluster) give a checkout its own; see docs/cluster.md.

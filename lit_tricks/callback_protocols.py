@@ -6,7 +6,7 @@ Two small typed protocols; a callback implements them by having the members (no 
   (:class:`~lit_tricks.callbacks.NaNGuard` after a diverged run). A run that ends so is a failed run.
 - :class:`EvaluatesVariant`: the callback's weight variant (``"ema"``) produced the evaluated metrics, and
   ``variant_checkpoint(path)`` is the file holding that variant's weights beside checkpoint ``path``
-  (:class:`~lit_tricks.callbacks.EMAWeights` and its ``X-ema.ckpt`` twins).
+  (:class:`~lit_tricks.callbacks.EMAWeights` and its ``ema-X.ckpt`` twins).
 
 :func:`fit_failure`, :func:`evaluated_variant` and :func:`variant_checkpoint` ask a Trainer's callbacks. The
 metric names of a variant (``val/acc_ema``) and how a module evaluates it are :mod:`lit_tricks.weight_variants`'.

@@ -40,9 +40,9 @@ BASES: tuple[str, ...] = (
     "lit_tricks.callbacks.EarlyStopping", "lit_tricks.callbacks.EMAWeights", "lit_tricks.callbacks.GradientCheck",
     "lit_tricks.callbacks.GradientClipping", "lit_tricks.callbacks.LayerStats", "lit_tricks.callbacks.LearningCurves",
     "lit_tricks.callbacks.NaNGuard", "lit_tricks.callbacks.OptunaPruning", "lit_tricks.callbacks.PostHocEMA",
-    "lit_tricks.callbacks.Preemption",
+    "lit_tricks.callbacks.ModelCheckpoint", "lit_tricks.callbacks.Preemption",
     "lit_tricks.callbacks.RNGState", "lit_tricks.callbacks.SanityChecks",
-    "lightning.pytorch.callbacks.ModelCheckpoint", "lightning.pytorch.callbacks.LearningRateMonitor",
+    "lightning.pytorch.callbacks.LearningRateMonitor",
     # data, models, module
     "lit_tricks.data.CIFAR10DataModule", "lit_tricks.data.DigitsDataModule", "lit_tricks.data.ImageFolderDataModule",
     "lit_tricks.data.MNISTDataModule", "lit_tricks.data.MNIST1DDataModule",

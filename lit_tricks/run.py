@@ -110,7 +110,7 @@ def _fit_once(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError([f"{err.arg}={err.value!r}: {err.problem}"]) from err
     if not loggers:  # LearningRateMonitor refuses to run without a logger; with logger=none there is nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    if resume is not None:
+    if resume is not None or cfg.get("resume") == "auto":
         continue_csv_logs(loggers, resume)
     trainer = build_trainer(cfg, callbacks, loggers or False)
     resolved = OmegaConf.to_container(cfg, resolve=True)

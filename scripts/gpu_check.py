@@ -9,7 +9,7 @@
    averaged); training on silently fails.
 6. FSDP2 (``ModelParallelStrategy``, NCCL, bf16-true) on one GPU: EMAWeights keeps fp32 DTensor shards on CUDA that
    follow the fp32 recurrence, GradientClipping's global norm equals ``clip_grad_norm_``'s, both checkpoint modes
-   write their ``-ema`` twins (a directory of shards, a full file).
+   write their ``ema-`` twins (a directory of shards, a full file).
 
 Without CUDA it prints one skip line and exits 0. Exit 1 when a check fails.
 """
@@ -245,7 +245,7 @@ def check_fsdp2_callbacks(root: Path) -> str:
         worst = max(float((got[k] - expected[k]).abs().max()) for k in got)
         assert worst < 1e-4, f"sharded EMA differs from the fp32 recurrence by {worst}"
         assert max(rec.norms) <= 0.5 * (1 + 1e-2), f"clipped global norms above max_norm: {max(rec.norms)}"
-        twin = where / "last-ema.ckpt"
+        twin = where / "ema-last.ckpt"
         assert (twin / "meta.pt").is_file() if distributed else twin.is_file(), f"no twin at {twin}"
         details.append(f"{'dir' if distributed else 'file'}: |ema - recurrence| {worst:.1e}")
     return "; ".join(details)

@@ -37,6 +37,6 @@ def test_evaluated_variant_and_its_checkpoint(tmp_path: Path) -> None:
     ckpt = tmp_path / "best.ckpt"
     ckpt.write_bytes(b"")
     assert variant_checkpoint([ema], ckpt) is None and variant_checkpoint([ema], None) is None  # no twin yet
-    (tmp_path / "best-ema.ckpt").write_bytes(b"")
-    assert variant_checkpoint([ModelCheckpoint(), raw], str(ckpt)) == str(tmp_path / "best-ema.ckpt")
+    (tmp_path / "ema-best.ckpt").write_bytes(b"")
+    assert variant_checkpoint([ModelCheckpoint(), raw], str(ckpt)) == str(tmp_path / "ema-best.ckpt")
     assert variant_checkpoint([ModelCheckpoint()], str(ckpt)) is None

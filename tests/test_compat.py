@@ -115,9 +115,43 @@ def test_the_installed_lightning_is_the_tested_one() -> None:
 
 
 def test_compat_imports_only_lightning_torch_and_the_standard_library() -> None:
-    ours, others = imports_of("lit_tricks.compat")
-    assert not ours
-    assert not others - set(sys.stdlib_module_names) - {"lightning", "torch"}
+    for module in ("lit_tricks.compat", "lit_tricks.compat.loops"):
+        ours, others = imports_of(module)
+        assert ours <= {"lit_tricks.compat.loops"}, module
+        assert not others - set(sys.stdlib_module_names) - {"lightning", "torch"}, module
+
+
+def test_resume_state_functions_in_a_fit(tmp_path: Path) -> None:
+    """The fit-loop state of :mod:`lit_tricks.compat.loops` read where exact resume reads it: batch ends followed by a
+    validation (every 2nd batch) are no resume points; a batch end has one step row still to log; the epoch's
+    aggregates and the callback metrics survive a round trip; a fresh fit has no stashed loader state and skipped no
+    epoch start."""
+    seen: dict[str, list[Any]] = {"resumable": [], "rows": [], "skipped": [], "pending": []}
+
+    class Look(Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            seen["pending"].append(compat.apply_pending_train_loader_state(trainer))
+            seen["skipped"].append(compat.epoch_start_skipped(trainer))
+
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+            seen["resumable"].append(compat.batch_end_is_resumable(trainer))
+            seen["rows"].append(compat.rows_logged_after_save(trainer))
+            if trainer.global_step == 3:
+                results, metrics = compat.epoch_results_state(trainer), compat.logged_metrics_state(trainer)
+                expected = {k: v.clone() for k, v in trainer.callback_metrics.items()}
+                trainer.fit_loop.epoch_loop._results.clear()
+                trainer._logger_connector._callback_metrics.clear()
+                compat.restore_epoch_results(trainer, results)
+                compat.restore_logged_metrics(trainer, metrics)
+                assert [e["key"] for e in compat.epoch_results_state(trainer)] == [e["key"] for e in results]
+                assert all(torch.equal(trainer.callback_metrics[k], v) for k, v in expected.items())
+
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=1, val_check_interval=2,
+                           num_sanity_val_steps=0, logger=CSVLogger(str(tmp_path)), log_every_n_steps=1,
+                           callbacks=[Look()])
+    trainer.fit(TinyClassifier(), datamodule=BlobsDataModule())
+    assert seen["resumable"] == [True, False, True, False]
+    assert seen["rows"] == [1, 1, 1, 1] and seen["pending"] == [False] and seen["skipped"] == [False]
 
 
 def test_private_overrides_still_exist_in_lightning() -> None:

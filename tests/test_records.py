@@ -61,8 +61,8 @@ def test_context_chain_is_followed_when_no_explicit_cause() -> None:
 
 def test_a_full_record_validates_and_every_field_is_known() -> None:
     record = new_record("val/loss", "min", objective=0.25, objective_source="best_checkpoint",
-                        metrics={"val/loss": 0.3, "test/acc": 0.9}, best_ckpt="/x/epoch001-ema.ckpt",
-                        reproduced_by={"objective": "/x/epoch001-ema.ckpt"}, world_size=2, num_nodes=1)
+                        metrics={"val/loss": 0.3, "test/acc": 0.9}, best_ckpt="/x/ema-epoch001.ckpt",
+                        reproduced_by={"objective": "/x/ema-epoch001.ckpt"}, world_size=2, num_nodes=1)
     assert record["schema_version"] == SCHEMA_VERSION
     assert validate_record(record) == []
     assert set(record) == set(FIELDS)

@@ -11,6 +11,7 @@ from lit_tricks.callbacks.ensemble import CheckpointEnsemble
 from lit_tricks.callbacks.gradient_check import GradientCheck, GradientCheckError
 from lit_tricks.callbacks.layer_stats import LayerStats, LayerStatsWarning
 from lit_tricks.callbacks.learning_curves import LearningCurves
+from lit_tricks.callbacks.model_checkpoint import ModelCheckpoint
 from lit_tricks.callbacks.nan_guard import NaNGuard, NonFiniteCheckpointError
 from lit_tricks.callbacks.optuna_pruning import OptunaPruning
 from lit_tricks.callbacks.posthoc_ema import PostHocEMA
@@ -29,6 +30,7 @@ __all__ = [
     "LayerStats",
     "LayerStatsWarning",
     "LearningCurves",
+    "ModelCheckpoint",
     "NaNGuard",
     "NonFiniteCheckpointError",
     "OptunaPruning",

@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import BackboneFinetuning as _LightningBackbone
 from torch import nn
 from torch.optim import Optimizer
 
+from lit_tricks.fault.exact_resume import run_skipped_epoch_start
 from lit_tricks.validation import check_number
 
 __all__ = ["BackboneFinetuning", "SupportsFinetuneParamGroups"]
@@ -119,6 +120,11 @@ class BackboneFinetuning(_LightningBackboneFinetuning):
         super().on_fit_start(trainer, pl_module)  # a resume: puts the saved param groups back into the optimizers
         if self.num_backbone_groups:  # setup froze the backbone again; Lightning's callback leaves it frozen
             self.make_trainable(pl_module.backbone)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # resumed from an epoch's last batch, Lightning would start the next epoch without on_train_epoch_start:
+        # the unfreezing due then would wait an epoch
+        run_skipped_epoch_start(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trainer = trainer

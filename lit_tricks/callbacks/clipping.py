@@ -12,7 +12,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
 from lit_tricks.compat import logs_this_step, sharded_strategy_name, unwrap_optimizer
-from lit_tricks.fault.state_keys import warn_changed_args
+from lit_tricks.fault.state_keys import adopt_resized_state, warn_changed_args
 from lit_tricks.functional.clip import (
     CLIP_MODES,
     adaptive_clip_grad_,
@@ -27,7 +27,7 @@ from lit_tricks.validation import ArgumentError, check_choice, check_number
 
 __all__ = ["GradientClipping"]
 
-_STATE_VERSION = 2
+_STATE_VERSION = 3  # 3: "pushed" (norms held by the ring) beside "steps"
 
 
 class GradientClipping(Callback):
@@ -98,8 +98,8 @@ class GradientClipping(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(
             mode=self.mode, max_norm=self.max_norm, norm_type=self.norm_type, max_value=self.max_value,
-            agc_factor=self.agc_factor, percentile=self.percentile, history=self.history,
-        )
+            agc_factor=self.agc_factor, percentile=self.percentile,
+        )  # not ``history``: it sizes the state, which a resume with another value keeps (the newest norms)
 
     # ------------------------------------------------------------------ the clipping itself
     def select_optimizer(self, optimizer_idx: int) -> None:
@@ -139,7 +139,7 @@ class GradientClipping(Callback):
         elif self.mode == "auto":
             norm = grad_norm(grads, self.norm_type)
             history.push(norm)
-            threshold = autoclip_threshold(history.norm_history, history.steps + 1, self.percentile)
+            threshold = autoclip_threshold(history.norm_history, history.pushed, self.percentile)
             clip_grad_norm_(params, threshold, self.norm_type, total_norm=norm)
             clipped = norm > threshold
         elif self.mode == "value":
@@ -197,6 +197,7 @@ class GradientClipping(Callback):
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        adopt_resized_state(self, checkpoint, sizing=("history",))  # saved when history was part of the key
         warn_changed_args(self, checkpoint)  # state saved under other arguments: say that it is not restored
 
     def state_dict(self) -> dict[str, Any]:

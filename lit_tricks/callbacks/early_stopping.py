@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -40,7 +41,10 @@ class EarlyStopping(_LightningEarlyStopping):
             ``weight_variants.variant_of(monitor)`` is ``"ema"``, see :mod:`lit_tricks.weight_variants`), that
             variant's weights.
 
-    The reason for stopping is logged (INFO) and kept in ``stopping_reason_message``. The counters, best score,
+    A check that stops training at ``stopping_threshold`` counts as the best when it is one: ``best_epoch``,
+    ``best_value`` (the monitor's value at ``best_epoch``) and the restored weights are that check's
+    (``best_score`` stays Lightning's, which skips that comparison). The reason for stopping is
+    logged (INFO) and kept in ``stopping_reason_message``. The counters, best score,
     best epoch and best weights are in ``state_dict``, so stop-and-resume equals an uninterrupted run. Under DDP
     the decision to stop (Lightning's) and the decision to keep new best weights (rank 0's) are the same on
     every rank.
@@ -74,6 +78,7 @@ class EarlyStopping(_LightningEarlyStopping):
         self.start_from_epoch = start_from_epoch
         self.restore_best_weights = restore_best_weights
         self.best_epoch = -1  # epoch of the best score (-1: none yet)
+        self.best_value = math.nan  # the monitor's value at best_epoch (also when it stopped at the threshold)
         self.best_weights: dict[str, Tensor] | None = None  # on CPU
         self._candidate: dict[str, Tensor] | None = None  # weights of the last validation, on CPU
         self._candidate_step = -1  # trainer.global_step when _candidate was taken
@@ -81,12 +86,14 @@ class EarlyStopping(_LightningEarlyStopping):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update(version=_STATE_VERSION, best_epoch=self.best_epoch, best_weights=self.best_weights)
+        state.update(version=_STATE_VERSION, best_epoch=self.best_epoch, best_value=self.best_value,
+                     best_weights=self.best_weights)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.best_epoch = int(state_dict.get("best_epoch", -1))
+        self.best_value = float(state_dict.get("best_value", self.best_score))
         self.best_weights = state_dict.get("best_weights")
         self._candidate, self._candidate_step = None, -1
 
@@ -112,7 +119,7 @@ class EarlyStopping(_LightningEarlyStopping):
             self._log_info(
                 trainer,
                 f"EarlyStopping: restored the weights of epoch {self.best_epoch} ({self.monitor} = "
-                f"{float(self.best_score):.6g}).",
+                f"{self.best_value:.6g}).",
                 self.log_rank_zero_only,
             )
 
@@ -122,7 +129,7 @@ class EarlyStopping(_LightningEarlyStopping):
         best_before = self.best_score
         was_stopping = trainer.should_stop
         super()._run_early_stopping_check(trainer)
-        improved = self.best_score is not best_before
+        improved = self.best_score is not best_before or self._improved_at_threshold(trainer, was_stopping)
         checked = self.monitor in trainer.callback_metrics and not getattr(trainer, "fast_dev_run", False)
         if self.restore_best_weights and checked:
             improved = bool(trainer.strategy.broadcast(improved, src=0))
@@ -130,6 +137,7 @@ class EarlyStopping(_LightningEarlyStopping):
                 self._keep_best(trainer)
         if improved:
             self.best_epoch = trainer.current_epoch
+            self.best_value = float(trainer.callback_metrics[self.monitor])
         if trainer.should_stop and not was_stopping and self.stopping_reason_message and not self.verbose:
             self._log_info(
                 trainer, f"EarlyStopping stopped training at epoch {trainer.current_epoch}: "
@@ -137,6 +145,17 @@ class EarlyStopping(_LightningEarlyStopping):
             )
 
     # ------------------------------------------------------------------ internals
+    def _improved_at_threshold(self, trainer: pl.Trainer, was_stopping: bool) -> bool:
+        """Whether the check that stopped training at ``stopping_threshold`` improved on the best: Lightning stops
+        there before comparing with the best score (val/loss 1.0, 0.8, 0.5 with threshold 0.6: ``best_score`` stays
+        0.8, as in Lightning), but ``best_epoch``, ``best_value`` and the restored weights are that check's."""
+        current = trainer.callback_metrics.get(self.monitor)
+        if (self.stopping_threshold is None or was_stopping or not trainer.should_stop or current is None
+                or not torch.isfinite(current) or not self.monitor_op(current, self.stopping_threshold)):
+            return False
+        current = current.squeeze()
+        return bool(self.monitor_op(current - self.min_delta, self.best_score.to(current.device)))
+
     def _keep_best(self, trainer: pl.Trainer) -> None:
         pl_module = trainer.lightning_module
         if self._candidate is None or self._candidate_step != trainer.global_step:

@@ -13,14 +13,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lit_tricks.compat import first_train_loader
-from lit_tricks.fault.ema_checkpoint import EMA_CHECKPOINT_SUFFIX, EMAStateCallback, ema_checkpoint_path
-from lit_tricks.functional.batchnorm import batch_inputs, batchnorm_layers, recalibrate_bn_
+from lit_tricks.fault.ema_checkpoint import EMA_CHECKPOINT_PREFIX, EMAStateCallback, ema_checkpoint_path
+from lit_tricks.functional.batchnorm import batch_inputs, batchnorm_layers, recalibrate_bn_, sampled_batches
 from lit_tricks.functional.ema import BUFFER_MODES
 from lit_tricks.functional.ema_state import EMA_DTYPES, EMAState
 from lit_tricks.validation import check_choice, check_number
 from lit_tricks.weight_variants import weight_variants_of
 
-__all__ = ["EMA_CHECKPOINT_SUFFIX", "EMAWeights", "ema_checkpoint_path"]
+__all__ = ["EMA_CHECKPOINT_PREFIX", "EMAWeights", "ema_checkpoint_path"]
 
 EVALUATE_WITH = ("ema", "raw")
 _STATE_VERSION = 1
@@ -41,9 +41,11 @@ class EMAWeights(EMAStateCallback):
         validate_both: log raw and EMA metrics side by side (``val/acc``, ``val/acc_ema``) through
             :mod:`lit_tricks.weight_variants` (variant ``"ema"``); the model is not swapped then.
         recalibrate_bn_batches: before each evaluation with the EMA, recompute BatchNorm statistics on this many
-            train batches (:meth:`bn_forward` runs one); the EMA buffers (and checkpoint) keep them.
+            train batches (:meth:`bn_forward` runs one); the EMA buffers (and checkpoint) keep them. The batches come
+            from the train dataset in an order seeded by the global step
+            (:func:`~lit_tricks.functional.batchnorm.sampled_batches`), never from the training loader's iterator.
         apply_at_end: put the EMA into the model when training ends; :meth:`restore_raw_weights` undoes it.
-        save_ema_checkpoint: beside each ``X.ckpt`` write ``X-ema.ckpt`` (:meth:`write_ema_twin`), removed with it;
+        save_ema_checkpoint: beside each ``X.ckpt`` write ``ema-X.ckpt`` (:meth:`write_ema_twin`), removed with it;
             the twin holds the EMA in the model's dtype.
         ema_dtype: the EMA's dtype (:data:`~lit_tricks.functional.ema_state.EMA_DTYPES`); default: fp32 for bf16/fp16
             weights (4 bytes per parameter instead of 2: a bf16 EMA at decay 0.999 never moves), else the weight's.
@@ -154,8 +156,8 @@ class EMAWeights(EMAStateCallback):
         if loader is None:
             rank_zero_warn("EMAWeights: no train dataloader to recalibrate BatchNorm with; using the EMA buffers.")
             return
-        recalibrate_bn_(
-            pl_module, loader,
+        recalibrate_bn_(  # batches of its own: the training loader's position stays what a checkpoint saves
+            pl_module, sampled_batches(loader, seed=trainer.global_step),
             lambda _model, batch: self.bn_forward(pl_module, trainer.strategy.batch_to_device(batch)),
             num_batches=self.recalibrate_bn_batches,
         )

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lit_tricks.compat import checkpoint_ranks_at_train_epoch_end, module_trainer
 from lit_tricks.fault.ensemble_files import EnsembleMembersCallback
+from lit_tricks.fault.state_keys import adopt_resized_state
 from lit_tricks.functional.ensemble import COMBINERS
 from lit_tricks.functional.ensemble_members import (
     EnsembleMembers,
@@ -108,13 +109,24 @@ class CheckpointEnsemble(EnsembleMembersCallback):
         self._warned_monitor = False
         self._evaluated: dict[str, Tensor] | None = None
         self._unranked: tuple[dict[str, Tensor], int, int] | None = None  # (state, epoch, step) awaiting its score
+        self._left_on_load: list[str] = []  # member files beyond top_k after a resume with a smaller top_k
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(
-            every_n_epochs=self.every_n_epochs, top_k=self.top_k, monitor=self.monitor, mode=self.mode,
-            at_cycle_ends=self.at_cycle_ends,
-        )
+            every_n_epochs=self.every_n_epochs, monitor=self.monitor, mode=self.mode, at_cycle_ends=self.at_cycle_ends,
+        )  # not ``top_k``: it sizes the state; resumed with a smaller one, the best members stay (load_state_dict)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ckpt: dict[str, Any]) -> None:
+        adopt_resized_state(self, ckpt, sizing=("top_k",))  # saved when top_k was part of the key
+        super().on_load_checkpoint(trainer, pl_module, ckpt)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The saved members; with a smaller ``top_k`` than they were saved with, only the best ``top_k`` of them by
+        ``monitor`` stay (as Lightning's top-k gives up the worst), the files of the others go at train start."""
+        super().load_state_dict(state_dict)
+        if self.top_k is not None:
+            self._left_on_load += [m["path"] for m in self.store.trim_top_k(self.top_k, self.mode)]
 
     def _update_top_k(self, trainer: pl.Trainer, state: dict[str, Tensor], at: tuple[int, int] | None = None) -> None:
         if self.monitor is None or self.top_k is None:
@@ -144,6 +156,9 @@ class CheckpointEnsemble(EnsembleMembersCallback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.dirpath is None and not self.keep_inline:  # after a restore: rank 0 picks the folder for all
             self._run_dir = str(trainer.strategy.broadcast(str(self._choose_run_dir(trainer)), src=0))
+        for path in self._left_on_load:  # members beyond a smaller top_k than the checkpoint's
+            self._remove_member_file(trainer, path)
+        self._left_on_load = []
         self._cycle_ends = set()
         if not self.at_cycle_ends:
             return

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_tricks.fault.atomic import atomic_save_figure
+from lit_tricks.fault.exact_resume import run_skipped_epoch_start
 from lit_tricks.functional.diagnosis import Diagnosis, diagnose, ema_smooth, first_samples
 from lit_tricks.validation import check_number
 
@@ -142,18 +143,21 @@ class LearningCurves(pl.Callback):
         return self._generate_state_key(val_loss_key=self.val_loss_key, val_acc_key=self.val_acc_key,
                                         filename=self.filename)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and int(pending["epoch"]) == trainer.current_epoch:
+            # resumed inside that epoch (Lightning calls no on_train_epoch_start for it): keep accumulating
+            self._epoch = trainer.current_epoch
+            self._loss_sum = torch.tensor(pending["loss_sum"]) if pending["loss_count"] else None
+            self._loss_count = int(pending["loss_count"])
+            self._val = {k: float(pending[k]) for k in ("val_loss", "val_acc", "train_acc") if k in pending}
+        elif pending is not None:  # taken at that epoch's last batch: Lightning goes on with the next epoch
+            self._append_row(pending)
+        run_skipped_epoch_start(trainer)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._loss_sum, self._loss_count, self._val = None, 0, {}
         self._epoch = trainer.current_epoch
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        if int(pending["epoch"]) == trainer.current_epoch:  # resumed inside this epoch: keep accumulating
-            self._loss_sum = torch.tensor(pending["loss_sum"]) if pending["loss_count"] else None
-            self._loss_count = int(pending["loss_count"])
-            self._val = {k: float(pending[k]) for k in ("val_loss", "val_acc") if k in pending}
-        else:  # the checkpoint was written at the end of that epoch, before its row was recorded
-            self._append_row(pending)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

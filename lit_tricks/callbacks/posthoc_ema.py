@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lit_tricks.compat import sharded_strategy_name
 from lit_tricks.fault.atomic import atomic_torch_save
+from lit_tricks.fault.checkpoint_io import clean_stale_temp_files
 from lit_tricks.fault.sharded_state import ShardedCallbackState
 from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional import sharded
@@ -254,8 +255,12 @@ class PostHocEMA(ShardedCallbackState, Callback):
         return candidate
 
     def _remove_stale(self) -> None:
-        """Remove the snapshots past the restored step (and an end-of-fit one at it): training passes them again."""
-        if self._dir is None or self.profiles.steps == 0:
+        """Remove the snapshots past the restored step (and an end-of-fit one at it): training passes them again; and
+        the temp file of a snapshot write a kill interrupted."""
+        if self._dir is None:
+            return
+        clean_stale_temp_files(self._dir)
+        if self.profiles.steps == 0:
             return
         t = self.profiles.last_update
         for step, path in list_snapshots(self._dir):

@@ -16,7 +16,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_tricks.compat import cluster_environment, inside_accumulation_window
+from lit_tricks.compat import batch_end_is_resumable, cluster_environment, inside_accumulation_window
 
 __all__ = ["Preemption"]
 
@@ -28,16 +28,21 @@ DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
 
 
 class Preemption(Callback):
-    """Turn a preemption signal into a checkpoint at the end of the current training batch and a clean exit (code 0).
-
-    With gradient accumulation the checkpoint waits for the end of the current window (the window is the step: the
-    accumulated gradients of a half-done window are in no checkpoint, so saving there would lose them).
+    """Turn a preemption signal into a checkpoint at the next exact resume point and a clean exit (code 0).
 
     From ``on_train_start`` to the end of fit, the handlers of ``signals`` only note the signal. At the end of the
     running training batch (after every other callback, ModelCheckpoint included, ran its ``on_train_batch_end``: the
-    same point an interval checkpoint is taken, so the resume is exact) the ranks agree (any rank signalled), every
-    rank takes part in ``trainer.save_checkpoint(<dirpath>/<filename>)``, and fit ends by raising Lightning's
-    ``SIGTERMException`` (a ``SystemExit`` with code 0). Restart with ``resume=auto`` (or ``ckpt_path``) to go on.
+    same point an interval checkpoint is taken) the ranks agree (any rank signalled), every rank takes part in
+    ``trainer.save_checkpoint(<dirpath>/<filename>)``, and fit ends at the next batch start (after Lightning logged
+    the saved batch's metrics) by raising Lightning's ``SIGTERMException`` (a ``SystemExit`` with code 0). Restart with
+    ``resume=auto`` or ``trainer.fit(ckpt_path="last")`` (the default file name starts with ``last``) to go on.
+
+    Not every batch end is an exact resume point (:func:`lit_tricks.compat.batch_end_is_resumable`): when a
+    validation or the epoch end follows the batch (its last batch, or ``val_check_interval``), Lightning would resume
+    past them, so the save waits for the end of that validation (``on_validation_end``, after ModelCheckpoint and
+    EarlyStopping), or without one for the next batch end; when fit ends first, nothing is saved and fit ends
+    normally. With gradient accumulation the checkpoint waits for the end of the current window (the accumulated
+    gradients of a half-done window are in no checkpoint).
 
     ``dirpath``: default the first ModelCheckpoint's directory, else ``<default_root_dir>/checkpoints``.
     ``requeue``: ``"auto"`` requeues the SLURM job (``scontrol requeue``, once, from rank 0) when running under SLURM
@@ -54,7 +59,7 @@ class Preemption(Callback):
         self,
         signals: tuple[str, ...] | list[str] | str | None = None,
         dirpath: str | None = None,
-        filename: str = "preempted.ckpt",
+        filename: str = "last-preempted.ckpt",
         requeue: bool | str = "auto",
         requeue_signals: tuple[str, ...] | list[str] | str | None = None,
     ) -> None:
@@ -83,6 +88,7 @@ class Preemption(Callback):
         self.requeue = requeue
         self.received: int | None = None
         self.saved_path: str | None = None
+        self._waiting = False  # a signal arrived at a batch end that is no exact resume point
         self._previous: dict[int, Any] = {}
 
     @property
@@ -120,22 +126,48 @@ class Preemption(Callback):
             environment.auto_requeue = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.received = None
+        self.received, self.saved_path, self._waiting = None, None, False
         # run after every other callback at batch end (Lightning puts checkpoint callbacks last; we go after them).
         # A new list, so the loop now iterating the old one is not disturbed.
         trainer.callbacks = [c for c in trainer.callbacks if c is not self] + [self]  # type: ignore[attr-defined]
         self._install()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.saved_path is not None:  # saved at the end of the previous batch, whose hooks and logs all ran
+            raise SIGTERMException()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if _inside_accumulation_window(trainer, pl_module):
             return  # the window's gradients are in no checkpoint: save when its optimizer step is done
+        if not self._signalled(trainer):
+            return
+        if not batch_end_is_resumable(trainer):  # the same on every rank: the batch position decides
+            if not self._waiting:
+                log.warning("Preemption: signal %s received; the validation or epoch end due after this batch "
+                            "runs first (a checkpoint here would resume past it)", self.received)
+                self._waiting = True
+            return
+        self._save(trainer)
+        # exit at the next batch start, before any other callback's hook (this batch's logging still happens)
+        trainer.callbacks = [self] + [c for c in trainer.callbacks if c is not self]  # type: ignore[attr-defined]
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self._signalled(trainer):
+            return
+        self._save(trainer)  # after the other callbacks' on_validation_end (ModelCheckpoint, EarlyStopping)
+        raise SIGTERMException()
+
+    def _signalled(self, trainer: pl.Trainer) -> bool:
+        """Whether any rank received a signal (the ranks agree, so they save together)."""
         signalled = self.received is not None
         if trainer.world_size > 1:
             signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
-        if not signalled:
-            return
+        return signalled
+
+    def _save(self, trainer: pl.Trainer) -> None:
         path = str(Path(self._dirpath(trainer)) / self.filename)
         log.warning("Preemption: signal %s received; saving %s at step %d and exiting",
                     self.received, path, trainer.global_step)
@@ -147,7 +179,6 @@ class Preemption(Callback):
             requeue = trainer.strategy.reduce_boolean_decision(requeue, all=False)
         if trainer.is_global_zero and requeue:
             self._requeue()
-        raise SIGTERMException()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._uninstall()

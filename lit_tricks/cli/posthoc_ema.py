@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bn-batches", type=int, default=None, help="train batches for BatchNorm recalibration "
                         "(default: one pass)")
     parser.add_argument("--reference", type=Path, default=None, help="a checkpoint to score beside, e.g. the run's "
-                        "-ema.ckpt")
+                        "ema-last.ckpt")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/posthoc_ema)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata's loaders, as lit_tricks.run

@@ -1,6 +1,6 @@
-"""How an EMA reaches checkpoints: raw weights in every checkpoint's ``state_dict``, and ``-ema`` twin files.
+"""How an EMA reaches checkpoints: raw weights in every checkpoint's ``state_dict``, and ``ema-`` twin files.
 
-For every checkpoint ``X.ckpt`` the Trainer writes, :class:`TwinCheckpointIO` lets its owner write ``X-ema.ckpt``:
+For every checkpoint ``X.ckpt`` the Trainer writes, :class:`TwinCheckpointIO` lets its owner write ``ema-X.ckpt``:
 the checkpoint with the EMA weights in ``state_dict`` and no training state, loadable with
 ``LightningModule.load_from_checkpoint``; it removes the twin with ``X.ckpt`` (ModelCheckpoint's top-k rotation).
 :class:`EMAStateCallback` is the checkpoint side of :class:`lit_tricks.callbacks.EMAWeights` (its base class); under
@@ -28,23 +28,32 @@ from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional.ema_state import EMAState
 
 __all__ = [
-    "EMA_CHECKPOINT_SUFFIX", "EMAStateCallback", "TwinCheckpointIO", "TwinWriter", "ema_checkpoint_path", "is_ema_twin",
+    "EMA_CHECKPOINT_PREFIX", "EMA_CHECKPOINT_SUFFIX", "EMAStateCallback", "TwinCheckpointIO", "TwinWriter",
+    "ema_checkpoint_path", "is_ema_twin",
     "remove_twin", "save_ema_twin",
 ]
 
-EMA_CHECKPOINT_SUFFIX = "-ema"
+EMA_CHECKPOINT_PREFIX = "ema-"
+EMA_CHECKPOINT_SUFFIX = "-ema"  # how older versions named twins (``X-ema.ckpt``): still recognised as twins
 _TRAINING_STATE = TRAINING_STATE  # what a twin drops from the checkpoint: it is for inference, not for resuming
 
 
 def ema_checkpoint_path(path: str | os.PathLike[str]) -> Path:
-    """Where the EMA-only twin of checkpoint ``path`` goes: ``last.ckpt -> last-ema.ckpt``."""
+    """Where the EMA-only twin of checkpoint ``path`` (a file or a distributed-checkpoint directory) goes, beside it:
+    ``last.ckpt -> ema-last.ckpt``.
+
+    Never a name starting with ``last``: Lightning's ``fit(ckpt_path="last")`` resumes from the newest ``last*``
+    entry of a ModelCheckpoint's folder, and a twin holds no training state.
+    """
     p = Path(path)
-    return p.with_name(p.stem + EMA_CHECKPOINT_SUFFIX + p.suffix) if p.suffix else p.with_name(p.name + "-ema")
+    return p.with_name(EMA_CHECKPOINT_PREFIX + p.name)
 
 
 def is_ema_twin(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is itself a twin (a twin gets no twin)."""
-    return Path(path).stem.endswith(EMA_CHECKPOINT_SUFFIX)
+    """Whether ``path`` is itself a twin (a twin gets no twin): ``ema-X.ckpt``, or ``X-ema.ckpt`` as older
+    versions named them."""
+    p = Path(path)
+    return p.name.startswith(EMA_CHECKPOINT_PREFIX) or p.stem.endswith(EMA_CHECKPOINT_SUFFIX)
 
 
 def remove_twin(path: str | os.PathLike[str]) -> None:
@@ -81,7 +90,7 @@ class TwinWriter(Protocol):
 
 
 class TwinCheckpointIO(CheckpointIO):
-    """Delegates to the strategy's CheckpointIO; also writes and removes the ``-ema`` twin of each checkpoint.
+    """Delegates to the strategy's CheckpointIO; also writes and removes the ``ema-`` twin of each checkpoint.
 
     For every save: (1) a weights-only checkpoint (Lightning skipped the callback hooks) gets the raw weights from
     ``owner.put_raw_weights``, (2) the inner IO writes it, (3) ``owner.write_ema_twin`` writes the twin when
@@ -129,7 +138,7 @@ class EMAStateCallback(ShardedEMACheckpoints, Callback):
     Every checkpoint gets the raw weights in ``state_dict`` (also when saved while the EMA is swapped in, also
     weights-only saves), so resuming with or without the callback trains on from the raw weights. With
     ``save_ema_checkpoint`` a :class:`TwinCheckpointIO`, installed from ``setup`` to ``teardown``, writes the
-    ``-ema`` twins through :meth:`write_ema_twin`. Under ``ModelParallelStrategy`` (FSDP2) each rank averages its
+    ``ema-`` twins through :meth:`write_ema_twin`. Under ``ModelParallelStrategy`` (FSDP2) each rank averages its
     own shards and :class:`~lit_tricks.fault.ema_shards.ShardedEMACheckpoints` saves them, in both of its checkpoint
     modes; other sharded strategies (FSDP1's flat parameters, DeepSpeed ZeRO-3) are refused at ``setup``.
     """
@@ -177,7 +186,7 @@ class EMAStateCallback(ShardedEMACheckpoints, Callback):
             self.state.write_into(checkpoint["state_dict"], raw=True)
 
     def write_ema_twin(self, checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> None:
-        """Write ``<path stem>-ema.ckpt``: the checkpoint with EMA weights in ``state_dict``, no training state.
+        """Write ``ema-<path name>``: the checkpoint with EMA weights in ``state_dict``, no training state.
 
         The hook called (rank 0, after the strategy's CheckpointIO wrote ``checkpoint`` to ``path``) for every
         checkpoint while ``save_ema_checkpoint=True``; override it to write the twin elsewhere or otherwise. Under
@@ -206,7 +215,7 @@ class EMAStateCallback(ShardedEMACheckpoints, Callback):
         return "ema" if self.evaluate_with == "ema" and not self.validate_both else None
 
     def variant_checkpoint(self, path: str | os.PathLike[str]) -> str | None:
-        """The ``-ema`` twin of checkpoint ``path`` when that file exists, else None."""
+        """The ``ema-`` twin of checkpoint ``path`` when that file exists, else None."""
         twin = ema_checkpoint_path(path)
         return str(twin) if twin.is_file() else None
 
@@ -229,7 +238,7 @@ class EMAStateCallback(ShardedEMACheckpoints, Callback):
             )
         if sharded:  # every rank saves its own EMA shards, or gathers them into a full file
             self.attach_saves(trainer.strategy)
-        elif self._installed_io is None:  # writes the -ema twins; keeps weights-only checkpoints raw too
+        elif self._installed_io is None:  # writes the ema- twins; keeps weights-only checkpoints raw too
             self._installed_io = TwinCheckpointIO.install(trainer.strategy, self)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

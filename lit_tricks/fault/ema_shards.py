@@ -7,11 +7,11 @@ The strategy's two checkpoint modes:
 - ``save_distributed_checkpoint=True`` (directory ``X.ckpt/``): every rank writes its EMA shards with
   ``torch.distributed.checkpoint`` into ``X.ckpt/ema/`` (inside the directory, written before it is swapped in:
   :class:`~lit_tricks.fault.sharded_checkpoint.ShardedSaves`); the callback state in ``meta.pt`` holds the counters
-  and names that folder. The twin ``X-ema.ckpt/`` is a distributed checkpoint of the EMA weights (``state_dict``
+  and names that folder. The twin ``ema-X.ckpt/`` is a distributed checkpoint of the EMA weights (``state_dict``
   only, no training state), loadable as a model checkpoint by the strategy (``trainer.test(ckpt_path=...)``) or
   consolidated into one file (``python -m lightning.pytorch.utilities.consolidate_checkpoint``).
 - ``save_distributed_checkpoint=False`` (one file, written by rank 0): the EMA is gathered into the callback state
-  and into the twin file ``X-ema.ckpt``; every rank takes part in the gathering.
+  and into the twin file ``ema-X.ckpt``; every rank takes part in the gathering.
 
 Resume re-shards: the shards load into the current layout whatever the world size that saved them (DCP), a full
 EMA is cut into this rank's chunks. The twin holds the EMA cast to the model's dtype; the callback state keeps the

@@ -13,9 +13,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-from lit_tricks.compat import module_trainer
+from lit_tricks.compat import first_train_loader, module_trainer
 from lit_tricks.fault.atomic import atomic_torch_save
 from lit_tricks.fault.state_keys import warn_changed_args
+from lit_tricks.functional.batchnorm import sampled_batches
 from lit_tricks.functional.ensemble import EnsembleModule
 from lit_tricks.functional.ensemble_members import EnsembleMembers, cpu_state
 from lit_tricks.functional.soup import GreedySoup, accuracy
@@ -77,8 +78,12 @@ class EnsembleMembersCallback(Callback):
         return record
 
     def _drop_tag(self, trainer: pl.Trainer, record: dict[str, Any], tag: str) -> None:
-        path = record["path"]
-        if self.store.drop_tag(record, tag) and trainer.is_global_zero and not path.startswith("inline:"):
+        if self.store.drop_tag(record, tag):
+            self._remove_member_file(trainer, record["path"])
+
+    def _remove_member_file(self, trainer: pl.Trainer, path: str) -> None:
+        """Remove the file of a member that left (rank 0; only a file this ensemble wrote, in its folder)."""
+        if trainer.is_global_zero and not path.startswith("inline:"):
             try:
                 if Path(path).parent == self._dirpath(trainer):
                     os.remove(path)
@@ -144,8 +149,8 @@ class EnsembleMembersCallback(Callback):
         self, pl_module: pl.LightningModule, dataloader: Iterable[Any] | None = None, bn_batches: int | None = None
     ) -> pl.LightningModule:
         """A copy of ``pl_module`` holding the uniform average of the members' weights (model soup), with BatchNorm
-        statistics recomputed on ``bn_batches`` batches (all if None) of ``dataloader`` (default: the Trainer's train
-        dataloader, when attached)."""
+        statistics recomputed on ``bn_batches`` batches (all if None) of ``dataloader`` (default: the train dataset
+        of the attached Trainer, in an order of its own: :func:`~lit_tricks.functional.batchnorm.sampled_batches`)."""
         return self.store.average(pl_module, _train_loader(pl_module, dataloader), bn_batches)
 
     def greedy_soup(self, pl_module: _M, val_dataloader: Iterable[Any], dataloader: Iterable[Any] | None = None,
@@ -164,8 +169,11 @@ class EnsembleMembersCallback(Callback):
 
 
 def _train_loader(pl_module: nn.Module, dataloader: Iterable[Any] | None) -> Iterable[Any] | None:
-    """``dataloader``, else the train dataloader of the Trainer ``pl_module`` is attached to (None without one)."""
+    """``dataloader``, else batches of the train dataset of the Trainer ``pl_module`` is attached to, in an order of
+    their own (:func:`~lit_tricks.functional.batchnorm.sampled_batches`: the training loader's saved position stays
+    where it is); None without one."""
     if dataloader is not None:
         return dataloader
     trainer = module_trainer(pl_module)
-    return getattr(trainer, "train_dataloader", None) if trainer is not None else None
+    train = first_train_loader(trainer) if trainer is not None else None
+    return None if trainer is None or train is None else sampled_batches(train, seed=trainer.global_step)

@@ -45,7 +45,7 @@ def is_training_checkpoint(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` holds a full training state (loops and optimizer states), not only weights.
 
     Looks for the keys in the archive's pickle stream (``data.pkl``) without unpickling it; weights-only files
-    (``save_weights_only=True``, the ``-ema`` twins of EMAWeights) have neither key.
+    (``save_weights_only=True``, the ``ema-`` twins of EMAWeights) have neither key.
     """
     if is_checkpoint_dir(path):
         return is_training_checkpoint_dir(path)
@@ -114,20 +114,24 @@ def _latest_version(root: Path) -> int | None:
     return max(versions) if versions else None
 
 
-def continue_csv_logs(loggers: Iterable[Any], resume_ckpt: str) -> None:
-    """After a resume, keep writing each unpinned CSVLogger's newest ``version_N`` (its rows up to the checkpoint's
-    step kept), so ``metrics.csv`` holds every epoch of the run.
+def continue_csv_logs(loggers: Iterable[Any], resume_ckpt: str | None) -> None:
+    """After a resume, keep writing each unpinned CSVLogger's newest ``version_N`` (its rows up to the checkpoint
+    kept), so ``metrics.csv`` holds every epoch of the run.
 
     Lightning has no append mode: its CSV writer deletes an existing ``metrics.csv`` of its version when it is created
     (``_ExperimentWriter._check_log_dir_exists``), and a new version would split the run's curves over two files. So
-    the rows logged before the checkpoint are read first and written back under the writer's header.
+    the rows logged before the checkpoint are read first and written back under the writer's header: as many rows as
+    the checkpoint says were written (:class:`~lit_tricks.callbacks.RNGState` records it), else those of earlier
+    steps. ``resume_ckpt=None`` (``resume=auto`` killed before its first checkpoint) starts that version afresh.
     """
     import torch
     from lightning.pytorch.loggers import CSVLogger
 
     from lit_tricks.compat import csv_logger_version, pin_csv_logger_version
+    from lit_tricks.fault.exact_resume import CSV_ROWS_KEY
 
-    step = int(torch.load(resume_ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    ckpt = torch.load(resume_ckpt, map_location="cpu", weights_only=True, mmap=True) if resume_ckpt else {}
+    step, counts = int(ckpt.get("global_step", 0)), ckpt.get(CSV_ROWS_KEY) or {}
     for lg in loggers:
         if not isinstance(lg, CSVLogger) or csv_logger_version(lg) is not None:
             continue
@@ -139,7 +143,10 @@ def continue_csv_logs(loggers: Iterable[Any], resume_ckpt: str) -> None:
         rows: list[dict[str, str]] = []
         if path.is_file():
             with path.open(newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if not r.get("step") or float(r["step"]) < step]
+                rows = list(csv.DictReader(fh))
+            kept = counts.get(f"{lg.name}/version_{version}")  # rows written when the checkpoint was (RNGState)
+            earlier = [r for r in rows if not r.get("step") or float(r["step"]) < step]  # a checkpoint without it
+            rows = rows[:kept] if kept is not None else earlier
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Experiment logs directory")
             writer = lg.experiment  # deletes the old metrics.csv

@@ -65,7 +65,7 @@ def checkpoint_dir_problem(path: str | os.PathLike[str]) -> str | None:
 
 def is_training_checkpoint_dir(path: str | os.PathLike[str]) -> bool:
     """Whether the distributed checkpoint ``path`` holds a training state (``loops`` in ``meta.pt``), not only
-    weights (``save_weights_only``, the ``-ema`` twins)."""
+    weights (``save_weights_only``, the ``ema-`` twins)."""
     try:
         with zipfile.ZipFile(Path(path) / META_FILE) as archive:
             name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)

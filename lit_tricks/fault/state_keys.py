@@ -1,6 +1,10 @@
 """Changed arguments on resume: a callback's ``state_key`` holds its identifying arguments (as Lightning's
 EarlyStopping and ModelCheckpoint do), so a run resumed with another value of one of them finds no state under its
-key and would silently start that callback afresh. :func:`warn_changed_args` says so in one line."""
+key and would silently start that callback afresh. :func:`warn_changed_args` says so in one line.
+
+Arguments that only size a state (a history length, a top-k) are not in the key: a run resumed with another value
+loads the state, and the callback keeps its newest (or best) values. :func:`adopt_resized_state` finds a state saved
+when such an argument was still part of the key."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lit_tricks.compat import legacy_state_key, state_key_args
 
-__all__ = ["changed_args", "warn_changed_args"]
+__all__ = ["adopt_resized_state", "changed_args", "warn_changed_args"]
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +53,17 @@ def warn_changed_args(callback: Callback, checkpoint: dict[str, Any]) -> bool:
             "old arguments to continue it)."
         )
     return bool(found)
+
+
+def adopt_resized_state(callback: Callback, checkpoint: dict[str, Any], sizing: tuple[str, ...]) -> bool:
+    """File a state of ``callback``'s class under ``callback.state_key`` when ``checkpoint`` holds none there but one
+    whose key differs only in ``sizing`` arguments (older versions kept them in the key), so that Lightning loads it;
+    returns whether it did. Call it from ``on_load_checkpoint`` (Lightning loads the states after that hook)."""
+    states = checkpoint.get("callbacks")
+    if not isinstance(states, dict):
+        return False
+    for key, diff in changed_args(callback, checkpoint):
+        if set(diff) <= set(sizing):
+            states[callback.state_key] = states[key]
+            return True
+    return False

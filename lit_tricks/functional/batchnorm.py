@@ -2,7 +2,8 @@
 
 Every caller (EMAWeights before evaluating the EMA, CheckpointEnsemble's weight average, the surgery helper
 :func:`lit_tricks.modules.surgery.recalibrate_bn`) uses :func:`recalibrate_bn_` and its one batch-unpacking rule,
-:func:`batch_inputs`.
+:func:`batch_inputs`. A recalibration during training draws its batches through :func:`sampled_batches`, never from
+the training loader itself.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
-__all__ = ["batch_inputs", "batchnorm_layers", "recalibrate_bn_"]
+__all__ = ["batch_inputs", "batchnorm_layers", "recalibrate_bn_", "sampled_batches"]
 
 
 def batch_inputs(batch: Any) -> Any:
@@ -24,6 +26,42 @@ def batch_inputs(batch: Any) -> Any:
     The rule of ``torch.optim.swa_utils.update_bn``.
     """
     return batch[0] if isinstance(batch, list | tuple) else batch
+
+
+def sampled_batches(loader: Any, seed: int) -> Iterable[Any]:
+    """Batches of ``loader``'s dataset in an order of their own: a new ``DataLoader`` (same dataset, batch size,
+    ``drop_last``, collate function and workers) over a permutation drawn from ``torch.Generator().manual_seed(seed)``.
+
+    Iterating it moves nothing of ``loader``: not its iterator, whose data position a ``StatefulDataLoader`` saves in
+    every checkpoint (iterating ``loader`` itself would replace it), not its sampler or batch sampler, not torch's
+    global RNG (the workers' base seed comes from the same generator). So a recalibration in the middle of training
+    leaves the training data position and the RNG where an exact resume expects them, and the same ``seed`` gives the
+    same batches: under DDP every rank draws the same batches from the whole dataset (not its own shard), so the
+    recalibrated statistics agree across ranks as the weights do. The batch size is ``loader.batch_size`` or its
+    batch sampler's ``batch_size`` (a batch sampler without one is refused; a loader without automatic batching,
+    whose samples are batches, stays so). An iterable dataset is read from a fresh loader of its own (no
+    permutation); anything that is not a ``DataLoader`` is returned as it is.
+    """
+    if not isinstance(loader, DataLoader):
+        return loader
+    batcher = loader.batch_sampler
+    size = loader.batch_size or getattr(batcher, "batch_size", None)
+    if batcher is not None and (not isinstance(size, int) or size < 1):
+        raise ValueError(f"sampled_batches: the train loader's batch sampler {type(batcher).__name__} has no "
+                         "batch_size (variable-size batches?): recalibrating BatchNorm during training needs one "
+                         "(or set recalibrate_bn_batches=0)")
+    drop_last = bool(loader.drop_last or getattr(batcher, "drop_last", False))
+    generator = torch.Generator().manual_seed(int(seed))
+    common: dict[str, Any] = {
+        "batch_size": size, "drop_last": drop_last, "collate_fn": loader.collate_fn,
+        "num_workers": loader.num_workers, "pin_memory": loader.pin_memory, "worker_init_fn": loader.worker_init_fn,
+        "generator": generator,
+        "multiprocessing_context": loader.multiprocessing_context if loader.num_workers else None,
+    }
+    if isinstance(loader.dataset, IterableDataset):
+        return DataLoader(loader.dataset, **common)
+    sampler = RandomSampler(loader.dataset, generator=generator)  # type: ignore[arg-type]  # a map-style dataset
+    return DataLoader(loader.dataset, sampler=sampler, **common)
 
 
 def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:

@@ -25,7 +25,7 @@ from lit_tricks.functional.sharded import full_state_dict, has_dtensors
 from lit_tricks.functional.soup import GreedySoup, check_same_architecture, greedy_soup_module
 from lit_tricks.functional.wrappers import match_wrapped_keys
 
-__all__ = ["EXTERNAL_TAGS", "EnsembleMembers", "load_member_state_dict", "top_k_decision"]
+__all__ = ["EXTERNAL_TAGS", "EnsembleMembers", "load_member_state_dict", "top_k_decision", "worst_index"]
 
 _M = TypeVar("_M", bound=nn.Module)
 #: tags of members whose files the ensemble did not write (given paths, ModelCheckpoint's best_k_models)
@@ -46,11 +46,19 @@ def top_k_decision(kept: list[float], score: float, k: int, mode: str) -> tuple[
     stored = worst_value if math.isnan(score) else float(score)
     if len(kept) < k:
         return True, None, stored
+    worst = worst_index(kept, mode)
+    value = worst_value if math.isnan(kept[worst]) else kept[worst]
+    better = score < value if mode == "min" else score > value
+    return (True, worst, stored) if better else (False, None, stored)
+
+
+def worst_index(kept: list[float], mode: str) -> int:
+    """The index of the score a top-k holding ``kept`` (in the order they entered) gives up first: the worst (NaN
+    worst of all), the first to have entered among equal ones (``ModelCheckpoint``'s ``max()`` over its dict)."""
+    worst_value = float("inf") if mode == "min" else float("-inf")
     values = [worst_value if math.isnan(v) else v for v in kept]
     pick = max if mode == "min" else min
-    worst = pick(range(len(values)), key=values.__getitem__)  # first among ties, as max() over a dict
-    better = score < values[worst] if mode == "min" else score > values[worst]
-    return (True, worst, stored) if better else (False, None, stored)
+    return pick(range(len(values)), key=values.__getitem__)
 
 
 def load_member_state_dict(path: str | os.PathLike[str], trusted: bool = False) -> dict[str, Tensor]:
@@ -185,12 +193,25 @@ class EnsembleMembers:
         for key in [k for k in self.inline if k not in kept]:
             del self.inline[key]
 
+    def _ranked(self) -> list[dict[str, Any]]:
+        return sorted((m for m in self.records if "top_k" in m["tags"]), key=lambda m: m.get("top_k_order", 0))
+
     def top_k_entry(self, score: float, k: int, mode: str) -> tuple[bool, dict[str, Any] | None, float, int]:
         """Whether ``score`` enters the top-k members, the member it displaces, the score stored, and its order."""
-        ranked = sorted((m for m in self.records if "top_k" in m["tags"]), key=lambda m: m.get("top_k_order", 0))
+        ranked = self._ranked()
         enters, drop, stored = top_k_decision([float(m["score"]) for m in ranked], score, k, mode)
         order = 1 + max((int(m.get("top_k_order", 0)) for m in self.records), default=0)
         return enters, None if drop is None else ranked[drop], stored, order
+
+    def trim_top_k(self, k: int, mode: str) -> list[dict[str, Any]]:
+        """Keep the ``k`` best ``top_k`` members (a top-k saved with a larger ``k``), giving up the others in the
+        order :func:`top_k_decision` displaces them; returns the records that left (their files may go)."""
+        left = []
+        while len(ranked := self._ranked()) > k:
+            record = ranked[worst_index([float(m["score"]) for m in ranked], mode)]
+            if self.drop_tag(record, "top_k"):
+                left.append(record)
+        return left
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def evaluate_sweep_ensemble(sweep_dir: str | Path, top_k: int = 3, combine: str 
     """Test the top-k checkpoints of a sweep as one ensemble; returns members and test metrics.
 
     The module is the best job's, loaded from its member file; the other members' weights come from theirs (each
-    the file that reproduces the job's objective: the ``-ema`` twin of EMA-evaluated jobs). Result keys:
+    the file that reproduces the job's objective: the ``ema-`` twin of EMA-evaluated jobs). Result keys:
     ``members`` (job, objective, checkpoint, its own test/acc), ``test/acc`` (best single
     model), ``test/acc_ensemble``, ``test/loss_ensemble``.
     """

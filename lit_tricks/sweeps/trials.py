@@ -175,7 +175,7 @@ def continuation(trials: Sequence[FrozenTrial], checkpoint_of: Callable[[Path], 
     """(params, user attributes) of a trial to enqueue that continues an interrupted trial's work, or None.
 
     An interrupted trial (FAIL, not counted: preempted, Ctrl-C, or its worker died) that left a training
-    checkpoint in its job directory (``checkpoint_of(job_dir)``, e.g. ``preempted.ckpt``) and is not continued
+    checkpoint in its job directory (``checkpoint_of(job_dir)``, e.g. ``last-preempted.ckpt``) and is not continued
     yet is continued by a new trial with the same parameters whose job resumes from that checkpoint. One that left
     none but itself continued another trial resumes from that trial's checkpoint again.
     """

@@ -131,7 +131,7 @@ def test_checkpoints_hold_raw_weights_and_an_ema_twin(tmp_path: Path) -> None:
     # evaluation saw the EMA weights, and the val-end checkpoint (saved right after) the raw ones
     assert _equal(probe.val_weights[-1], ema_cb.ema_state_dict)
     twin = ema_checkpoint_path(last)
-    assert twin.name == "last-ema.ckpt"
+    assert twin.name == "ema-last.ckpt"
     ema_ckpt = torch.load(twin, weights_only=True)
     assert _equal(ema_ckpt["state_dict"], ema_cb.ema_state_dict)
     assert "optimizer_states" not in ema_ckpt and "callbacks" not in ema_ckpt
@@ -139,16 +139,16 @@ def test_checkpoints_hold_raw_weights_and_an_ema_twin(tmp_path: Path) -> None:
     assert _equal(_clone(loaded), ema_cb.ema_state_dict)
     # every checkpoint has its twin, and twins of removed top-k checkpoints are removed with them
     ckpts = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    mains = [n for n in ckpts if not n.endswith("-ema.ckpt")]
+    mains = [n for n in ckpts if not n.startswith("ema-")]
     assert len(mains) == 2 and sorted(ema_checkpoint_path(n).name for n in mains) == [
-        n for n in ckpts if n.endswith("-ema.ckpt")]
+        n for n in ckpts if n.startswith("ema-")]
     assert not [n for n in ckpts if n.startswith(".tmp-")]
 
 
 def test_no_ema_twin_when_turned_off(tmp_path: Path) -> None:
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     _fit(tmp_path, [EMAWeights(save_ema_checkpoint=False), ckpt], max_epochs=1)
-    assert not list((tmp_path / "ckpt").glob("*-ema.ckpt"))
+    assert not list((tmp_path / "ckpt").glob("ema-*.ckpt"))
 
 
 class SaveDuringValidation(TinyClassifier):
@@ -171,7 +171,7 @@ def test_save_while_swapped_writes_raw_weights(tmp_path: Path) -> None:
     assert not _equal(ck["state_dict"], model.seen_during_save)
     weights_only = torch.load(tmp_path / "weights.ckpt", weights_only=True)
     assert "callbacks" not in weights_only and _equal(weights_only["state_dict"], probe.steps[-1])
-    assert _equal(torch.load(tmp_path / "weights-ema.ckpt", weights_only=True)["state_dict"],
+    assert _equal(torch.load(tmp_path / "ema-weights.ckpt", weights_only=True)["state_dict"],
                   ck["callbacks"][ema_cb.state_key]["ema"])
     assert _equal(_clone(model), probe.steps[-1])  # swapped back after validation
 
@@ -324,15 +324,30 @@ def test_early_stopping_restores_the_evaluated_ema_weights(tmp_path: Path) -> No
     assert not _equal(_clone(model), probe.steps[(best + 1) * 8 - 1])  # not the raw ones of that epoch
 
 
+class RecordingEMA(EMAWeights):
+    """Keeps the batches its BatchNorm recalibration ran on."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bn_batches: list[Any] = []
+
+    def bn_forward(self, pl_module: pl.LightningModule, batch: Any) -> None:
+        self.bn_batches.append([t.clone() for t in batch])
+        super().bn_forward(pl_module, batch)
+
+
 def test_recalibrate_bn_matches_update_bn(tmp_path: Path) -> None:
-    ema_cb, probe = EMAWeights(decay=0.8, recalibrate_bn_batches=2, apply_at_end=False), Probe()
+    ema_cb, probe = RecordingEMA(decay=0.8, recalibrate_bn_batches=2, apply_at_end=False), Probe()
     _, model = _fit(tmp_path, [probe, ema_cb], max_epochs=1)
     ema_params = {k: v for k, v in ema_cb.ema_state_dict.items() if "running" not in k and "batches" not in k}
     ref = copy.deepcopy(model)
     ref.load_state_dict(ema_params, strict=False)
+    batches = ema_cb.bn_batches[-2:]  # the last validation's recalibration
     data = BlobsDataModule(shuffle=False)
     data.setup()
-    batches = [b for _, b in zip(range(2), data.train_dataloader())]
+    pool = torch.cat([b[0] for b in data.train_dataloader()])
+    for x, _ in batches:  # full batches of training samples (drawn apart from the training loader's iterator)
+        assert len(x) == data.batch_size and all(bool((pool == row).all(1).any()) for row in x)
     torch.optim.swa_utils.update_bn(batches, ref)
     seen = probe.val_weights[-1]
     torch.testing.assert_close(seen["net.1.running_mean"], ref.net[1].running_mean)
@@ -410,7 +425,7 @@ def test_plain_boring_model(tmp_path: Path) -> None:
     trainer.fit(BoringModel())
     assert ema_cb.num_updates == 4
     assert _equal(probe.val_weights[-1], ema_cb.ema_state_dict)
-    assert _equal(torch.load(tmp_path / "ckpt" / "last-ema.ckpt", weights_only=True)["state_dict"],
+    assert _equal(torch.load(tmp_path / "ckpt" / "ema-last.ckpt", weights_only=True)["state_dict"],
                   ema_cb.ema_state_dict)
 
 

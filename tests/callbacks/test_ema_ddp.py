@@ -1,15 +1,17 @@
 """EMAWeights and EarlyStopping under DDP with 2 CPU processes (gloo, 60 s timeout), in one ``ddp_spawn`` run.
 
-Checks, per rank (written by a recorder callback inside the workers): EMA identical on both ranks, the same
+Checks, per rank (written by a recorder callback inside the workers): EMA identical on both ranks (with BatchNorm
+recalibration), the same
 early-stopping decision on both ranks although only rank 1's metric says stop, the same restored weights; and in
 the parent: EMAWeights pickles into the spawned workers (Lightning's EMAWeightAveraging does not: "Can't pickle
-local object 'get_ema_avg_fn.<locals>.ema_update'") and writes the raw checkpoint plus its ``-ema`` twin.
+local object 'get_ema_avg_fn.<locals>.ema_update'") and writes the raw checkpoint plus its ``ema-`` twin.
 """
 
 from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -32,6 +34,18 @@ class RankScore(TinyClassifier):
         self.log("val/score", score, sync_dist=False)
 
 
+class SeenEMA(EMAWeights):
+    """Keeps the batches its BatchNorm recalibration ran on (module level: pickled into the spawned workers)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bn_batches: list[torch.Tensor] = []
+
+    def bn_forward(self, pl_module: pl.LightningModule, batch: Any) -> None:
+        self.bn_batches.append(batch[0].detach().cpu().clone())
+        super().bn_forward(pl_module, batch)
+
+
 class Record(Callback):
     """Saves, on each rank at fit end, what the test compares across ranks."""
 
@@ -41,6 +55,7 @@ class Record(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         torch.save(
             {"ema": self.ema.ema_state_dict, "num_updates": self.ema.num_updates,
+             "bn_batches": list(getattr(self.ema, "bn_batches", [])),
              "stopped_epoch": self.es.stopped_epoch, "best_epoch": self.es.best_epoch,
              "epoch": trainer.current_epoch, "should_stop": trainer.should_stop,
              "weights": {k: v.detach().clone() for k, v in pl_module.state_dict().items()}},
@@ -56,7 +71,9 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 @pytest.mark.ddp
 @pytest.mark.timeout(120)
 def test_ddp_spawn_ema_identical_and_same_stop_on_both_ranks(tmp_path: Path) -> None:
-    ema = EMAWeights(decay=0.9, warmup=True, apply_at_end=False)
+    # BatchNorm recalibrated before each validation: both ranks draw the same batches (sampled_batches), so the EMA's
+    # recalibrated statistics agree as its weights do
+    ema = SeenEMA(decay=0.9, warmup=True, apply_at_end=False, recalibrate_bn_batches=2)
     es = EarlyStopping("val/score", patience=2, restore_best_weights=True)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = tiny_trainer(
@@ -69,6 +86,8 @@ def test_ddp_spawn_ema_identical_and_same_stop_on_both_ranks(tmp_path: Path) -> 
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["num_updates"] == r1["num_updates"] == 6  # 3 epochs x 128 samples / 2 ranks / batch 32
     assert _equal(r0["ema"], r1["ema"])  # parameters and (synced) BatchNorm buffers
+    assert len(r0["bn_batches"]) == len(r1["bn_batches"]) == 2 * 3  # 2 batches before each of the 3 validations
+    assert all(torch.equal(a, b) for a, b in zip(r0["bn_batches"], r1["bn_batches"]))  # the same on both ranks
     # only rank 1 wants to stop after epoch 2 (patience 2); both ranks stop there
     assert r0["stopped_epoch"] == r1["stopped_epoch"] == 2
     assert r0["epoch"] == r1["epoch"] == 3 and r0["should_stop"] and r1["should_stop"]
@@ -79,7 +98,7 @@ def test_ddp_spawn_ema_identical_and_same_stop_on_both_ranks(tmp_path: Path) -> 
 
     # the parent got the checkpoints: raw weights + EMA state, and the EMA-only twin
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
-    twin = torch.load(tmp_path / "ckpt" / "last-ema.ckpt", weights_only=True)
+    twin = torch.load(tmp_path / "ckpt" / "ema-last.ckpt", weights_only=True)
     state = last["callbacks"][ema.state_key]
     assert state["num_updates"] == last["global_step"] == 6
     assert _equal(twin["state_dict"], state["ema"])

@@ -115,13 +115,13 @@ def test_ema_twin_writing_is_an_explicit_hook_and_the_checkpoint_io_is_unwrapped
     trainer = tiny_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[ema, ckpt])
     original = trainer.strategy.checkpoint_io
     trainer.fit(no_dropout(TinyClassifier()), BlobsDataModule())
-    assert "last.ckpt" in ema.twins and (tmp_path / "ckpt" / "last-ema.ckpt").exists()
+    assert "last.ckpt" in ema.twins and (tmp_path / "ckpt" / "ema-last.ckpt").exists()
     assert trainer.strategy.checkpoint_io is original
     off = TwinRecorder(decay=D, save_ema_checkpoint=False)
     trainer = tiny_trainer(tmp_path / "off", max_epochs=1, limit_train_batches=2, limit_val_batches=1,
                            callbacks=[off, ModelCheckpoint(dirpath=tmp_path / "off", save_last=True)])
     trainer.fit(no_dropout(TinyClassifier()), BlobsDataModule())
-    assert off.twins == [] and not (tmp_path / "off" / "last-ema.ckpt").exists()
+    assert off.twins == [] and not (tmp_path / "off" / "ema-last.ckpt").exists()
 
 
 def test_sharded_strategies_but_model_parallel_are_refused_at_setup_with_one_line() -> None:

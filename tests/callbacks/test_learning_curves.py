@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -98,17 +99,18 @@ def test_pending_epoch_state_is_restored_not_duplicated() -> None:
     state = cb.state_dict()
     assert state["pending"]["train_loss"] == 1.5
 
-    class FakeTrainer:
+    class FakeTrainer:  # Lightning goes on with epoch 2: the checkpoint was taken at epoch 1's last batch
         current_epoch = 2
+        fit_loop = SimpleNamespace(restarted_mid_epoch=False)
 
     fresh = LearningCurves()
     fresh.load_state_dict(state)
-    fresh.on_train_epoch_start(FakeTrainer(), None)  # type: ignore[arg-type]
+    fresh.on_train_start(FakeTrainer(), None)  # type: ignore[arg-type]
     assert fresh.history["epoch"] == [1.0] and fresh.history["train_loss"] == [1.5]
-    FakeTrainer.current_epoch = 1  # resumed inside epoch 1: accumulators come back, no row yet
+    FakeTrainer.current_epoch = 1  # resumed inside epoch 1 (no on_train_epoch_start): accumulators back, no row yet
     again = LearningCurves()
     again.load_state_dict(state)
-    again.on_train_epoch_start(FakeTrainer(), None)  # type: ignore[arg-type]
+    again.on_train_start(FakeTrainer(), None)  # type: ignore[arg-type]
     assert again.history["epoch"] == [] and again._loss_count == 2 and again._train_loss() == 1.5
     with pytest.raises(ValueError, match="smoothing"):
         LearningCurves(smoothing=1.5)

@@ -41,7 +41,7 @@ def test_a_preempted_and_resumed_run_prints_no_noise(tmp_path: Path, monkeypatch
         first = run_train_cli(monkeypatch, run_dir, *QUICK, f"+callbacks.sigterm._target_={__name__}.SigtermAt")
         second = run_train_cli(monkeypatch, run_dir, *QUICK, "resume=auto")
     assert first in (0, None) and second in (0, None)
-    assert (tmp_path / "run" / "checkpoints" / "preempted.ckpt").is_file()  # it was preempted, then resumed
+    assert (tmp_path / "run" / "checkpoints" / "last-preempted.ckpt").is_file()  # it was preempted, then resumed
     out = capfd.readouterr()
     text = out.err + out.out + "\n".join(str(w.message) for w in caught)
     for pattern in NOISE:

@@ -86,7 +86,7 @@ def test_preempted_multinode_job_is_requeued_once_and_resumes_exactly(
     # first run: both ranks agreed at the end of the signalled step, wrote one checkpoint together and exited 0
     for rank in (0, 1):
         assert (root / f"exit_rank{rank}.txt").read_text() == "SystemExit 0"
-    saved = root / "checkpoints" / "preempted.ckpt"
+    saved = root / "checkpoints" / "last-preempted.ckpt"
     assert torch.load(saved, weights_only=True)["global_step"] == PAUSE_STEP + 1
     assert not list(root.rglob("hpc_ckpt_*.ckpt")), "Lightning's SLURM auto-requeue saved too (two signal owners)"
     # the requeued run resumed from it and ends equal to the uninterrupted run

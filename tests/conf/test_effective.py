@@ -28,6 +28,10 @@ DECIDED: dict[tuple[str, str], tuple[Any, Any]] = {
     # MNIST1DDataModule refuses val_fraction / test_fraction (it takes val_size): its signature no longer lists them.
     ("lit_tricks:MNIST1DDataModule", "val_fraction"): (0.1, "<absent>"),
     ("lit_tricks:MNIST1DDataModule", "test_fraction"): (0.3, "<absent>"),
+    # callbacks=last_checkpoint|model_checkpoint: lit_tricks' ModelCheckpoint (exact resume points), same arguments.
+    ("lit_tricks:ModelCheckpoint", "_target_"): ("lightning:ModelCheckpoint", "lit_tricks:ModelCheckpoint"),
+    # Preemption's file is a last* name: Lightning's fit(ckpt_path="last") finds it.
+    ("lit_tricks:Preemption", "filename"): ("preempted.ckpt", "last-preempted.ckpt"),
 }
 
 _SHIFT, _NOISE = {"shift": {"max_shift": 4, "mode": "roll"}}, {"noise": {"sigma": 0.08}}

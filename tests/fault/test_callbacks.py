@@ -85,9 +85,12 @@ def test_rng_state_round_trip_restores_at_train_start() -> None:
     other = RNGState()
     other.load_state_dict(torch.load(buffer, weights_only=True))
     torch.manual_seed(99)
-    position = SimpleNamespace(completed=1, processed=1)  # mid-epoch: batch 2 of 4 not yet done
-    trainer: Any = SimpleNamespace(num_training_batches=4, fit_loop=SimpleNamespace(
-        epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=position))))
+    epochs = SimpleNamespace(processed=0, started=1)  # resumed inside epoch 0 (no new iterator to create)
+    trainer: Any = SimpleNamespace(
+        fit_loop=SimpleNamespace(restarting=False, restarted_mid_epoch=False,
+                                 epoch_progress=SimpleNamespace(current=epochs)),
+        _logger_connector=SimpleNamespace(_callback_metrics={}, _logged_metrics={}),
+        strategy=SimpleNamespace(root_device=torch.device("cpu")))
     other.on_train_start(trainer, None)  # type: ignore[arg-type]
     assert torch.equal(torch.rand(3), expected)
 
@@ -118,7 +121,7 @@ def test_preemption_saves_at_batch_end_and_exits_zero(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         trainer.fit(TinyClassifier(), datamodule=BlobsDataModule(n=256))
     assert exit_info.value.code in (None, 0)
-    saved = tmp_path / "c" / "preempted.ckpt"
+    saved = tmp_path / "c" / "last-preempted.ckpt"
     assert preemption.saved_path == str(saved)
     assert torch.load(saved, weights_only=True)["global_step"] == 4  # the signalled step completed, then saved
     assert signal.getsignal(signal.SIGUSR1) == before, "the previous handler is back"

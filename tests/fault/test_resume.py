@@ -26,16 +26,16 @@ def test_picks_the_newest_intact_training_checkpoint(tmp_path: Path, caplog: pyt
     assert find_resume_checkpoint(tmp_path / "missing") is None
     _save(tmp_path / "checkpoints" / "epoch=0-step=5.ckpt", 100)
     _save(tmp_path / "checkpoints" / "last.ckpt", 200)
-    _save(tmp_path / "checkpoints" / "last-ema.ckpt", 300, training=False)  # weights only: not resumable
+    _save(tmp_path / "checkpoints" / "ema-last.ckpt", 300, training=False)  # weights only: not resumable
     assert find_resume_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
     # a newer but truncated file is skipped with a warning
-    newer = tmp_path / "checkpoints" / "preempted.ckpt"
+    newer = tmp_path / "checkpoints" / "last-preempted.ckpt"
     newer.write_bytes((tmp_path / "checkpoints" / "last.ckpt").read_bytes()[:200])
     os.utime(newer, (400, 400))
     (tmp_path / "checkpoints" / ".tmp-last.ckpt.xyz").write_bytes(b"torn")
     with caplog.at_level(logging.WARNING, logger="lit_tricks.fault.resume"):
         assert find_resume_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
-    assert "preempted.ckpt" in caplog.text
+    assert "last-preempted.ckpt" in caplog.text
 
 
 def test_intact_check_catches_a_flipped_byte(tmp_path: Path) -> None:

@@ -34,10 +34,10 @@ def test_replace_directory_swaps_a_whole_directory_over_a_directory_or_a_file(tm
 
 def test_resume_lists_directories_and_tells_training_ones_from_weights_only(tmp_path: Path) -> None:
     training = _dir(tmp_path / "ckpt" / "last.ckpt", {"loops": {"fit_loop": {}}, "callbacks": {}})
-    twin = _dir(tmp_path / "ckpt" / "last-ema.ckpt", {"state_dict": None, "lit_tricks_ema": {}})
+    twin = _dir(tmp_path / "ckpt" / "ema-last.ckpt", {"state_dict": None, "lit_tricks_ema": {}})
     _dir(tmp_path / "ckpt" / ".tmp-last.ckpt", {"loops": {}})  # an unfinished write
     (tmp_path / "ckpt" / "not-a-checkpoint.ckpt").mkdir()  # no meta.pt
-    assert sorted(p.name for p in list_checkpoints(tmp_path)) == ["last-ema.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in list_checkpoints(tmp_path)) == ["ema-last.ckpt", "last.ckpt"]
     assert is_training_checkpoint(training) and not is_training_checkpoint(twin)
 
 

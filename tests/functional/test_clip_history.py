@@ -36,6 +36,28 @@ def test_optimizers_keep_their_own_history_and_state_round_trips() -> None:
     assert other.filled().tolist() == [7.0] and float(other.clipped_steps) == 0.0
     shorter = ClipHistory(history=1)
     shorter.load_state_dict({"norm_history": torch.tensor([3.0, 4.0]), "steps": 2, "clipped_steps": 1.0})  # v1
-    assert shorter.norm_history.tolist() == [3.0] and shorter.steps == 2
+    assert shorter.filled().tolist() == [4.0] and shorter.steps == 2  # the newest norm
     with pytest.raises(ValueError, match="history"):
         ClipHistory(history=0)
+
+
+@pytest.mark.parametrize("pushed", [0, 2, 5, 7, 12])
+@pytest.mark.parametrize("new_history", [1, 3, 5, 9])
+def test_a_resized_ring_keeps_the_newest_norms_and_invents_none(pushed: int, new_history: int) -> None:
+    """The oracle is a plain list of every pushed norm: after a reload with another ``history`` the ring holds its
+    last ``min(pushed, 5, new_history)`` values oldest first, and the pushes after it continue that list."""
+    hist, seen = ClipHistory(history=5), []
+    for k in range(pushed):
+        hist.push(torch.tensor(float(k + 1)))
+        hist.count(torch.tensor(False))
+        seen.append(float(k + 1))
+    resized = ClipHistory(history=new_history)
+    resized.load_state_dict(hist.state_dict())
+    kept = seen[-min(5, new_history):] if seen else []
+    assert resized.filled().tolist() == kept and resized.steps == pushed
+    for k in range(3):  # the ring goes on from the kept norms: no zero, none lost out of order
+        resized.push(torch.tensor(100.0 + k))
+        resized.count(torch.tensor(True))
+        kept = [*kept, 100.0 + k][-new_history:]
+        assert resized.filled().tolist() == kept
+    assert resized.steps == pushed + 3 and float(resized.clipped_steps) == 3.0

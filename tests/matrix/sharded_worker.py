@@ -12,7 +12,7 @@ callback, several fits per launch (a process start costs seconds here); each ran
 - ``lightning_clip``: Lightning's own ``gradient_clip_val`` (the oracle of global-norm clipping), 2 steps.
 - ``from1``: resume on 2 ranks from the full file of the unsharded single-process run (``--from-file``).
 - ``to1`` (``--devices 1``): resume on 1 rank from the 2-rank run's checkpoints (``--from-dir``, ``--from-file``),
-  a TrickModule with ``shard=auto`` under the same strategy, and the ``-ema`` twin directory loaded by
+  a TrickModule with ``shard=auto`` under the same strategy, and the ``ema-`` twin directory loaded by
   ``trainer.test(ckpt_path=...)``.
 
 ``run_single`` is the unsharded single-process run of the same data (the tests run it in-process).
@@ -313,7 +313,7 @@ def to_one(root: Path, from_dir: str, from_file: str) -> dict[str, Any]:
     data = Blobs()
     trainer.fit(module, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.x, data.y), batch_size=16))
     out["trick"] = {"sharded": [is_dtensor(p) for p in module.parameters()], "step": trainer.global_step}
-    net = Net()  # the -ema twin directory loaded as a model checkpoint by the strategy
+    net = Net()  # the ema- twin directory loaded as a model checkpoint by the strategy
     trainer_for(root / "twin", 1, []).test(net, ckpt_path=str(ema_checkpoint_path(from_dir)), verbose=False)
     out["twin_loaded"] = full_state_dict(net)
     return out

@@ -78,7 +78,7 @@ def test_ema_twin_checkpoint_of_tied_model_loads_the_ema(tmp_path: Path) -> None
     ema = EMAWeights(decay=0.7, apply_at_end=False)
     fit(tmp_path, tied_classifier(), [ema, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
         enable_checkpointing=True, max_epochs=1, limit_train_batches=3)
-    twin = torch.load(tmp_path / "ckpt" / "last-ema.ckpt", weights_only=True)["state_dict"]
+    twin = torch.load(tmp_path / "ckpt" / "ema-last.ckpt", weights_only=True)["state_dict"]
     fresh = tied_classifier()
     fresh.load_state_dict(twin)
     assert fresh.net.dec.weight is fresh.net.enc.weight

@@ -83,7 +83,7 @@ def test_low_precision_ema_keeps_an_fp32_shadow_that_tracks_the_recurrence(tmp_p
     assert len(weights.seen) == STEPS + 1 and raw_moved > 0.3 and expected > 0.02  # the weights did travel
     assert abs(moved - expected) <= 0.1 * expected
     # the twin is written in the model's dtype; the callback state (resume) keeps the fp32 shadow
-    twin = torch.load(tmp_path / "last-ema.ckpt", weights_only=True)
+    twin = torch.load(tmp_path / "ema-last.ckpt", weights_only=True)
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"][ema.state_key]
     assert twin["state_dict"]["fc.weight"].dtype == dtype and state["ema"]["fc.weight"].dtype == torch.float32
     assert torch.equal(twin["state_dict"]["fc.weight"], shadow.to(dtype))

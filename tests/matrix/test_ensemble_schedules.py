@@ -152,7 +152,8 @@ def test_ensemble_load_state_into_other_arguments(tmp_path: Path) -> None:
         limit_val_batches=1)
     dst = CheckpointEnsemble(top_k=1, monitor="val/score", keep_inline=True, combine="vote")
     dst.load_state_dict(src.state_dict())
-    assert dst.member_paths() == src.member_paths() and dst.combine == "vote"
+    assert len(src.members) == 2 and dst.combine == "vote"  # a smaller top_k keeps the best saved member (1.0)
+    assert dst.member_paths() == [min(src.members, key=lambda m: m["score"])["path"]]
 
 
 @settings(max_examples=60, deadline=None)

@@ -111,11 +111,11 @@ def test_sharded_ema_is_the_recurrence_the_single_process_run_and_resumes(runs: 
     drift = max(float((a - _steps(single)[t][k]).abs().max()) for t, w in weights.items() for k, a in w.items())
     assert drift < 1e-4 and not _close(ref["ema"], single["ema"], drift + tolerance)
     # the twin of the distributed checkpoint: a directory of EMA shards, consolidated offline into a state dict
-    twin = _consolidated(runs["root"] / "ref" / "checkpoints" / "last-ema.ckpt", tmp_path / "twin.pt")
+    twin = _consolidated(runs["root"] / "ref" / "checkpoints" / "ema-last.ckpt", tmp_path / "twin.pt")
     assert differences(twin["state_dict"], ref["ema"]) == []
-    assert not (runs["root"] / "ref" / "checkpoints" / "epoch=0-step=6-ema.ckpt").exists()  # removed with its ckpt
+    assert not (runs["root"] / "ref" / "checkpoints" / "ema-epoch=0-step=6.ckpt").exists()  # removed with its ckpt
     # the twin of the full-file checkpoint loads into the unsharded model
-    file_twin = torch.load(runs["root"] / "term_full" / "checkpoints" / "last-ema.ckpt", weights_only=True)
+    file_twin = torch.load(runs["root"] / "term_full" / "checkpoints" / "ema-last.ckpt", weights_only=True)
     W.Net().load_state_dict(file_twin["state_dict"])
     assert differences(file_twin["state_dict"], runs["term_full"][0]["ema"]) == []
 
@@ -134,7 +134,7 @@ def _nan_safe(obj: Any) -> Any:
 def _resumed_equals_reference(runs: dict[str, Any], phase: str) -> None:
     for rank in (0, 1):
         ref, resumed = runs["ref"][rank], runs[phase][rank]
-        assert Path(resumed["resumed_from"]).name == "preempted.ckpt"
+        assert Path(resumed["resumed_from"]).name == "last-preempted.ckpt"
         keys = ("global_step", "weights", "ema", "num_updates", "local_optimizer", "members", "member_states",
                 "states", "es", "posthoc")
         assert [d for k in keys for d in differences(_nan_safe(ref[k]), _nan_safe(resumed[k]), k)] == []
@@ -143,9 +143,9 @@ def _resumed_equals_reference(runs: dict[str, Any], phase: str) -> None:
 @cell("Preemption", "sharded")
 def test_sharded_sigterm_checkpoint_resume_is_bit_exact_in_both_checkpoint_modes(runs: dict[str, Any]) -> None:
     root = runs["root"]
-    assert (root / "term_dir" / "checkpoints" / "preempted.ckpt" / "meta.pt").is_file()  # a directory of shards
-    assert (root / "term_dir" / "checkpoints" / "preempted.ckpt" / "ema" / ".metadata").is_file()
-    assert (root / "term_full" / "checkpoints" / "preempted.ckpt").is_file()  # one file
+    assert (root / "term_dir" / "checkpoints" / "last-preempted.ckpt" / "meta.pt").is_file()  # a directory of shards
+    assert (root / "term_dir" / "checkpoints" / "last-preempted.ckpt" / "ema" / ".metadata").is_file()
+    assert (root / "term_full" / "checkpoints" / "last-preempted.ckpt").is_file()  # one file
     _resumed_equals_reference(runs, "term_dir")
     _resumed_equals_reference(runs, "term_full")
     # PostHocEMA: its shards in the directory, its snapshots (some written before the SIGTERM) bit for bit
@@ -263,7 +263,7 @@ def test_sharded_resume_reshards_from_one_rank_to_two_and_two_to_one(runs: dict[
     assert differences(start["ema"], ema_state["ema"]) == []
     assert runs["to1"]["dir"]["global_step"] == runs["to1"]["file"]["global_step"] == 18
     # the twin of a 2-rank distributed checkpoint, loaded as a model checkpoint by a 1-rank strategy: the EMA
-    twin = _consolidated(root / "ref" / "checkpoints" / "epoch=1-step=12-ema.ckpt", tmp_path / "t.pt")["state_dict"]
+    twin = _consolidated(root / "ref" / "checkpoints" / "ema-epoch=1-step=12.ckpt", tmp_path / "t.pt")["state_dict"]
     ema, tolerance = _recurrence(runs["ref"][0], 12)
     assert differences(runs["to1"]["twin_loaded"], twin) == [] and not _close(twin, ema, tolerance)
     # PostHocEMA: 1 -> 2 from the full file, 2 -> 1 from the shards (re-sharded by DCP) and from the full file
@@ -314,7 +314,7 @@ def test_sharded_bf16_weights_keep_fp32_ema_shards_that_follow_the_fp32_recurren
     moved = sum(float((v - start[k]).norm()) for k, v in ema.items())
     magnitude = max(float(v.abs().max()) for v in ema.values())
     assert moved > 0 and not _close(run["ema"], ema, 8 * 4 * EPS * magnitude)  # fp32 accuracy, not bf16's
-    twin = _consolidated(runs["root"] / "bf16" / "last-ema.ckpt", tmp_path / "twin.pt")["state_dict"]
+    twin = _consolidated(runs["root"] / "bf16" / "ema-last.ckpt", tmp_path / "twin.pt")["state_dict"]
     assert {str(v.dtype) for v in twin.values()} == {"torch.bfloat16"}  # the twin: the model's dtype
     assert differences(twin, {k: v.to(torch.bfloat16) for k, v in run["ema"].items()}) == []
 

@@ -93,7 +93,7 @@ def test_a_refused_rerun_of_a_finished_sweep_changes_nothing_its_report_reads(tm
 
 def test_a_preempted_trial_is_continued_from_its_checkpoint(tmp_path: Path, sweep: Any) -> None:
     args = ["hparams_search=tpe", "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=pre", "trainer.max_epochs=3"]
-    with pytest.raises(SystemExit) as info:  # SIGTERM inside trial 1's epoch 1: preempted.ckpt, exit 0
+    with pytest.raises(SystemExit) as info:  # SIGTERM inside trial 1's epoch 1: last-preempted.ckpt, exit 0
         sweep(*args, "preempt_at_trial=1")
     assert info.value.code == 0
     sweep(*args)
@@ -103,7 +103,7 @@ def test_a_preempted_trial_is_continued_from_its_checkpoint(tmp_path: Path, swee
     successors = [t for t in trials.values() if t.user_attrs.get(CONTINUES) == 1]
     assert len(successors) == 1
     successor = successors[0]
-    ckpt = Path(trials[1].user_attrs["job_dir"]) / "checkpoints" / "preempted.ckpt"
+    ckpt = Path(trials[1].user_attrs["job_dir"]) / "checkpoints" / "last-preempted.ckpt"
     assert successor.state == TrialState.COMPLETE and successor.params == trials[1].params
     assert successor.user_attrs[RESUME_FROM] == str(ckpt)
     assert sum(is_counted(t) for t in trials.values()) == 3 and len(trials) == 4
@@ -123,7 +123,7 @@ def test_a_preempted_trial_is_continued_from_its_checkpoint(tmp_path: Path, swee
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_a_preempted_train_trial_resumes_from_preempted_ckpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same with lit-tricks-train itself: SIGTERM in trial 0 (the Preemption callback writes preempted.ckpt and
+    """The same with lit-tricks-train itself: SIGTERM in trial 0 (the Preemption callback writes last-preempted.ckpt and
     exits 0); the rerun's trial 1 trains on from that checkpoint's step, with the trial's parameters."""
     from tests.helpers.cli import run_train_cli
 
@@ -138,7 +138,7 @@ def test_a_preempted_train_trial_resumes_from_preempted_ckpt(tmp_path: Path, mon
 
     assert run("+callbacks.sigterm._target_=tests.cli.test_noise.SigtermAt") in (0, None)  # preempted, exit 0
     folder = tmp_path / "logs" / "train" / "multiruns" / "pre"
-    ckpt = folder / "0" / "checkpoints" / "preempted.ckpt"
+    ckpt = folder / "0" / "checkpoints" / "last-preempted.ckpt"
     assert ckpt.is_file() and not (folder / "0" / "metrics.json").exists()
     assert run() in (0, None)
     trials = {t.number: t for t in optuna.load_study(

@@ -3,7 +3,7 @@
 FSDP1: Lightning 2.6's ``FSDPPrecision.clip_grad_by_norm`` raises (the norm would be per shard), so the fit clips by
 value; the full checkpoint loads without FSDP; the Hydra-safe strategy's LR scaling. FSDP2: the same module sharded
 by ``configure_model`` (TrickModule ``shard=auto``), clipping by the global norm (Lightning's ``gradient_clip_val``),
-EMAWeights keeping fp32 DTensor shards of bf16 weights, and a full-file checkpoint with its ``-ema`` twin.
+EMAWeights keeping fp32 DTensor shards of bf16 weights, and a full-file checkpoint with its ``ema-`` twin.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lit_tricks.callbacks import EMAWeights
+from lit_tricks.fault.ema_checkpoint import ema_checkpoint_path
 from lit_tricks.functional.sharded import is_dtensor, local
 from lit_tricks.modules.trick_module import TrickModule
 from lit_tricks.trainers.strategies import HydraSafeFSDPStrategy, fsdp_strategy, model_parallel_strategy
@@ -66,6 +67,6 @@ def test_fsdp2_fit_clips_by_global_norm_keeps_an_fp32_ema_and_saves_full_files(t
     shadows = list(ema.state.ema_params)
     assert all(is_dtensor(e) and e.dtype == torch.float32 and local(e).is_cuda for e in shadows)
     last = Path(trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
-    assert last.is_file() and (last.parent / (last.stem + "-ema.ckpt")).is_file()
-    twin = torch.load(last.parent / (last.stem + "-ema.ckpt"), weights_only=True, map_location="cpu")
+    assert last.is_file() and ema_checkpoint_path(last).is_file()
+    twin = torch.load(ema_checkpoint_path(last), weights_only=True, map_location="cpu")
     assert twin["state_dict"]["model.0.weight"].dtype == torch.bfloat16  # the twin: the model's dtype

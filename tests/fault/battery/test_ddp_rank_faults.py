@@ -35,13 +35,13 @@ def test_sigterm_to_one_rank_stops_every_rank_with_one_checkpoint(tmp_path: Path
                timeout=DDP_TIMEOUT_S)
     # both ranks agreed at the end of the signalled step, took part in one save and exited 0
     assert _exit_notes(root) == {"exit_rank0": "SystemExit 0", "exit_rank1": "SystemExit 0"}
-    saved = [p.name for p in root.rglob("*.ckpt") if p.parent.name != "epochs" and not p.name.endswith("-ema.ckpt")]
-    assert saved == ["preempted.ckpt"]  # (EMAWeights adds its weights-only twin preempted-ema.ckpt)
-    assert torch.load(root / "checkpoints" / "preempted.ckpt", weights_only=True)["global_step"] == STEP + 1
+    saved = [p.name for p in root.rglob("*.ckpt") if p.parent.name != "epochs" and not p.name.startswith("ema-")]
+    assert saved == ["last-preempted.ckpt"]  # (EMAWeights adds its weights-only twin ema-last-preempted.ckpt)
+    assert torch.load(root / "checkpoints" / "last-preempted.ckpt", weights_only=True)["global_step"] == STEP + 1
     if rank == 1:  # the signal reached the rank that does not write: the resume is still exact
         run_driver(*common, "--resume", "auto", "--out", str(root / "result.pt"), timeout=DDP_TIMEOUT_S)
         resumed = load(root / "result.pt")
-        assert resumed["resumed_from"] == str(root / "checkpoints" / "preempted.ckpt")
+        assert resumed["resumed_from"] == str(root / "checkpoints" / "last-preempted.ckpt")
         assert final_state_differences(ddp_reference, resumed) == []
 
 

@@ -22,7 +22,7 @@ SIGTERM_STEP = 8
 def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path: Path, reference: dict[str, Any]) -> None:
     root = str(tmp_path)
     run_driver("--root", root, "--every-n-steps", "100", "--sigterm-at-step", str(SIGTERM_STEP), expect=0)
-    saved = tmp_path / "checkpoints" / "preempted.ckpt"
+    saved = tmp_path / "checkpoints" / "last-preempted.ckpt"
     assert saved.is_file()
     import torch
 

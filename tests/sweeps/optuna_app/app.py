@@ -3,8 +3,8 @@
 Per epoch e (of trainer.max_epochs) the value is ``objective(lr, wd) * (e + 1) / max_epochs``, reported to the
 trial; the job writes metrics.json as ``lit_tricks.run`` does (status ok / failed / pruned) and returns the value.
 Every epoch run appends ``<trial> <lr> <epoch>`` to ``<log dir>/epochs.log``. A preempted job saves
-``checkpoints/preempted.ckpt`` (a training checkpoint: its epoch) and exits 0 as the Preemption callback does; a job
-given ``resume=<that file>`` goes on after the saved epoch.
+``checkpoints/last-preempted.ckpt`` (a training checkpoint: its epoch) and exits 0 as the Preemption callback does;
+a job given ``resume=<that file>`` goes on after the saved epoch.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def main(cfg: DictConfig) -> float:
             from lightning.pytorch.utilities.exceptions import SIGTERMException
 
             (out / "checkpoints").mkdir(exist_ok=True)
-            torch.save({"epoch": epoch, "loops": {}, "optimizer_states": []}, out / "checkpoints" / "preempted.ckpt")
+            state = {"epoch": epoch, "loops": {}, "optimizer_states": []}
+            torch.save(state, out / "checkpoints" / "last-preempted.ckpt")
             raise SIGTERMException(0)
         value = objective(lr, wd) * (epoch + 1) / epochs
         if trial is not None:

@@ -3,7 +3,8 @@
 Lightning keeps no promise about names with a leading underscore; lit_tricks supports only the Lightning it is
 tested against (:data:`TESTED_LIGHTNING`, the floor in ``pyproject.toml``), and ``tests/test_compat.py`` exercises
 every function here against the installed Lightning, so an upgrade that moves one of these internals fails there,
-by name, instead of somewhere inside a fit. This module imports only Lightning and torch.
+by name, instead of somewhere inside a fit. The package imports only Lightning and torch; the fit loop's restart
+and logging state that exact resume needs lives in :mod:`lit_tricks.compat.loops` (re-exported here).
 
 Not gathered here, on purpose:
 
@@ -25,30 +26,55 @@ from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
 from lightning.fabric.strategies.launchers.subprocess_script import _basic_subprocess_cmd
 from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
 from lightning.fabric.utilities.types import _PATH
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+from lit_tricks.compat.loops import (
+    apply_pending_train_loader_state,
+    batch_end_is_resumable,
+    call_epoch_start,
+    epoch_results_state,
+    epoch_start_skipped,
+    logged_metrics_state,
+    restart_train_iterator,
+    restore_epoch_results,
+    restore_logged_metrics,
+    rows_logged_after_save,
+)
 
 __all__ = [
     "PRIVATE_OVERRIDES",
     "TESTED_LIGHTNING",
     "CheckpointPath",
     "SubprocessScriptLauncher",
+    "apply_pending_train_loader_state",
     "basic_subprocess_cmd",
+    "batch_end_is_resumable",
+    "call_epoch_start",
+    "checkpoint_ranks_at_train_epoch_end",
     "cluster_environment",
     "csv_logger_version",
+    "epoch_results_state",
+    "epoch_start_skipped",
+    "first_train_loader",
     "inside_accumulation_window",
     "installed_checkpoint_io",
     "legacy_state_key",
+    "logged_metrics_state",
     "logs_this_step",
     "module_trainer",
     "pin_csv_logger_version",
     "restart_train_iterator",
+    "restore_epoch_results",
+    "restore_logged_metrics",
+    "rows_logged_after_save",
     "saves_distributed_checkpoint",
     "set_num_threads_if_needed",
     "set_strategy_launcher",
+    "sharded_strategy_name",
     "state_key_args",
     "unwrap_optimizer",
 ]
@@ -66,11 +92,14 @@ SubprocessScriptLauncher = _SubprocessScriptLauncher
 
 #: Private Lightning methods that lit_tricks overrides or calls on ``super()``: {Lightning class: names}.
 #: ``EarlyStopping``: :class:`lit_tricks.callbacks.EarlyStopping` wraps the check (``_run_early_stopping_check``),
-#: reuses the skip rule and the rank-aware logger. The DDP/FSDP strategies and the script launcher:
-#: :mod:`lit_tricks.trainers.strategies` swaps in its launcher after ``_configure_launcher`` and replaces the
-#: launcher's ``_call_children_scripts`` (which calls ``_check_can_spawn_children``).
+#: reuses the skip rule and the rank-aware logger. ``ModelCheckpoint``: :class:`lit_tricks.callbacks.ModelCheckpoint`
+#: writes a deferred step save through Lightning's own skip rule and top-k/last savers. The DDP/FSDP strategies and
+#: the script launcher: :mod:`lit_tricks.trainers.strategies` swaps in its launcher after ``_configure_launcher``
+#: and replaces the launcher's ``_call_children_scripts`` (which calls ``_check_can_spawn_children``).
 PRIVATE_OVERRIDES: dict[type, tuple[str, ...]] = {
     EarlyStopping: ("_run_early_stopping_check", "_should_skip_check", "_log_info"),
+    ModelCheckpoint: ("_should_skip_saving_checkpoint", "_monitor_candidates", "_save_topk_checkpoint",
+                      "_save_last_checkpoint"),
     Strategy: ("_configure_launcher",),
     DDPStrategy: ("_configure_launcher",),
     FSDPStrategy: ("_configure_launcher",),
@@ -136,19 +165,6 @@ def checkpoint_ranks_at_train_epoch_end(trainer: pl.Trainer) -> bool:
     if (sum(num_val) if isinstance(num_val, list) else num_val) == 0:
         return True
     return bool(trainer.val_check_interval == 1.0)
-
-
-def restart_train_iterator(trainer: pl.Trainer) -> bool:
-    """Create the train dataloader's iterator again (``iter(trainer.fit_loop._data_fetcher)``); False if none.
-
-    Creating a ``DataLoader`` iterator draws its base seed from torch's RNG; :class:`lit_tricks.callbacks.RNGState`
-    calls this after restoring the RNG so that a resumed run draws the same seed as the uninterrupted one.
-    """
-    fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
-    if fetcher is None:
-        return False
-    iter(fetcher)
-    return True
 
 
 def installed_checkpoint_io(strategy: Strategy) -> CheckpointIO | None:
