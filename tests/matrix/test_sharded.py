@@ -149,7 +149,7 @@ def test_sharded_sigterm_checkpoint_resume_is_bit_exact_in_both_checkpoint_modes
     _resumed_equals_reference(runs, "term_dir")
     _resumed_equals_reference(runs, "term_full")
     # PostHocEMA: its shards in the directory, its snapshots (some written before the SIGTERM) bit for bit
-    assert len(list((root / "term_dir" / "checkpoints" / "preempted.ckpt").glob("posthoc_ema-*/.metadata"))) == 1
+    assert len(list((root / "term_dir" / "checkpoints" / "last-preempted.ckpt").glob("posthoc_ema-*/.metadata"))) == 1
     ref = _snapshots(root / "ref" / "posthoc")
     assert differences(ref, _snapshots(root / "term_dir" / "posthoc")) == []
     assert differences(ref, _snapshots(root / "term_full" / "posthoc")) == []
