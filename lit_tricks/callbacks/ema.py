@@ -156,11 +156,10 @@ class EMAWeights(EMAStateCallback):
         if loader is None:
             rank_zero_warn("EMAWeights: no train dataloader to recalibrate BatchNorm with; using the EMA buffers.")
             return
-        recalibrate_bn_(  # batches of its own: the training loader's position stays what a checkpoint saves
-            pl_module, sampled_batches(loader, seed=trainer.global_step),
-            lambda _model, batch: self.bn_forward(pl_module, trainer.strategy.batch_to_device(batch)),
-            num_batches=self.recalibrate_bn_batches,
-        )
+        # batches of its own (sampled_batches): the training loader's position stays what a checkpoint saves
+        recalibrate_bn_(pl_module, sampled_batches(loader, seed=trainer.global_step),
+                        lambda _model, batch: self.bn_forward(pl_module, trainer.strategy.batch_to_device(batch)),
+                        num_batches=self.recalibrate_bn_batches)
 
     def bn_forward(self, pl_module: pl.LightningModule, batch: Any) -> None:
         """One forward pass for BN recalibration; override for batches that are not ``(x, ...)`` or ``x``."""
