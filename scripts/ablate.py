@@ -6,7 +6,8 @@
     python scripts/ablate.py --set mnist1d --seeds 5  # MNIST-1D: experiment=mnist1d_tricks vs mnist1d_baseline
 
 Each run is ``scripts/train.py <variant overrides> seed=<s> <extra overrides>`` in its own process and run
-directory (``<out>/runs/<variant>/seed<s>``); a run whose ``metrics.json`` says ``ok`` is reused, so an interrupted
+directory (``<out>/runs/<variant>/seed<s>``); a run whose ``metrics.json`` says ``ok`` is reused while its saved config
+is still what its overrides compose to (a changed preset reruns it), so an interrupted
 ablation continues where it stopped. Writes ``<out>/ablation.md``, ``ablation.png`` and ``ablation.json``.
 """
 
@@ -60,6 +61,20 @@ def compose(overrides: Sequence[str]) -> Any:
     return container
 
 
+def same_config(run_dir: Path, overrides: Sequence[str]) -> bool:
+    """Whether the finished run in ``run_dir`` trained what ``overrides`` compose to now (its saved
+    ``.hydra/config.yaml``): a changed preset reruns a run instead of reusing its stale result."""
+    from omegaconf import OmegaConf
+
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        return False
+    container = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    assert isinstance(container, dict)
+    container.pop("task_name", None)
+    return container == compose(overrides)
+
+
 def check_variants(variants: dict[str, list[str]], strict: set[str], extra: Sequence[str]) -> dict[str, list[str]]:
     """Drop default ablations whose override does not apply to this config (or changes nothing); fail on others."""
     try:
@@ -98,8 +113,10 @@ def make_run_fn(out: Path, variant_of: Mapping[tuple[str, ...], str], python: st
         record_path = run_dir / "metrics.json"
         if record_path.is_file():
             record = json.loads(record_path.read_text())
-            if record.get("status") == "ok":
+            if record.get("status") == "ok" and same_config(run_dir, overrides):
                 return dict(record.get("metrics", record))
+            if record.get("status") == "ok":
+                print(f"ablate: rerunning {run_dir}: its config is not what {overrides} composes to now")
         cmd = [python, str(ROOT / "scripts" / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
         env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
         if threads is not None:

@@ -132,3 +132,26 @@ def test_every_mnist1d_ablation_changes_the_tricks_recipe(name: str) -> None:
             return OmegaConf.to_container(compose("train", overrides=["experiment=mnist1d_tricks", *overrides]))
 
     assert composed(MNIST1D_ABLATIONS[name]) != composed([])
+
+
+def test_a_finished_run_is_reused_only_while_its_config_is_what_the_overrides_compose_to(tmp_path: Path) -> None:
+    """scripts/ablate.py reuses a run directory whose metrics.json says ok; after a preset changes (as the MNIST-1D
+    recipe did), the old result must not stand for the new recipe."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("ablate_script", ROOT / "scripts" / "ablate.py")
+    assert spec is not None and spec.loader is not None
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    overrides = ["experiment=mnist1d_fast", "seed=0", "logger=none"]
+    run_dir = tmp_path / "seed0"
+    assert not ablate.same_config(run_dir, overrides)  # nothing saved: run it
+    (run_dir / ".hydra").mkdir(parents=True)
+    saved = ablate.compose(overrides)
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**saved, "task_name": "x"}))
+    assert ablate.same_config(run_dir, overrides)
+    saved["optimizer"]["lr"] = 0.123  # the preset the run trained with differed
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert not ablate.same_config(run_dir, overrides)
