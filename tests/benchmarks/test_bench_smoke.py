@@ -36,3 +36,22 @@ def test_only_replaces_its_sections_and_keeps_the_others(tmp_path: Path, monkeyp
     assert "old ema table" not in text and "new ema table" in text and "re-run alone" in text
     assert "## Gradient clipping\n\nclip table" in text and text.index("## EMA weights") < text.index("## Gradient")
     assert text.startswith("# lit_tricks benchmarks\n\nmachine\n")
+
+
+def test_mnist1d_bench_reuses_a_run_only_while_its_recipe_is_unchanged(tmp_path: Path) -> None:
+    """A study directory outlives preset changes (the MNIST-1D recipes were re-chosen): a finished run is reused
+    only while the config it saved is what its experiment composes to now."""
+    from omegaconf import OmegaConf
+
+    from benchmarks.mnist1d import _compose, _same_recipe
+
+    extra = ["logger=none"]
+    run_dir = tmp_path / "runs" / "fast" / "seed0"
+    assert not _same_recipe(run_dir, "mnist1d_fast", extra)  # nothing saved
+    (run_dir / ".hydra").mkdir(parents=True)
+    cfg = _compose("mnist1d_fast", extra)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    assert _same_recipe(run_dir, "mnist1d_fast", extra)
+    cfg.optimizer.lr = 0.123  # the run trained another recipe
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    assert not _same_recipe(run_dir, "mnist1d_fast", extra)
