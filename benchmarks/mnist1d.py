@@ -29,7 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from omegaconf import OmegaConf  # noqa: E402
+
 from benchmarks.common import md_table  # noqa: E402
+from lit_tricks.sweeps.ablation import compose_train, saved_config_matches  # noqa: E402
 
 __all__ = ["RECIPES", "bench_mnist1d", "run_recipe"]
 
@@ -40,32 +43,12 @@ RECIPES = [
 ]
 TARGET = 0.94
 STUDY_DIR = ROOT / "outputs" / "mnist1d_study"
+CONF = ROOT / "conf"
 
 
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-#: The config groups that make a recipe (what a reused run must still match).
-RECIPE_KEYS = ("model", "module", "optimizer", "scheduler", "augment", "callbacks", "trainer", "data")
-
-
-def _recipe(cfg: Any) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    plain = {k: OmegaConf.to_container(cfg[k], resolve=False) if k in cfg else None for k in RECIPE_KEYS}
-    if isinstance(plain.get("data"), dict):
-        plain["data"].pop("data_dir", None)
-    return plain
-
-
-def _same_recipe(run_dir: Path, experiment: str, extra: list[str]) -> bool:
-    """Whether the run in ``run_dir`` trained what ``experiment`` composes to today (its saved .hydra config)."""
-    from omegaconf import OmegaConf
-
-    saved = run_dir / ".hydra" / "config.yaml"
-    return saved.is_file() and _recipe(OmegaConf.load(saved)) == _recipe(_compose(experiment, extra))
 
 
 def _result(record: dict[str, Any], timing: dict[str, Any], reused: bool) -> dict[str, Any]:
@@ -78,12 +61,12 @@ def run_recipe(out: Path, variant: str, experiment: str, seed: int, extra: list[
     test/acc, fit, CPU and wall s."""
     run_dir = out / "runs" / variant / f"seed{seed}"
     metrics_path, cpu_path = run_dir / "metrics.json", run_dir / "cpu.json"
-    if metrics_path.is_file() and cpu_path.is_file() and _same_recipe(run_dir, experiment, extra):
+    overrides = [f"experiment={experiment}", f"seed={seed}", *extra]
+    if metrics_path.is_file() and cpu_path.is_file() and saved_config_matches(run_dir, CONF, overrides):
         record = json.loads(metrics_path.read_text())
         if record.get("status") == "ok" and "fit_s" in record.get("timings", {}):
             return _result(record, json.loads(cpu_path.read_text()), True)
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), f"experiment={experiment}", f"seed={seed}", *extra,
-           f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     cpu0, wall0 = _children_cpu(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
@@ -95,20 +78,9 @@ def run_recipe(out: Path, variant: str, experiment: str, seed: int, extra: list[
     return _result(json.loads(metrics_path.read_text()), timing, False)
 
 
-def _compose(experiment: str, extra: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", *[o for o in extra if "hydra" not in o]])
-    GlobalHydra.instance().clear()
-    return cfg
-
-
 def _steps(experiment: str, extra: list[str]) -> int:
     """Optimizer steps of the recipe: epochs x ceil(training samples / batch size) (from the composed config)."""
-    cfg = _compose(experiment, extra)
+    cfg = OmegaConf.create(compose_train(CONF, [f"experiment={experiment}", *[o for o in extra if "hydra" not in o]]))
     if cfg.trainer.get("fast_dev_run"):
         return 1
     n_train = int(int(cfg.data.num_samples) // 10 * 10 * float(cfg.data.train_split)) - int(cfg.data.val_size)

@@ -34,7 +34,9 @@ from lit_tricks.sweeps.ablation import (  # noqa: E402
     ablation_bar_plot,
     ablation_markdown,
     build_variants,
+    compose_train,
     run_ablation,
+    saved_config_matches,
     summarize_ablation,
 )
 
@@ -47,32 +49,13 @@ def slug(name: str) -> str:
 
 def compose(overrides: Sequence[str]) -> Any:
     """The composed train config for ``overrides`` (raises on an override that does not apply)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=list(overrides))
-    container = OmegaConf.to_container(cfg, resolve=False)
-    assert isinstance(container, dict)
-    container.pop("task_name", None)
-    return container
+    return compose_train(CONF, overrides)
 
 
 def same_config(run_dir: Path, overrides: Sequence[str]) -> bool:
-    """Whether the finished run in ``run_dir`` trained what ``overrides`` compose to now (its saved
-    ``.hydra/config.yaml``): a changed preset reruns a run instead of reusing its stale result."""
-    from omegaconf import OmegaConf
-
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        return False
-    container = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
-    assert isinstance(container, dict)
-    container.pop("task_name", None)
-    return container == compose(overrides)
+    """Whether the finished run in ``run_dir`` trained what ``overrides`` compose to now (a changed preset reruns a
+    run instead of reusing its stale result)."""
+    return saved_config_matches(run_dir, CONF, overrides)
 
 
 def check_variants(variants: dict[str, list[str]], strict: set[str], extra: Sequence[str]) -> dict[str, list[str]]:

@@ -23,8 +23,10 @@ __all__ = [
     "ablation_bar_plot",
     "ablation_markdown",
     "build_variants",
+    "compose_train",
     "relative_cut",
     "run_ablation",
+    "saved_config_matches",
     "summarize_ablation",
 ]
 
@@ -201,3 +203,35 @@ def ablation_bar_plot(rows: Sequence[AblationRow], path: str | Path, title: str 
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return atomic_save_figure(fig, path)
+
+
+def compose_train(conf_dir: str | Path, overrides: Sequence[str]) -> dict[Any, Any]:
+    """The ``train`` config of ``conf_dir`` composed with ``overrides``, as an unresolved container without
+    ``task_name`` (raises on an override that does not apply)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            container = OmegaConf.to_container(compose("train", overrides=list(overrides)), resolve=False)
+    finally:
+        GlobalHydra.instance().clear()
+    assert isinstance(container, dict)
+    container.pop("task_name", None)
+    return container
+
+
+def saved_config_matches(run_dir: str | Path, conf_dir: str | Path, overrides: Sequence[str]) -> bool:
+    """Whether the finished run in ``run_dir`` trained what ``overrides`` compose to now (its saved
+    ``.hydra/config.yaml``): a study that reuses finished runs reruns one whose preset has changed since."""
+    from omegaconf import OmegaConf
+
+    saved = Path(run_dir) / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        return False
+    container = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    assert isinstance(container, dict)
+    container.pop("task_name", None)
+    return container == compose_train(conf_dir, overrides)

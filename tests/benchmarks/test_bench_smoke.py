@@ -43,15 +43,16 @@ def test_mnist1d_bench_reuses_a_run_only_while_its_recipe_is_unchanged(tmp_path:
     only while the config it saved is what its experiment composes to now."""
     from omegaconf import OmegaConf
 
-    from benchmarks.mnist1d import _compose, _same_recipe
+    from benchmarks.mnist1d import CONF
+    from lit_tricks.sweeps.ablation import compose_train, saved_config_matches
 
-    extra = ["logger=none"]
+    overrides = ["experiment=mnist1d_fast", "seed=0", "logger=none"]  # what run_recipe passes its run
     run_dir = tmp_path / "runs" / "fast" / "seed0"
-    assert not _same_recipe(run_dir, "mnist1d_fast", extra)  # nothing saved
+    assert not saved_config_matches(run_dir, CONF, overrides)  # nothing saved
     (run_dir / ".hydra").mkdir(parents=True)
-    cfg = _compose("mnist1d_fast", extra)
+    cfg = OmegaConf.create(compose_train(CONF, overrides))
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    assert _same_recipe(run_dir, "mnist1d_fast", extra)
+    assert saved_config_matches(run_dir, CONF, overrides)
     cfg.optimizer.lr = 0.123  # the run trained another recipe
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    assert not _same_recipe(run_dir, "mnist1d_fast", extra)
+    assert not saved_config_matches(run_dir, CONF, overrides)
