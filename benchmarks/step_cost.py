@@ -9,7 +9,7 @@ Contenders, each timed in this process (1 torch thread, the same ``nice`` level 
   (``deterministic=True``, 32-bit) and everything else off: the framework's floor;
 - ``baseline``: ``lit_tricks.run.train`` of ``experiment=mnist1d_baseline`` (the paper's recipe as users run it);
 - ``tricks``: ``lit_tricks.run.train`` of ``experiment=mnist1d_tricks``;
-- ``plain_tricks``: the tricks recipe's step in plain torch (BatchNorm, dropout, AdamW, OneCycleLR, batch
+- ``plain_tricks``: the tricks recipe's step in plain torch (BatchNorm, AdamW, OneCycleLR, batch
   augmentation, label smoothing, clipping, EMA): what the tricks cost without any framework.
 
 Per-step cost = (CPU s of a ``long``-step run - CPU s of a ``short``-step run) / (long - short): the set-up, the
@@ -111,16 +111,16 @@ def _bare_lightning(data: dict[str, Any]) -> Runner:
 
 
 def _plain_tricks(data: dict[str, Any]) -> Runner:
-    """The tricks recipe's step in plain torch (its floor): the paper's convs with BatchNorm before and dropout 0.03
-    after each ReLU, AdamW (lr 3e-2, decoupled decay 4e-3 on conv/linear weights), torch's OneCycleLR, a circular
-    shift of up to 4 samples and noise 0.08 drawn for the whole batch, label smoothing 0.07, clipping at norm 1, an
-    EMA of the weights (decay 0.998, one foreach lerp per step)."""
+    """The tricks recipe's step in plain torch (its floor): the paper's convs with BatchNorm before each ReLU, AdamW
+    (lr 3e-2, decoupled decay 4e-3 on conv/linear weights), torch's OneCycleLR, a circular shift of up to 4 samples,
+    a shear ramp of up to 3.5 and noise 0.08 drawn for the whole batch, label smoothing 0.07, clipping at norm 1, an
+    EMA of the weights (decay 0.999, one foreach lerp per step): ``experiment=mnist1d_tricks``'s step."""
     from torch import nn
 
     x_all, y_all = torch.tensor(data["x"], dtype=torch.float32), torch.tensor(data["y"], dtype=torch.long)
 
     def block(c_in: int, k: int) -> list[nn.Module]:
-        return [nn.Conv1d(c_in, 25, k, stride=2, padding=1), nn.BatchNorm1d(25), nn.ReLU(), nn.Dropout(0.03)]
+        return [nn.Conv1d(c_in, 25, k, stride=2, padding=1), nn.BatchNorm1d(25), nn.ReLU()]
 
     def run(steps: int) -> None:
         torch.manual_seed(0)
@@ -134,6 +134,7 @@ def _plain_tricks(data: dict[str, Any]) -> Runner:
         ema = [p.detach().clone() for p in params]
         gen = torch.Generator().manual_seed(0)
         order = torch.arange(len(x_all))
+        ramp = torch.linspace(-0.5, 0.5, 40)
         for step in range(steps):
             start = step * 100 % len(x_all)
             if start == 0:
@@ -141,7 +142,9 @@ def _plain_tricks(data: dict[str, Any]) -> Runner:
             idx = order[start:start + 100]
             x = x_all[idx]
             shift = torch.randint(-4, 5, (len(idx),), generator=gen)
-            x = x.gather(1, (torch.arange(40) - shift[:, None]) % 40) + 0.08 * torch.randn(x.shape, generator=gen)
+            shear = 3.5 * (2 * torch.rand(len(idx), 1, generator=gen) - 1)
+            x = x.gather(1, (torch.arange(40) - shift[:, None]) % 40) + shear * ramp
+            x = x + 0.08 * torch.randn(x.shape, generator=gen)
             loss = nn.functional.cross_entropy(model(x[:, None, :]), y_all[idx], label_smoothing=0.07)
             optimizer.zero_grad()
             loss.backward()
@@ -149,7 +152,7 @@ def _plain_tricks(data: dict[str, Any]) -> Runner:
             optimizer.step()
             schedule.step()
             with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - 0.998)
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - 0.999)
 
     return run
 

@@ -68,9 +68,7 @@ class RandomShift1d(nn.Module):
             k = torch.where(torch.rand(n, generator=generator) < self.p, k, 0)
         src = torch.arange(length) - k[:, None]  # out[i] = x[i - k], as torch.roll / the padded slices
         flat = x.reshape(n, -1, length)
-        if self.mode == "roll":
-            src = src % length
-        index = src.clamp(0, length - 1)[:, None, :].expand_as(flat)
+        index = (src % length if self.mode == "roll" else src.clamp(0, length - 1))[:, None, :].expand_as(flat)
         out = flat.gather(-1, index)
         if self.mode == "zeros":
             out = out * ((src >= 0) & (src < length))[:, None, :].to(out.dtype)

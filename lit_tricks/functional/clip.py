@@ -156,7 +156,7 @@ def push_history_(history: Tensor, count: int, value: Tensor) -> None:
     A non-finite value (an overflowed AMP step, which the GradScaler skips) is stored as NaN, which
     :func:`autoclip_threshold` ignores."""
     value = value.to(device=history.device, dtype=history.dtype)
-    history[count % history.numel()] = torch.where(torch.isfinite(value), value, torch.full_like(value, float("nan")))
+    history.select(0, count % history.numel()).copy_(torch.where(torch.isfinite(value), value, float("nan")))
 
 
 def autoclip_threshold(history: Tensor, count: int, percentile: float) -> Tensor:

@@ -78,3 +78,23 @@ def test_presets_are_the_recipes_the_plain_torch_search_chose(experiment: str, n
 
     chosen = dataclasses.asdict(getattr(mnist1d_explore, name))
     assert _explored(experiment) == pytest.approx(chosen)
+
+
+@pytest.mark.timeout(240)
+def test_tricks_recipe_foreach_optimizer_takes_the_for_loop_steps(tmp_path: Path) -> None:
+    """``optimizer.foreach: true`` in the tricks recipe is speed only: torch's own for-loop AdamW (its CPU default),
+    the oracle, trains the same model bit for bit (same test loss, not approximately)."""
+    results = {}
+    for foreach in ("true", "false"):
+        out = tmp_path / foreach
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=["experiment=mnist1d_tricks", "seed=1", "trainer.max_steps=60",
+                                              f"optimizer.foreach={foreach}", "logger=none",
+                                              f"data.data_dir={tmp_path / 'data'}", f"paths.output_dir={out}",
+                                              f"paths.log_dir={out}"])
+        assert cfg.optimizer.foreach is (foreach == "true")
+        train(cfg)
+        results[foreach] = read_record(out / "metrics.json")["metrics"]
+    assert results["true"]["test/loss"] == results["false"]["test/loss"]
+    assert results["true"]["test/acc"] == results["false"]["test/acc"]
