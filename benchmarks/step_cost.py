@@ -112,9 +112,9 @@ def _bare_lightning(data: dict[str, Any]) -> Runner:
 
 def _plain_tricks(data: dict[str, Any]) -> Runner:
     """The tricks recipe's step in plain torch (its floor): the paper's convs with BatchNorm before each ReLU, AdamW
-    (lr 3e-2, decoupled decay 4e-3 on conv/linear weights), torch's OneCycleLR, a circular shift of up to 4 samples,
-    a shear ramp of up to 3.5 and noise 0.08 drawn for the whole batch, label smoothing 0.07, clipping at norm 1, an
-    EMA of the weights (decay 0.999, one foreach lerp per step): ``experiment=mnist1d_tricks``'s step."""
+    (foreach, lr 3e-2, decoupled decay 4e-3 on conv/linear weights), torch's OneCycleLR, a circular shift of up to 4
+    samples, a shear ramp of up to 3.5 and noise 0.08 drawn for the whole batch, label smoothing 0.07, clipping at
+    norm 1, an EMA of the weights (decay 0.999, one foreach lerp per step): ``experiment=mnist1d_tricks``'s step."""
     from torch import nn
 
     x_all, y_all = torch.tensor(data["x"], dtype=torch.float32), torch.tensor(data["y"], dtype=torch.long)
@@ -128,7 +128,7 @@ def _plain_tricks(data: dict[str, Any]) -> Runner:
         decayed = [p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1]
         rest = [p for n, p in model.named_parameters() if not (n.endswith("weight") and p.dim() > 1)]
         optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": 4e-3}, {"params": rest, "weight_decay": 0}],
-                                      lr=3e-2)
+                                      lr=3e-2, foreach=True)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-2, total_steps=steps)
         params = list(model.parameters())
         ema = [p.detach().clone() for p in params]
