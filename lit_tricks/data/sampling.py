@@ -70,7 +70,8 @@ class TensorImages(ImageSource):
         return self._to_float(self.images[index])
 
     def batch(self, indices: Tensor) -> Tensor:
-        return self._to_float(self.images[indices])
+        x = self.images[indices]  # indexing with a 1-d tensor copies (a 0-d one gives a view): no second copy
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32, copy=indices.dim() == 0)
 
 
 class FileImages(ImageSource):
