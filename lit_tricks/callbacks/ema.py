@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from lit_tricks.compat import first_train_loader
 from lit_tricks.fault.ema_checkpoint import EMA_CHECKPOINT_PREFIX, EMAStateCallback, ema_checkpoint_path
 from lit_tricks.functional.batchnorm import batch_inputs, batchnorm_layers, recalibrate_bn_, sampled_batches
-from lit_tricks.functional.ema import BUFFER_MODES
+from lit_tricks.functional.ema import BUFFER_MODES, optimizer_steps_since
 from lit_tricks.functional.ema_state import EMA_DTYPES, EMAState
 from lit_tricks.validation import check_choice, check_number
 from lit_tricks.weight_variants import weight_variants_of
@@ -205,11 +205,10 @@ class EMAWeights(EMAStateCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
-        if step == self.last_step:  # no optimizer step on this batch (gradient accumulation)
+        taken = optimizer_steps_since(self.last_step, trainer.global_step)
+        if not taken:  # no optimizer step on this batch (gradient accumulation)
             return
-        self.steps += max(1, step - self.last_step)
-        self.last_step = step
+        self.steps, self.last_step = self.steps + taken, trainer.global_step
         if not self.state.ready:  # state restored after on_fit_start (FSDP, DeepSpeed)
             self._ensure(pl_module)
         if self.steps <= self.start_step:  # not started: the EMA follows the raw weights

@@ -21,7 +21,7 @@ from lit_tricks.fault.checkpoint_io import clean_stale_temp_files
 from lit_tricks.fault.sharded_state import ShardedCallbackState
 from lit_tricks.fault.state_keys import warn_changed_args
 from lit_tricks.functional import sharded
-from lit_tricks.functional.ema import named_ema_tensors
+from lit_tricks.functional.ema import named_ema_tensors, optimizer_steps_since
 from lit_tricks.functional.posthoc_ema import SIGMA_REL_MAX, PowerEMAProfiles, gamma_to_sigma_rel, sigma_rel_to_gamma
 from lit_tricks.validation import ArgumentError, check_number
 
@@ -172,10 +172,10 @@ class PostHocEMA(ShardedCallbackState, Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
-        if step == self.last_step:  # no optimizer step on this batch (gradient accumulation)
+        steps = optimizer_steps_since(self.last_step, trainer.global_step)
+        if not steps:  # no optimizer step on this batch (gradient accumulation)
             return
-        steps, self.last_step = max(1, step - self.last_step), step
+        self.last_step = trainer.global_step
         if self.profiles._pending is not None or not self.profiles.shadows:
             self._bind(pl_module)
         if self.profiles.step(self._params, steps) and self.profiles.last_update % self.snapshot_every_n_steps == 0:

@@ -22,6 +22,7 @@ __all__ = [
     "decay_from_half_life",
     "ema_update_",
     "named_ema_tensors",
+    "optimizer_steps_since",
     "state_dict_aliases",
     "strip_wrapper_prefixes",
     "update_buffers_",
@@ -127,3 +128,11 @@ def state_dict_aliases(module: nn.Module) -> dict[str, list[str]]:
 def _on_devices_of(dst: Sequence[Tensor], src: Sequence[Tensor]) -> list[Tensor]:
     """``src`` as a list, each moved to the device of the matching ``dst`` tensor where they differ."""
     return [s if s.device == d.device else s.to(d.device) for d, s in zip(dst, src)]
+
+
+def optimizer_steps_since(last_step: int, global_step: int) -> int:
+    """Optimizer steps taken since a callback last saw ``trainer.global_step == last_step``, read at batch end.
+
+    0 when the step counter did not move (a batch that only accumulated gradients); otherwise at least 1, also
+    when the counter went back (a new Trainer's count after its ``on_train_start`` set ``last_step``)."""
+    return 0 if global_step == last_step else max(1, global_step - last_step)
