@@ -51,8 +51,9 @@ def _train() -> Callable[[DictConfig], float]:
 
 @hydra.main(version_base="1.3", config_path="pkg://lit_tricks.conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
+    train = _train()  # outside the try: a broken installation keeps its traceback
     try:
-        return _train()(cfg)
+        return train(cfg)
     except ConfigError as err:
         # a sweep's job: its sweeper (Optuna: a failed trial) or its cluster launcher must get the error back; only
         # a problem every job of the sweep has ends the sweep here (in the launching process), with one line
