@@ -14,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from lit_tricks.config_bases import cached_bases
 from lit_tricks.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +22,10 @@ CONF = ROOT / "conf"
 
 
 def run_script(tmp_path: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LIT_TRICKS_LOG_DIR": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    # a warm cache of the base configs: a miss would build them while Hydra composes, importing Lightning early
+    cached_bases(tmp_path / "bases")
+    env = {**os.environ, "LIT_TRICKS_LOG_DIR": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0",
+           "LIT_TRICKS_CACHE_DIR": str(tmp_path / "bases")}
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=timeout,
@@ -54,6 +58,9 @@ def test_one_epoch_run_writes_metrics_checkpoint_config_and_summary(tmp_path: Pa
     assert (run / "config_resolved.yaml").is_file() and (run / ".hydra" / "config.yaml").is_file()
     assert list(run.glob("csv/version_*/metrics.csv")) and list(run.glob("csv/version_*/hparams.yaml"))
     assert "Trainer.fit` stopped" in (run / "train.log").read_text()  # Lightning's lines reach train.log
+    # ... and stay plain on the console, once (lit_tricks.cli.train imports Lightning as before Hydra's logging)
+    assert "`Trainer.fit` stopped: `max_epochs=1` reached." in proc.stderr.splitlines()
+    assert "][lightning." not in proc.stdout + proc.stderr and "INFO: " not in proc.stderr
     # the summary names val/test accuracy, the checkpoint and the run directory
     assert "val/acc=" in proc.stdout and "test/acc=" in proc.stdout
     assert f"checkpoint {record['best_ckpt']}" in proc.stdout and f"run directory {run}" in proc.stdout

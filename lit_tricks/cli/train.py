@@ -4,12 +4,17 @@ config shipped in ``lit_tricks/conf`` (``lit-tricks-train optimizer=adamw optimi
 Bad input is one line on stderr: a rejected config (every bad key at once, exit status 2), an unknown group option
 (exit status 1), or the root cause of an error raised while building or training (exit status 1; the traceback goes
 to the run's ``train.log``). Under ``-m`` a failing job is recorded as failed and the sweep goes on.
+
+Nothing here imports Lightning or torch at start-up: ``--cfg job``, ``--help`` and Hydra's composition errors (an
+unknown preset) answer without them; the first job imports :mod:`lit_tricks.run` (:func:`_train`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Callable
 
 import hydra
 from omegaconf import DictConfig
@@ -19,13 +24,34 @@ from lit_tricks.cli.noise import silence_third_party_noise
 from lit_tricks.config_checks import ConfigError, SweepConfigError
 from lit_tricks.hydra_utils import is_multirun
 from lit_tricks.records import error_chain, root_error
-from lit_tricks.run import train  # imports Lightning before Hydra sets up logging: its console lines stay plain
 
 __all__ = ["main"]
 
 
+def _train() -> Callable[[DictConfig], float]:
+    """:func:`lit_tricks.run.train`, imported as if Hydra had not set up logging yet.
+
+    Lightning configures its loggers when it is imported: with no handler on the root logger it gives them their
+    own console handler and stops propagation, so its lines stay plain on the console (not in Hydra's
+    ``[time][logger][LEVEL]`` format), and :func:`lit_tricks.job_log.attach_hydra_file_log` copies them into
+    ``train.log``. Imported here (in the job, after Hydra's logging set-up) it would see Hydra's handlers; the root
+    handlers are set aside for the import, so a run logs as it did when this module imported Lightning at the top.
+    """
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    for handler in handlers:
+        root.removeHandler(handler)
+    try:
+        from lit_tricks.run import train
+    finally:
+        for handler in handlers:
+            root.addHandler(handler)
+    return train
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lit_tricks.conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
+    train = _train()  # outside the try: a broken installation keeps its traceback
     try:
         return train(cfg)
     except ConfigError as err:

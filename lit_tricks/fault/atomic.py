@@ -1,4 +1,8 @@
-"""Crash-safe file writes: temp file in the same directory, flush + fsync, ``os.replace``."""
+"""Crash-safe file writes: temp file in the same directory, flush + fsync, ``os.replace``.
+
+Imports torch only in :func:`atomic_torch_save`: the config checks import this module (through
+:mod:`lit_tricks.migrate`) before anything needs torch.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
-
-import torch
 
 __all__ = [
     "TMP_PREFIX", "atomic_open", "atomic_save_figure", "atomic_torch_save", "atomic_write_bytes", "current_umask",
@@ -74,6 +76,8 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike[str]) -> None:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save(obj, path)``, atomically: serialized in memory first, then written by :func:`atomic_open`."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(buffer.getvalue(), path)

@@ -32,7 +32,7 @@ def test_under_multirun_a_jobs_error_goes_back_to_the_sweeper(monkeypatch: pytes
     def raise_it(cfg: Any) -> float:
         raise err
 
-    monkeypatch.setattr(cli, "train", raise_it)
+    monkeypatch.setattr("lit_tricks.run.train", raise_it)  # what the first job imports (cli._train)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.setattr(cli, "is_multirun", lambda: True)
     with pytest.raises(type(err)):
@@ -48,7 +48,7 @@ def test_a_problem_of_the_whole_sweep_ends_it_with_one_line(monkeypatch: pytest.
     def raise_it(cfg: Any) -> float:
         raise SweepConfigError(["hydra.sweeper.direction=minimize: disagrees with monitor_mode=max"])
 
-    monkeypatch.setattr(cli, "train", raise_it)
+    monkeypatch.setattr("lit_tricks.run.train", raise_it)  # what the first job imports (cli._train)
     monkeypatch.setattr(cli, "is_multirun", lambda: True)
     with pytest.raises(SystemExit) as info:
         main(OmegaConf.create({}))
