@@ -18,6 +18,7 @@ version and the modification times of its sources, the torch / Lightning / hydra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -182,6 +183,10 @@ def _rebuild(spec: dict[str, Any]) -> Any:
     return node
 
 
+#: cache files (one per key: sources, package versions) kept in the cache directory, the most recently used
+CACHE_KEYS_KEPT = 4
+
+
 def cached_bases(directory: Path | None = None) -> dict[str, Any]:
     """The base dataclass of every path in :data:`BASES`: from the cache when its key matches, else built (and the
     cache written atomically; a cache that cannot be read or written is rebuilt or skipped, never an error)."""
@@ -190,6 +195,8 @@ def cached_bases(directory: Path | None = None) -> dict[str, Any]:
     try:
         specs = json.loads(path.read_text())
         if specs.get("key") == key and sorted(specs["bases"]) == sorted(BASES):
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used: the last of the kept keys to be evicted
             return {p: _rebuild(specs["bases"][p]) for p in BASES}
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -200,9 +207,12 @@ def cached_bases(directory: Path | None = None) -> dict[str, Any]:
         with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".config_bases-", delete=False) as tmp:
             tmp.write(text)
         os.replace(tmp.name, path)
-        for stale in path.parent.glob("config_bases-*.json"):  # other keys: older sources or packages
-            if stale != path:
-                stale.unlink(missing_ok=True)
+        # other keys: older sources or packages, or another checkout / environment sharing the directory; the
+        # most recently used ones are kept, so two checkouts used in turn do not evict each other's cache
+        others = sorted((f for f in path.parent.glob("config_bases-*.json") if f != path),
+                        key=lambda f: f.stat().st_mtime, reverse=True)
+        for stale in others[CACHE_KEYS_KEPT - 1:]:
+            stale.unlink(missing_ok=True)
     except (OSError, TypeError):
         pass
     return nodes

@@ -54,7 +54,7 @@ def test_a_changed_key_or_a_broken_file_rebuilds(tmp_path: Path, monkeypatch: py
     real = config_bases.build_base
     monkeypatch.setattr(config_bases, "build_base", lambda path: calls.append(path) or real(path))
     cached_bases(tmp_path)
-    assert len(calls) == len(BASES) and not old.exists()  # rebuilt; the stale file is gone
+    assert len(calls) == len(BASES) and old.exists()  # rebuilt; the other key's file kept (another checkout's)
     new = tmp_path / "config_bases-other.json"
     new.write_text("{not json")
     calls.clear()
@@ -62,3 +62,24 @@ def test_a_changed_key_or_a_broken_file_rebuilds(tmp_path: Path, monkeypatch: py
     assert new.read_text().startswith('{"key": "other"')
     (tmp_path / "blocked").write_text("")  # an unwritable cache directory: built every time, no error
     assert list(cached_bases(tmp_path / "blocked")) == list(BASES)
+
+
+def test_the_most_recently_used_keys_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkouts or environments sharing the cache directory do not evict each other: a write keeps the
+    ``CACHE_KEYS_KEPT`` most recently used keys (a hit marks its file used), and removes the older ones."""
+    import os
+
+    for age, name in enumerate(["k5", "k4", "k3", "k2", "k1"]):  # k5 the oldest
+        (tmp_path / f"config_bases-{name}.json").write_text("{}")
+        os.utime(tmp_path / f"config_bases-{name}.json", (1000 + age, 1000 + age))
+    os.utime(tmp_path / "config_bases-k1.json", (5000, 5000))  # used last
+    monkeypatch.setattr(config_bases, "_cache_key", lambda: "new")
+    cached_bases(tmp_path)
+    kept = sorted(f.name for f in tmp_path.glob("config_bases-*.json"))
+    assert config_bases.CACHE_KEYS_KEPT == 4
+    assert kept == ["config_bases-k1.json", "config_bases-k2.json", "config_bases-k3.json", "config_bases-new.json"]
+    fresh = tmp_path / "config_bases-new.json"
+    os.utime(fresh, (1, 1))
+    monkeypatch.setattr(config_bases, "build_base", lambda path: pytest.fail(f"a hit built {path}"))
+    cached_bases(tmp_path)
+    assert fresh.stat().st_mtime > 1  # the hit marked it used
