@@ -10,7 +10,9 @@ Contenders, each timed in this process (1 torch thread, the same ``nice`` level 
 - ``baseline``: ``lit_tricks.run.train`` of ``experiment=mnist1d_baseline`` (the paper's recipe as users run it);
 - ``tricks``: ``lit_tricks.run.train`` of ``experiment=mnist1d_tricks``;
 - ``plain_tricks``: the tricks recipe's step in plain torch (BatchNorm, AdamW, OneCycleLR, batch
-  augmentation, label smoothing, clipping, EMA): what the tricks cost without any framework.
+  augmentation, label smoothing, clipping, EMA): what the tricks cost without any framework;
+- ``tricks_no_bn``, ``plain_tricks_no_bn`` (only when named in ``--only``): both without the inserted BatchNorm, what
+  it costs.
 
 Per-step cost = (CPU s of a ``long``-step run - CPU s of a ``short``-step run) / (long - short): the set-up, the
 test pass and everything else paid once cancel. CPU time (``time.process_time``), not wall time: the machine is
@@ -110,17 +112,18 @@ def _bare_lightning(data: dict[str, Any]) -> Runner:
     return run
 
 
-def _plain_tricks(data: dict[str, Any]) -> Runner:
+def _plain_tricks(data: dict[str, Any], norm: bool = True) -> Runner:
     """The tricks recipe's step in plain torch (its floor): the paper's convs with BatchNorm before each ReLU, AdamW
     (foreach, lr 3e-2, decoupled decay 4e-3 on conv/linear weights), torch's OneCycleLR, a circular shift of up to 4
     samples, a shear ramp of up to 3.5 and noise 0.08 drawn for the whole batch, label smoothing 0.07, clipping at
-    norm 1, an EMA of the weights (decay 0.999, one foreach lerp per step): ``experiment=mnist1d_tricks``'s step."""
+    norm 1, an EMA of the weights (decay 0.999, one foreach lerp per step): ``experiment=mnist1d_tricks``'s step;
+    ``norm=False``: without the BatchNorm layers."""
     from torch import nn
 
     x_all, y_all = torch.tensor(data["x"], dtype=torch.float32), torch.tensor(data["y"], dtype=torch.long)
 
     def block(c_in: int, k: int) -> list[nn.Module]:
-        return [nn.Conv1d(c_in, 25, k, stride=2, padding=1), nn.BatchNorm1d(25), nn.ReLU()]
+        return [nn.Conv1d(c_in, 25, k, stride=2, padding=1), *([nn.BatchNorm1d(25)] if norm else []), nn.ReLU()]
 
     def run(steps: int) -> None:
         torch.manual_seed(0)
@@ -157,7 +160,7 @@ def _plain_tricks(data: dict[str, Any]) -> Runner:
     return run
 
 
-def _recipe(experiment: str, data_dir: Path, out: Path) -> Runner:
+def _recipe(experiment: str, data_dir: Path, out: Path, extra: tuple[str, ...] = ()) -> Runner:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -168,7 +171,7 @@ def _recipe(experiment: str, data_dir: Path, out: Path) -> Runner:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("train", overrides=[f"experiment={experiment}", "seed=0", f"trainer.max_steps={steps}",
                                               "logger=none", f"paths.data_dir={data_dir}", f"paths.output_dir={out}",
-                                              f"paths.log_dir={out}"])
+                                              f"paths.log_dir={out}", *extra])
         GlobalHydra.instance().clear()
         train(cfg)
 
@@ -182,6 +185,9 @@ CONTENDERS = {
     "baseline": "lit_tricks `experiment=mnist1d_baseline`",
     "tricks": "lit_tricks `experiment=mnist1d_tricks`",
     "plain_tricks": "plain torch loop of the tricks recipe's step",
+    # only when named in --only: what the inserted BatchNorm costs (docs/mnist1d.md, per-step cost)
+    "tricks_no_bn": "lit_tricks `experiment=mnist1d_tricks module.norm=keep` (no BatchNorm)",
+    "plain_tricks_no_bn": "plain torch loop of the tricks recipe's step without BatchNorm",
 }
 
 
@@ -276,6 +282,9 @@ def _step_lines(costs: dict[str, list[float]], short: int, long: int, repeats: i
     ratio("plain_tricks", "plain", None, "the same two steps in plain torch (what the tricks cost without a framework)")
     ratio("tricks", "plain_tricks", None, "tricks recipe (lit_tricks) / its plain-torch loop")
     ratio("lightning", "plain", None, "bare LightningModule / plain torch (the framework's floor)")
+    ratio("tricks_no_bn", "baseline", None, "tricks recipe without BatchNorm / paper recipe (both lit_tricks)")
+    ratio("plain_tricks_no_bn", "plain", None, "the same two steps in plain torch, the tricks without BatchNorm")
+    ratio("plain_tricks", "plain_tricks_no_bn", None, "plain tricks loop with / without BatchNorm")
     return lines
 
 
@@ -323,8 +332,10 @@ def bench_step_cost(short: int, long: int, repeats: int, only: list[str] | None 
                 "baseline": lambda: _recipe("mnist1d_baseline", data_dir, out),
                 "tricks": lambda: _recipe("mnist1d_tricks", data_dir, out),
                 "plain_tricks": lambda: _plain_tricks(data),
+                "tricks_no_bn": lambda: _recipe("mnist1d_tricks", data_dir, out, ("module.norm=keep",)),
+                "plain_tricks_no_bn": lambda: _plain_tricks(data, norm=False),
             }
-            runners = {name: makers[name]() for name in (only or list(makers))}
+            runners = {name: makers[name]() for name in (only or list(makers)[:5])}
             lines += _step_lines(per_step_costs(runners, short, long, repeats), short, long, repeats)
         if startup_only or not only:
             lines += ([""] if lines else []) + _startup_lines(measure_startup(data_dir, out, repeats, ref), repeats)
