@@ -68,7 +68,8 @@ def grad_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     for (device, _), group in _grouped(grads).items():
         per_tensor = torch._foreach_norm(group, norm_type)
         norms.extend(n.to(first_device) if device != first_device else n for n in per_tensor)
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), norm_type)
+    stacked = torch.stack(norms if all(n.dtype == torch.float32 for n in norms) else [n.float() for n in norms])
+    return torch.linalg.vector_norm(stacked, norm_type)
 
 
 def clip_grad_norm_(
@@ -155,8 +156,9 @@ def push_history_(history: Tensor, count: int, value: Tensor) -> None:
 
     A non-finite value (an overflowed AMP step, which the GradScaler skips) is stored as NaN, which
     :func:`autoclip_threshold` ignores."""
+    nan = float("nan")
     value = value.to(device=history.device, dtype=history.dtype)
-    history.select(0, count % history.numel()).copy_(torch.where(torch.isfinite(value), value, float("nan")))
+    torch.nan_to_num(value, nan=nan, posinf=nan, neginf=nan, out=history.select(0, count % history.numel()))
 
 
 def autoclip_threshold(history: Tensor, count: int, percentile: float) -> Tensor:

@@ -61,7 +61,7 @@ class ClipHistory:
 
     def count(self, clipped: Tensor) -> None:
         """Close this step: count it, and count it as clipped when ``clipped`` (a 0-d bool tensor) is true."""
-        self.clipped_steps += clipped.to(self.clipped_steps.dtype)
+        self.clipped_steps.add_(clipped)  # a bool tensor: +1 or +0, in the counter's dtype
         self.steps += 1
 
     @property
