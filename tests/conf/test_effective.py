@@ -37,16 +37,17 @@ DECIDED: dict[tuple[str, str], tuple[Any, Any]] = {
 _SHIFT, _NOISE = {"shift": {"max_shift": 4, "mode": "roll"}}, {"noise": {"sigma": 0.08}}
 _SIGNAL_STEPS = ([_SHIFT, _NOISE], [_SHIFT, {"shear": {"max_shear": 3.5}}, _NOISE])
 _NO_DROPOUT = {"module.dropout": (0.03, None), "module.dropout_placement": ("every_hidden", "head")}
+_FOREACH = {"optimizer.foreach": (None, True)}  # speed only: the same steps (tests/data/test_mnist1d_recipes.py)
 #: case -> key path -> (value before, value now): recipes re-tuned on purpose since the recording (the MNIST-1D
 #: recipes of issue 28, chosen on 5-fold validation by benchmarks/mnist1d_explore.py; docs/mnist1d.md).
 RETUNED: dict[str, dict[str, tuple[Any, Any]]] = {
     "augment=mnist1d": {"augment.steps": _SIGNAL_STEPS},
     "callbacks=mnist1d": {"callbacks.ema.decay": (0.998, 0.999)},
     "experiment=mnist1d_tricks": {"augment.steps": _SIGNAL_STEPS, "callbacks.ema.decay": (0.998, 0.999),
-                                  "trainer.max_epochs": (75, 150), **_NO_DROPOUT},
+                                  "trainer.max_epochs": (75, 150), **_NO_DROPOUT, **_FOREACH},
     "experiment=mnist1d_fast": {"augment.steps": _SIGNAL_STEPS, "optimizer.lr": (0.02, 0.04),
                                 "data.batch_size": (100, 200), "trainer.max_epochs": (20, 15),
-                                "trainer.log_every_n_steps": (40, 20), **_NO_DROPOUT},
+                                "trainer.log_every_n_steps": (40, 20), **_NO_DROPOUT, **_FOREACH},
 }
 
 BEFORE = json.loads(FIXTURE.read_text())
