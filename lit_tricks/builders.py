@@ -54,7 +54,9 @@ def _build(key: str, node: Any, **kwargs: Any) -> Any:
         hc = hydra_config()
         mine = [o for o in (hc.overrides.task if hc is not None else []) if o.lstrip("+~").startswith(key)]
         line = f"{type(root).__name__}: {str(root).strip().splitlines()[0]}" if str(root).strip() else repr(root)
-        raise ArgumentError(key, " ".join(mine) or "its config", f"cannot be built ({line})") from err
+        preset = hc.runtime.choices.get(key) if hc is not None else None  # e.g. module=trick, when no override
+        value = " ".join(mine) or (f"{key}={preset}" if preset else "its config")
+        raise ArgumentError(key, value, f"cannot be built ({line})") from err
 
 
 def _maybe_instantiate(key: str, node: Any, **kwargs: Any) -> Any:

@@ -74,3 +74,19 @@ def test_asha_sweep_with_pruned_trials_exits_zero(tmp_path: Path) -> None:
     for t in study.trials:
         record = json.loads((tmp_path / "sweep" / str(t.number) / "metrics.json").read_text())
         assert record["status"] == {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "failed"}[t.state.name], record
+
+
+def test_a_preset_that_cannot_be_built_is_named_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capfd: pytest.CaptureFixture[str]) -> None:
+    """A node that no command-line override set, refused by its constructor: the line names the preset chosen for
+    it (``module=trick``), and the run exits non-zero writing nothing."""
+    from tests.helpers.cli import run_train_cli
+
+    out = tmp_path / "run"
+    code = run_train_cli(monkeypatch, "experiment=mnist1d_tricks", "model=gru_mnist1d", "logger=none",
+                         f"hydra.run.dir={out}", f"paths.data_dir={tmp_path / 'data'}")
+    err = capfd.readouterr().err
+    assert code not in (None, 0)
+    line = next(ln for ln in err.splitlines() if "cannot be built" in ln)
+    assert "module='module=trick'" in line and "norm=batch" in line, err
+    assert not any(p.suffix in (".ckpt", ".json") for p in tmp_path.rglob("*"))
