@@ -70,8 +70,9 @@ class TensorImages(ImageSource):
         return self._to_float(self.images[index])
 
     def batch(self, indices: Tensor) -> Tensor:
-        x = self.images[indices]  # indexing with a 1-d tensor copies (a 0-d one gives a view): no second copy
-        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32, copy=indices.dim() == 0)
+        x = self.images[indices]  # a 1-d index tensor copies (a 0-d one or a slice gives a view): no second copy
+        view = not isinstance(indices, Tensor) or indices.dim() == 0
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32, copy=view)
 
 
 class FileImages(ImageSource):

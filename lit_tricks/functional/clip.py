@@ -157,7 +157,7 @@ def push_history_(history: Tensor, count: int, value: Tensor) -> None:
     A non-finite value (an overflowed AMP step, which the GradScaler skips) is stored as NaN, which
     :func:`autoclip_threshold` ignores."""
     nan = float("nan")
-    value = value.to(device=history.device, dtype=history.dtype)
+    value = value.detach().to(device=history.device, dtype=history.dtype).reshape(())  # a record: no graph
     torch.nan_to_num(value, nan=nan, posinf=nan, neginf=nan, out=history.select(0, count % history.numel()))
 
 

@@ -98,3 +98,16 @@ def test_tricks_recipe_foreach_optimizer_takes_the_for_loop_steps(tmp_path: Path
         results[foreach] = read_record(out / "metrics.json")["metrics"]
     assert results["true"]["test/loss"] == results["false"]["test/loss"]
     assert results["true"]["test/acc"] == results["false"]["test/acc"]
+
+
+@pytest.mark.parametrize("experiment", ["mnist1d_tricks", "mnist1d_fast"])
+@pytest.mark.parametrize("optimizer", ["lbfgs", "newton", "sgd"])
+def test_tricks_recipes_compose_with_another_optimizer(experiment: str, optimizer: str) -> None:
+    """The recipes' foreach AdamW is a preset of the optimizer group, so another optimizer (some take no ``foreach``
+    argument) replaces it whole instead of failing to compose."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"optimizer={optimizer}"])
+    names = {"lbfgs": "LBFGS", "newton": "NewtonOptimizer", "sgd": "SGD"}
+    assert cfg.optimizer._target_.rsplit(".", 1)[-1] == names[optimizer]
+    assert cfg.optimizer.get("foreach") in (None, False)  # torch's default, not the recipe's AdamW choice

@@ -203,10 +203,11 @@ def test_overfit_batches_gets_the_dataloader_lightning_can_make_sequential(tmp_p
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
-@pytest.mark.parametrize("indices", [torch.tensor([2, 0]), torch.tensor(1), torch.tensor([True, False, True])])
-def test_batch_is_a_copy_an_in_place_transform_cannot_write_through(dtype: torch.dtype, indices: torch.Tensor) -> None:
+@pytest.mark.parametrize("indices", [torch.tensor([2, 0]), torch.tensor(1), torch.tensor([True, False, True]),
+                                     slice(0, 2), [0, 2]])
+def test_batch_is_a_copy_an_in_place_transform_cannot_write_through(dtype: torch.dtype, indices: Any) -> None:
     """``TensorImages.batch`` skips the second copy of a float batch: what indexing returns must then be a copy
-    already (a 0-d index gives a view, so it is copied)."""
+    already (a 0-d index or a slice gives a view, so it is copied)."""
     images = torch.arange(3 * 2 * 2, dtype=dtype).reshape(3, 1, 2, 2)
     stored = images.clone()
     source = TensorImages(images, torch.arange(3))

@@ -125,3 +125,17 @@ def test_autoclip_ignores_non_finite_norms() -> None:
         push_history_(history, i, torch.tensor(v))
     assert torch.isnan(history[1]) and torch.isnan(history[2])
     assert float(autoclip_threshold(history, 4, 50.0)) == 2.0  # median of the finite norms 1 and 3
+
+
+def test_push_history_records_a_value_without_its_graph_or_shape() -> None:
+    """The ring is a record: a norm that requires grad (``backward(create_graph=True)``) is stored detached, and a
+    one-element value of shape (1,) fills its slot without a resize warning."""
+    import warnings
+
+    history = torch.zeros(3)
+    w = torch.tensor([3.0, 4.0], requires_grad=True)
+    push_history_(history, 0, torch.linalg.vector_norm(w))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        push_history_(history, 1, torch.tensor([float("inf")]))
+    assert history[0].item() == 5.0 and history.isnan()[1] and history.grad_fn is None
