@@ -185,10 +185,12 @@ CONTENDERS = {
     "baseline": "lit_tricks `experiment=mnist1d_baseline`",
     "tricks": "lit_tricks `experiment=mnist1d_tricks`",
     "plain_tricks": "plain torch loop of the tricks recipe's step",
-    # only when named in --only: what the inserted BatchNorm costs (docs/mnist1d.md, per-step cost)
+    # the two below only when named in --only: what the inserted BatchNorm costs (docs/mnist1d.md, per-step cost)
     "tricks_no_bn": "lit_tricks `experiment=mnist1d_tricks module.norm=keep` (no BatchNorm)",
     "plain_tricks_no_bn": "plain torch loop of the tricks recipe's step without BatchNorm",
 }
+#: what a run without ``--only`` times (and ``benchmarks/run_all.py``'s section)
+DEFAULT_CONTENDERS = ("plain", "lightning", "baseline", "tricks", "plain_tricks")
 
 
 def per_step_costs(runners: dict[str, Runner], short: int, long: int, repeats: int) -> dict[str, list[float]]:
@@ -335,7 +337,7 @@ def bench_step_cost(short: int, long: int, repeats: int, only: list[str] | None 
                 "tricks_no_bn": lambda: _recipe("mnist1d_tricks", data_dir, out, ("module.norm=keep",)),
                 "plain_tricks_no_bn": lambda: _plain_tricks(data, norm=False),
             }
-            runners = {name: makers[name]() for name in (only or list(makers)[:5])}
+            runners = {name: makers[name]() for name in (only or DEFAULT_CONTENDERS)}
             lines += _step_lines(per_step_costs(runners, short, long, repeats), short, long, repeats)
         if startup_only or not only:
             lines += ([""] if lines else []) + _startup_lines(measure_startup(data_dir, out, repeats, ref), repeats)

@@ -68,8 +68,7 @@ def grad_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     for (device, _), group in _grouped(grads).items():
         per_tensor = torch._foreach_norm(group, norm_type)
         norms.extend(n.to(first_device) if device != first_device else n for n in per_tensor)
-    stacked = torch.stack(norms if all(n.dtype == torch.float32 for n in norms) else [n.float() for n in norms])
-    return torch.linalg.vector_norm(stacked, norm_type)
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), norm_type)
 
 
 def clip_grad_norm_(

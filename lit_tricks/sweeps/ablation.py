@@ -210,17 +210,13 @@ def compose_train(conf_dir: str | Path, overrides: Sequence[str]) -> dict[Any, A
     ``task_name`` (raises on an override that does not apply)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            container = OmegaConf.to_container(compose("train", overrides=list(overrides)), resolve=False)
+            return _comparable(compose("train", overrides=list(overrides)))
     finally:
         GlobalHydra.instance().clear()
-    assert isinstance(container, dict)
-    container.pop("task_name", None)
-    return container
 
 
 def saved_config_matches(run_dir: str | Path, conf_dir: str | Path, overrides: Sequence[str]) -> bool:
@@ -229,9 +225,14 @@ def saved_config_matches(run_dir: str | Path, conf_dir: str | Path, overrides: S
     from omegaconf import OmegaConf
 
     saved = Path(run_dir) / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        return False
-    container = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    return saved.is_file() and _comparable(OmegaConf.load(saved)) == compose_train(conf_dir, overrides)
+
+
+def _comparable(cfg: Any) -> dict[Any, Any]:
+    """``cfg`` as an unresolved container without ``task_name`` (a run's name, not its recipe)."""
+    from omegaconf import OmegaConf
+
+    container = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(container, dict)
     container.pop("task_name", None)
-    return container == compose_train(conf_dir, overrides)
+    return container
