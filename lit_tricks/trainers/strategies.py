@@ -6,6 +6,7 @@ from the Hydra job's composed config instead (see :mod:`lit_tricks.trainers.hydr
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -24,7 +25,7 @@ from lit_tricks.compat import (
 )
 from lit_tricks.fault.sharded_checkpoint import ShardedSaves
 from lit_tricks.functional.lr_scale import scale_lr_
-from lit_tricks.trainers.hydra_job import _JOB, _hydra_child_base, child_rank_command
+from lit_tricks.trainers.hydra_job import _JOB, _destroy_process_group, _hydra_child_base, child_rank_command
 
 __all__ = [
     "HydraSafeDDPStrategy", "HydraSafeFSDPStrategy", "HydraSafeModelParallelStrategy", "ddp_strategy", "fsdp_strategy",
@@ -78,8 +79,24 @@ class _HydraSafeLauncher(SubprocessScriptLauncher):
 scale_learning_rates = scale_lr_
 
 
+_AT_EXIT: list[bool] = []
+
+
+def _destroy_process_group_at_exit() -> None:
+    """Destroy the process group at interpreter exit, whatever its backend (once per process).
+
+    Lightning registers this for NCCL only; a gloo group left to interpreter finalization can abort the process
+    ("terminate called without an active exception", SIGABRT: pytorch/pytorch#190489), which failed a spawned rank
+    after its fit had finished. The CLI's job_guard destroys it already; this covers spawned ranks and plain scripts.
+    """
+    if not _AT_EXIT:
+        _AT_EXIT.append(True)
+        atexit.register(_destroy_process_group)
+
+
 class _HydraSafeMixin:
-    """Hydra-safe child launch, plus optional linear LR scaling with the global batch."""
+    """Hydra-safe child launch, the process group destroyed at exit, optional linear LR scaling with the global
+    batch."""
 
     scale_lr: bool = False
 
@@ -89,6 +106,10 @@ class _HydraSafeMixin:
         if type(launcher) is SubprocessScriptLauncher:
             safe = _HydraSafeLauncher(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
             set_strategy_launcher(self, safe)  # type: ignore[arg-type]
+
+    def setup_environment(self) -> None:
+        super().setup_environment()  # type: ignore[misc]
+        _destroy_process_group_at_exit()
 
     def setup_optimizers(self, trainer: pl.Trainer) -> None:
         super().setup_optimizers(trainer)  # type: ignore[misc]

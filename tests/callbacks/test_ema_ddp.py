@@ -9,7 +9,6 @@ local object 'get_ema_avg_fn.<locals>.ema_update'") and writes the raw checkpoin
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.strategies import DDPStrategy
 
 from lit_tricks.callbacks.early_stopping import EarlyStopping
 from lit_tricks.callbacks.ema import EMAWeights
+from lit_tricks.trainers.strategies import ddp_strategy
 from tests.helpers.tiny import BlobsDataModule, TinyClassifier, tiny_trainer
 
-TIMEOUT = datetime.timedelta(seconds=60)
+TIMEOUT_S = 60.0  # lit_tricks' ddp_strategy destroys the gloo group at exit (tests/trainers/test_process_group_exit.py)
 
 
 class RankScore(TinyClassifier):
@@ -77,7 +76,7 @@ def test_ddp_spawn_ema_identical_and_same_stop_on_both_ranks(tmp_path: Path) -> 
     es = EarlyStopping("val/score", patience=2, restore_best_weights=True)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = tiny_trainer(
-        tmp_path, devices=2, strategy=DDPStrategy(start_method="spawn", timeout=TIMEOUT), max_epochs=10,
+        tmp_path, devices=2, strategy=ddp_strategy(start_method="spawn", timeout_s=TIMEOUT_S), max_epochs=10,
         num_sanity_val_steps=0, callbacks=[ema, es, Record(tmp_path, ema, es), ckpt],
     )
     torch.manual_seed(0)

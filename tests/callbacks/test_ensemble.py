@@ -351,7 +351,7 @@ import datetime, sys, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads(1)
 import lightning.pytorch as pl
-from lightning.pytorch.strategies import DDPStrategy
+from lit_tricks.trainers.strategies import ddp_strategy
 from lit_tricks.callbacks.ema import EMAWeights
 from lit_tricks.callbacks.ensemble import CheckpointEnsemble
 from tests.helpers.tiny import BlobsDataModule, TinyClassifier
@@ -367,7 +367,7 @@ ens = CheckpointEnsemble(every_n_epochs=2, top_k=1, monitor="val/noisy", dirpath
 ema = EMAWeights(decay=0.9, save_ema_checkpoint=False, apply_at_end=False)  # under plain ddp (spawn: test_ema_ddp)
 trainer = pl.Trainer(accelerator="cpu", devices=2, max_epochs=3, logger=False, enable_progress_bar=False,
                      enable_model_summary=False, enable_checkpointing=False, default_root_dir={tmp!r},
-                     callbacks=[ens, ema], strategy=DDPStrategy(timeout=datetime.timedelta(seconds=60)))
+                     callbacks=[ens, ema], strategy=ddp_strategy(timeout_s=60))
 model = RankNoisyClassifier()
 trainer.fit(model, BlobsDataModule(n=128))
 x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))

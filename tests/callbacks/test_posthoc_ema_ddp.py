@@ -3,16 +3,15 @@ profiles, only rank 0 writes, and the files hold rank 0's profiles and buffers."
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DDPStrategy
 
 from lit_tricks.callbacks.posthoc_ema import PostHocEMA, list_snapshots
+from lit_tricks.trainers.strategies import ddp_strategy
 from tests.helpers.tiny import BlobsDataModule, TinyClassifier, tiny_trainer
 
 
@@ -39,7 +38,7 @@ def test_ddp_spawn_same_profiles_and_rank_zero_writes(tmp_path: Path) -> None:
     cb = PostHocEMA(snapshot_every_n_steps=2, dirpath=str(tmp_path / "s"))
     trainer = tiny_trainer(
         tmp_path, devices=2, max_epochs=1, num_sanity_val_steps=0, limit_val_batches=0,
-        strategy=DDPStrategy(start_method="spawn", timeout=datetime.timedelta(seconds=60)),
+        strategy=ddp_strategy(start_method="spawn", timeout_s=60),
         callbacks=[cb, Record(tmp_path, cb)],
     )
     torch.manual_seed(0)

@@ -21,6 +21,7 @@ callback, several fits per launch (a process start costs seconds here); each ran
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import os
 import signal
@@ -330,6 +331,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     root = Path(args.root)
+    # Lightning's ModelParallelStrategy leaves the gloo group to interpreter finalization, which can abort a rank
+    # (pytorch/pytorch#190489; lit_tricks' strategies register this themselves)
+    atexit.register(lambda: torch.distributed.is_initialized() and torch.distributed.destroy_process_group())
     for phase in args.phases.split(","):
         if phase == "ref":
             out = fit(root / "ref", args.devices)

@@ -4,20 +4,19 @@ that the ranks agree."""
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch.strategies import DDPStrategy
 
+from lit_tricks.trainers.strategies import ddp_strategy
 from tests.matrix import allfit
 from tests.matrix.cells import cell
 from tests.matrix.models import BlobsDataModule, tiny_trainer
 
 NAN_STEP = 3
-TIMEOUT = datetime.timedelta(seconds=60)
+TIMEOUT_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dic
     out = tmp_path_factory.mktemp("ddp")
     pl.seed_everything(0, verbose=False)
     trainer = tiny_trainer(
-        out, devices=2, strategy=DDPStrategy(start_method="spawn", timeout=TIMEOUT, process_group_backend="gloo"),
+        out, devices=2, strategy=ddp_strategy(start_method="spawn", timeout_s=TIMEOUT_S, process_group_backend="gloo"),
         max_epochs=3, callbacks=allfit.all_callbacks(out), num_sanity_val_steps=0, limit_val_batches=2,
     )
     trainer.fit(allfit.AllModel(nan_step=NAN_STEP, nan_rank=1), datamodule=BlobsDataModule(n=256))
