@@ -20,7 +20,6 @@ from lit_tricks.functional.clip import (
     clip_grad_norm_,
     clip_grad_value_,
     grad_norm,
-    grads_of,
 )
 from lit_tricks.functional.clip_history import ClipHistory
 from lit_tricks.validation import ArgumentError, check_choice, check_number
@@ -126,9 +125,12 @@ class GradientClipping(Callback):
 
         Updates the history and counters of optimizer ``optimizer_idx``.
         """
-        self.select_optimizer(optimizer_idx)
         params = [p for p in parameters if p.grad is not None]
-        grads = [p.grad for p in params if p.grad is not None]
+        return self._clip_present(params, [p.grad for p in params if p.grad is not None], optimizer_idx)
+
+    def _clip_present(self, params: list[Tensor], grads: list[Tensor], optimizer_idx: int) -> Tensor:
+        """:meth:`clip_` of ``params``, all with a gradient (``grads``, in their order)."""
+        self.select_optimizer(optimizer_idx)
         if not grads:
             return torch.zeros(())
         history = self.clip_history
@@ -182,12 +184,14 @@ class GradientClipping(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        if not grads_of(params):
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
             return
-        raw = unwrap_optimizer(optimizer)
-        idx = next((i for i, opt in enumerate(trainer.optimizers) if opt is raw), 0)
-        norm = self.clip_(params, idx)
+        idx = 0
+        if len(trainer.optimizers) > 1:
+            raw = unwrap_optimizer(optimizer)
+            idx = next((i for i, opt in enumerate(trainer.optimizers) if opt is raw), 0)
+        norm = self._clip_present(params, [p.grad for p in params if p.grad is not None], idx)
         if self.log and logs_this_step(trainer):
             tail = f"_opt{idx}" if idx else ""
             pl_module.log(f"{self.log_prefix}/grad_norm{tail}", norm.detach(), on_step=True, on_epoch=False)

@@ -52,6 +52,18 @@ def _grouped(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], li
     return groups
 
 
+def _one_group(tensors: list[Tensor]) -> bool:
+    """Whether ``tensors`` (not empty) are plain tensors (no DTensor or other subclass) of one device and dtype."""
+    device, dtype = tensors[0].device, tensors[0].dtype
+    return all(type(t) is Tensor and t.dtype == dtype and t.device == device for t in tensors)
+
+
+def _norm_of_norms(norms: list[Tensor] | tuple[Tensor, ...], norm_type: float) -> Tensor:
+    if any(n.dtype != torch.float32 for n in norms):
+        norms = [n.float() for n in norms]
+    return torch.linalg.vector_norm(torch.stack(norms), norm_type)
+
+
 def grad_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     """Global ``norm_type``-norm of all tensors in ``grads`` as a 0-d float32 tensor (0 when ``grads`` is empty).
 
@@ -60,15 +72,17 @@ def grad_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     """
     if not grads:
         return torch.zeros(())
+    norm_type = float(norm_type)
+    if _one_group(grads):  # the common case: one foreach kernel, no grouping
+        return _norm_of_norms(torch._foreach_norm(grads, norm_type), norm_type)
     if any(is_dtensor(g) for g in grads):
         return global_norm(grads, norm_type)
-    norm_type = float(norm_type)
     first_device = grads[0].device
     norms: list[Tensor] = []
     for (device, _), group in _grouped(grads).items():
         per_tensor = torch._foreach_norm(group, norm_type)
         norms.extend(n.to(first_device) if device != first_device else n for n in per_tensor)
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), norm_type)
+    return _norm_of_norms(norms, norm_type)
 
 
 def clip_grad_norm_(
@@ -89,6 +103,9 @@ def clip_grad_norm_(
     if not grads:
         return total
     coef = torch.clamp(max_norm / (total + eps), max=1.0)
+    if _one_group(grads) and coef.device == grads[0].device:
+        torch._foreach_mul_(grads, coef)
+        return total
     for (device, _), group in _grouped(locals_of(grads)).items():
         torch._foreach_mul_(group, coef.to(device))
     return total

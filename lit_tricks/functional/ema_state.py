@@ -42,6 +42,16 @@ from lit_tricks.functional.wrappers import match_wrapped_keys
 
 __all__ = ["EMA_DTYPES", "EMAState", "shadow_dtype"]
 
+def _plain_pairs(ema: Sequence[Tensor], model: Sequence[Tensor]) -> bool:
+    """Whether ``ema`` and ``model`` pair plain tensors (no DTensor or other subclass) of one device and dtype each."""
+    if len(ema) != len(model):
+        return False
+    for e, m in zip(ema, model):
+        if type(e) is not Tensor or type(m) is not Tensor or e.dtype != m.dtype or e.device != m.device:
+            return False
+    return True
+
+
 class EMAState:
     """The EMA of a module's floating parameters and its buffers, its decay rule, and swapping it into the module.
 
@@ -168,8 +178,22 @@ class EMAState:
     def update(self) -> float:
         """One EMA update from the module's current tensors; returns the decay used."""
         d = self.decay_at(self.num_updates)
-        self._average_(self.ema_params, self.model_params, d)
-        update_buffers_(self.ema_buffers, self.model_buffers, d, self.buffers)
+        if (type(self)._average_ is EMAState._average_ and self.buffers == "copy"
+                and _plain_pairs(self.ema_params, self.model_params)
+                and _plain_pairs(self.ema_buffers, self.model_buffers)):
+            # the common case (unsharded, one device, the shadows in the weights' dtypes): the same two foreach
+            # kernels as _average_ and update_buffers_, without their per-tensor conversions
+            with torch.no_grad():
+                if self.ema_params:
+                    if d == 0.0:
+                        torch._foreach_copy_(self.ema_params, self.model_params)
+                    else:
+                        torch._foreach_lerp_(self.ema_params, self.model_params, 1.0 - float(d))
+                if self.ema_buffers:
+                    torch._foreach_copy_(self.ema_buffers, self.model_buffers)
+        else:
+            self._average_(self.ema_params, self.model_params, d)
+            update_buffers_(self.ema_buffers, self.model_buffers, d, self.buffers)
         self.num_updates += 1
         return d
 

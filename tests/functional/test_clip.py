@@ -139,3 +139,14 @@ def test_push_history_records_a_value_without_its_graph_or_shape() -> None:
         warnings.simplefilter("error")
         push_history_(history, 1, torch.tensor([float("inf")]))
     assert history[0].item() == 5.0 and history.isnan()[1] and history.grad_fn is None
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
+def test_one_device_and_dtype_clips_bit_for_bit_as_torchs_foreach_kernel(norm_type: float) -> None:
+    """Plain float32 gradients on one device take one foreach norm and one foreach multiply, as torch's
+    clip_grad_norm_(foreach=True) does: the same total and gradients, exactly."""
+    for max_norm in (0.5, 1e6):
+        ours, ref = params_with_grads(seed=3), params_with_grads(seed=3)
+        total = clip_grad_norm_(ours, max_norm, norm_type)
+        assert torch.equal(total, torch.nn.utils.clip_grad_norm_(ref, max_norm, norm_type, foreach=True))
+        assert all(torch.equal(p.grad, q.grad) for p, q in zip(ours, ref) if p.grad is not None)

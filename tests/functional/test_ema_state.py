@@ -174,3 +174,32 @@ def test_bf16_weights_get_an_fp32_shadow_written_back_in_bf16() -> None:
     assert same.ema_params[0].dtype == torch.bfloat16
     with pytest.raises(ValueError, match="ema_dtype must be one of"):
         EMAState(ema_dtype="half")
+
+
+@pytest.mark.parametrize("decay, warmup", [(0.9, True), (0.999, False), (0.0, False)])
+def test_the_plain_update_is_bit_for_bit_the_general_kernels(decay: float, warmup: bool) -> None:
+    """update() takes one no_grad block of two foreach kernels for unsharded same-dtype tensors; the oracle is the
+    general path's functions (average_ over the parameters, update_buffers_ over the buffers) on a copy."""
+    from lit_tricks.functional.ema import update_buffers_
+    from lit_tricks.functional.ema_shadows import average_
+
+    model = _net()
+    state = EMAState(decay, warmup=warmup)
+    state.bind(model)
+    params = [t.clone() for t in state.ema_params]
+    buffers = [t.clone() for t in state.ema_buffers]
+    for t in range(4):
+        _step(model, t)
+        d = state.decay_at(t)
+        assert state.update() == d
+        average_(params, state.model_params, d)
+        update_buffers_(buffers, state.model_buffers, d, "copy")
+        assert all(torch.equal(a, b) for a, b in zip(state.ema_params + state.ema_buffers, params + buffers))
+    # a float64 shadow of float32 weights, or buffers="average", takes the general path: it still updates
+    for kwargs in ({"ema_dtype": "float64"}, {"buffers": "average"}):
+        other = EMAState(0.5, **kwargs)
+        other.bind(model)
+        before = [t.clone() for t in other.ema_params]
+        _step(model, 9)
+        other.update()
+        assert other.num_updates == 1 and not torch.equal(before[0], other.ema_params[0]), kwargs
