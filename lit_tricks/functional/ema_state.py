@@ -42,6 +42,7 @@ from lit_tricks.functional.wrappers import match_wrapped_keys
 
 __all__ = ["EMA_DTYPES", "EMAState", "shadow_dtype"]
 
+
 def _plain_pairs(ema: Sequence[Tensor], model: Sequence[Tensor]) -> bool:
     """Whether ``ema`` and ``model`` pair plain tensors (no DTensor or other subclass) of one device and dtype each."""
     if len(ema) != len(model):
