@@ -72,8 +72,12 @@ def grad_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     """
     if not grads:
         return torch.zeros(())
-    norm_type = float(norm_type)
-    if _one_group(grads):  # the common case: one foreach kernel, no grouping
+    return _grad_norm(grads, float(norm_type), _one_group(grads))
+
+
+def _grad_norm(grads: list[Tensor], norm_type: float, one_group: bool) -> Tensor:
+    """:func:`grad_norm` of ``grads`` (not empty); ``one_group``: :func:`_one_group` of them, known to the caller."""
+    if one_group:  # the common case: one foreach kernel, no grouping
         return _norm_of_norms(torch._foreach_norm(grads, norm_type), norm_type)
     if any(is_dtensor(g) for g in grads):
         return global_norm(grads, norm_type)
@@ -99,11 +103,12 @@ def clip_grad_norm_(
     it is already known (from :func:`grad_norm`) to skip computing it again.
     """
     grads = grads_of(parameters)
-    total = grad_norm(grads, norm_type) if total_norm is None else total_norm
     if not grads:
-        return total
+        return grad_norm(grads, norm_type) if total_norm is None else total_norm
+    one_group = _one_group(grads)
+    total = _grad_norm(grads, float(norm_type), one_group) if total_norm is None else total_norm
     coef = torch.clamp(max_norm / (total + eps), max=1.0)
-    if _one_group(grads) and coef.device == grads[0].device:
+    if one_group and coef.device == grads[0].device:
         torch._foreach_mul_(grads, coef)
         return total
     for (device, _), group in _grouped(locals_of(grads)).items():

@@ -32,6 +32,7 @@ from lit_tricks.functional.ema import (
     BUFFER_MODES,
     copy_,
     decay_from_half_life,
+    ema_update_,
     named_ema_tensors,
     state_dict_aliases,
     update_buffers_,
@@ -182,15 +183,11 @@ class EMAState:
         if (type(self)._average_ is EMAState._average_ and self.buffers == "copy"
                 and _plain_pairs(self.ema_params, self.model_params)
                 and _plain_pairs(self.ema_buffers, self.model_buffers)):
-            # the common case (unsharded, one device, the shadows in the weights' dtypes): the same two foreach
-            # kernels as _average_ and update_buffers_, without their per-tensor conversions
-            with torch.no_grad():
-                if self.ema_params:
-                    if d == 0.0:
-                        torch._foreach_copy_(self.ema_params, self.model_params)
-                    else:
-                        torch._foreach_lerp_(self.ema_params, self.model_params, 1.0 - float(d))
-                if self.ema_buffers:
+            # the common case (unsharded, one device, the shadows in the weights' dtypes): the kernels of _average_
+            # and update_buffers_ without their per-tensor shard and dtype conversions
+            ema_update_(self.ema_params, self.model_params, d)
+            if self.ema_buffers:
+                with torch.no_grad():
                     torch._foreach_copy_(self.ema_buffers, self.model_buffers)
         else:
             self._average_(self.ema_params, self.model_params, d)

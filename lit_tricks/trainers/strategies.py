@@ -79,9 +79,7 @@ class _HydraSafeLauncher(SubprocessScriptLauncher):
 scale_learning_rates = scale_lr_
 
 
-_AT_EXIT: list[bool] = []
-
-
+@functools.cache
 def _destroy_process_group_at_exit() -> None:
     """Destroy the process group at interpreter exit, whatever its backend (once per process).
 
@@ -89,9 +87,7 @@ def _destroy_process_group_at_exit() -> None:
     ("terminate called without an active exception", SIGABRT: pytorch/pytorch#190489), which failed a spawned rank
     after its fit had finished. The CLI's job_guard destroys it already; this covers spawned ranks and plain scripts.
     """
-    if not _AT_EXIT:
-        _AT_EXIT.append(True)
-        atexit.register(_destroy_process_group)
+    atexit.register(_destroy_process_group)
 
 
 class _HydraSafeMixin:

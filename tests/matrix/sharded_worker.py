@@ -55,6 +55,7 @@ from lit_tricks.fault.ema_checkpoint import ema_checkpoint_path  # noqa: E402
 from lit_tricks.fault.resume import find_resume_checkpoint  # noqa: E402
 from lit_tricks.functional.sharded import full_state_dict, is_dtensor, local  # noqa: E402
 from lit_tricks.modules.sharding import shard_model  # noqa: E402
+from lit_tricks.trainers.hydra_job import _destroy_process_group  # noqa: E402
 
 N, BATCH, DIM, CLASSES = 96, 8, 8, 3  # per rank: 6 steps per epoch on 2 ranks (batch 16 on 1)
 EPOCHS = 3
@@ -333,7 +334,7 @@ def main() -> None:
     root = Path(args.root)
     # Lightning's ModelParallelStrategy leaves the gloo group to interpreter finalization, which can abort a rank
     # (pytorch/pytorch#190489; lit_tricks' strategies register this themselves)
-    atexit.register(lambda: torch.distributed.is_initialized() and torch.distributed.destroy_process_group())
+    atexit.register(_destroy_process_group)
     for phase in args.phases.split(","):
         if phase == "ref":
             out = fit(root / "ref", args.devices)

@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent("""
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                          limit_val_batches=0)
     trainer.fit(Sharded() if which == "fsdp2" else BoringModel())
-    trainer.fit(Sharded() if which == "fsdp2" else BoringModel())  # a second fit registers nothing twice
+    trainer.fit(Sharded() if which == "fsdp2" else BoringModel())  # a second fit in the same process
     print("backend:", dist.get_backend(), flush=True)
 """)
 
