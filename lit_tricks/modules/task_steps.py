@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from lit_tricks.augment.tta import TTAFunction
 from lit_tricks.compat import logs_this_step, module_trainer
+from lit_tricks.compat.nvml import drop_futile_nvml_check
 from lit_tricks.functional.losses import binned_expected_value, binned_point
 from lit_tricks.modules.tasks import is_regression_output, task_loss
 from lit_tricks.weight_variants import WeightVariants
@@ -77,6 +78,9 @@ class TaskSteps(pl.LightningModule):
         total = self._epoch_means.setdefault(name, [torch.zeros((), dtype=value.dtype, device=value.device), 0])
         total[0] = total[0] + value * batch_size
         total[1] += batch_size
+
+    def on_fit_start(self) -> None:
+        drop_futile_nvml_check()  # on a CPU-only host, one failed dlopen less per Adam/AdamW step (on every rank)
 
     def on_train_epoch_end(self) -> None:
         for name, (total, count) in (self._epoch_means or {}).items():
