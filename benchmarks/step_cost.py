@@ -324,6 +324,13 @@ def bench_step_cost(short: int, long: int, repeats: int, only: list[str] | None 
     """The markdown section: per-step CPU ms, the ratios the issue targets, the start-up (not with ``only``; with
     ``ref``, against that checkout's)."""
     torch.set_num_threads(1)
+    import lightning.pytorch  # noqa: F401  (sets PYTORCH_NVML_BASED_CUDA_CHECK, which the next line may drop)
+
+    from lit_tricks.compat.nvml import drop_futile_nvml_check
+
+    # Every contender without it, as lit_tricks' recipes run (TrickModule drops it at fit start; a bare Lightning
+    # process on a CPU-only host pays one failed dlopen per Adam step more, ~40 us, and plain torch never sets it).
+    drop_futile_nvml_check()
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, out = Path(tmp) / "data", Path(tmp) / "runs"
