@@ -56,3 +56,19 @@ def test_mnist1d_bench_reuses_a_run_only_while_its_recipe_is_unchanged(tmp_path:
     cfg.optimizer.lr = 0.123  # the run trained another recipe
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     assert not saved_config_matches(run_dir, CONF, overrides)
+
+
+@pytest.mark.slow  # two 2-epoch MNIST-1D runs through scripts/train.py, side by side
+@pytest.mark.timeout(300)
+def test_posthoc_study_quick_trains_seeds_side_by_side_and_scores_every_length(tmp_path: Path) -> None:
+    import json
+
+    from benchmarks.mnist1d_posthoc import RECIPE_EMA, SIGMA_RELS, main
+
+    assert main(["--seeds", "2", "--jobs", "2", "--quick", "--out", str(tmp_path),
+                 "--table", str(tmp_path / "table.md")]) == 0
+    for seed in (0, 1):
+        rows = json.loads((tmp_path / f"seed{seed}" / "posthoc_ema" / "posthoc_ema.json").read_text())["rows"]
+        assert [r["sigma_rel"] for r in rows] == list(SIGMA_RELS)  # the override reached the evaluation
+    text = (tmp_path / "table.md").read_text()
+    assert RECIPE_EMA in text and "--jobs 2" in text
