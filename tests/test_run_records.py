@@ -94,6 +94,14 @@ def test_a_test_monitor_without_validation_trains_and_is_the_objective(tmp_path:
     assert record["objective"] == record["metrics"]["test/acc"]
 
 
+def test_the_monitor_check_is_a_callback_only_where_it_looks() -> None:
+    from lit_tricks.run import MonitorCheck, _monitor_check
+
+    assert _monitor_check("test/acc") == []  # checked after trainer.test, not during the fit: no per-step dispatch
+    (check,) = _monitor_check("val/loss")
+    assert isinstance(check, MonitorCheck) and check.monitor == "val/loss"
+
+
 @pytest.mark.timeout(180)
 def test_a_constructor_that_refuses_its_config_is_a_rejected_config_naming_the_key(tmp_path: Path) -> None:
     # the model is built after the data (its input size), so the start-up checks cannot build it: the builder
