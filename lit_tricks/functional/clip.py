@@ -59,13 +59,15 @@ def _one_group(tensors: list[Tensor]) -> bool:
 
 
 def _norm_of_norms(norms: list[Tensor] | tuple[Tensor, ...], norm_type: float) -> Tensor:
-    if any(n.dtype != torch.float32 for n in norms):
-        norms = [n.float() for n in norms]
+    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32  # 16-bit: float32
+    if any(n.dtype != dtype for n in norms):
+        norms = [n.to(dtype) for n in norms]
     return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 
 
 def grad_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
-    """Global ``norm_type``-norm of all tensors in ``grads`` as a 0-d float32 tensor (0 when ``grads`` is empty).
+    """Global ``norm_type``-norm of all tensors in ``grads`` as a 0-d float32 tensor (float64 when any of them is
+    float64, as torch's; 0 when ``grads`` is empty).
 
     Per-tensor norms come from one ``torch._foreach_norm`` per (device, dtype) group, then the norm of those norms
     (the same reduction as ``torch.nn.utils.get_total_norm``); over DTensor shards, the global norm.

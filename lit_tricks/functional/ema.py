@@ -85,7 +85,8 @@ def copy_(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
 def update_buffers_(ema: Sequence[Tensor], current: Sequence[Tensor], decay: float, mode: str = "copy") -> None:
     """Update EMA buffers: ``mode="copy"`` copies all; ``"average"`` averages floating ones and copies integer ones.
 
-    Integer buffers (BatchNorm's ``num_batches_tracked``) are always copied, since lerp is not defined for them.
+    Integer buffers (BatchNorm's ``num_batches_tracked``) are always copied, since lerp is not defined for them;
+    averaged ones are cast to the EMA's dtype first (a bf16 buffer into its fp32 shadow).
     """
     if mode not in BUFFER_MODES:
         raise ValueError(f"`mode` must be one of {BUFFER_MODES}, got {mode!r}")
@@ -94,7 +95,7 @@ def update_buffers_(ema: Sequence[Tensor], current: Sequence[Tensor], decay: flo
         return
     floats = [i for i, t in enumerate(ema) if t.is_floating_point() or t.is_complex()]
     ints = [i for i, t in enumerate(ema) if not (t.is_floating_point() or t.is_complex())]
-    ema_update_([ema[i] for i in floats], [current[i] for i in floats], decay)
+    ema_update_([ema[i] for i in floats], [current[i].to(ema[i].dtype) for i in floats], decay)  # bf16 into fp32
     copy_([ema[i] for i in ints], [current[i] for i in ints])
 
 

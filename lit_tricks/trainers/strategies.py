@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 
 from lit_tricks.compat import (
@@ -83,6 +84,7 @@ scale_learning_rates = scale_lr_
 def _destroy_process_group_at_exit() -> None:
     """Destroy the process group at interpreter exit, whatever its backend (once per process).
 
+    Registered for a group the strategy created (as Lightning does), not for one that existed before the Trainer.
     Lightning registers this for NCCL only; a gloo group left to interpreter finalization can abort the process
     ("terminate called without an active exception", SIGABRT: pytorch/pytorch#190489), which failed a spawned rank
     after its fit had finished. The CLI's job_guard destroys it already; this covers spawned ranks and plain scripts.
@@ -104,8 +106,10 @@ class _HydraSafeMixin:
             set_strategy_launcher(self, safe)  # type: ignore[arg-type]
 
     def setup_environment(self) -> None:
+        existed = dist.is_available() and dist.is_initialized()  # a group made before the Trainer is its owner's
         super().setup_environment()  # type: ignore[misc]
-        _destroy_process_group_at_exit()
+        if not existed:
+            _destroy_process_group_at_exit()
 
     def setup_optimizers(self, trainer: pl.Trainer) -> None:
         super().setup_optimizers(trainer)  # type: ignore[misc]

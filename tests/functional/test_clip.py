@@ -71,9 +71,9 @@ def test_mixed_dtypes_are_grouped() -> None:
     a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(4, dtype=torch.float64))
     a.grad, b.grad = torch.full((3,), 2.0), torch.full((4,), 2.0, dtype=torch.float64)
     total = clip_grad_norm_([a, b], 1.0)
-    torch.testing.assert_close(total, torch.tensor(math.sqrt(7 * 4.0)))
+    torch.testing.assert_close(total, torch.tensor(math.sqrt(7 * 4.0), dtype=torch.float64))  # float64, as torch's
     assert a.grad.dtype == torch.float32 and b.grad.dtype == torch.float64
-    torch.testing.assert_close(grad_norm([a.grad, b.grad]), torch.tensor(1.0), rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad_norm([a.grad, b.grad]), torch.tensor(1.0, dtype=torch.float64), rtol=1e-5, atol=0)
 
 
 def test_clip_grad_value_matches_torch() -> None:
@@ -150,3 +150,23 @@ def test_one_device_and_dtype_clips_bit_for_bit_as_torchs_foreach_kernel(norm_ty
         total = clip_grad_norm_(ours, max_norm, norm_type)
         assert torch.equal(total, torch.nn.utils.clip_grad_norm_(ref, max_norm, norm_type, foreach=True))
         assert all(torch.equal(p.grad, q.grad) for p, q in zip(ours, ref) if p.grad is not None)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
+def test_float64_gradients_are_clipped_at_float64_precision_as_torch(norm_type: float) -> None:
+    """precision='64-true': the total norm and the clip factor are float64 as torch's (a float32 norm was off by
+    ~1e7 float64 eps); 16-bit gradients keep their float32 norm."""
+    ours, ref = params_with_grads(seed=5), params_with_grads(seed=5)
+    for p, q in zip(ours, ref):
+        p.data, q.data = p.data.double(), q.data.double()
+        if p.grad is not None and q.grad is not None:
+            p.grad, q.grad = p.grad.double(), q.grad.double()
+    total = clip_grad_norm_(ours, 0.5, norm_type)
+    ref_total = torch.nn.utils.clip_grad_norm_(ref, 0.5, norm_type, foreach=True)
+    tol = 64 * torch.finfo(torch.float64).eps  # a few roundings of a sum of ~200 terms, relative
+    assert total.dtype == torch.float64
+    torch.testing.assert_close(total, ref_total, rtol=tol, atol=0)
+    for p, q in zip(ours, ref):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=0)
+    assert grad_norm([torch.ones(3, dtype=torch.bfloat16)]).dtype == torch.float32

@@ -203,3 +203,26 @@ def test_the_plain_update_is_bit_for_bit_the_general_kernels(decay: float, warmu
         _step(model, 9)
         other.update()
         assert other.num_updates == 1 and not torch.equal(before[0], other.ema_params[0]), kwargs
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_averaged_16_bit_buffers_follow_the_recurrence_in_their_fp32_shadows(dtype: torch.dtype) -> None:
+    """buffers="average" on a bf16/fp16 model: the BatchNorm statistics' fp32 shadows are averaged like the weights'
+    (the buffers cast to fp32), the integer counter copied; the oracle is a hand-written float64 recurrence."""
+    model = _net().to(dtype)
+    state = EMAState(0.9, buffers="average")
+    state.bind(model)
+    expected = {k: v.detach().double() for k, v in model.state_dict().items()}
+    for t in range(3):
+        g = torch.Generator().manual_seed(100 + t)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g).to(dtype))
+            model.train()(torch.randn(8, 3, generator=g).to(dtype))
+        state.update()
+        for k, v in model.state_dict().items():
+            expected[k] = 0.9 * expected[k] + 0.1 * v.double() if v.is_floating_point() else v.double()
+    for k, v in state.ema_state_dict.items():
+        assert v.dtype == (torch.float32 if model.state_dict()[k].is_floating_point() else torch.int64), k
+        tol = 16 * torch.finfo(torch.float32).eps * float(expected[k].abs().max().clamp_min(1.0))
+        assert torch.allclose(v.double(), expected[k], rtol=0.0, atol=tol), k

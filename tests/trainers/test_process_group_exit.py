@@ -31,6 +31,13 @@ SCRIPT = textwrap.dedent("""
     # registered first, so it runs last (atexit is last-in first-out): what is left once every handler ran
     atexit.register(lambda: print("initialized at exit:", dist.is_initialized(), flush=True))
     which = sys.argv[1]
+    if len(sys.argv) > 2:  # the user's own group, created before the Trainer, and the user's own handler for it
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+        def users_handler():
+            print("user's group at the user's handler:", dist.is_initialized(), flush=True)
+            dist.destroy_process_group()
+        atexit.register(users_handler)
     strategy = {"lightning": lambda: DDPStrategy(process_group_backend="gloo"),
                 "ddp": lambda: ddp_strategy(process_group_backend="gloo", timeout_s=60),
                 "fsdp2": lambda: model_parallel_strategy(process_group_backend="gloo", timeout_s=60)}[which]()
@@ -43,12 +50,13 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _left_at_exit(tmp_path: Path, which: str) -> str:
+def _left_at_exit(tmp_path: Path, which: str, *user_group: str) -> str:
     script = tmp_path / "fit.py"
     script.write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), which], capture_output=True, text=True, timeout=240,
-                          cwd=tmp_path)
+    proc = subprocess.run([sys.executable, str(script), which, *user_group], capture_output=True, text=True,
+                          timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "backend: gloo" in proc.stdout, proc.stdout
     return proc.stdout
 
@@ -59,3 +67,12 @@ def test_lit_tricks_strategies_destroy_the_gloo_group_at_exit_lightnings_does_no
     assert "initialized at exit: True" in _left_at_exit(tmp_path, "lightning")  # the oracle: Lightning leaves it
     for which in ("ddp", "fsdp2"):
         assert "initialized at exit: False" in _left_at_exit(tmp_path, which), which
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_group_the_user_created_before_the_trainer_is_left_to_the_user(tmp_path: Path) -> None:
+    """Lightning registers its at-exit destroy only for a group it created itself (``_init_dist_connection`` returns
+    early when one exists); a group the user made is the user's: still there when the user's own handler runs."""
+    out = _left_at_exit(tmp_path, "ddp", "user")
+    assert "user's group at the user's handler: True" in out, out
