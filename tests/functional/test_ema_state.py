@@ -188,6 +188,7 @@ def test_the_plain_update_is_bit_for_bit_the_general_kernels(decay: float, warmu
     state.bind(model)
     params = [t.clone() for t in state.ema_params]
     buffers = [t.clone() for t in state.ema_buffers]
+    by_torch = [t.clone() for t in state.ema_params]  # torch's own per-tensor lerp: an oracle outside lit_tricks
     for t in range(4):
         _step(model, t)
         d = state.decay_at(t)
@@ -195,6 +196,10 @@ def test_the_plain_update_is_bit_for_bit_the_general_kernels(decay: float, warmu
         average_(params, state.model_params, d)
         update_buffers_(buffers, state.model_buffers, d, "copy")
         assert all(torch.equal(a, b) for a, b in zip(state.ema_params + state.ema_buffers, params + buffers))
+        by_torch = [p.detach().clone() if d == 0 else torch.lerp(e, p.detach(), 1.0 - d)
+                    for e, p in zip(by_torch, state.model_params)]
+        assert all(torch.equal(a, b) for a, b in zip(state.ema_params, by_torch))
+        assert all(torch.equal(a, b.detach()) for a, b in zip(state.ema_buffers, state.model_buffers))  # copied
     # a float64 shadow of float32 weights, or buffers="average", takes the general path: it still updates
     for kwargs in ({"ema_dtype": "float64"}, {"buffers": "average"}):
         other = EMAState(0.5, **kwargs)
