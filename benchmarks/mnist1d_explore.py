@@ -18,7 +18,12 @@ confirmation, after choosing). Every finished slot is appended to ``<out>/result
     nice -n 15 python benchmarks/mnist1d_explore.py --stage final --full --seeds 10    # test-split confirmation
 
 Per slot it reports the raw and EMA weights' accuracy, the EMA with BatchNorm statistics recomputed, and
-test-time shift averaging (mean softmax over circular shifts -t..t) of the EMA weights.
+test-time shift averaging (mean softmax over circular shifts -t..t) of the EMA weights. With ``cycles=c`` the lr
+schedule is c one-cycles and the slot also reports the snapshot ensembles of the c cycles' end weights (``cyc_ens``:
+EMA, ``cyc_ens_raw``: raw weights; ``_tta2``: with shift averaging), compared with a baseline by ``--versus``:
+
+    nice -n 15 python benchmarks/mnist1d_explore.py --set "steps=6000,dropout=0.0,shear=3.5,ema=0.999,cycles=3" \
+        --folds 0,1,2,3,4 --seeds 2 --versus "steps=6000,dropout=0.0,shear=3.5,ema=0.999"
 """
 
 from __future__ import annotations
@@ -76,6 +81,13 @@ class Recipe:
     clip: float = 1.0  # max gradient norm (0 = off)
     ema: float = 0.998  # EMA decay with warm-up min(decay, (1 + t) / (10 + t)); 0 = no EMA
     mixup: float = 0.0  # mixup alpha (0 = off)
+    # the one-cycle lr repeated this many times over ``steps``; each cycle's end keeps a snapshot of the raw and EMA
+    # weights (one EMA throughout, never restarted) for a snapshot ensemble (Huang et al. 2017)
+    cycles: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.cycles <= self.steps:
+            raise ValueError(f"cycles={self.cycles}: must be an integer in [1, steps={self.steps}]")
 
     def key(self) -> str:
         """The non-default fields, as ``name=value`` (stable across versions that add fields)."""
@@ -86,7 +98,7 @@ class Recipe:
 
     def group(self) -> tuple[Any, ...]:
         """Slots train together only when these agree (they shape the loop)."""
-        return (self.steps, self.batch_size, self.norm, self.optimizer)
+        return (self.steps, self.batch_size, self.norm, self.optimizer, self.cycles)
 
 
 def recipe(**changes: Any) -> Recipe:
@@ -178,12 +190,22 @@ def init_buffers(k: int, norm: bool) -> dict[str, Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------------ training
+def cycle_ends(r: Recipe) -> list[int]:
+    """The step count at the end of each lr cycle: ``steps // cycles`` each, the last one takes the remainder."""
+    n = r.steps // r.cycles
+    return [n * (i + 1) for i in range(r.cycles - 1)] + [r.steps]
+
+
 def lr_factor(r: Recipe, step: int) -> float:
-    """One-cycle as ``scheduler=onecycle``: cosine ramp over ``warmup`` of the steps, then cosine to end_factor."""
-    w = round(r.warmup * r.steps)
+    """One-cycle as ``scheduler=onecycle``: cosine ramp over ``warmup`` of the steps, then cosine to end_factor;
+    with ``cycles > 1`` the same shape over each cycle's steps (:func:`cycle_ends`)."""
+    n = r.steps // r.cycles
+    k = min(step // n, r.cycles - 1)  # this step's cycle
+    step, steps = step - k * n, (n if k < r.cycles - 1 else r.steps - k * n)
+    w = round(r.warmup * steps)
     if step < w:
         return r.start_factor + (1 - r.start_factor) * (1 - math.cos(math.pi * step / w)) / 2
-    t, n = step - w, max(1, r.steps - w)
+    t, n = step - w, max(1, steps - w)
     return r.end_factor + (1 - r.end_factor) * (1 + math.cos(math.pi * min(t, n) / n)) / 2
 
 
@@ -248,6 +270,8 @@ def train_group(slots: list[Slot], data: dict[str, Tensor]) -> None:
     use_drop = bool((drop > 0).any())
     use_mix = any(r.mixup > 0 for r in rs)
     lengths = [19, 10, 5]
+    ends = set(cycle_ends(r0))
+    snapshots: list[Snapshot] = []
     for step in range(r0.steps):
         bi = idx[:, step * B:(step + 1) * B]
         x = augment(torch.gather(xtr, 1, bi[..., None].expand(K, B, L)), rs, gens)
@@ -301,15 +325,36 @@ def train_group(slots: list[Slot], data: dict[str, Tensor]) -> None:
                     m[k].mul_(mom).add_(g)
                     t.sub_(lr_k * (g + mom * m[k]))
                 ema[k].lerp_(t.detach(), per_slot((1 - d).tolist(), t))
-    evaluate(slots, p, ema, bufs, splits, xtr, gens)
+            if step + 1 in ends:
+                snapshots.append(Snapshot({k: t.detach().clone() for k, t in p.items()},
+                                          {k: t.clone() for k, t in ema.items()},
+                                          {k: t.clone() for k, t in bufs.items()}))
+    evaluate(slots, p, ema, bufs, splits, xtr, gens, snapshots)
+
+
+@dataclass
+class Snapshot:
+    """The weights at the end of one lr cycle (per-slot tensors ``(K, ...)``) and the BatchNorm buffers then."""
+
+    raw: dict[str, Tensor]
+    ema: dict[str, Tensor]
+    bufs: dict[str, Tensor]
 
 
 @torch.no_grad()
 def accuracy_and_nll(p: dict[str, Tensor], bufs: dict[str, Tensor], x: Tensor, y: Tensor,
                      shifts: int = 0) -> tuple[Tensor, Tensor]:
     """Per-slot accuracy and NLL on ``x (K, N, L)``; ``shifts``: mean softmax over circular shifts -t..t."""
+    return ensemble_accuracy_and_nll([(p, bufs)], x, y, shifts)
+
+
+@torch.no_grad()
+def ensemble_accuracy_and_nll(models: list[tuple[dict[str, Tensor], dict[str, Tensor]]], x: Tensor, y: Tensor,
+                              shifts: int = 0) -> tuple[Tensor, Tensor]:
+    """Per-slot accuracy and NLL of the mean softmax of ``models`` (weights, BatchNorm buffers), each over circular
+    shifts -shifts..shifts of ``x (K, N, L)``: ``len(models) * (2 shifts + 1)`` forward passes per sample."""
     probs = torch.stack([forward(p, bufs, torch.roll(x, s, -1).transpose(0, 1), False).softmax(-1)
-                         for s in range(-shifts, shifts + 1)]).mean(0)  # (N, K, 10)
+                         for p, bufs in models for s in range(-shifts, shifts + 1)]).mean(0)  # (N, K, 10)
     acc = (probs.argmax(-1) == y.T).float().mean(0)
     nll = -torch.log(probs.gather(-1, y.T[..., None]).squeeze(-1).clamp_min(1e-12)).mean(0)
     return acc, nll
@@ -317,7 +362,8 @@ def accuracy_and_nll(p: dict[str, Tensor], bufs: dict[str, Tensor], x: Tensor, y
 
 @torch.no_grad()
 def evaluate(slots: list[Slot], p: dict[str, Tensor], ema: dict[str, Tensor], bufs: dict[str, Tensor],
-             splits: list[tuple[Tensor, Tensor, Tensor, Tensor]], xtr: Tensor, gens: list[torch.Generator]) -> None:
+             splits: list[tuple[Tensor, Tensor, Tensor, Tensor]], xtr: Tensor, gens: list[torch.Generator],
+             snapshots: list[Snapshot]) -> None:
     xe = torch.stack([sp[2] for sp in splits])
     ye = torch.stack([sp[3] for sp in splits])
     res: dict[str, Tensor] = {}
@@ -339,6 +385,13 @@ def evaluate(slots: list[Slot], p: dict[str, Tensor], ema: dict[str, Tensor], bu
             for k in rb:  # mean of the per-batch statistics
                 rb[k] += batch[k] / 20
         res["ema_recal"], _ = accuracy_and_nll(ema, rb, xe, ye)
+    # snapshot ensembles (mean softmax of the cycles' end weights, EMA or raw), alone and with shift TTA 2; the last
+    # snapshot alone is ``ema`` / ``raw``
+    for kind in ("ema", "raw"):
+        members = [(getattr(sn, kind), sn.bufs) for sn in snapshots]
+        name = "cyc_ens" if kind == "ema" else "cyc_ens_raw"
+        res[name], res[f"{name}_nll"] = ensemble_accuracy_and_nll(members, xe, ye)
+        res[f"{name}_tta2"], res[f"{name}_tta2_nll"] = ensemble_accuracy_and_nll(members, xe, ye, 2)
     for k, s in enumerate(slots):
         s.result = {name: float(v[k]) for name, v in res.items()}
 
@@ -452,6 +505,35 @@ def report(out: Path, full: bool, metric: str, only: set[str] | None = None, top
     return "\n".join(lines)
 
 
+#: (metric of a recipe, metric of the baseline it is compared with) in :func:`paired`
+PAIRS = (("ema", "ema"), ("cyc_ens", "ema"), ("cyc_ens_raw", "ema"), ("cyc_ens_tta2", "ema"),
+         ("cyc_ens_tta2", "ema_tta2"), ("cyc_ens_raw_tta2", "ema_tta2"))
+
+
+def paired(out: Path, base: str, keys: Iterable[str], pairs: Iterable[tuple[str, str]] = PAIRS) -> str:
+    """Each recipe's metric minus the baseline recipe's, paired over the (fold, seed) slots both ran (validation
+    folds only), with the paired bootstrap CI of the mean difference."""
+    from lit_tricks.sweeps.stats import paired_bootstrap_ci
+
+    recs: dict[str, dict[tuple[int, int], dict[str, Any]]] = defaultdict(dict)
+    for rec in load_results(out / "results.jsonl").values():
+        if rec["fold"] >= 0:
+            recs[rec["key"]][rec["fold"], rec["seed"]] = rec
+    lines = [f"| recipe | n | metric | % | vs {base} | % | difference (points) | 95% CI |",
+             "|---|---:|---|---:|---|---:|---:|---|"]
+    for key in keys:
+        common = sorted(set(recs[key]) & set(recs[base]))
+        for m, mb in pairs:
+            if not common or m not in recs[key][common[0]]:
+                continue
+            a = [recs[key][c][m] for c in common]
+            b = [recs[base][c][mb] for c in common]
+            d, lo, hi = paired_bootstrap_ci(a, b)
+            lines.append(f"| {key} | {len(common)} | {m} | {100 * sum(a) / len(a):.2f} | {mb} | "
+                         f"{100 * sum(b) / len(b):.2f} | {100 * d:+.2f} | [{100 * lo:+.2f}, {100 * hi:+.2f}] |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", action="append", default=[], help="stage(s) of stages() to run")
@@ -462,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-slots", type=int, default=10, help="models trained side by side in one group")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--metric", default="ema")
+    parser.add_argument("--versus", metavar="KEY", help="print each recipe's metrics (PAIRS) minus recipe KEY's, "
+                        "paired over (fold, seed)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "mnist1d_explore")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -486,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report or not slots:
         only = {r.key() for r in recipes} if recipes else None
         print(report(args.out, args.full, args.metric, only))
+    if args.versus:
+        print(paired(args.out, args.versus, dict.fromkeys(r.key() for r in recipes)))
     return 0
 
 

@@ -65,6 +65,7 @@ def _explored(experiment: str) -> dict[str, object]:
         "shift": steps["shift"]["max_shift"], "noise": steps.get("noise", {}).get("sigma", 0.0),
         "shear": steps.get("shear", {}).get("max_shear", 0.0), "scale": 0.0, "stretch": 0.0,
         "clip": cfg.callbacks.clipping.max_norm, "ema": cfg.callbacks.ema.decay, "mixup": 0.0,
+        "cycles": 1,  # one warm-up + one cosine body (asserted above): no restarts
     }
 
 
