@@ -300,3 +300,28 @@ def test_set_strategy_launcher_through_the_hydra_safe_strategy(tmp_path: Path) -
     marker = object()
     compat.set_strategy_launcher(strategy, marker)
     assert strategy.launcher is marker
+
+
+def test_keep_signal_handlers_after_fit(tmp_path: Path) -> None:
+    import signal
+
+    def kept(signum: int, frame: Any) -> None: ...
+
+    before = signal.getsignal(signal.SIGUSR2)
+
+    class Keep(Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            compat.keep_signal_handlers_after_fit(trainer, {signal.SIGUSR2: kept})
+            assert signal.getsignal(signal.SIGUSR2) is kept
+
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[Keep()])
+    try:
+        trainer.fit(TinyClassifier(), datamodule=BlobsDataModule(n=64))
+        assert signal.getsignal(signal.SIGUSR2) is kept  # not put back by Lightning's teardown
+        plain = tiny_trainer(tmp_path / "plain", max_epochs=1)
+        signal.signal(signal.SIGUSR2, kept)
+        plain.fit(TinyClassifier(), datamodule=BlobsDataModule(n=64))
+        assert signal.getsignal(signal.SIGUSR2) is kept  # the oracle: Lightning restores what it found at fit start
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+

@@ -16,7 +16,12 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_tricks.compat import batch_end_is_resumable, cluster_environment, inside_accumulation_window
+from lit_tricks.compat import (
+    batch_end_is_resumable,
+    cluster_environment,
+    inside_accumulation_window,
+    keep_signal_handlers_after_fit,
+)
 
 __all__ = ["Preemption"]
 
@@ -48,7 +53,10 @@ class Preemption(Callback):
     ``requeue``: ``"auto"`` requeues the SLURM job (``scontrol requeue``, once, from rank 0) when running under SLURM
     and the signal was one of ``requeue_signals`` (SLURM's time-limit warning, ``sbatch --signal=USR1@<s>``); a
     SIGTERM under SLURM means SLURM itself ends the job (``scancel``, ``scontrol requeue``, preemption), which
-    requeues it or not by itself. ``True`` requeues on every signal, ``False`` never.
+    requeues it or not by itself. ``True`` requeues on every signal, ``False`` never. After a requeue the ranks keep
+    ``signals`` handled (ignored) until their process exits, instead of restoring the previous handlers: the requeue
+    makes SLURM send SIGTERM to every task of the job, which would otherwise kill a rank in the middle of its exit
+    work (loggers' last flush, the run's record); SLURM still kills what is left after its ``KillWait``.
 
     One signal owner: while this callback is attached, Lightning's own SLURM auto-requeue (``SLURMEnvironment``'s
     ``auto_requeue``: an hpc checkpoint saved inside the signal handler, in the middle of a step, and a second
@@ -90,6 +98,7 @@ class Preemption(Callback):
         self.saved_path: str | None = None
         self._waiting = False  # a signal arrived at a batch end that is no exact resume point
         self._previous: dict[int, Any] = {}
+        self._requeued = False  # the ranks agreed to requeue this SLURM job: SLURM will end every task of it
 
     @property
     def state_key(self) -> str:
@@ -116,6 +125,20 @@ class Preemption(Callback):
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
 
+    @staticmethod
+    def _ending(signum: int, frame: FrameType | None) -> None:
+        """After a requeue: SLURM's SIGTERM to every task of the job must not cut a rank's exit work short."""
+
+    def _keep_through_exit(self, trainer: pl.Trainer) -> None:
+        """A requeued job's ranks leave ``signals`` handled (noted and ignored) for the rest of the process instead
+        of restoring the previous handlers: ``scontrol requeue`` makes SLURM send SIGTERM to every task, and with
+        the default action a rank still unwinding (loggers' last flush, the run's record, other callbacks'
+        ``on_exception``) would die on the spot. SLURM still kills what has not exited after ``KillWait``."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        keep_signal_handlers_after_fit(trainer, dict.fromkeys(self._previous, self._ending))
+        self._previous = {}
+
     # ---- hooks -----------------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # runs before Lightning registers its signal handlers (Trainer._run): one owner of USR1/TERM, this callback
@@ -126,7 +149,7 @@ class Preemption(Callback):
             environment.auto_requeue = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.received, self.saved_path, self._waiting = None, None, False
+        self.received, self.saved_path, self._waiting, self._requeued = None, None, False, False
         # run after every other callback at batch end (Lightning puts checkpoint callbacks last; we go after them).
         # A new list, so the loop now iterating the old one is not disturbed.
         trainer.callbacks = [c for c in trainer.callbacks if c is not self] + [self]  # type: ignore[attr-defined]
@@ -177,6 +200,7 @@ class Preemption(Callback):
         requeue = self._should_requeue()
         if trainer.world_size > 1:
             requeue = trainer.strategy.reduce_boolean_decision(requeue, all=False)
+        self._requeued = requeue and _slurm_job_id() is not None
         if trainer.is_global_zero and requeue:
             self._requeue()
 
@@ -184,7 +208,10 @@ class Preemption(Callback):
         self._uninstall()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._uninstall()
+        if self._requeued and isinstance(exception, SIGTERMException):  # the exit after a save and a requeue
+            self._keep_through_exit(trainer)
+        else:
+            self._uninstall()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._uninstall()
@@ -205,8 +232,7 @@ class Preemption(Callback):
 
     @staticmethod
     def _requeue() -> None:
-        array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
-        job_id = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
+        job_id = _slurm_job_id()
         if not job_id:
             log.warning("Preemption: requeue asked but SLURM_JOB_ID is not set; not requeued")
             return
@@ -219,6 +245,12 @@ class Preemption(Callback):
             log.info("Preemption: requeued SLURM job %s", job_id)
         else:
             log.warning("Preemption: scontrol requeue %s failed with code %d", job_id, result)
+
+
+def _slurm_job_id() -> str | None:
+    """This job's id for ``scontrol requeue`` (an array task's ``<array job>_<task>``), None outside SLURM."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
 
 
 def _inside_accumulation_window(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:

@@ -18,6 +18,7 @@ Not gathered here, on purpose:
 from __future__ import annotations
 
 import ast
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +63,7 @@ __all__ = [
     "first_train_loader",
     "inside_accumulation_window",
     "installed_checkpoint_io",
+    "keep_signal_handlers_after_fit",
     "legacy_state_key",
     "logged_metrics_state",
     "logs_this_step",
@@ -256,4 +258,15 @@ def set_num_threads_if_needed(num_processes: int) -> None:
 def set_strategy_launcher(strategy: Strategy, launcher: Any) -> None:
     """Replace the launcher a strategy configured (``strategy._launcher``; read it with ``strategy.launcher``)."""
     setattr(strategy, "_launcher", launcher)  # noqa: B010 - Strategy declares _launcher, the public view is read-only
+
+
+def keep_signal_handlers_after_fit(trainer: pl.Trainer, handlers: dict[int, Any]) -> None:
+    """Install ``handlers`` ({signum: handler}) now and keep them past the end of fit: Lightning's signal connector
+    puts back the handlers it found at fit start when the Trainer tears down (``_SignalConnector.teardown``, after
+    the callbacks' ``on_exception``); its record of them (``_original_handlers``) now holds these instead."""
+    originals = getattr(getattr(trainer, "_signal_connector", None), "_original_handlers", None)
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+        if originals:  # saved at fit start: restored at teardown
+            originals[signum] = handler
 
