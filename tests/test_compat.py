@@ -324,4 +324,3 @@ def test_keep_signal_handlers_after_fit(tmp_path: Path) -> None:
         assert signal.getsignal(signal.SIGUSR2) is kept  # the oracle: Lightning restores what it found at fit start
     finally:
         signal.signal(signal.SIGUSR2, before)
-

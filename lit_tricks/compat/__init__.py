@@ -269,4 +269,3 @@ def keep_signal_handlers_after_fit(trainer: pl.Trainer, handlers: dict[int, Any]
         signal.signal(signum, handler)
         if originals:  # saved at fit start: restored at teardown
             originals[signum] = handler
-
