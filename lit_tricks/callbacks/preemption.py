@@ -98,7 +98,7 @@ class Preemption(Callback):
         self.saved_path: str | None = None
         self._waiting = False  # a signal arrived at a batch end that is no exact resume point
         self._previous: dict[int, Any] = {}
-        self._requeued = False  # the ranks agreed to requeue this SLURM job: SLURM will end every task of it
+        self._requeued = False  # rank 0 requeued this SLURM job: SLURM will end every task of it
 
     @property
     def state_key(self) -> str:
@@ -200,9 +200,11 @@ class Preemption(Callback):
         requeue = self._should_requeue()
         if trainer.world_size > 1:
             requeue = trainer.strategy.reduce_boolean_decision(requeue, all=False)
-        self._requeued = requeue and _slurm_job_id() is not None
-        if trainer.is_global_zero and requeue:
-            self._requeue()
+        if requeue:  # the same on every rank, so every rank takes part in the collective below
+            requeued = self._requeue() if trainer.is_global_zero else False
+            if trainer.world_size > 1:  # rank 0's `scontrol requeue` succeeded: SLURM will end every task
+                requeued = trainer.strategy.reduce_boolean_decision(requeued, all=False)
+            self._requeued = requeued
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._uninstall()
@@ -231,20 +233,22 @@ class Preemption(Callback):
         return bool(self.requeue)
 
     @staticmethod
-    def _requeue() -> None:
+    def _requeue() -> bool:
+        """``scontrol requeue`` this SLURM job; whether it was requeued."""
         job_id = _slurm_job_id()
         if not job_id:
             log.warning("Preemption: requeue asked but SLURM_JOB_ID is not set; not requeued")
-            return
+            return False
         try:
             result = subprocess.call(["scontrol", "requeue", job_id])
         except FileNotFoundError:
             log.warning("Preemption: scontrol not found; job %s not requeued", job_id)
-            return
+            return False
         if result == 0:
             log.info("Preemption: requeued SLURM job %s", job_id)
-        else:
-            log.warning("Preemption: scontrol requeue %s failed with code %d", job_id, result)
+            return True
+        log.warning("Preemption: scontrol requeue %s failed with code %d", job_id, result)
+        return False
 
 
 def _slurm_job_id() -> str | None:

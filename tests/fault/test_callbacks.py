@@ -127,9 +127,9 @@ def test_preemption_saves_at_batch_end_and_exits_zero(tmp_path: Path) -> None:
     assert signal.getsignal(signal.SIGUSR1) == before, "the previous handler is back"
 
 
-@pytest.mark.parametrize("requeue", [True, False])
+@pytest.mark.parametrize(("requeue", "scontrol_rc"), [(True, 0), (False, 0), (True, 1)])
 def test_a_requeued_rank_outlives_slurms_sigterm_while_it_exits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                               requeue: bool) -> None:
+                                                               requeue: bool, scontrol_rc: int) -> None:
     """After the save and ``scontrol requeue``, SLURM sends SIGTERM to every task of the job; a rank still unwinding
     must not die of it (it did: the handlers were restored at on_exception, so the default action killed it)."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -137,7 +137,8 @@ def test_a_requeued_rank_outlives_slurms_sigterm_while_it_exits(monkeypatch: pyt
     for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7"}.items():
         monkeypatch.setenv(key, value)
     calls: list[list[str]] = []
-    monkeypatch.setattr("lit_tricks.callbacks.preemption.subprocess.call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr("lit_tricks.callbacks.preemption.subprocess.call",
+                        lambda cmd: calls.append(cmd) or scontrol_rc)
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     preemption = Preemption(requeue=requeue)  # SIGTERM and SIGUSR1
     trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[preemption, _SignalAt(3)], plugins=[SLURMEnvironment()])
@@ -145,7 +146,7 @@ def test_a_requeued_rank_outlives_slurms_sigterm_while_it_exits(monkeypatch: pyt
         with pytest.raises(SystemExit):
             trainer.fit(TinyClassifier(), datamodule=BlobsDataModule(n=256))
         assert calls == ([["scontrol", "requeue", "7"]] if requeue else [])
-        if not requeue:  # nothing will end this job: the previous handlers are back
+        if not requeue or scontrol_rc:  # not requeued (not asked, or scontrol failed): the previous handlers are back
             assert {s: signal.getsignal(s) for s in before} == before
             return
         assert signal.getsignal(signal.SIGTERM) == Preemption._ending  # still handled after the fit ended
