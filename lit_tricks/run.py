@@ -73,8 +73,13 @@ class MonitorCheck(pl.Callback):
         self.monitor = monitor
         self._checked = False
 
+    @staticmethod
+    def looks_for(monitor: str) -> bool:
+        """Whether it checks ``monitor`` during the fit (a ``test/...`` one is checked after ``trainer.test``)."""
+        return not monitor.startswith("test/")
+
     def _check(self, trainer: pl.Trainer) -> None:
-        if self._checked or trainer.fast_dev_run or self.monitor.startswith("test/"):  # type: ignore[attr-defined]
+        if self._checked or trainer.fast_dev_run or not self.looks_for(self.monitor):  # type: ignore[attr-defined]
             return
         self._checked = True
         logged = sorted(trainer.callback_metrics)
@@ -92,7 +97,7 @@ class MonitorCheck(pl.Callback):
 def _monitor_check(monitor: str) -> list[pl.Callback]:
     """``[MonitorCheck(monitor)]``, or nothing for a ``test/...`` monitor, which it never looks for: Lightning
     dispatches every per-step hook to every callback (~20 us a step for one that does nothing, on a 2-core EPYC)."""
-    return [] if monitor.startswith("test/") else [MonitorCheck(monitor)]
+    return [MonitorCheck(monitor)] if MonitorCheck.looks_for(monitor) else []
 
 
 def _fit_once(cfg: DictConfig) -> dict[str, Any]:
