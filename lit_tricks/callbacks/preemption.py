@@ -130,7 +130,7 @@ class Preemption(Callback):
         """After a requeue: SLURM's SIGTERM to every task of the job must not cut a rank's exit work short."""
 
     def _keep_through_exit(self, trainer: pl.Trainer) -> None:
-        """A requeued job's ranks leave ``signals`` handled (noted and ignored) for the rest of the process instead
+        """A requeued job's ranks leave ``signals`` handled (ignored) for the rest of the process instead
         of restoring the previous handlers: ``scontrol requeue`` makes SLURM send SIGTERM to every task, and with
         the default action a rank still unwinding (loggers' last flush, the run's record, other callbacks'
         ``on_exception``) would die on the spot. SLURM still kills what has not exited after ``KillWait``."""
