@@ -14,10 +14,14 @@ Contenders, each timed in this process (1 torch thread, the same ``nice`` level 
 - ``tricks_no_bn``, ``plain_tricks_no_bn`` (only when named in ``--only``): both without the inserted BatchNorm, what
   it costs.
 
-Per-step cost = (CPU s of a ``long``-step run - CPU s of a ``short``-step run) / (long - short): the set-up, the
-test pass and everything else paid once cancel. CPU time (``time.process_time``), not wall time: the machine is
-shared, and a process that waits for a core is not charged. The median over ``--repeats`` rounds is reported, each
-round running every contender once per length in a rotated order.
+Per-step cost = CPU s between the end of optimizer step ``short`` and the end of step ``long`` of one ``long``-step
+run, / (long - short) (a global ``torch.optim`` step post-hook reads ``time.process_time``; every contender steps one
+optimizer once per step): the steady state, set-up, first steps and test pass outside the window. (Differencing a
+``long``- and a ``short``-step run, as earlier runs did, also cancels them, but adds the run-to-run variance of the
+set-up: the CPU before the first step of the same recipe in one process varied 0.17-0.52 s, 0.4 ms a step over 800
+steps.) CPU time (``time.process_time``), not wall time: the machine is shared, and a process that waits for a core
+is not charged. The median over ``--repeats`` rounds is reported, each round running every contender once in a
+rotated order.
 
 Start-up: CPU s of a whole ``scripts/train.py experiment=mnist1d_baseline trainer.max_steps=1 logger=none`` process
 (Python start, imports, Hydra composition, data from the cache, Trainer set-up, one step, the test pass), of a process
@@ -194,22 +198,29 @@ DEFAULT_CONTENDERS = ("plain", "lightning", "baseline", "tricks", "plain_tricks"
 
 
 def per_step_costs(runners: dict[str, Runner], short: int, long: int, repeats: int) -> dict[str, list[float]]:
-    """CPU ms per step of each runner, one estimate per round (its long run minus its short run); every round runs
-    every runner, in a rotated order, so a round's estimates share the machine's load of those minutes."""
+    """CPU ms per step of each runner, one estimate per round: a ``long``-step run, the CPU between the end of its
+    optimizer step ``short`` and of step ``long`` over ``long - short``. Every round runs every runner once, in a
+    rotated order, so a round's estimates share the machine's load of those minutes."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    ends: list[float] = []
+    handle = register_optimizer_step_post_hook(lambda *_: ends.append(time.process_time()))
     names = list(runners)
-    for name in names:  # warm-up: lazy imports and first-call caches are start-up, not steps
-        runners[name](short)
     out: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            cpu = {}
-            for steps in (short, long) if r % 2 == 0 else (long, short):
-                t0 = time.process_time()
-                runners[name](steps)
-                cpu[steps] = time.process_time() - t0
-            out[name].append(1e3 * (cpu[long] - cpu[short]) / (long - short))
-            print(f"[step_cost] round {r} {name}: {out[name][-1]:.3f} ms/step", flush=True)
+    try:
+        for name in names:  # warm-up: lazy imports and first-call caches are start-up, not steps
+            runners[name](short)
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                ends.clear()
+                runners[name](long)
+                if len(ends) != long:
+                    raise RuntimeError(f"{name}: {len(ends)} optimizer steps in a {long}-step run (one per step "
+                                       "expected)")
+                out[name].append(1e3 * (ends[long - 1] - ends[short - 1]) / (long - short))
+                print(f"[step_cost] round {r} {name}: {out[name][-1]:.3f} ms/step", flush=True)
+    finally:
+        handle.remove()
     return out
 
 
@@ -263,9 +274,10 @@ def _step_lines(costs: dict[str, list[float]], short: int, long: int, repeats: i
     med = {name: statistics.median(v) for name, v in costs.items()}
     rows = [[CONTENDERS[n], f"{med[n]:.3f}", ", ".join(f"{v:.2f}" for v in costs[n])] for n in med]
     lines = [
-        f"Per-step CPU ms: (CPU s of a {long}-step run - CPU s of a {short}-step run) / {long - short}, one estimate "
-        f"per round, {repeats} rounds (every contender once per round, rotated), 1 torch thread. A ratio is the "
-        "median over the rounds of that round's ratio (both sides measured minutes apart at most).",
+        f"Per-step CPU ms: CPU s from the end of optimizer step {short} to the end of step {long} of a {long}-step "
+        f"run, / {long - short} (the steady state; set-up and test pass outside), one estimate per round, {repeats} "
+        "rounds (every contender once per round, rotated), 1 torch thread. A ratio is the median over the rounds "
+        "of that round's ratio (both sides measured minutes apart at most).",
         "",
         md_table(["contender", "ms / step (median)", "rounds"], rows),
         "",

@@ -75,7 +75,9 @@ class TaskSteps(pl.LightningModule):
         at the epoch end (weighted by batch size and reduced over ranks, as Lightning's ``on_epoch=True``)."""
         if self._epoch_means is None or self._means_epoch != self.current_epoch:
             self._epoch_means, self._means_epoch = {}, self.current_epoch
-        total = self._epoch_means.setdefault(name, [torch.zeros((), dtype=value.dtype, device=value.device), 0])
+        total = self._epoch_means.get(name)
+        if total is None:  # not setdefault: its default would allocate a tensor at every step
+            total = self._epoch_means[name] = [torch.zeros((), dtype=value.dtype, device=value.device), 0]
         total[0] = total[0] + value * batch_size
         total[1] += batch_size
 

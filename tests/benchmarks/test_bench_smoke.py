@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,47 @@ def test_posthoc_study_quick_trains_seeds_side_by_side_and_scores_every_length(t
         assert [r["sigma_rel"] for r in rows] == list(SIGMA_RELS)  # the override reached the evaluation
     text = (tmp_path / "table.md").read_text()
     assert RECIPE_EMA in text and "--jobs 2" in text
+
+
+def _stepper(setup_s: float, step_s: float, optimizers: int = 1) -> Callable[[int], None]:
+    """A runner that burns ``setup_s`` CPU seconds before its first step, then ``step_s`` per step."""
+    import torch
+
+    def burn(seconds: float) -> None:
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    def run(steps: int) -> None:
+        burn(setup_s)
+        opts = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1) for _ in range(optimizers)]
+        for _ in range(steps):
+            burn(step_s)
+            for opt in opts:
+                opt.step()
+        burn(setup_s)  # a test pass after the last step
+
+    return run
+
+
+@pytest.mark.timeout(60)
+def test_step_cost_times_the_steps_and_not_the_set_up_or_the_test_pass() -> None:
+    # the per-step window is read from a global optimizer-step hook: a set-up 100x a step's cost, before the first
+    # step and after the last, must not reach the estimate (CPU-time clock: bounds, not exact values)
+    from benchmarks.step_cost import per_step_costs
+
+    costs = per_step_costs({"cheap": _stepper(0.2, 0.002), "dear": _stepper(0.2, 0.006)}, short=5, long=25,
+                           repeats=2)
+    assert all(1.5 <= c <= 4.0 for c in costs["cheap"]), costs
+    assert all(4.5 <= c <= 12.0 for c in costs["dear"]), costs
+    from torch.optim.optimizer import _global_optimizer_post_hooks
+
+    assert not _global_optimizer_post_hooks  # the hook is removed
+
+
+@pytest.mark.timeout(60)
+def test_step_cost_refuses_a_runner_that_does_not_step_once_per_step() -> None:
+    from benchmarks.step_cost import per_step_costs
+
+    with pytest.raises(RuntimeError, match="two: 50 optimizer steps in a 25-step run"):
+        per_step_costs({"two": _stepper(0.0, 0.0, optimizers=2)}, short=5, long=25, repeats=1)
