@@ -72,7 +72,12 @@ class TensorImages(ImageSource):
     def batch(self, indices: Tensor) -> Tensor:
         x = self.images[indices]  # a 1-d index tensor copies (a 0-d one or a slice gives a view): no second copy
         view = not isinstance(indices, Tensor) or indices.dim() == 0
-        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32, copy=view)
+        return self.as_float(x, copy=view)
+
+    @staticmethod
+    def as_float(x: Tensor, copy: bool) -> Tensor:
+        """Stored images ``x`` as float in [0, 1]; ``copy=False`` where ``x`` is already a private copy."""
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32, copy=copy)
 
 
 class FileImages(ImageSource):

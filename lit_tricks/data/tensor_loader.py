@@ -2,7 +2,8 @@
 
 :class:`TensorLoader` yields exactly the batches of ``StatefulDataLoader(dataset, batch_size, sampler=
 ResumableSampler(...))`` (the same sample ids in the same order, shuffled or not, per DDP rank, resumed mid-epoch),
-but takes each batch as ``images[positions]`` and ``targets[positions]`` in one indexing op. Its state is
+but takes the images and targets of up to :data:`CHUNK_BYTES` of consecutive batches in one indexing op each and
+yields slices of them. Its state is
 ``StatefulDataLoader``'s single-process state (same keys and values), so Lightning saves and restores it in the same
 place and a checkpoint written by either loader resumes with the other. Creating an iterator draws one int64 from
 torch's global RNG, as a ``DataLoader`` iterator does (its base seed), so the global RNG (dropout masks) moves
@@ -26,10 +27,14 @@ from torch import Tensor
 from lit_tricks.data.sampling import ResumableSampler, SplitDataset, TensorImages
 from lit_tricks.data.splits import mix_seed
 
-__all__ = ["BATCH_STREAM", "BatchTransform", "TensorLoader", "batch_generator"]
+__all__ = ["BATCH_STREAM", "CHUNK_BYTES", "BatchTransform", "TensorLoader", "batch_generator"]
 
 #: Tag of the per-batch augmentation streams in ``mix_seed`` (per-sample streams use ``mix_seed(seed, epoch, i)``).
 BATCH_STREAM = 0x6261746368
+
+#: Raw image bytes gathered at once (at least one batch): two index ops per chunk instead of three per batch, a
+#: bounded copy of the epoch's images (a whole MNIST-1D epoch, ten CIFAR batches of 128).
+CHUNK_BYTES = 4 << 20
 
 # StatefulDataLoader's single-process state keys (torchdata.stateful_dataloader.stateful_dataloader)
 _SAMPLER_ITER = "_sampler_iter_state"
@@ -58,12 +63,14 @@ class _Iterator(Iterator[list[Tensor]]):
         self.order = torch.empty(0, dtype=torch.long)
         self.yielded = self.batches = 0
         self.finished = False
+        self._chunk: tuple[int, int, Tensor, Tensor] | None = None  # positions [first, stop) gathered: images, targets
         if state:
             self._load(state)
 
     def _start(self, epoch: int) -> None:
         self.epoch = epoch
         self.order = torch.as_tensor(self.loader.sampler.order(epoch), dtype=torch.long)
+        self._chunk = None
 
     def _load(self, state: dict[str, Any]) -> None:
         inner = (state.get(_SAMPLER_ITER) or {}).get("sampler_iter_state") or {}
@@ -85,7 +92,14 @@ class _Iterator(Iterator[list[Tensor]]):
             self.yielded, self.finished = stop, True  # a dropped partial batch was drawn from the sampler (torchdata)
             raise StopIteration
         self.yielded, self.batches = stop, self.batches + 1
-        return loader.fetch(self.order[start:stop], int(self.epoch), start)  # type: ignore[arg-type]
+        if not loader.batched:
+            return loader.fetch(self.order[start:stop], int(self.epoch), start)  # type: ignore[arg-type]
+        chunk = self._chunk
+        if chunk is None or not chunk[0] <= start < stop <= chunk[1]:
+            chunk = self._chunk = loader.gather(self.order, start)
+        first, _, images, targets = chunk
+        return loader.finish(images[start - first:stop - first], targets[start - first:stop - first],
+                             int(self.epoch), start)  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, Any]:
         epoch = self.loader.sampler.epoch if self.epoch is None else self.epoch
@@ -116,6 +130,9 @@ class TensorLoader:
         self.dataset, self.sampler, self.batch_size, self.drop_last = dataset, sampler, int(batch_size), drop_last
         self.pin_memory = pin_memory and torch.accelerator.is_available()
         self._positions = dataset.indices
+        transform = dataset.transform
+        #: batches taken by index ops and augmented per batch (else per sample, through ``dataset[(epoch, i)]``)
+        self.batched = transform is None or isinstance(transform, BatchTransform)
         self._pending: dict[str, Any] | None = None
         self._iterator: _Iterator | None = None
         self._reuse = False  # state_dict() before iter(): the next iter() continues that iterator (as torchdata)
@@ -152,17 +169,32 @@ class TensorLoader:
     def fetch(self, order: Tensor, epoch: int, start: int) -> list[Tensor]:
         """The batch of dataset indices ``order`` (positions ``start..`` of ``epoch``), augmented, as ``[x, y]``."""
         dataset = self.dataset
-        transform = dataset.transform
-        if transform is not None and not isinstance(transform, BatchTransform):
+        if not self.batched:
             samples = [dataset[(epoch, int(i))] for i in order]  # the per-sample seeds of the DataLoader path
             x = torch.stack([s[0] for s in samples])
             y = torch.tensor([s[1] for s in samples], dtype=torch.long)
-        else:
-            positions = self._positions[order]
-            source: TensorImages = dataset.source  # type: ignore[assignment]
-            x, y = source.batch(positions), source.targets[positions]
-            if transform is not None:
-                x = transform.apply_batch(x, batch_generator(dataset.seed, epoch, self.sampler.rank, start))
-        if self.pin_memory:
-            x, y = x.pin_memory(), y.pin_memory()
-        return [x, y]
+            return self._pinned(x, y)
+        positions = self._positions[order]
+        source: TensorImages = dataset.source  # type: ignore[assignment]
+        return self.finish(source.images[positions], source.targets[positions], epoch, start)
+
+    def gather(self, order: Tensor, start: int) -> tuple[int, int, Tensor, Tensor]:
+        """``(start, stop, images, targets)``: the stored images and targets of ``order[start:stop]``, whole batches
+        of at most :data:`CHUNK_BYTES` of images (at least one batch), each taken in one indexing op (a copy)."""
+        images: Tensor = self.dataset.source.images  # type: ignore[attr-defined]
+        per_batch = max(1, images[0].numel() * images.element_size() * self.batch_size)
+        stop = min(len(order), start + self.batch_size * max(1, CHUNK_BYTES // per_batch))
+        positions = self._positions[order[start:stop]]
+        return start, stop, images[positions], self.dataset.source.targets[positions]
+
+    def finish(self, images: Tensor, targets: Tensor, epoch: int, start: int) -> list[Tensor]:
+        """A batch ``[x, y]`` from a copy of its stored images and targets: as float, augmented with the batch's
+        generator (:func:`batch_generator`), pinned where asked."""
+        x = TensorImages.as_float(images, copy=False)
+        if (transform := self.dataset.transform) is not None:
+            x = transform.apply_batch(  # type: ignore[attr-defined]
+                x, batch_generator(self.dataset.seed, epoch, self.sampler.rank, start))
+        return self._pinned(x, targets)
+
+    def _pinned(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        return [x.pin_memory(), y.pin_memory()] if self.pin_memory else [x, y]

@@ -21,6 +21,14 @@ StatefulDataLoader = pytest.importorskip("torchdata.stateful_dataloader").Statef
 N = 23  # no batch size below divides it
 
 
+@pytest.fixture(autouse=True, params=[None, 100, 1], ids=["whole-epoch-chunks", "two-batch-chunks", "batch-chunks"])
+def chunk_bytes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test also with chunks of two batches of 5 (8-byte images) and of one batch: chunk edges, mid-chunk
+    resumes and a last partial chunk give the same batches."""
+    if request.param is not None:
+        monkeypatch.setattr("lit_tricks.data.tensor_loader.CHUNK_BYTES", request.param)
+
+
 def id_dataset(transform: Any = None, seed: int = 5) -> SplitDataset:
     """23 of 60 pool samples (a split), each image ``(1, 1, 2)`` = (its pool id, 0); targets = id % 3."""
     pool = torch.arange(60, dtype=torch.float32)
@@ -213,3 +221,17 @@ def test_batch_is_a_copy_an_in_place_transform_cannot_write_through(dtype: torch
     source = TensorImages(images, torch.arange(3))
     source.batch(indices).add_(1.0)
     assert torch.equal(source.images, stored)
+
+
+def test_in_place_changes_to_a_batch_reach_neither_the_stored_images_nor_other_batches() -> None:
+    # batches are slices of one gathered chunk: an in-place op on one must stay in its own rows
+    dataset = id_dataset()
+    stored = dataset.source.images.clone()  # type: ignore[attr-defined]
+    ours, theirs = loaders(dataset, 5)
+    batches = epoch(ours, 1)
+    for x, y in batches:
+        x.add_(1000.0)
+        y.add_(7)
+    assert torch.equal(dataset.source.images, stored)  # type: ignore[attr-defined]
+    for (x, y), (x0, y0) in zip(batches, epoch(theirs, 1)):
+        assert torch.equal(x, x0 + 1000.0) and torch.equal(y, y0 + 7)
