@@ -4,9 +4,11 @@ Contenders, each timed in this process (1 torch thread, the same ``nice`` level 
 
 - ``plain``: the paper's loop in plain torch (``benchmarks/mnist1d_reference.py``'s ``train_one``: the tensors sliced
   per batch, Adam, no Lightning);
-- ``lightning``: a bare ``LightningModule`` (the same ConvBase, Adam, cross-entropy, no logging) over the same
-  fixed-order in-memory batches (a list of tensors), a Trainer with the recipe's step-relevant flags
-  (``deterministic=True``, 32-bit) and everything else off: the framework's floor;
+- ``lightning``: a bare ``LightningModule`` (the recipe's model, lit_tricks' ``ConvNet1d``; Adam, cross-entropy, no
+  logging) over the same fixed-order in-memory batches (a list of tensors), a Trainer with the recipe's step-relevant
+  flags (``deterministic=True``, 32-bit) and everything else off: the framework's floor;
+- ``lightning_convbase``: the same around the reference's ``ConvBase`` (the same network in four modules; runs before
+  2026-12-07 had only this one as ``lightning``);
 - ``baseline``: ``lit_tricks.run.train`` of ``experiment=mnist1d_baseline`` (the paper's recipe as users run it);
 - ``tricks``: ``lit_tricks.run.train`` of ``experiment=mnist1d_tricks``;
 - ``plain_tricks``: the tricks recipe's step in plain torch (BatchNorm, AdamW, OneCycleLR, batch
@@ -26,7 +28,9 @@ rotated order.
 Start-up: CPU s of a whole ``scripts/train.py experiment=mnist1d_baseline trainer.max_steps=1 logger=none`` process
 (Python start, imports, Hydra composition, data from the cache, Trainer set-up, one step, the test pass), of a process
 that only composes ``experiment=mnist1d_tricks`` (what every Hydra app pays for lit_tricks' search-path plugin), and
-of ``python -c "import torch"`` and ``python -c "import lightning.pytorch"`` (imports a training run cannot avoid).
+of ``python -c "import torch"`` and ``python -c "import lightning.pytorch"`` (imports a training run cannot avoid),
+and a plain-torch process that takes one Adam step (the floor of any training process: the first optimizer step
+imports ``torch._dynamo``, ~1 CPU s, which Lightning imports as well).
 With ``--startup-ref DIR`` (another checkout, e.g. ``git archive main | tar -x -C DIR``) the same run and compose
 processes of that checkout are timed in the same rounds, interleaved with this one's: the before/after of start-up.
 
@@ -88,14 +92,19 @@ class _Batches:
         return len(self.batches)
 
 
-def _bare_lightning(data: dict[str, Any]) -> Runner:
+def _bare_lightning(data: dict[str, Any], convbase: bool = False) -> Runner:
+    """A bare LightningModule around lit_tricks' ``ConvNet1d`` (the model ``experiment=mnist1d_baseline`` trains:
+    the same nn.Module on both sides, so the ratio is the framework's), or with ``convbase`` the reference's
+    ``ConvBase`` (the same network in four modules instead of nine: fewer module calls)."""
     import lightning.pytorch as pl
     from torch import nn
+
+    from lit_tricks.models.cnn1d import ConvNet1d
 
     class Bare(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.net = ConvBase()
+            self.net = ConvBase() if convbase else ConvNet1d()
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
@@ -185,7 +194,8 @@ def _recipe(experiment: str, data_dir: Path, out: Path, extra: tuple[str, ...] =
 #: name -> what it is (the table's first column).
 CONTENDERS = {
     "plain": "plain torch loop (tensors sliced per batch)",
-    "lightning": "bare LightningModule over in-memory batches",
+    "lightning": "bare LightningModule over in-memory batches (lit_tricks' ConvNet1d, the recipe's model)",
+    "lightning_convbase": "bare LightningModule over in-memory batches (the reference's ConvBase)",
     "baseline": "lit_tricks `experiment=mnist1d_baseline`",
     "tricks": "lit_tricks `experiment=mnist1d_tricks`",
     "plain_tricks": "plain torch loop of the tricks recipe's step",
@@ -194,7 +204,7 @@ CONTENDERS = {
     "plain_tricks_no_bn": "plain torch loop of the tricks recipe's step without BatchNorm",
 }
 #: what a run without ``--only`` times (and ``benchmarks/run_all.py``'s section)
-DEFAULT_CONTENDERS = ("plain", "lightning", "baseline", "tricks", "plain_tricks")
+DEFAULT_CONTENDERS = ("plain", "lightning", "lightning_convbase", "baseline", "tricks", "plain_tricks")
 
 
 def per_step_costs(runners: dict[str, Runner], short: int, long: int, repeats: int) -> dict[str, list[float]]:
@@ -245,6 +255,11 @@ def _startup_cmds(root: Path, data_dir: Path, out: Path) -> dict[str, list[str]]
     }
 
 
+#: The floor of any training process: torch imported, one Adam step (whose first call imports torch._dynamo).
+_ONE_STEP = ("import torch\nm = torch.nn.Linear(40, 10)\nopt = torch.optim.Adam(m.parameters())\n"
+             "m(torch.randn(100, 40)).sum().backward()\nopt.step()")
+
+
 def measure_startup(data_dir: Path, out: Path, repeats: int, ref: Path | None = None) -> dict[str, list[float]]:
     """CPU s of whole processes: the 1-step run, composing alone, and the imports of torch and of Lightning alone;
     with ``ref`` also the run and compose processes of that checkout (names suffixed `` (ref)``), every round
@@ -256,6 +271,7 @@ def measure_startup(data_dir: Path, out: Path, repeats: int, ref: Path | None = 
         cmds.update({f"{name} (ref)": (cmd, ref) for name, cmd in _startup_cmds(ref, data_dir, out).items()})
     cmds["import torch"] = ([sys.executable, "-c", "import torch"], ROOT)
     cmds["import lightning.pytorch"] = ([sys.executable, "-c", "import lightning.pytorch"], ROOT)
+    cmds["plain torch, one Adam step"] = ([sys.executable, "-c", _ONE_STEP], ROOT)
     times: dict[str, list[float]] = {name: [] for name in cmds}
     for name in ("compose", "compose (ref)"):  # fills the base-config cache once (a checkout that has one)
         if name in cmds:
@@ -290,7 +306,9 @@ def _step_lines(costs: dict[str, list[float]], short: int, long: int, repeats: i
             verdict = f" (target <= {target}x: {'met' if value <= target else 'not met'})" if target else ""
             lines.append(f"- {what}: **{value:.2f}x**{verdict}; rounds: {', '.join(f'{v:.2f}' for v in per_round)}")
 
-    ratio("baseline", "lightning", 1.1, "paper recipe (lit_tricks) / bare LightningModule")
+    ratio("baseline", "lightning", 1.1, "paper recipe (lit_tricks) / bare LightningModule of the same model")
+    ratio("baseline", "lightning_convbase", None, "paper recipe (lit_tricks) / bare LightningModule of ConvBase")
+    ratio("lightning", "lightning_convbase", None, "bare LightningModule: ConvNet1d / ConvBase (the model's modules)")
     ratio("baseline", "plain", 1.6, "paper recipe (lit_tricks) / plain torch")
     ratio("tricks", "baseline", 1.5, "tricks recipe / paper recipe (both lit_tricks)")
     ratio("plain_tricks", "plain", None, "the same two steps in plain torch (what the tricks cost without a framework)")
@@ -318,6 +336,10 @@ def _startup_lines(startup: dict[str, list[float]], repeats: int) -> list[str]:
     imports = startup["import lightning.pytorch"]
     lines.append(f"- start-up beyond `import lightning.pytorch`: {med['run'] - med['import lightning.pytorch']:.2f} "
                  "CPU s")
+    floor = med["plain torch, one Adam step"]
+    lines.append(f"- a plain-torch process taking one Adam step (no Lightning, no lit_tricks) / the 1-step run: "
+                 f"**{floor / med['run']:.2f}**: halving the run's start-up would leave "
+                 f"{med['run'] / 2 - floor:+.2f} CPU s beyond that floor for Lightning, Hydra, lit_tricks and the data")
     if "run (ref)" in startup:
         for name, what in (("run", "1-step run, whole process"), ("compose", "composing alone")):
             per_round = [a / b for a, b in zip(startup[name], startup[f"{name} (ref)"])]
@@ -350,6 +372,7 @@ def bench_step_cost(short: int, long: int, repeats: int, only: list[str] | None 
         if not startup_only:
             makers: dict[str, Callable[[], Runner]] = {
                 "plain": lambda: _plain(data), "lightning": lambda: _bare_lightning(data),
+                "lightning_convbase": lambda: _bare_lightning(data, convbase=True),
                 "baseline": lambda: _recipe("mnist1d_baseline", data_dir, out),
                 "tricks": lambda: _recipe("mnist1d_tricks", data_dir, out),
                 "plain_tricks": lambda: _plain_tricks(data),

@@ -29,11 +29,14 @@ _MEANS_KEY = "lit_tricks_epoch_means"
 
 def step_value_read(trainer: pl.Trainer, names: tuple[str, ...] = (TRAIN_LOSS, f"{TRAIN_LOSS}_step")) -> bool:
     """Whether a value logged with ``on_step=True`` at this batch is read by anyone: Lightning writes step metrics
-    now (every ``log_every_n_steps``), the progress bar shows them, a fast_dev_run, the epoch's or the fit's last
-    batch (the values a run ends with), or a callback monitors one of ``names`` (a checkpoint every k steps)."""
+    to a logger now (every ``log_every_n_steps``; not without loggers), the progress bar shows them, a fast_dev_run,
+    the epoch's or the fit's last batch (the values a run ends with), or a callback monitors one of ``names`` (a
+    checkpoint every k steps)."""
     if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or 0 <= trainer.max_steps <= trainer.global_step + 1:
         return True
-    if trainer.progress_bar_callback is not None or trainer.fast_dev_run or logs_this_step(trainer):  # type: ignore
+    if trainer.progress_bar_callback is not None or trainer.fast_dev_run:  # type: ignore[attr-defined]
+        return True
+    if trainer.loggers and logs_this_step(trainer):
         return True
     return any(getattr(cb, "monitor", None) in names for cb in trainer.callbacks)  # type: ignore[attr-defined]
 
