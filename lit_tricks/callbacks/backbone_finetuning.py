@@ -26,6 +26,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from lit_tricks.fault.exact_resume import run_skipped_epoch_start
+from lit_tricks.fault.state_keys import cached_state_key
 from lit_tricks.validation import check_number
 
 __all__ = ["BackboneFinetuning", "SupportsFinetuneParamGroups"]
@@ -93,7 +94,7 @@ class BackboneFinetuning(_LightningBackboneFinetuning):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(unfreeze_backbone_at_epoch=self.unfreeze_backbone_at_epoch)
+        return cached_state_key(self, unfreeze_backbone_at_epoch=self.unfreeze_backbone_at_epoch)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -11,8 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
-from lit_tricks.compat import logs_this_step, sharded_strategy_name, unwrap_optimizer
-from lit_tricks.fault.state_keys import adopt_resized_state, warn_changed_args
+from lit_tricks.compat import sharded_strategy_name, step_value_read, unwrap_optimizer
+from lit_tricks.fault.state_keys import adopt_resized_state, cached_state_key, warn_changed_args
 from lit_tricks.functional.clip import (
     CLIP_MODES,
     adaptive_clip_grad_,
@@ -95,7 +95,7 @@ class GradientClipping(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
+        return cached_state_key(self,
             mode=self.mode, max_norm=self.max_norm, norm_type=self.norm_type, max_value=self.max_value,
             agc_factor=self.agc_factor, percentile=self.percentile,
         )  # not ``history``: it sizes the state, which a resume with another value keeps (the newest norms)
@@ -192,11 +192,13 @@ class GradientClipping(Callback):
             raw = unwrap_optimizer(optimizer)
             idx = next((i for i, opt in enumerate(trainer.optimizers) if opt is raw), 0)
         norm = self._clip_present(params, [p.grad for p in params if p.grad is not None], idx)
-        if self.log and logs_this_step(trainer):
-            tail = f"_opt{idx}" if idx else ""
-            pl_module.log(f"{self.log_prefix}/grad_norm{tail}", norm.detach(), on_step=True, on_epoch=False)
-            pl_module.log(f"{self.log_prefix}/clipped_fraction{tail}", self.clipped_fraction, on_step=True,
-                          on_epoch=False)
+        if not self.log:
+            return
+        tail = f"_opt{idx}" if idx else ""
+        names = (f"{self.log_prefix}/grad_norm{tail}", f"{self.log_prefix}/clipped_fraction{tail}")
+        if step_value_read(trainer, names):  # a logger writes it now, a callback monitors it, or a run ends with it
+            pl_module.log(names[0], norm.detach(), on_step=True, on_epoch=False)
+            pl_module.log(names[1], self.clipped_fraction, on_step=True, on_epoch=False)
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

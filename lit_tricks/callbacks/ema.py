@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lit_tricks.compat import first_train_loader
 from lit_tricks.fault.ema_checkpoint import EMA_CHECKPOINT_PREFIX, EMAStateCallback, ema_checkpoint_path
+from lit_tricks.fault.state_keys import cached_state_key
 from lit_tricks.functional.batchnorm import batch_inputs, batchnorm_layers, recalibrate_bn_, sampled_batches
 from lit_tricks.functional.ema import BUFFER_MODES, optimizer_steps_since
 from lit_tricks.functional.ema_state import EMA_DTYPES, EMAState
@@ -104,7 +105,7 @@ class EMAWeights(EMAStateCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(decay=self.decay, half_life_steps=self.half_life_steps)
+        return cached_state_key(self, decay=self.decay, half_life_steps=self.half_life_steps)
 
     def state_dict(self) -> dict[str, Any]:
         ema = self.ema_entries()  # under sharding: gathered (full-file checkpoints) or named shards (directories)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from lit_tricks.compat import checkpoint_ranks_at_train_epoch_end, module_trainer
 from lit_tricks.fault.ensemble_files import EnsembleMembersCallback
-from lit_tricks.fault.state_keys import adopt_resized_state
+from lit_tricks.fault.state_keys import adopt_resized_state, cached_state_key
 from lit_tricks.functional.ensemble import COMBINERS
 from lit_tricks.functional.ensemble_members import (
     EnsembleMembers,
@@ -113,7 +113,7 @@ class CheckpointEnsemble(EnsembleMembersCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
+        return cached_state_key(self,
             every_n_epochs=self.every_n_epochs, monitor=self.monitor, mode=self.mode, at_cycle_ends=self.at_cycle_ends,
         )  # not ``top_k``: it sizes the state; resumed with a smaller one, the best members stay (load_state_dict)
 

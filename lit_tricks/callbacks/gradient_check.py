@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_tricks.diagnostics.training_step import training_step_loss_fn
+from lit_tricks.fault.state_keys import cached_state_key
 from lit_tricks.functional.gradcheck import SUSPICIOUS, WRONG, GradCheckReport, LossFn, gradient_check
 from lit_tricks.validation import check_choice, check_number
 
@@ -55,7 +56,7 @@ class GradientCheck(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(max_error=self.max_error, eps=self.eps, seed=self.seed)
+        return cached_state_key(self, max_error=self.max_error, eps=self.eps, seed=self.seed)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:

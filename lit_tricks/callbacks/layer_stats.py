@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lit_tricks.fault.state_keys import cached_state_key
 from lit_tricks.functional.diagnosis import activation_stats, update_ratio
 from lit_tricks.validation import check_number
 
@@ -77,7 +78,7 @@ class LayerStats(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(every_n_steps=self.every_n_steps, ratio_target=self.ratio_target)
+        return cached_state_key(self, every_n_steps=self.every_n_steps, ratio_target=self.ratio_target)
 
     def _hook(self, name: str, module: nn.Module) -> Any:
         def hook(_: nn.Module, __: Any, output: Any) -> None:

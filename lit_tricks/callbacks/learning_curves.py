@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_tricks.fault.atomic import atomic_save_figure
 from lit_tricks.fault.exact_resume import run_skipped_epoch_start
+from lit_tricks.fault.state_keys import cached_state_key
 from lit_tricks.functional.diagnosis import Diagnosis, diagnose, ema_smooth, first_samples
 from lit_tricks.validation import check_number
 
@@ -140,7 +141,7 @@ class LearningCurves(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(val_loss_key=self.val_loss_key, val_acc_key=self.val_acc_key,
+        return cached_state_key(self, val_loss_key=self.val_loss_key, val_acc_key=self.val_acc_key,
                                         filename=self.filename)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

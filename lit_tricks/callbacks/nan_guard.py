@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_tricks.compat import unwrap_optimizer
-from lit_tricks.fault.state_keys import warn_changed_args
+from lit_tricks.fault.state_keys import cached_state_key, warn_changed_args
 from lit_tricks.functional.divergence import DivergenceDetector, finite_flag, non_finite_entries
 from lit_tricks.functional.lr_scale import scale_lr_
 from lit_tricks.functional.sharded import has_dtensors
@@ -116,7 +116,7 @@ class NaNGuard(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(policy=self.policy)
+        return cached_state_key(self, policy=self.policy)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.stop_reason = None

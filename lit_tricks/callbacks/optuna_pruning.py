@@ -7,6 +7,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lit_tricks.fault.state_keys import cached_state_key
+
 __all__ = ["OptunaPruning"]
 
 
@@ -35,7 +37,7 @@ class OptunaPruning(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(monitor=self.monitor)
+        return cached_state_key(self, monitor=self.monitor)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self._looked_up and trainer.is_global_zero:

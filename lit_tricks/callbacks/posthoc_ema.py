@@ -19,7 +19,7 @@ from lit_tricks.compat import sharded_strategy_name
 from lit_tricks.fault.atomic import atomic_torch_save
 from lit_tricks.fault.checkpoint_io import clean_stale_temp_files
 from lit_tricks.fault.sharded_state import ShardedCallbackState
-from lit_tricks.fault.state_keys import warn_changed_args
+from lit_tricks.fault.state_keys import cached_state_key, warn_changed_args
 from lit_tricks.functional import sharded
 from lit_tricks.functional.ema import named_ema_tensors, optimizer_steps_since
 from lit_tricks.functional.posthoc_ema import SIGMA_REL_MAX, PowerEMAProfiles, gamma_to_sigma_rel, sigma_rel_to_gamma
@@ -126,7 +126,7 @@ class PostHocEMA(ShardedCallbackState, Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(gammas=tuple(self.gammas), update_every_n_steps=self.update_every_n_steps)
+        return cached_state_key(self, gammas=tuple(self.gammas), update_every_n_steps=self.update_every_n_steps)
 
     @property
     def shards_dir(self) -> str:

@@ -22,6 +22,7 @@ from lit_tricks.compat import (
     inside_accumulation_window,
     keep_signal_handlers_after_fit,
 )
+from lit_tricks.fault.state_keys import cached_state_key
 
 __all__ = ["Preemption"]
 
@@ -102,7 +103,7 @@ class Preemption(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(filename=self.filename)
+        return cached_state_key(self, filename=self.filename)
 
     # ---- signal handling -------------------------------------------------------------------------------------
     def _handler(self, signum: int, frame: FrameType | None) -> None:

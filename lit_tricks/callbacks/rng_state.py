@@ -24,6 +24,7 @@ from lit_tricks.fault.exact_resume import (
     run_skipped_epoch_start,
 )
 from lit_tricks.fault.rng import collect_rng_states, restore_rng_states
+from lit_tricks.fault.state_keys import cached_state_key
 
 __all__ = ["RNGState"]
 
@@ -56,7 +57,7 @@ class RNGState(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(include_cuda=self.include_cuda)
+        return cached_state_key(self, include_cuda=self.include_cuda)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._rank = trainer.global_rank

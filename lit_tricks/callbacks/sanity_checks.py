@@ -16,6 +16,7 @@ from torch import nn
 
 from lit_tricks.compat import first_train_loader
 from lit_tricks.diagnostics.training_step import training_step_loss
+from lit_tricks.fault.state_keys import cached_state_key
 from lit_tricks.functional.diagnosis import first_samples
 from lit_tricks.validation import check_choice, check_number
 
@@ -97,7 +98,7 @@ class SanityChecks(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(num_classes=self.num_classes, overfit_samples=self.overfit_samples)
+        return cached_state_key(self, num_classes=self.num_classes, overfit_samples=self.overfit_samples)
 
     # -- data -------------------------------------------------------------------------------------------------
     def _samples(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> tuple[Any, ...]:

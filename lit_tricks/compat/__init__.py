@@ -78,6 +78,7 @@ __all__ = [
     "set_strategy_launcher",
     "sharded_strategy_name",
     "state_key_args",
+    "step_value_read",
     "unwrap_optimizer",
 ]
 
@@ -127,13 +128,30 @@ def module_trainer(module: Any) -> pl.Trainer | None:
 
 
 def logs_this_step(trainer: pl.Trainer) -> bool:
-    """Whether Lightning writes step metrics at this batch (``trainer._logger_connector.should_update_logs``).
+    """Whether Lightning writes step metrics to a logger at this batch (``trainer._logger_connector
+    .should_update_logs``, and the Trainer has a logger: without one Lightning's ``log_metrics`` returns at once).
 
     On other batches a ``self.log(on_step=True)`` value is discarded at batch end, so a callback can skip computing
     it. True when the connector is missing (log, to be safe).
     """
+    if not getattr(trainer, "loggers", True):
+        return False
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True))
+
+
+def step_value_read(trainer: pl.Trainer, names: tuple[str, ...], prog_bar: bool = False) -> bool:
+    """Whether a value logged with ``on_step=True`` at this batch (as ``names``) is read by anyone: Lightning writes
+    step metrics to a logger now (:func:`logs_this_step`), the progress bar shows it (``prog_bar``), a
+    fast_dev_run, the epoch's or the fit's last batch (the values a run ends with), or a callback monitors one of
+    ``names`` (a checkpoint every k steps)."""
+    if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or 0 <= trainer.max_steps <= trainer.global_step + 1:
+        return True
+    if (prog_bar and trainer.progress_bar_callback is not None) or trainer.fast_dev_run:  # type: ignore[attr-defined]
+        return True
+    if logs_this_step(trainer):
+        return True
+    return any(getattr(cb, "monitor", None) in names for cb in trainer.callbacks)  # type: ignore[attr-defined]
 
 
 def cluster_environment(trainer: pl.Trainer) -> ClusterEnvironment | None:

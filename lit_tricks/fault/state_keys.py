@@ -16,9 +16,27 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lit_tricks.compat import legacy_state_key, state_key_args
 
-__all__ = ["adopt_resized_state", "changed_args", "warn_changed_args"]
+__all__ = ["adopt_resized_state", "cached_state_key", "changed_args", "warn_changed_args"]
 
 log = logging.getLogger(__name__)
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def cached_state_key(callback: Callback, **args: Any) -> str:
+    """``callback._generate_state_key(**args)``, built again only when an argument's value changes: Lightning reads
+    ``state_key`` at every hook it dispatches to a callback (the profiler's label), and the repr of the arguments
+    costs 1-2 us each time, a dozen times a step. Arguments other than scalars and tuples of scalars (a list could
+    change in place) are not cached."""
+    values = tuple(args.values())
+    cached = callback.__dict__.get("_lit_tricks_state_key")
+    if cached is not None and cached[0] == values:
+        return cached[1]  # type: ignore[no-any-return]
+    key = callback._generate_state_key(**args)
+    if all(isinstance(v, _SCALARS) or (isinstance(v, tuple) and all(isinstance(x, _SCALARS) for x in v))
+           for v in values):
+        callback.__dict__["_lit_tricks_state_key"] = (values, key)
+    return key
 
 
 def changed_args(callback: Callback, checkpoint: dict[str, Any]) -> list[tuple[str, dict[str, tuple[Any, Any]]]]:

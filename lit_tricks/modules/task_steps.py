@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from lit_tricks.augment.tta import TTAFunction
-from lit_tricks.compat import logs_this_step, module_trainer
+from lit_tricks.compat import module_trainer
+from lit_tricks.compat import step_value_read as compat_step_value_read
 from lit_tricks.compat.nvml import drop_futile_nvml_check
 from lit_tricks.functional.losses import binned_expected_value, binned_point
 from lit_tricks.modules.tasks import is_regression_output, task_loss
@@ -28,17 +29,9 @@ _MEANS_KEY = "lit_tricks_epoch_means"
 
 
 def step_value_read(trainer: pl.Trainer, names: tuple[str, ...] = (TRAIN_LOSS, f"{TRAIN_LOSS}_step")) -> bool:
-    """Whether a value logged with ``on_step=True`` at this batch is read by anyone: Lightning writes step metrics
-    to a logger now (every ``log_every_n_steps``; not without loggers), the progress bar shows them, a fast_dev_run,
-    the epoch's or the fit's last batch (the values a run ends with), or a callback monitors one of ``names`` (a
-    checkpoint every k steps)."""
-    if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or 0 <= trainer.max_steps <= trainer.global_step + 1:
-        return True
-    if trainer.progress_bar_callback is not None or trainer.fast_dev_run:  # type: ignore[attr-defined]
-        return True
-    if trainer.loggers and logs_this_step(trainer):
-        return True
-    return any(getattr(cb, "monitor", None) in names for cb in trainer.callbacks)  # type: ignore[attr-defined]
+    """Whether the training loss logged at this batch is read by anyone (:func:`lit_tricks.compat.step_value_read`;
+    it is shown in the progress bar)."""
+    return compat_step_value_read(trainer, names, prog_bar=True)
 
 
 class TaskSteps(pl.LightningModule):

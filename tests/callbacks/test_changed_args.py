@@ -57,3 +57,35 @@ def test_changed_args_lists_every_changed_argument() -> None:
     checkpoint = {"callbacks": {EMAWeights(decay=0.9).state_key: {}}}
     [(_key, diff)] = changed_args(ema, checkpoint)
     assert diff == {"decay": (0.9, 0.5), "half_life_steps": (None, 10)}
+
+
+def test_cached_state_key_is_lightnings_key_and_follows_a_changed_argument() -> None:
+    # Lightning reads state_key at every hook dispatch; the cache must never hand out a key of older arguments
+    import lit_tricks.callbacks as cbs
+    from lit_tricks.fault.state_keys import cached_state_key
+
+    made = [cbs.EMAWeights(decay=0.9), cbs.GradientClipping(max_norm=1.0), cbs.NaNGuard(), cbs.RNGState(),
+            cbs.PostHocEMA(), cbs.LayerStats()]
+    for cb in made:
+        assert cb.state_key == cb.state_key  # built, then served from the cache
+        cached = cb.__dict__.get("_lit_tricks_state_key")
+        assert cached is not None and cached[1] == cb.state_key, type(cb).__name__
+    ema = made[0]
+    ema.decay = 0.8
+    assert ema.state_key == "EMAWeights{'decay': 0.8, 'half_life_steps': None}"
+    clip = made[1]
+    clip.max_norm = 2.0
+    assert "'max_norm': 2.0" in clip.state_key
+
+    class Listy(Callback):
+        def __init__(self) -> None:
+            self.values = [1, 2]
+
+        @property
+        def state_key(self) -> str:
+            return cached_state_key(self, values=self.values)
+
+    listy = Listy()
+    assert listy.state_key.endswith("Listy{'values': [1, 2]}")
+    listy.values.append(3)  # changed in place: a list is never cached
+    assert listy.state_key.endswith("Listy{'values': [1, 2, 3]}")
