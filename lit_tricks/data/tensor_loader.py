@@ -130,12 +130,19 @@ class TensorLoader:
         self.dataset, self.sampler, self.batch_size, self.drop_last = dataset, sampler, int(batch_size), drop_last
         self.pin_memory = pin_memory and torch.accelerator.is_available()
         self._positions = dataset.indices
-        transform = dataset.transform
-        #: batches taken by index ops and augmented per batch (else per sample, through ``dataset[(epoch, i)]``)
-        self.batched = transform is None or isinstance(transform, BatchTransform)
+        self._batched: tuple[Any, bool] = (object(), False)  # (the transform it was read of, batched)
         self._pending: dict[str, Any] | None = None
         self._iterator: _Iterator | None = None
         self._reuse = False  # state_dict() before iter(): the next iter() continues that iterator (as torchdata)
+
+    @property
+    def batched(self) -> bool:
+        """Batches taken by index ops and augmented per batch (else per sample, through ``dataset[(epoch, i)]``):
+        read again only when ``dataset.transform`` is replaced (a protocol ``isinstance`` costs microseconds)."""
+        transform = self.dataset.transform
+        if self._batched[0] is not transform:
+            self._batched = (transform, transform is None or isinstance(transform, BatchTransform))
+        return self._batched[1]
 
     def __len__(self) -> int:
         n = len(self.sampler)

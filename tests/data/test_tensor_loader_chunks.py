@@ -1,0 +1,151 @@
+"""Adversarial checks of TensorLoader's chunked gather (several batches' images and targets in one index op, batches
+yielded as slices): against the per-batch oracle (``TensorImages.batch`` of the batch's positions, then the batch
+transform with its own generator) and against ``StatefulDataLoader`` over ``ResumableSampler``."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import torch
+
+from lit_tricks.data.sampling import ResumableSampler, SplitDataset, TensorImages
+from lit_tricks.data.tensor_loader import TensorLoader, batch_generator
+
+StatefulDataLoader = pytest.importorskip("torchdata.stateful_dataloader").StatefulDataLoader
+
+N = 23
+SEED = 5
+
+
+class InPlaceNoise:
+    """A batch transform that writes into its input (``mul_``/``add_``) and returns it."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - the per-sample path is not used here
+        return x
+
+    def apply_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return x.mul_(2.0).add_(torch.rand(x.shape[0], 1, 1, 1, generator=generator))
+
+
+class PerSample:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.rand(())
+
+
+def id_dataset(dtype: torch.dtype = torch.float32, transform: Any = None) -> SplitDataset:
+    """23 of 60 pool samples; image ``(1, 1, 2)`` = (pool id, 0) stored as ``dtype`` (uint8 holds the id too)."""
+    pool = torch.arange(60, dtype=torch.float64)
+    images = torch.stack([pool, torch.zeros(60, dtype=torch.float64)], -1)[:, None, None, :].to(dtype)
+    return SplitDataset(TensorImages(images, torch.arange(60) % 3), torch.arange(60)[::2][:N].flip(0), transform,
+                        seed=SEED)
+
+
+def sampler(dataset: SplitDataset, replicas: int = 1, rank: int = 0, drop_last: bool = False) -> ResumableSampler:
+    return ResumableSampler(dataset, seed=11, shuffle=True, num_replicas=replicas, rank=rank, drop_last=drop_last)
+
+
+def chunk_of(monkeypatch: pytest.MonkeyPatch, dataset: SplitDataset, batches: int, batch_size: int) -> None:
+    """Chunks of ``batches`` batches of ``batch_size``."""
+    images = dataset.source.images  # type: ignore[attr-defined]
+    per_batch = images[0].numel() * images.element_size() * batch_size
+    monkeypatch.setattr("lit_tricks.data.tensor_loader.CHUNK_BYTES", batches * per_batch)
+
+
+def assert_same(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> None:
+    assert len(a) == len(b)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert xa.dtype == xb.dtype and ya.dtype == yb.dtype
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
+@pytest.mark.parametrize("batches_per_chunk", [1, 2, 100])
+def test_in_place_batch_transform_matches_the_per_batch_oracle(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype,
+                                                                batches_per_chunk: int) -> None:
+    """Every batch (all kept until the end: a later batch's in-place transform must not reach an earlier one) equals
+    ``apply_batch(source.batch(positions), batch_generator(...))``, and the stored images stay untouched."""
+    dataset = id_dataset(dtype, InPlaceNoise())
+    chunk_of(monkeypatch, dataset, batches_per_chunk, 4)
+    stored = dataset.source.images.clone()  # type: ignore[attr-defined]
+    loader = TensorLoader(dataset, sampler(dataset), 4)
+    for e in (0, 1):  # a second epoch: a new order, chunks gathered again
+        loader.sampler.set_epoch(e)
+        got = list(loader)
+        order = torch.as_tensor(loader.sampler.order(e))
+        assert len(got) == 6
+        for k, (x, y) in enumerate(got):
+            positions = dataset.indices[order[4 * k:4 * k + 4]]
+            expected = InPlaceNoise().apply_batch(dataset.source.batch(positions),
+                                                  batch_generator(SEED, e, 0, 4 * k))
+            assert x.dtype == torch.float32 and torch.equal(x, expected)
+            assert torch.equal(y, dataset.source.targets[positions])
+    assert torch.equal(dataset.source.images, stored)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("rank", [0, 2])
+def test_three_ranks_resumed_at_every_batch_inside_and_at_chunk_edges(monkeypatch: pytest.MonkeyPatch,
+                                                                      drop_last: bool, rank: int) -> None:
+    """3 replicas of 23 samples (padded to 8 each, or dropped to 7), batches of 3, chunks of 2 batches: a resume
+    after every batch of epoch 1 (inside a chunk, at its edge, before the dropped or last partial batch) yields what
+    StatefulDataLoader yields, and the state both write is the same."""
+    dataset = id_dataset()
+    chunk_of(monkeypatch, dataset, 2, 3)
+
+    def pair() -> tuple[TensorLoader, Any]:
+        return (TensorLoader(dataset, sampler(dataset, 3, rank, drop_last), 3, drop_last=drop_last),
+                StatefulDataLoader(dataset, batch_size=3, sampler=sampler(dataset, 3, rank, drop_last),
+                                   drop_last=drop_last))
+
+    ours, theirs = pair()
+    for loader in (ours, theirs):
+        loader.sampler.set_epoch(1)
+    full_ours, full_theirs = list(ours), list(theirs)
+    assert_same(full_ours, full_theirs)
+    assert len(full_ours) == (2 if drop_last else 3)
+    for stop in range(len(full_ours) + 1):
+        states = []
+        for loader in pair():
+            loader.sampler.set_epoch(1)
+            it = iter(loader)
+            for _ in range(stop):
+                next(it)
+            states.append(loader.state_dict())
+        assert states[0] == states[1]
+        for fresh in pair():
+            fresh.load_state_dict(states[0])
+            fresh.sampler.set_epoch(1)
+            rest = list(itertools.islice(fresh, 10))
+            if stop < len(full_ours):
+                assert_same(rest, full_theirs[stop:])
+
+
+def test_limit_then_second_epoch_gathers_the_new_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An epoch cut after one batch (limit_train_batches), then the next epoch: its batches are the new order's."""
+    dataset = id_dataset()
+    ours = TensorLoader(dataset, sampler(dataset), 4)
+    theirs = StatefulDataLoader(dataset, batch_size=4, sampler=sampler(dataset))
+    got, ref = [], []
+    for loader, out in ((ours, got), (theirs, ref)):
+        for e in range(3):
+            loader.sampler.set_epoch(e)
+            out += list(itertools.islice(loader, 1 + e))
+    assert_same(got, ref)
+
+
+@pytest.mark.parametrize(("before", "after"), [(None, InPlaceNoise()), (None, PerSample()),
+                                               (PerSample(), InPlaceNoise()), (InPlaceNoise(), PerSample()),
+                                               (InPlaceNoise(), None)])
+def test_transform_replaced_after_the_loader_was_built(before: Any, after: Any) -> None:
+    """``dataset.transform`` set after construction: the loader yields what a loader built with it yields (the
+    per-batch ``isinstance`` the loader made before its chunks)."""
+    dataset = id_dataset(transform=before)
+    loader = TensorLoader(dataset, sampler(dataset), 4)
+    dataset.transform = after
+    fresh_dataset = id_dataset(transform=after)
+    fresh = TensorLoader(fresh_dataset, sampler(fresh_dataset), 4)
+    for each in (loader, fresh):
+        each.sampler.set_epoch(1)
+    assert_same(list(loader), list(fresh))
