@@ -9,6 +9,7 @@ when such an argument was still part of the key."""
 from __future__ import annotations
 
 import logging
+import operator
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
@@ -24,19 +25,29 @@ _SCALARS = (bool, int, float, str, type(None))
 
 
 def cached_state_key(callback: Callback, **args: Any) -> str:
-    """``callback._generate_state_key(**args)``, built again only when an argument's value changes: Lightning reads
+    """``callback._generate_state_key(**args)``, built again only when an argument is another object: Lightning reads
     ``state_key`` at every hook it dispatches to a callback (the profiler's label), and the repr of the arguments
     costs 1-2 us each time, a dozen times a step. Arguments other than scalars and tuples of scalars (a list could
     change in place) are not cached."""
     values = tuple(args.values())
     cached = callback.__dict__.get("_lit_tricks_state_key")
-    if cached is not None and cached[0] == values:
+    if cached is not None and (all(map(operator.is_, cached[0], values)) or _same_objects(cached[0], values)):
         return cached[1]  # type: ignore[no-any-return]
     key = callback._generate_state_key(**args)
     if all(isinstance(v, _SCALARS) or (isinstance(v, tuple) and all(isinstance(x, _SCALARS) for x in v))
            for v in values):
         callback.__dict__["_lit_tricks_state_key"] = (values, key)
     return key
+
+
+def _same_objects(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
+    """The very objects, tuples element by element (a fresh ``tuple(list)`` each call): ``==`` would keep the key of
+    1 after 1.0, True, -0.0 or a numpy float, whose reprs (the key) differ."""
+    for a, b in zip(old, new):
+        if a is not b and not (type(a) is tuple and type(b) is tuple and len(a) == len(b)
+                               and all(map(operator.is_, a, b))):
+            return False
+    return True
 
 
 def changed_args(callback: Callback, checkpoint: dict[str, Any]) -> list[tuple[str, dict[str, tuple[Any, Any]]]]:
