@@ -213,6 +213,8 @@ def per_step_costs(runners: dict[str, Runner], short: int, long: int, repeats: i
     rotated order, so a round's estimates share the machine's load of those minutes."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
+    if not 1 <= short < long:
+        raise ValueError(f"step_cost: short={short}, long={long}: the window is steps 1 <= short < long")
     ends: list[float] = []
     handle = register_optimizer_step_post_hook(lambda *_: ends.append(time.process_time()))
     names = list(runners)
