@@ -201,16 +201,6 @@ def test_logs_this_step_says_when_step_metrics_reach_the_logger(fitted: Any) -> 
     assert said and said != set(probe.logs_at)  # log_every_n_steps=2: some steps log, some do not
 
 
-def test_logs_this_step_is_false_without_a_logger(tmp_path: Path) -> None:
-    # Lightning's log_metrics returns at once without loggers: no step metric reaches anyone on those steps
-    probe = _Probe()
-    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=6, limit_val_batches=0, log_every_n_steps=2,
-                           logger=False, callbacks=[probe], enable_checkpointing=False)
-    trainer.fit(TinyClassifier(), datamodule=BlobsDataModule(n=192, batch_size=32))
-    assert trainer._logger_connector.should_update_logs is not None and len(probe.logs_at) == 6
-    assert not any(probe.logs_at.values())
-
-
 def test_inside_accumulation_window(fitted: Any) -> None:
     _, probe, _, _ = fitted
     assert len(probe.accumulating) == 12

@@ -128,21 +128,19 @@ def module_trainer(module: Any) -> pl.Trainer | None:
 
 
 def logs_this_step(trainer: pl.Trainer) -> bool:
-    """Whether Lightning writes step metrics to a logger at this batch (``trainer._logger_connector
-    .should_update_logs``, and the Trainer has a logger: without one Lightning's ``log_metrics`` returns at once).
+    """Whether Lightning writes step metrics at this batch (``trainer._logger_connector.should_update_logs``).
 
     On other batches a ``self.log(on_step=True)`` value is discarded at batch end, so a callback can skip computing
-    it. True when the connector is missing (log, to be safe).
+    it. True when the connector is missing (log, to be safe). Also true without a logger (Lightning then writes to
+    no one, but the values stay in ``callback_metrics``: a fit stopped mid-epoch keeps them).
     """
-    if not getattr(trainer, "loggers", True):
-        return False
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True))
 
 
 def step_value_read(trainer: pl.Trainer, names: tuple[str, ...], prog_bar: bool = False) -> bool:
     """Whether a value logged with ``on_step=True`` at this batch (as ``names``) is read by anyone: Lightning writes
-    step metrics to a logger now (:func:`logs_this_step`), the progress bar shows it (``prog_bar``), a
+    step metrics now (:func:`logs_this_step`), the progress bar shows it (``prog_bar``), a
     fast_dev_run, the epoch's or the fit's last batch (the values a run ends with), or a callback monitors one of
     ``names`` (a checkpoint every k steps)."""
     if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or 0 <= trainer.max_steps <= trainer.global_step + 1:

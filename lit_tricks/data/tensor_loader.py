@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from lit_tricks.data.sampling import ResumableSampler, SplitDataset, TensorImages
 from lit_tricks.data.splits import mix_seed
@@ -161,6 +162,13 @@ class TensorLoader:
         torch.empty((), dtype=torch.int64).random_()  # a DataLoader iterator's base seed: the same global RNG draw
         state, self._pending = self._pending, None
         return _Iterator(self, state)
+
+    def as_dataloader(self) -> DataLoader[Any]:
+        """A plain ``DataLoader`` over the same dataset and batch size (per-sample path), for readers that need
+        batches of their own without moving this loader's iterator, its saved position or torch's global RNG
+        (:func:`~lit_tricks.functional.batchnorm.sampled_batches`)."""
+        return DataLoader(self.dataset, batch_size=self.batch_size, drop_last=self.drop_last,
+                          pin_memory=self.pin_memory)
 
     def state_dict(self) -> dict[str, Any]:
         """``StatefulDataLoader``'s single-process state: (epoch, samples yielded) of the iterator in progress."""

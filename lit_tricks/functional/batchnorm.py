@@ -40,10 +40,15 @@ def sampled_batches(loader: Any, seed: int) -> Iterable[Any]:
     recalibrated statistics agree across ranks as the weights do. The batch size is ``loader.batch_size`` or its
     batch sampler's ``batch_size`` (a batch sampler without one is refused; a loader without automatic batching,
     whose samples are batches, stays so). An iterable dataset is read from a fresh loader of its own (no
-    permutation); anything that is not a ``DataLoader`` is returned as it is.
+    permutation). A loader that is not a ``DataLoader`` but can stand for one (``as_dataloader()``, e.g.
+    :class:`~lit_tricks.data.tensor_loader.TensorLoader`) is read through that ``DataLoader``; anything else is
+    returned as it is.
     """
     if not isinstance(loader, DataLoader):
-        return loader
+        as_dataloader = getattr(loader, "as_dataloader", None)
+        if as_dataloader is None:
+            return loader
+        loader = as_dataloader()
     batcher = loader.batch_sampler
     size = loader.batch_size or getattr(batcher, "batch_size", None)
     if batcher is not None and (not isinstance(size, int) or size < 1):

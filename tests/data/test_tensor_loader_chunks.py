@@ -149,3 +149,24 @@ def test_transform_replaced_after_the_loader_was_built(before: Any, after: Any) 
     for each in (loader, fresh):
         each.sampler.set_epoch(1)
     assert_same(list(loader), list(fresh))
+
+
+def test_bn_recalibration_batches_leave_the_training_loaders_position_and_rng() -> None:
+    # EMAWeights(recalibrate_bn_batches) and CheckpointEnsemble read batches through sampled_batches: with the
+    # TensorLoader (the default for in-memory sets) they used to iterate the training loader itself, replacing its
+    # iterator (the checkpoint's data position) and drawing from torch's global RNG
+    from lit_tricks.functional.batchnorm import sampled_batches
+    from tests.data.test_tensor_loader import id_dataset, loaders
+
+    ours, _ = loaders(id_dataset(), 5)
+    ours.sampler.set_epoch(1)
+    it = iter(ours)
+    next(it), next(it)
+    state, rng = ours.state_dict(), torch.get_rng_state()
+    seen = torch.cat([x[:, 0, 0, 0] for x, _ in sampled_batches(ours, seed=3)])
+    assert ours.state_dict() == state and torch.equal(torch.get_rng_state(), rng)
+    assert sorted(seen.tolist()) == sorted(id_dataset().source.images[id_dataset().indices, 0, 0, 0].tolist())
+    again = torch.cat([x[:, 0, 0, 0] for x, _ in sampled_batches(ours, seed=3)])
+    assert torch.equal(seen, again)  # the same seed, the same batches
+    third = next(it)  # the training iterator goes on where it was
+    assert ours.state_dict()["_num_yielded"] == 3 and third[0].shape[0] == 5

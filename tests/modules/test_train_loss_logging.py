@@ -86,33 +86,6 @@ def test_logged_values_equal_lightnings_every_step_log(tmp_path: Path, trainer_k
     assert Counting.calls <= 2 * (steps // 3 + 4) + 4 < 2 * steps
 
 
-@pytest.mark.parametrize("trainer_kwargs", [{}, {"max_steps": 10}])
-def test_without_a_logger_only_the_epochs_last_steps_log_and_the_fit_ends_with_lightnings_values(
-        tmp_path: Path, trainer_kwargs: dict[str, Any]) -> None:
-    # no logger and no progress bar: Lightning's every-n-steps write has no reader, so only the epochs' and the fit's
-    # last batches (what the run ends with) log; the metrics the fit ends with are the oracle's
-    Counting.calls = 0
-    kwargs = {"logger": False, "enable_progress_bar": False, **trainer_kwargs}
-    ours, _ = fit_unlogged(Counting, tmp_path / "ours", **kwargs)
-    ref, _ = fit_unlogged(EveryStep, tmp_path / "ref", **kwargs)
-    for attr in ("callback_metrics", "logged_metrics", "progress_bar_metrics"):
-        mine, theirs = getattr(ours, attr), getattr(ref, attr)
-        assert sorted(mine) == sorted(theirs) and all(close(mine[k], theirs[k]) for k in theirs), attr
-    # two calls at each epoch's (or the fit's) last step and two at each epoch end, 2 epochs: 8 (every 3rd step too
-    # with a logger)
-    assert Counting.calls == 8
-
-
-def fit_unlogged(cls: type[TrickModule], tmp_path: Path, **trainer_kwargs: Any) -> tuple[pl.Trainer, None]:
-    pl.seed_everything(0)
-    dm = DigitsDataModule(batch_size=200, val_fraction=0.0)
-    module = cls(net(), optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
-    trainer = tiny_trainer(tmp_path, **{"max_epochs": 2, "log_every_n_steps": 3, "enable_checkpointing": False,
-                                        "limit_val_batches": 0, **trainer_kwargs})
-    trainer.fit(module, datamodule=dm)
-    return trainer, None
-
-
 def test_penalty_epoch_mean_and_mid_epoch_resume(tmp_path: Path) -> None:
     """``train/penalty`` (an epoch mean) and ``train/loss_epoch`` after a restart from step 9 (epoch 1, mid-epoch:
     the sums of its first 2 batches come from the checkpoint) equal the uninterrupted run's."""
