@@ -3,7 +3,7 @@
 :class:`TensorLoader` yields exactly the batches of ``StatefulDataLoader(dataset, batch_size, sampler=
 ResumableSampler(...))`` (the same sample ids in the same order, shuffled or not, per DDP rank, resumed mid-epoch),
 but takes the images and targets of up to :data:`CHUNK_BYTES` of consecutive batches in one indexing op each and
-yields slices of them. Its state is
+yields copies of their slices. Its state is
 ``StatefulDataLoader``'s single-process state (same keys and values), so Lightning saves and restores it in the same
 place and a checkpoint written by either loader resumes with the other. Creating an iterator draws one int64 from
 torch's global RNG, as a ``DataLoader`` iterator does (its base seed), so the global RNG (dropout masks) moves
@@ -99,8 +99,9 @@ class _Iterator(Iterator[list[Tensor]]):
         if chunk is None or not chunk[0] <= start < stop <= chunk[1]:
             chunk = self._chunk = loader.gather(self.order, start)
         first, _, images, targets = chunk
-        return loader.finish(images[start - first:stop - first], targets[start - first:stop - first],
-                             int(self.epoch), start)  # type: ignore[arg-type]
+        # copies of the slices: a batch owns its storage (a kept or saved batch does not hold the whole chunk)
+        return loader.finish(images[start - first:stop - first], targets[start - first:stop - first].clone(),
+                             int(self.epoch), start, copy=True)  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, Any]:
         epoch = self.loader.sampler.epoch if self.epoch is None else self.epoch
@@ -202,10 +203,10 @@ class TensorLoader:
         positions = self._positions[order[start:stop]]
         return start, stop, images[positions], self.dataset.source.targets[positions]
 
-    def finish(self, images: Tensor, targets: Tensor, epoch: int, start: int) -> list[Tensor]:
-        """A batch ``[x, y]`` from a copy of its stored images and targets: as float, augmented with the batch's
-        generator (:func:`batch_generator`), pinned where asked."""
-        x = TensorImages.as_float(images, copy=False)
+    def finish(self, images: Tensor, targets: Tensor, epoch: int, start: int, copy: bool = False) -> list[Tensor]:
+        """A batch ``[x, y]`` from its stored images (a private copy already, or ``copy``) and targets: as float,
+        augmented with the batch's generator (:func:`batch_generator`), pinned where asked."""
+        x = TensorImages.as_float(images, copy=copy)
         if (transform := self.dataset.transform) is not None:
             x = transform.apply_batch(  # type: ignore[attr-defined]
                 x, batch_generator(self.dataset.seed, epoch, self.sampler.rank, start))

@@ -170,3 +170,21 @@ def test_bn_recalibration_batches_leave_the_training_loaders_position_and_rng() 
     assert torch.equal(seen, again)  # the same seed, the same batches
     third = next(it)  # the training iterator goes on where it was
     assert ours.state_dict()["_num_yielded"] == 3 and third[0].shape[0] == 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_a_batch_owns_its_storage_not_the_chunks(dtype: torch.dtype) -> None:
+    # a kept or torch.save'd batch must not carry the whole gathered chunk with it
+    from tests.data.test_tensor_loader import id_dataset, loaders
+
+    dataset = id_dataset()
+    dataset.source.images = dataset.source.images.to(dtype)  # type: ignore[attr-defined]
+    ours, _ = loaders(dataset, 5)
+    for x, y in epoch_of(ours):
+        assert x.untyped_storage().nbytes() == x.numel() * x.element_size()
+        assert y.untyped_storage().nbytes() == y.numel() * y.element_size()
+
+
+def epoch_of(loader: Any) -> list[list[torch.Tensor]]:
+    loader.sampler.set_epoch(1)
+    return list(loader)
