@@ -5,28 +5,19 @@ step, GradientClipping with ``step_value_read`` always true)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
-import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch import Tensor, nn
+from torch import nn
 
 from lit_tricks.callbacks import GradientClipping
 from lit_tricks.data.digits import DigitsDataModule
 from lit_tricks.modules import TrickModule
 from tests.helpers.tiny import tiny_trainer
-
-EPS = torch.finfo(torch.float32).eps
-
-
-class EveryStep(TrickModule):
-    def log_train_loss(self, loss: Tensor, batch_size: int) -> None:
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size,
-                 sync_dist=True)
+from tests.modules.test_train_loss_logging import EveryStep, close
 
 
 class StopAt(Callback):
@@ -55,10 +46,6 @@ def fit(oracle: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: li
         trainer = tiny_trainer(tmp_path, callbacks=[GradientClipping(max_norm=0.5), *(extra or [])], **kwargs)
         trainer.fit(module, datamodule=dm)
     return trainer
-
-
-def close(a: Any, b: Any) -> bool:
-    return math.isclose(float(a), float(b), rel_tol=8 * EPS, abs_tol=8 * EPS)
 
 
 def assert_same_end(ours: pl.Trainer, ref: pl.Trainer) -> None:

@@ -29,10 +29,11 @@ def chunk_bytes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr("lit_tricks.data.tensor_loader.CHUNK_BYTES", request.param)
 
 
-def id_dataset(transform: Any = None, seed: int = 5) -> SplitDataset:
-    """23 of 60 pool samples (a split), each image ``(1, 1, 2)`` = (its pool id, 0); targets = id % 3."""
-    pool = torch.arange(60, dtype=torch.float32)
-    images = torch.stack([pool, torch.zeros(60)], -1)[:, None, None, :]
+def id_dataset(transform: Any = None, seed: int = 5, dtype: torch.dtype = torch.float32) -> SplitDataset:
+    """23 of 60 pool samples (a split), each image ``(1, 1, 2)`` = (its pool id, 0) stored as ``dtype`` (uint8 holds
+    the id too); targets = id % 3."""
+    pool = torch.arange(60, dtype=torch.float64)
+    images = torch.stack([pool, torch.zeros(60, dtype=torch.float64)], -1)[:, None, None, :].to(dtype)
     source = TensorImages(images, torch.arange(60) % 3)
     return SplitDataset(source, torch.arange(60)[::2][:N].flip(0), transform, seed=seed)
 
@@ -51,6 +52,15 @@ def loaders(dataset: SplitDataset, batch_size: int, shuffle: bool = True, drop_l
 def epoch(loader: Any, e: int, limit: int | None = None) -> list[list[torch.Tensor]]:
     loader.sampler.set_epoch(e)
     return list(itertools.islice(loader, limit))
+
+
+def state_after(loader: Any, e: int, stop: int) -> dict[str, Any]:
+    """The state ``loader`` saves after yielding ``stop`` batches of epoch ``e``."""
+    loader.sampler.set_epoch(e)
+    it = iter(loader)
+    for _ in range(stop):
+        next(it)
+    return loader.state_dict()  # type: ignore[no-any-return]
 
 
 def assert_same(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> None:
@@ -87,13 +97,7 @@ def test_mid_epoch_resume_across_both_loaders(shuffle: bool, stop: int, saver: i
     dataset = id_dataset()
     reference = loaders(dataset, 5, shuffle)[0]
     full = epoch(reference, 1) + epoch(reference, 2)
-    states = []
-    for first in loaders(dataset, 5, shuffle):
-        first.sampler.set_epoch(1)
-        it = iter(first)
-        for _ in range(stop):
-            next(it)
-        states.append(first.state_dict())
+    states = [state_after(first, 1, stop) for first in loaders(dataset, 5, shuffle)]
     assert states[0] == states[1]
     fresh = loaders(dataset, 5, shuffle)[loader]
     fresh.load_state_dict(states[saver])

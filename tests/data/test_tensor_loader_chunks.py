@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import torch
 
-from lit_tricks.data.sampling import ResumableSampler, SplitDataset, TensorImages
+from lit_tricks.data.sampling import ResumableSampler, SplitDataset
 from lit_tricks.data.tensor_loader import TensorLoader, batch_generator
+from tests.data.test_tensor_loader import assert_same, id_dataset, loaders, state_after
 
 StatefulDataLoader = pytest.importorskip("torchdata.stateful_dataloader").StatefulDataLoader
 
-N = 23
-SEED = 5
+SEED = 5  # id_dataset's
 
 
 class InPlaceNoise:
@@ -34,14 +34,6 @@ class PerSample:
         return x + torch.rand(())
 
 
-def id_dataset(dtype: torch.dtype = torch.float32, transform: Any = None) -> SplitDataset:
-    """23 of 60 pool samples; image ``(1, 1, 2)`` = (pool id, 0) stored as ``dtype`` (uint8 holds the id too)."""
-    pool = torch.arange(60, dtype=torch.float64)
-    images = torch.stack([pool, torch.zeros(60, dtype=torch.float64)], -1)[:, None, None, :].to(dtype)
-    return SplitDataset(TensorImages(images, torch.arange(60) % 3), torch.arange(60)[::2][:N].flip(0), transform,
-                        seed=SEED)
-
-
 def sampler(dataset: SplitDataset, replicas: int = 1, rank: int = 0, drop_last: bool = False) -> ResumableSampler:
     return ResumableSampler(dataset, seed=11, shuffle=True, num_replicas=replicas, rank=rank, drop_last=drop_last)
 
@@ -53,20 +45,13 @@ def chunk_of(monkeypatch: pytest.MonkeyPatch, dataset: SplitDataset, batches: in
     monkeypatch.setattr("lit_tricks.data.tensor_loader.CHUNK_BYTES", batches * per_batch)
 
 
-def assert_same(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> None:
-    assert len(a) == len(b)
-    for (xa, ya), (xb, yb) in zip(a, b):
-        assert xa.dtype == xb.dtype and ya.dtype == yb.dtype
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
-
-
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
 @pytest.mark.parametrize("batches_per_chunk", [1, 2, 100])
 def test_in_place_batch_transform_matches_the_per_batch_oracle(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype,
                                                                 batches_per_chunk: int) -> None:
     """Every batch (all kept until the end: a later batch's in-place transform must not reach an earlier one) equals
     ``apply_batch(source.batch(positions), batch_generator(...))``, and the stored images stay untouched."""
-    dataset = id_dataset(dtype, InPlaceNoise())
+    dataset = id_dataset(InPlaceNoise(), dtype=dtype)
     chunk_of(monkeypatch, dataset, batches_per_chunk, 4)
     stored = dataset.source.images.clone()  # type: ignore[attr-defined]
     loader = TensorLoader(dataset, sampler(dataset), 4)
@@ -106,13 +91,7 @@ def test_three_ranks_resumed_at_every_batch_inside_and_at_chunk_edges(monkeypatc
     assert_same(full_ours, full_theirs)
     assert len(full_ours) == (2 if drop_last else 3)
     for stop in range(len(full_ours) + 1):
-        states = []
-        for loader in pair():
-            loader.sampler.set_epoch(1)
-            it = iter(loader)
-            for _ in range(stop):
-                next(it)
-            states.append(loader.state_dict())
+        states = [state_after(loader, 1, stop) for loader in pair()]
         assert states[0] == states[1]
         for fresh in pair():
             fresh.load_state_dict(states[0])
@@ -156,8 +135,6 @@ def test_bn_recalibration_batches_leave_the_training_loaders_position_and_rng() 
     # TensorLoader (the default for in-memory sets) they used to iterate the training loader itself, replacing its
     # iterator (the checkpoint's data position) and drawing from torch's global RNG
     from lit_tricks.functional.batchnorm import sampled_batches
-    from tests.data.test_tensor_loader import id_dataset, loaders
-
     ours, _ = loaders(id_dataset(), 5)
     ours.sampler.set_epoch(1)
     it = iter(ours)
@@ -175,11 +152,7 @@ def test_bn_recalibration_batches_leave_the_training_loaders_position_and_rng() 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 def test_a_batch_owns_its_storage_not_the_chunks(dtype: torch.dtype) -> None:
     # a kept or torch.save'd batch must not carry the whole gathered chunk with it
-    from tests.data.test_tensor_loader import id_dataset, loaders
-
-    dataset = id_dataset()
-    dataset.source.images = dataset.source.images.to(dtype)  # type: ignore[attr-defined]
-    ours, _ = loaders(dataset, 5)
+    ours, _ = loaders(id_dataset(dtype=dtype), 5)
     for x, y in epoch_of(ours):
         assert x.untyped_storage().nbytes() == x.numel() * x.element_size()
         assert y.untyped_storage().nbytes() == y.numel() * y.element_size()
