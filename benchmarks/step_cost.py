@@ -27,7 +27,8 @@ rotated order.
 
 Start-up: CPU s of a whole ``scripts/train.py experiment=mnist1d_baseline trainer.max_steps=1 logger=none`` process
 (Python start, imports, Hydra composition, data from the cache, Trainer set-up, one step, the test pass), of a process
-that only composes ``experiment=mnist1d_tricks`` (what every Hydra app pays for lit_tricks' search-path plugin), and
+that only composes ``experiment=mnist1d_tricks`` (what every Hydra app pays for lit_tricks' search-path plugin), of
+``scripts/train.py --help`` (Hydra composes once per config group to list the options), and
 of ``python -c "import torch"`` and ``python -c "import lightning.pytorch"`` (imports a training run cannot avoid),
 and a plain-torch process that takes one Adam step (the floor of any training process: the first optimizer step
 imports ``torch._dynamo``, ~1 CPU s, which Lightning imports as well).
@@ -242,7 +243,8 @@ def _children_cpu() -> float:
 
 
 _PROCESS = {"run": "`scripts/train.py experiment=mnist1d_baseline trainer.max_steps=1` (1 step, the test pass)",
-            "compose": "composing `experiment=mnist1d_tricks` in a Hydra app (no training)"}
+            "compose": "composing `experiment=mnist1d_tricks` in a Hydra app (no training)",
+            "help": "`scripts/train.py --help` (Hydra lists every config group and its options)"}
 
 
 def _startup_cmds(root: Path, data_dir: Path, out: Path) -> dict[str, list[str]]:
@@ -254,6 +256,7 @@ def _startup_cmds(root: Path, data_dir: Path, out: Path) -> dict[str, list[str]]
         "compose": [sys.executable, "-c", "from hydra import compose, initialize_config_dir\n"
                     f"with initialize_config_dir(config_dir={str(root / 'conf')!r}, version_base='1.3'):\n"
                     "    compose('train', overrides=['experiment=mnist1d_tricks'])"],
+        "help": [sys.executable, str(root / "scripts" / "train.py"), "--help"],
     }
 
 
@@ -343,7 +346,7 @@ def _startup_lines(startup: dict[str, list[float]], repeats: int) -> list[str]:
                  f"**{floor / med['run']:.2f}**: halving the run's start-up would leave "
                  f"{med['run'] / 2 - floor:+.2f} CPU s beyond that floor for Lightning, Hydra, lit_tricks and the data")
     if "run (ref)" in startup:
-        for name, what in (("run", "1-step run, whole process"), ("compose", "composing alone")):
+        for name, what in (("run", "1-step run, whole process"), ("compose", "composing alone"), ("help", "`--help`")):
             per_round = [a / b for a, b in zip(startup[name], startup[f"{name} (ref)"])]
             lines.append(f"- {what}, this checkout / reference: **{statistics.median(per_round):.2f}x**; rounds: "
                          f"{', '.join(f'{v:.2f}' for v in per_round)}")

@@ -9,11 +9,14 @@ without ``+``. The fields are untyped (``Any``):
 each component checks its own arguments (:mod:`lit_tricks.validation`), so a bad value gets the component's
 one-line error, not a second rule in the config layer.
 
-The Hydra plugin ``hydra_plugins.lit_tricks_searchpath`` calls :func:`register_bases` before any config is composed,
-in every Hydra app of the environment. Building the bases imports every target (torch, Lightning, all of lit_tricks:
-seconds), so their specs (class name, field names and defaults) are cached in a JSON file keyed by lit_tricks'
-version and the modification times of its sources, the torch / Lightning / hydra-zen versions and Python's
-(:func:`cache_dir`); a hit rebuilds the very same dataclasses without importing anything.
+The Hydra plugin ``hydra_plugins.lit_tricks_searchpath`` puts them on the search path of every Hydra app of the
+environment, from a ConfigStore of their own (:func:`bases_store`) rather than Hydra's global one: Hydra deep-copies
+its config repository, the global ConfigStore with it, for every composition and twice for every config group that
+``--help`` lists (hydra-zen #769), which cost ~20 ms a copy with the bases in it (``--help``: 3.6 s). Building
+the bases imports every target (torch, Lightning, all of lit_tricks: seconds), so their specs (class name, field
+names and defaults) are cached in a JSON file keyed by lit_tricks' version and the modification times of its sources,
+the torch / Lightning / hydra-zen versions and Python's (:func:`cache_dir`); a hit rebuilds the very same dataclasses
+without importing anything.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
 from omegaconf import DictConfig
 
-__all__ = ["BASES", "EXCLUDE", "base_name", "cache_dir", "cached_bases", "load_preset", "register_bases"]
+__all__ = ["BASES", "EXCLUDE", "base_name", "bases_store", "cache_dir", "cached_bases", "load_preset",
+           "register_bases"]
 
 #: Public paths of the targets the presets start from.
 BASES: tuple[str, ...] = (
@@ -219,15 +223,35 @@ def cached_bases(directory: Path | None = None) -> dict[str, Any]:
 
 
 def register_bases(store: ConfigStore | None = None) -> None:
-    """Store every base of :data:`BASES` in Hydra's ConfigStore (once per process; from the cache when valid)."""
+    """Store every base of :data:`BASES` in ``store`` (default: Hydra's global ConfigStore, once per process; the
+    search-path plugin uses :func:`bases_store` instead); from the cache when valid."""
     global _REGISTERED
     if _REGISTERED and store is None:
         return
-    store = store or ConfigStore.instance()
+    target = store or ConfigStore.instance()
     for path, node in cached_bases().items():
         group, _, name = base_name(path).rpartition("/")
-        store.store(group=group, name=name, node=node, provider="lit_tricks")
-    _REGISTERED = True
+        target.store(group=group, name=name, node=node, provider="lit_tricks")
+    if store is None:
+        _REGISTERED = True
+
+
+_BASES_STORE: ConfigStore | None = None
+
+
+def bases_store() -> ConfigStore:
+    """The base configs in a ConfigStore of their own, filled on the first call (from the cache when valid).
+
+    Not Hydra's singleton (``ConfigStore.instance()``) and not in its registry of singletons: the search-path
+    plugin's config source reads it and shares it, uncopied, with the copies Hydra makes of its config repository
+    (a stored node is never changed: ``ConfigStore.load`` returns a deep copy of it)."""
+    global _BASES_STORE
+    if _BASES_STORE is None:
+        store = ConfigStore.__new__(ConfigStore)  # bypasses the Singleton metaclass: a second, private store
+        store.__init__()  # type: ignore[misc]
+        register_bases(store)
+        _BASES_STORE = store
+    return _BASES_STORE
 
 
 def load_preset(group: str, name: str) -> DictConfig:
