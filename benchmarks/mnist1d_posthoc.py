@@ -7,7 +7,7 @@ reconstruction of 7 lengths (``callbacks=[mnist1d,posthoc_ema]``), and a Checkpo
 (30 snapshot members over the 150 epochs). Afterwards ``lit_tricks.posthoc.soup.evaluate_run_soups`` soups those
 members. Every number is test accuracy of paired seeds (one run gives every arm), mean with percentile-bootstrap 95%
 CIs. The post-hoc lengths (:data:`SIGMA_RELS`) reach 0.25, beyond the recipe's EMA (decay 0.999 over 5250 steps is a
-relative length of about 0.19).
+relative length of about 0.19). The first row names the EMAWeights decay the runs saved (``config_resolved.yaml``).
 
     nice -n 10 python benchmarks/mnist1d_posthoc.py --seeds 10 --jobs 2 --table docs/results/posthoc_mnist1d.md
 
@@ -82,10 +82,38 @@ def run_seed(seed: int, out: Path, quick: bool) -> dict:
     }
 
 
-RECIPE_EMA = "recipe EMA (decay 0.999)"
+RECIPE_EMA = "recipe EMA"  # the row's key in results.json; the table labels it with the decay (recipe_ema_label)
 
 
-def table(results: list[dict], seeds: list[int]) -> str:
+def recipe_ema_label(runs: list[Path]) -> str:
+    """``recipe EMA (decay 0.999)``: the first row's label, from the EMAWeights callback each run saved in its
+    ``config_resolved.yaml`` (``half-life N steps`` when the run set ``half_life_steps``); ValueError in one line
+    when a run has no EMAWeights (or several) or the runs disagree."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from lit_tricks.callbacks import EMAWeights
+
+    default = inspect.signature(EMAWeights).parameters["decay"].default
+    labels: dict[str, list[str]] = {}
+    for run in runs:
+        callbacks = OmegaConf.to_container(OmegaConf.load(run / "config_resolved.yaml")).get("callbacks") or {}
+        nodes = [n for n in (callbacks.values() if isinstance(callbacks, dict) else callbacks)
+                 if isinstance(n, dict) and str(n.get("_target_", "")).rsplit(".", 1)[-1] == "EMAWeights"]
+        if len(nodes) != 1:
+            raise ValueError(f"{run / 'config_resolved.yaml'}: {len(nodes)} EMAWeights callbacks, expected 1")
+        half_life = nodes[0].get("half_life_steps")
+        rule = f"half-life {float(half_life):g} steps" if half_life is not None else \
+            f"decay {float(nodes[0].get('decay', default)):g}"
+        labels.setdefault(rule, []).append(run.name)
+    if len(labels) > 1:
+        raise ValueError("the runs disagree on the recipe EMA: " + "; ".join(
+            f"{rule} in {', '.join(names)}" for rule, names in labels.items()))
+    return f"{RECIPE_EMA} ({next(iter(labels))})"
+
+
+def table(results: list[dict], seeds: list[int], label: str = RECIPE_EMA) -> str:
     from lit_tricks.sweeps.stats import bootstrap_ci, paired_bootstrap_ci
 
     def ci(values: list[float]) -> str:
@@ -104,8 +132,8 @@ def table(results: list[dict], seeds: list[int]) -> str:
     lines = [f"Seeds {seeds[0]}-{seeds[-1]} ({len(seeds)}), test accuracy, mean and 95% bootstrap CI; paired "
              "differences in points (same seed, same run).", "",
              "| weights | test acc | 95% CI | vs recipe EMA (paired) |", "|---|---:|---|---|"]
-    lines += [f"| {k} | {ci([r[k] for r in results])} | {paired(k, ema_rows[0]) if k != ema_rows[0] else ''} |"
-              for k in ema_rows]
+    lines += [f"| {label if k == RECIPE_EMA else k} | {ci([r[k] for r in results])} | "
+              f"{paired(k, ema_rows[0]) if k != ema_rows[0] else ''} |" for k in ema_rows]
     lines += ["", f"sigma_rel chosen per seed (sorted), by val accuracy (ties by val NLL): "
               f"{', '.join(f'{c:g}' for c in chosen)}; by val NLL: {', '.join(f'{c:g}' for c in by_nll)}.", "",
               "| snapshot members | test acc | 95% CI | greedy soup minus it (paired) |", "|---|---:|---|---|"]
@@ -131,8 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # training in subprocesses; the soups below, one at a time
         list(pool.map(lambda s: train_seed(s, args.out, args.quick), seeds))
+    try:
+        label = recipe_ema_label([args.out / f"seed{s}" for s in seeds])
+    except (OSError, ValueError) as err:  # before anything is written
+        print(f"mnist1d_posthoc: {err}", file=sys.stderr)
+        return 2
     results = [run_seed(s, args.out, args.quick) for s in seeds]
-    text = table(results, seeds)
+    text = table(results, seeds, label)
     from benchmarks.common import machine_info
 
     minutes = (time.perf_counter() - started) / 60

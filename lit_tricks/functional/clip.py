@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from lit_tricks.functional.sharded import global_norm, is_dtensor, local, locals_of, reduce_over_shards_
+from lit_tricks.functional.sharded import global_norm, is_dtensor, local, locals_of, norm_dtype, reduce_over_shards_
 
 __all__ = [
     "CLIP_MODES",
@@ -59,7 +59,7 @@ def _one_group(tensors: list[Tensor]) -> bool:
 
 
 def _norm_of_norms(norms: list[Tensor] | tuple[Tensor, ...], norm_type: float) -> Tensor:
-    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32  # 16-bit: float32
+    dtype = norm_dtype(norms)
     if any(n.dtype != dtype for n in norms):
         norms = [n.to(dtype) for n in norms]
     return torch.linalg.vector_norm(torch.stack(norms), norm_type)
@@ -167,7 +167,7 @@ def _unitwise_norm(x: Tensor) -> Tensor:
     holding the same units' other entries (all of a vector's, the other columns of a matrix's rows)."""
     if not is_dtensor(x):
         return unitwise_norm(x)
-    part = local(x).float()
+    part = local(x).to(norm_dtype((x,)))  # float32 for 16-bit, float64 kept
     dims = tuple(range(1, part.ndim)) if x.ndim > 1 else tuple(range(part.ndim))
     squares = part.square().sum(dim=dims, keepdim=x.ndim > 1)
     reduced = tuple(range(1, x.ndim)) if x.ndim > 1 else (0,)  # the tensor dims a unit spans

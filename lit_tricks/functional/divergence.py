@@ -30,7 +30,8 @@ def finite_flag(tensors: list[torch.Tensor]) -> torch.Tensor:
     if not parts:
         return torch.tensor(True)
     peaks = torch._foreach_norm(parts, ord=float("inf"))
-    return torch.isfinite(torch.stack([p.float().to(peaks[0].device) for p in peaks])).all()
+    # stack promotes to the widest dtype: a float64 peak above float32's max (1e300) stays finite
+    return torch.isfinite(torch.stack([p.to(peaks[0].device) for p in peaks])).all()
 
 
 def non_finite_entries(checkpoint: dict[str, Any]) -> list[str]:

@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - depends on the torch build
 
 __all__ = [
     "full", "full_state_dict", "global_norm", "has_dtensors", "is_dtensor", "load_full_state_dict_", "local",
-    "local_chunk", "locals_of", "reduce_over_shards_", "shard_like",
+    "local_chunk", "locals_of", "norm_dtype", "reduce_over_shards_", "shard_like",
 ]
 
 
@@ -96,7 +96,8 @@ def reduce_over_shards_(value: Tensor, like: Tensor, op: str = "sum", reduced_di
 
 
 def global_norm(tensors: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
-    """The ``norm_type``-norm of all of ``tensors`` taken whole, when some are DTensor shards: a 0-d float32 tensor.
+    """The ``norm_type``-norm of all of ``tensors`` taken whole, when some are DTensor shards: a 0-d float32 tensor,
+    float64 when any of them is float64 (:func:`norm_dtype`, as :func:`lit_tricks.functional.clip.grad_norm`).
 
     Each rank sums ``|x|^p`` over its local shards (``max |x|`` for ``p = inf``), the sums are all-reduced over the
     ranks holding the other shards (one collective per mesh and layout), then the ``1/p``-th power is taken: the
@@ -111,9 +112,10 @@ def global_norm(tensors: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
             groups.setdefault(key, (t, []))[1].append(t.to_local())
         else:
             plain.append(t)
-    parts = [_power_sum(plain, p)] if plain else []
+    dtype = norm_dtype(tensors)  # from the global dtypes: the same on every rank, so the all-reduces agree
+    parts = [_power_sum(plain, p, dtype)] if plain else []
     for like, shards in groups.values():
-        parts.append(reduce_over_shards_(_power_sum(shards, p), like, "max" if p == float("inf") else "sum"))
+        parts.append(reduce_over_shards_(_power_sum(shards, p, dtype), like, "max" if p == float("inf") else "sum"))
     if not parts:
         return torch.zeros(())
     device = parts[0].device
@@ -121,12 +123,20 @@ def global_norm(tensors: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
     return stacked.max() if p == float("inf") else stacked.sum().pow(1.0 / p)
 
 
-def _power_sum(tensors: Sequence[Tensor], p: float) -> Tensor:
-    """``sum |x|^p`` over all entries of ``tensors`` (``max |x|`` for ``p = inf``), float32, 0 when empty."""
+def norm_dtype(tensors: Iterable[Tensor]) -> torch.dtype:
+    """The dtype a norm of ``tensors`` is computed and returned in: float64 when any of them is float64, else
+    float32 (16-bit tensors too: their norms are accumulated in float32)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _power_sum(tensors: Sequence[Tensor], p: float, dtype: torch.dtype) -> Tensor:
+    """``sum |x|^p`` over all entries of ``tensors`` (``max |x|`` for ``p = inf``) in ``dtype``, 0 when empty, on
+    the tensors' device (an empty shard's too: the all-reduce needs it there)."""
+    device = tensors[0].device
     tensors = [t for t in tensors if t.numel()]  # a rank's shard may be empty (1 row over 2 ranks)
     if not tensors:
-        return torch.zeros(())
-    norms = torch.stack([n.float().to(tensors[0].device) for n in torch._foreach_norm(tensors, p)])
+        return torch.zeros((), dtype=dtype, device=device)
+    norms = torch.stack([n.to(device=device, dtype=dtype) for n in torch._foreach_norm(tensors, p)])
     return norms.max() if p == float("inf") else norms.pow(p).sum()
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 
 @pytest.mark.slow  # the mnist1d section trains through scripts/train.py
@@ -65,7 +66,7 @@ def test_mnist1d_bench_reuses_a_run_only_while_its_recipe_is_unchanged(tmp_path:
 def test_posthoc_study_quick_trains_seeds_side_by_side_and_scores_every_length(tmp_path: Path) -> None:
     import json
 
-    from benchmarks.mnist1d_posthoc import RECIPE_EMA, SIGMA_RELS, main
+    from benchmarks.mnist1d_posthoc import SIGMA_RELS, main
 
     assert main(["--seeds", "2", "--jobs", "2", "--quick", "--out", str(tmp_path),
                  "--table", str(tmp_path / "table.md")]) == 0
@@ -73,7 +74,40 @@ def test_posthoc_study_quick_trains_seeds_side_by_side_and_scores_every_length(t
         rows = json.loads((tmp_path / f"seed{seed}" / "posthoc_ema" / "posthoc_ema.json").read_text())["rows"]
         assert [r["sigma_rel"] for r in rows] == list(SIGMA_RELS)  # the override reached the evaluation
     text = (tmp_path / "table.md").read_text()
-    assert RECIPE_EMA in text and "--jobs 2" in text
+    assert "| recipe EMA (decay 0.999) |" in text and "--jobs 2" in text  # the decay the runs saved
+
+
+def _posthoc_run(out: Path, seed: int, ema: dict[str, object] | None) -> None:
+    """A finished run of the post-hoc study as far as its reader goes: metrics.json and config_resolved.yaml."""
+    run = out / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text('{"status": "ok", "metrics": {}}')
+    callbacks = {"clipping": {"_target_": "lit_tricks.callbacks.GradientClipping", "max_norm": 1.0}}
+    if ema is not None:
+        callbacks["ema"] = {"_target_": "lit_tricks.callbacks.EMAWeights", "half_life_steps": None, **ema}
+    (run / "config_resolved.yaml").write_text(yaml.safe_dump({"seed": seed, "callbacks": callbacks}))
+
+
+def test_posthoc_study_labels_the_recipe_ema_with_the_decay_its_runs_saved(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.mnist1d_posthoc import main, recipe_ema_label
+
+    for seed, ema in enumerate([{"decay": 0.99}, {"decay": 0.99}, {"decay": 0.5, "half_life_steps": 250},
+                                {"decay": 0.999}]):
+        _posthoc_run(tmp_path, seed, ema)
+    runs = [tmp_path / f"seed{s}" for s in range(4)]
+    assert recipe_ema_label(runs[:2]) == "recipe EMA (decay 0.99)"  # a changed recipe changes the label
+    assert recipe_ema_label(runs[2:3]) == "recipe EMA (half-life 250 steps)"
+    with pytest.raises(ValueError, match=r"disagree .*decay 0\.99 in seed0, seed1; decay 0\.999 in seed3$"):
+        recipe_ema_label([*runs[:2], runs[3]])
+    _posthoc_run(tmp_path / "none", 0, None)
+    with pytest.raises(ValueError, match="0 EMAWeights callbacks, expected 1"):
+        recipe_ema_label([tmp_path / "none" / "seed0"])
+    # main refuses in one line before scoring or writing anything (the finished runs are not retrained)
+    assert main(["--seeds", "4", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mnist1d_posthoc: the runs disagree on the recipe EMA" in err
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "seed0" / "soup").exists()
 
 
 def _stepper(setup_s: float, step_s: float, optimizers: int = 1) -> Callable[[int], None]:

@@ -40,6 +40,9 @@ def test_divergence_rule_by_hand_and_state_round_trip() -> None:
 def test_finite_flag_agrees_with_isfinite_and_names_the_bad_entries() -> None:
     tensors = [torch.ones(3), torch.tensor([1e38, 1e38]), torch.zeros(2, dtype=torch.float16)]
     assert bool(finite_flag(tensors)) and bool(finite_flag([]))  # 1e38: the max-abs norm does not overflow
+    huge = torch.tensor([1e300], dtype=torch.float64)  # finite in float64, inf in float32
+    assert bool(finite_flag([huge])) and bool(finite_flag([*tensors, huge]))
+    assert not bool(finite_flag([huge, torch.tensor([float("nan")], dtype=torch.bfloat16)]))
     for bad in (float("nan"), float("inf"), -float("inf")):
         assert not bool(finite_flag([*tensors, torch.tensor([0.0, bad])]))
     ckpt = {"state_dict": {"w": torch.tensor([1.0, float("nan")]), "n": torch.tensor(3)},

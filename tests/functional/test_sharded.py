@@ -20,12 +20,19 @@ from lit_tricks.functional.sharded import (
 )
 
 
+@pytest.mark.parametrize("dtypes", [(torch.float32,) * 3, (torch.float64,) * 3,
+                                    (torch.float32, torch.float64, torch.float32)])
 @pytest.mark.parametrize("norm_type", [1.0, 2.0, 3.5, float("inf")])
-def test_global_norm_of_plain_tensors_is_torchs(norm_type: float) -> None:
+def test_global_norm_of_plain_tensors_is_torchs(norm_type: float, dtypes: tuple[torch.dtype, ...]) -> None:
+    """torch's value and dtype: float64 when any tensor is (to float64's precision when all are)."""
     g = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g), torch.zeros(0)]
+    shapes = [(5, 3), (7,), (0,)]
+    tensors = [torch.randn(s, generator=g, dtype=torch.float64).to(d) for s, d in zip(shapes, dtypes)]
     expected = torch.nn.utils.get_total_norm(tensors[:2], norm_type)  # torch refuses the inf-norm of an empty one
-    torch.testing.assert_close(global_norm(tensors, norm_type), expected, rtol=4 * torch.finfo().eps, atol=0)
+    got = global_norm(tensors, norm_type)
+    assert got.dtype == expected.dtype
+    narrowest = torch.float32 if torch.float32 in dtypes else torch.float64
+    torch.testing.assert_close(got, expected, rtol=4 * torch.finfo(narrowest).eps, atol=0)
 
 
 def test_plain_tensors_and_modules_pass_through() -> None:

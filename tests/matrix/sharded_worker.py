@@ -10,6 +10,8 @@ callback, several fits per launch (a process start costs seconds here); each ran
   then ``resume=auto`` in the same process; distributed checkpoints / one full file.
 - ``bf16``: ``bf16-true`` weights, 8 steps: the EMA's and PostHocEMA's fp32 shards.
 - ``lightning_clip``: Lightning's own ``gradient_clip_val`` (the oracle of global-norm clipping), 2 steps.
+- ``norms``: global norms (p = 1, 2, inf) and clipping (``norm``, ``agc``) of hand-made DTensor shards and plain
+  tensors of every dtype mix in :data:`NORM_CASES` (a rank with no rows among them), 1 step.
 - ``from1``: resume on 2 ranks from the full file of the unsharded single-process run (``--from-file``).
 - ``to1`` (``--devices 1``): resume on 1 rank from the 2-rank run's checkpoints (``--from-dir``, ``--from-file``),
   a TrickModule with ``shard=auto`` under the same strategy, and the ``ema-`` twin directory loaded by
@@ -65,6 +67,17 @@ PROBE_STEPS = 3  # steps whose gradients are recorded and probed with every clip
 MAX_NORM, MAX_VALUE, AGC = 0.5, 0.02, 0.05
 PG_TIMEOUT = datetime.timedelta(seconds=60)
 SNAPSHOT_EVERY = 4  # PostHocEMA snapshots at steps 4, 8, 12, 16 and 18 (the end)
+F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
+#: The ``norms`` phase's tensors: (shape, dtype, scale, sharded over dim 0). 5 rows over 2 ranks: 3 + 2; 1 row:
+#: rank 1 holds none. ``float64_huge``: squares of 1e30 overflow float32 (finite in float64).
+NORM_CASES: dict[str, list[tuple[tuple[int, ...], torch.dtype, float, bool]]] = {
+    "float64": [((5, 3), F64, 1.0, True), ((1, 4), F64, 1.0, True), ((6,), F64, 1.0, False)],
+    "float64_huge": [((5, 3), F64, 1e30, True), ((1, 4), F64, 1e30, True)],
+    "mixed": [((5, 3), F32, 1.0, True), ((1, 4), F64, 1.0, True), ((6,), F64, 1.0, False)],
+    "float32": [((5, 3), F32, 1.0, True), ((1, 4), F32, 1.0, True), ((6,), F32, 1.0, False)],
+    "bfloat16": [((5, 3), BF16, 1.0, True), ((1, 4), BF16, 1.0, True)],
+}
+NORM_TYPES = (1.0, 2.0, float("inf"))
 
 
 class Blobs(Dataset):
@@ -321,6 +334,53 @@ def to_one(root: Path, from_dir: str, from_file: str) -> dict[str, Any]:
     return out
 
 
+def norm_tensors(case: str, seed: int) -> list[torch.Tensor]:
+    """The full tensors of ``NORM_CASES[case]`` (the same on every rank)."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(shape, generator=g, dtype=F64) * scale).to(dtype) for shape, dtype, scale, _ in
+            NORM_CASES[case]]
+
+
+class NormProbe(Callback):
+    """At train start: ``global_norm`` / ``grad_norm`` of each case's tensors placed as ``NORM_CASES`` says, and
+    GradientClipping's ``norm`` and ``agc`` modes on parameters holding them as gradients (gathered afterwards)."""
+
+    def __init__(self) -> None:
+        self.out: dict[str, Any] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from torch.distributed.tensor import Shard, distribute_tensor
+
+        from lit_tricks.functional.clip import grad_norm
+        from lit_tricks.functional.sharded import global_norm
+
+        mesh = pl_module.device_mesh["data_parallel"]  # type: ignore[index]
+
+        def place(tensors: list[torch.Tensor], case: str) -> list[torch.Tensor]:
+            return [distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None) if spec[3] else t.clone()
+                    for t, spec in zip(tensors, NORM_CASES[case])]
+
+        for case in NORM_CASES:
+            grads, weights = norm_tensors(case, 11), norm_tensors(case, 12)
+            rec: dict[str, Any] = {"grads": grads, "weights": weights}
+            for p in NORM_TYPES:
+                rec[p] = {"global": global_norm(place(grads, case), p), "grad_norm": grad_norm(place(grads, case), p)}
+                for mode, clip in (("norm", GradientClipping("norm", max_norm=MAX_NORM, norm_type=p, log=False)),
+                                   ("agc", GradientClipping("agc", agc_factor=AGC, norm_type=p, log=False))):
+                    params = [nn.Parameter(w) for w in place(weights, case)]
+                    for param, g in zip(params, place(grads, case)):
+                        param.grad = g
+                    rec[p][mode] = {"norm": clip.clip_(params), "grads": [_gather({"g": q.grad})["g"] for q in params]}
+            self.out[case] = rec
+
+
+def norms(root: Path, devices: int) -> dict[str, Any]:
+    probe = NormProbe()
+    trainer = trainer_for(root, devices, [probe], max_steps=1, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(Net(nan_rank=-2))
+    return probe.out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--root", required=True)
@@ -346,6 +406,8 @@ def main() -> None:
             out = lightning_clip(root / phase)
         elif phase == "from1":
             out = fit(root / phase, args.devices, False, ckpt_path=args.from_file)
+        elif phase == "norms":
+            out = norms(root / phase, args.devices)
         elif phase == "to1":
             out = to_one(root / phase, args.from_dir, args.from_file)
         else:

@@ -49,12 +49,12 @@ def _launch(root: Path, devices: int, phases: str, **paths: Path) -> None:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("fsdp2")
     single = W.run_single(root / "single")
-    _launch(root, 2, "ref,term_dir,term_full,lightning_clip,from1,bf16",
+    _launch(root, 2, "ref,term_dir,term_full,lightning_clip,from1,bf16,norms",
             from_file=root / "single" / "checkpoints" / STEP12)
     _launch(root, 1, "to1", from_dir=root / "ref" / "checkpoints" / STEP12,
             from_file=root / "term_full" / "checkpoints" / STEP12)
     out: dict[str, Any] = {"root": root, "single": single}
-    for phase in ("ref", "term_dir", "term_full", "lightning_clip", "from1", "bf16"):
+    for phase in ("ref", "term_dir", "term_full", "lightning_clip", "from1", "bf16", "norms"):
         out[phase] = [torch.load(root / f"{phase}_rank{r}.pt", weights_only=False) for r in (0, 1)]
     out["to1"] = torch.load(root / "to1_rank0.pt", weights_only=False)
     return out
@@ -195,6 +195,53 @@ def test_sharded_clipping_uses_the_global_norm_like_torch_and_lightning(runs: di
                                                                                   64 * EPS * magnitude)
     history = ref["states"]["GradientClipping"]["norm_history"]
     assert type(history) is torch.Tensor and history.shape == (1000,)  # statistics stay plain tensors
+
+
+def _agc(weights: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The unsharded AGC rule (the oracle of the sharded one) on copies of the full tensors: the clipped gradients."""
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    adaptive_clip_grad_(params, W.AGC)
+    return [p.grad for p in params]  # type: ignore[misc]
+
+
+def test_sharded_norms_and_clipping_keep_float64_like_torch_on_the_gathered_tensors(runs: dict[str, Any]) -> None:
+    """Global norms (p = 1, 2, inf) of DTensor shards mixed with plain tensors, a rank holding no rows among them:
+    the dtype and the value of ``torch.nn.utils.get_total_norm`` on the gathered tensors (float64 when any tensor is;
+    16-bit: float32, as the unsharded ``grad_norm``), the same on both ranks; clipping (``norm``, ``agc``) acts as
+    torch's ``clip_grad_norm_`` / the unsharded rule on the gathered tensors, to the precision of each dtype."""
+    for case in W.NORM_CASES:
+        rank0, rank1 = (runs["norms"][r][case] for r in (0, 1))
+        grads, weights = rank0["grads"], rank0["weights"]
+        wide = max((g.dtype for g in grads), key=lambda d: torch.finfo(d).bits)
+        work = wide if torch.finfo(wide).bits >= 32 else torch.float32  # the dtype ours computes in
+        narrow = min((g.dtype for g in grads), key=lambda d: torch.finfo(d).bits)
+        for p in W.NORM_TYPES:
+            expected = torch.nn.utils.get_total_norm(grads, p)
+            # per-shard norms rounded to the narrowest dtype, summed over ~20 entries in the working dtype
+            tolerance = (4 * torch.finfo(narrow).eps + 32 * torch.finfo(work).eps) * float(expected)
+            assert 0 < float(expected) < float("inf"), (case, p)
+            for kind in ("global", "grad_norm"):
+                got = rank0[p][kind]
+                assert got.dtype == work and torch.equal(got, rank1[p][kind]), (case, p, kind, got.dtype)
+                assert abs(float(got) - float(expected)) <= tolerance, (case, p, kind, float(got), float(expected))
+            assert torch.equal(rank0[p]["norm"]["norm"], rank0[p]["grad_norm"])  # the callback's returned norm
+            # mode norm: torch's clip_grad_norm_ on the gathered gradients
+            params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+            for param, g in zip(params, grads):
+                param.grad = g.clone()
+            torch.nn.utils.clip_grad_norm_(params, W.MAX_NORM, p)
+            for ours, theirs in zip(rank0[p]["norm"]["grads"], (q.grad for q in params)):
+                assert theirs is not None and ours.dtype == theirs.dtype
+                bound = 8 * torch.finfo(narrow).eps * float(theirs.abs().max())
+                assert torch.allclose(ours.double(), theirs.double(), rtol=0, atol=bound), (case, p)
+            # mode agc: the unsharded rule on the gathered tensors (16-bit weights: another rounding of the bound)
+            agc = rank0[p]["agc"]["grads"]
+            for ours, theirs in zip(agc, _agc(weights, grads)):
+                bound = 8 * torch.finfo(ours.dtype).eps * float(theirs.abs().max())
+                assert torch.allclose(ours.double(), theirs.double(), rtol=0, atol=bound), (case, p)
+            assert all(not torch.equal(a, g) for a, g in zip(agc, grads))  # every tensor had units clipped
 
 
 @cell("NaNGuard", "sharded")
