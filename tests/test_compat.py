@@ -8,6 +8,7 @@ import inspect
 import os
 import sys
 import typing
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -115,9 +116,9 @@ def test_the_installed_lightning_is_the_tested_one() -> None:
 
 
 def test_compat_imports_only_lightning_torch_and_the_standard_library() -> None:
-    for module in ("lit_tricks.compat", "lit_tricks.compat.loops"):
+    for module in ("lit_tricks.compat", "lit_tricks.compat.loops", "lit_tricks.compat.step_log"):
         ours, others = imports_of(module)
-        assert ours <= {"lit_tricks.compat.loops"}, module
+        assert ours <= {"lit_tricks.compat.loops", "lit_tricks.compat.step_log"}, module
         assert not others - set(sys.stdlib_module_names) - {"lightning", "torch"}, module
 
 
@@ -324,3 +325,66 @@ def test_keep_signal_handlers_after_fit(tmp_path: Path) -> None:
         assert signal.getsignal(signal.SIGUSR2) is kept  # the oracle: Lightning restores what it found at fit start
     finally:
         signal.signal(signal.SIGUSR2, before)
+
+
+def test_step_values_held_back_are_logged_when_the_fit_stops_or_a_validation_follows(tmp_path: Path) -> None:
+    """``log_step_value(read=False)`` logs nothing at the batch, and logs the value at the end of the batch when
+    ``should_stop`` was set in a later hook of it (the logger's row and ``callback_metrics`` get that batch's value)
+    or a validation follows (``validation_follows``: every 2nd batch); ``step_value_read`` counts the steps of a
+    checkpoint naming its file after the value (every 3rd step) and any step of a timed one."""
+    seen: dict[str, list[Any]] = {"follows": [], "at_batch_end": [], "read": [], "timed": []}
+
+    class Hold(Callback):
+        def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+            seen["read"].append(compat.step_value_read(trainer, ("probe",)))
+            compat.log_step_value(pl_module, False, "probe", torch.tensor(float(trainer.global_step + 1)),
+                                  on_step=True, on_epoch=False)
+
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+            seen["follows"].append(compat.validation_follows(trainer))
+            seen["at_batch_end"].append(float(trainer.callback_metrics.get("probe", -1.0)))
+            trainer.should_stop = trainer.global_step == 5
+
+    recorder = _Recorder()
+    named = ModelCheckpoint(tmp_path, "{probe}", every_n_train_steps=3, save_top_k=-1)
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=6, limit_val_batches=1, val_check_interval=2,
+                           num_sanity_val_steps=0, logger=recorder, log_every_n_steps=50, callbacks=[named, Hold()])
+    trainer.fit(TinyClassifier(), datamodule=BlobsDataModule())
+    assert trainer.global_step == 5 and seen["follows"] == [False, True, False, True, False]
+    # logged after the hooks of batches 2 and 4 (a validation follows; seen in the next batch's) and 5 (the stop)
+    assert seen["at_batch_end"] == [-1.0, -1.0, 2.0, 2.0, 4.0] and float(trainer.callback_metrics["probe"]) == 5.0
+    assert recorder.probes == [5.0]  # the stop's row (Lightning writes one at a stop) holds the stop batch's value
+    assert seen["read"] == [False, False, True, False, False]  # the checkpoint saves (and names its file) at step 3
+    timed = ModelCheckpoint(tmp_path / "timed", "{probe}", train_time_interval=timedelta(hours=1))
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, log_every_n_steps=50,
+                           val_check_interval=timedelta(hours=1), num_sanity_val_steps=0, callbacks=[timed, Hold()])
+    trainer.fit(TinyClassifier(), datamodule=BlobsDataModule())
+    assert seen["read"][5:] == [True, True, True]  # a timed checkpoint may save at any step
+    assert seen["follows"][5:] == [True, True, True]  # time-based validation: the time may be up when Lightning asks
+
+
+class _ManualTiny(TinyClassifier):
+    """Manual optimization, asking ``step_value_read`` after its step (as TrickModule's full-batch methods log)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.read: list[bool] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        opt: Any = self.optimizers()
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(self(batch[0]), batch[1])
+        self.manual_backward(loss)
+        opt.step()
+        self.read.append(compat.step_value_read(self.trainer, ("probe",)))
+        return loss
+
+
+def test_step_value_read_after_a_manual_step_counts_the_checkpoints_step(tmp_path: Path) -> None:
+    module = _ManualTiny()
+    named = ModelCheckpoint(tmp_path, "{probe}", every_n_train_steps=3, save_top_k=-1)
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=7, limit_val_batches=0, log_every_n_steps=50,
+                           callbacks=[named])
+    trainer.fit(module, datamodule=BlobsDataModule())
+    assert module.read[2] and module.read[5] and not all(module.read)  # the saves after batches 3 and 6

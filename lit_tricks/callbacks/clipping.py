@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
-from lit_tricks.compat import sharded_strategy_name, step_value_read, unwrap_optimizer
+from lit_tricks.compat import log_step_value, sharded_strategy_name, step_value_read, unwrap_optimizer
 from lit_tricks.fault.state_keys import adopt_resized_state, cached_state_key, warn_changed_args
 from lit_tricks.functional.clip import (
     CLIP_MODES,
@@ -38,12 +39,14 @@ class GradientClipping(Callback):
     AutoClip, Seetharaman et al. 2020).
 
     Logs ``<log_prefix>/grad_norm`` (pre-clip global norm) and ``<log_prefix>/clipped_fraction`` (fraction of steps
-    so far whose gradients were changed) every step when ``log=True``; both are tensors, so logging causes no host
-    sync beyond Lightning's own. The norm history and counters are callback state, so resume is exact. Hook:
-    ``on_before_optimizer_step``, which Lightning's precision plugin calls after ``scaler.unscale_``, also for the
-    ``opt.step()`` calls of manual optimization. Under ``ModelParallelStrategy`` (FSDP2) the gradients are DTensor
-    shards: ``norm``, ``auto`` and ``agc`` use global norms (squared local norms all-reduced over the shards, equal
-    to ``torch.nn.utils.clip_grad_norm_`` on the gathered gradients), ``value`` clamps locally; FSDP1 is refused.
+    so far whose gradients were changed) every step when ``log=True``, as Lightning's every-step ``self.log`` leaves
+    them, with ``self.log`` only where a value is read (:func:`lit_tricks.compat.log_step_value`); both are tensors,
+    so logging causes no host sync beyond Lightning's own. The norm history and counters are callback state, so
+    resume is exact. Hook: ``on_before_optimizer_step``, which Lightning's precision plugin calls after
+    ``scaler.unscale_``, also for the ``opt.step()`` calls of manual optimization. Under ``ModelParallelStrategy``
+    (FSDP2) the gradients are DTensor shards: ``norm``, ``auto`` and ``agc`` use global norms (squared local norms
+    all-reduced over the shards, equal to ``torch.nn.utils.clip_grad_norm_`` on the gathered gradients), ``value``
+    clamps locally; FSDP1 is refused.
 
     Several optimizers (Lightning's semantics: ``configure_gradient_clipping`` is called per optimizer): each
     optimizer's step clips that optimizer's parameters only, with their own global norm (as
@@ -196,9 +199,12 @@ class GradientClipping(Callback):
             return
         tail = f"_opt{idx}" if idx else ""
         names = (f"{self.log_prefix}/grad_norm{tail}", f"{self.log_prefix}/clipped_fraction{tail}")
-        if step_value_read(trainer, names):  # a logger writes it now, a callback monitors it, or a run ends with it
-            pl_module.log(names[0], norm.detach(), on_step=True, on_epoch=False)
-            pl_module.log(names[1], self.clipped_fraction, on_step=True, on_epoch=False)
+        # self.log when a logger writes it now, a callback reads it, or a run ends with it (else held to the batch end)
+        read = step_value_read(trainer, names)
+        log_step_value(pl_module, read, names[0], norm.detach, on_step=True, on_epoch=False)
+        history = self.clip_history  # the fraction as of this step, computed only when logged
+        fraction = functools.partial(torch.div, history.clipped_steps, max(history.steps, 1))
+        log_step_value(pl_module, read, names[1], fraction, on_step=True, on_epoch=False)
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

@@ -4,7 +4,8 @@ Lightning keeps no promise about names with a leading underscore; lit_tricks sup
 tested against (:data:`TESTED_LIGHTNING`, the floor in ``pyproject.toml``), and ``tests/test_compat.py`` exercises
 every function here against the installed Lightning, so an upgrade that moves one of these internals fails there,
 by name, instead of somewhere inside a fit. The package imports only Lightning and torch; the fit loop's restart
-and logging state that exact resume needs lives in :mod:`lit_tricks.compat.loops` (re-exported here).
+and logging state that exact resume needs lives in :mod:`lit_tricks.compat.loops`, the step values logged only when
+read in :mod:`lit_tricks.compat.step_log` (both re-exported here).
 
 Not gathered here, on purpose:
 
@@ -45,6 +46,7 @@ from lit_tricks.compat.loops import (
     restore_logged_metrics,
     rows_logged_after_save,
 )
+from lit_tricks.compat.step_log import log_step_value, logs_this_step, step_value_read, validation_follows
 
 __all__ = [
     "PRIVATE_OVERRIDES",
@@ -65,6 +67,7 @@ __all__ = [
     "installed_checkpoint_io",
     "keep_signal_handlers_after_fit",
     "legacy_state_key",
+    "log_step_value",
     "logged_metrics_state",
     "logs_this_step",
     "module_trainer",
@@ -80,6 +83,7 @@ __all__ = [
     "state_key_args",
     "step_value_read",
     "unwrap_optimizer",
+    "validation_follows",
 ]
 
 #: The Lightning release (major.minor) the test suite runs against; ``pyproject.toml`` requires at least this one.
@@ -125,31 +129,6 @@ def module_trainer(module: Any) -> pl.Trainer | None:
     answers None for a plain ``nn.Module``.
     """
     return getattr(module, "_trainer", None)
-
-
-def logs_this_step(trainer: pl.Trainer) -> bool:
-    """Whether Lightning writes step metrics at this batch (``trainer._logger_connector.should_update_logs``).
-
-    On other batches a ``self.log(on_step=True)`` value is discarded at batch end, so a callback can skip computing
-    it. True when the connector is missing (log, to be safe). Also true without a logger (Lightning then writes to
-    no one, but the values stay in ``callback_metrics``: a fit stopped mid-epoch keeps them).
-    """
-    connector = getattr(trainer, "_logger_connector", None)
-    return bool(getattr(connector, "should_update_logs", True))
-
-
-def step_value_read(trainer: pl.Trainer, names: tuple[str, ...], prog_bar: bool = False) -> bool:
-    """Whether a value logged with ``on_step=True`` at this batch (as ``names``) is read by anyone: Lightning writes
-    step metrics now (:func:`logs_this_step`), the progress bar shows it (``prog_bar``), a
-    fast_dev_run, the epoch's or the fit's last batch (the values a run ends with), or a callback monitors one of
-    ``names`` (a checkpoint every k steps)."""
-    if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or 0 <= trainer.max_steps <= trainer.global_step + 1:
-        return True
-    if (prog_bar and trainer.progress_bar_callback is not None) or trainer.fast_dev_run:  # type: ignore[attr-defined]
-        return True
-    if logs_this_step(trainer):
-        return True
-    return any(getattr(cb, "monitor", None) in names for cb in trainer.callbacks)  # type: ignore[attr-defined]
 
 
 def cluster_environment(trainer: pl.Trainer) -> ClusterEnvironment | None:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_tricks.augment.tta import TTAFunction
-from lit_tricks.compat import module_trainer
+from lit_tricks.compat import log_step_value, module_trainer
 from lit_tricks.compat import step_value_read as compat_step_value_read
 from lit_tricks.compat.nvml import drop_futile_nvml_check
 from lit_tricks.functional.losses import binned_expected_value, binned_point
@@ -56,15 +56,19 @@ class TaskSteps(pl.LightningModule):
     def log_train_loss(self, loss: Tensor, batch_size: int) -> None:
         """Log the training loss as ``self.log("train/loss", on_step=True, on_epoch=True, prog_bar=True,
         sync_dist=True)`` does (the same names and values), at a fraction of its cost: ``self.log`` runs only on
-        the steps whose value is read (:func:`step_value_read`; every ``log_every_n_steps`` with the presets); the
+        the steps whose value is read (:func:`step_value_read`; every ``log_every_n_steps`` with the presets), or at
+        the end of a batch the fit stops at or a validation follows (:func:`lit_tricks.compat.log_step_value`); the
         epoch's weighted mean sums in a tensor (no host sync) and is logged at the epoch end."""
         value = loss.detach()
         self.accumulate_epoch_mean(f"{TRAIN_LOSS}_epoch", value, batch_size)
         trainer = module_trainer(self)
-        if trainer is not None and step_value_read(trainer):  # without a Trainer, self.log only warns
-            log = functools.partial(self.log, on_step=True, on_epoch=False, batch_size=batch_size, sync_dist=True)
-            log(TRAIN_LOSS, value, logger=False)  # what callbacks read (the epoch mean after the epoch end)
-            log(f"{TRAIN_LOSS}_step", value, prog_bar=True)
+        if trainer is None:  # without a Trainer, self.log only warns
+            return
+        read = step_value_read(trainer)
+        log = functools.partial(log_step_value, self, read, on_step=True, on_epoch=False, batch_size=batch_size,
+                                sync_dist=True)
+        log(TRAIN_LOSS, value, logger=False)  # what callbacks read (the epoch mean after the epoch end)
+        log(f"{TRAIN_LOSS}_step", value, prog_bar=True)
 
     def accumulate_epoch_mean(self, name: str, value: Tensor, batch_size: int) -> None:
         """Add ``value`` (a scalar tensor, mean over ``batch_size`` samples) to the epoch mean logged as ``name``
