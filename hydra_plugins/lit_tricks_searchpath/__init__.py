@@ -61,7 +61,12 @@ class LitTricksBasesSource(ConfigSource):
         return self.store.get_type(config_path.rstrip("/")) == ObjectType.GROUP
 
     def is_config(self, config_path: str) -> bool:
-        return self.store.get_type(self._normalize_file_name(config_path.rstrip("/"))) == ObjectType.CONFIG
+        """A base of ours, unless the app stored a config of that name in Hydra's global ConfigStore: the app's own
+        config wins (Hydra's ``structured://``, last on the search path, serves it), and it is not merged under ours
+        as a schema ("validated against ConfigStore schema with the same name"), which fails for a typed node."""
+        name = self._normalize_file_name(config_path.rstrip("/"))
+        return (self.store.get_type(name) == ObjectType.CONFIG
+                and ConfigStore.instance().get_type(name) != ObjectType.CONFIG)
 
     def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
         found: list[str] = []
