@@ -8,7 +8,10 @@ own configs win on name clashes (the plugin's docstring): its node is composed a
 
 from __future__ import annotations
 
+import json
 import pickle
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -150,3 +153,23 @@ def test_an_apps_stored_config_named_like_a_preset_wins(app_store: ConfigStore, 
 def test_a_composed_config_pickles_as_experimental_rerun_needs(tmp_path: Path) -> None:
     cfg = _composed(write_app(tmp_path, app="defaults:\n  - optimizer: sgd\n  - _self_\n"), "app")
     assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+@pytest.mark.slow
+def test_a_submitit_job_composes_the_bases_from_the_unpickled_loader(tmp_path: Path) -> None:
+    """A submitit job (the local executor: pickled as the SLURM launchers pickle it, Hydra's Singleton state and the
+    launcher with its config loader) composes lit_tricks' presets from a bases' source made in the job's process:
+    the bases no longer travel in the pickled global ConfigStore."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    app = write_app(tmp_path, app="defaults:\n  - optimizer: adamw\n  - scheduler: cosine\n  - _self_\n")
+    (tmp_path / "app.py").write_text(
+        "import json, hydra\nfrom omegaconf import OmegaConf\n"
+        "@hydra.main(version_base='1.3', config_path='.', config_name='app')\n"
+        "def main(cfg):\n    open('cfg.json', 'w').write(json.dumps(OmegaConf.to_container(cfg)))\n"
+        "main()\n")
+    proc = subprocess.run([sys.executable, str(tmp_path / "app.py"), "-m", "hydra/launcher=submitit_local",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.job.chdir=true", "optimizer.lr=0.01"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    job = json.loads((tmp_path / "sweep" / "0" / "cfg.json").read_text())
+    assert job == OmegaConf.to_container(_composed(app, "app", ("optimizer.lr=0.01",)))
