@@ -1,7 +1,9 @@
 """Hydra plugin: puts lit_tricks' config groups (pkg://lit_tricks.conf) on every Hydra app's search path.
 
 After ``pip install lit_tricks`` any ``@hydra.main`` app can say ``defaults: [optimizer: adamw, scheduler: cosine]``
-or ``python my_app.py +callbacks=ema`` and get lit_tricks' YAMLs; the app's own configs still win on name clashes.
+or ``python my_app.py +callbacks=ema`` and get lit_tricks' YAMLs; the app's own configs still win on name clashes
+(a YAML of its config directory; a config it stores in Hydra's ConfigStore under a base config's name, but not
+yet one under a preset's name: Hydra reads its ConfigStore after lit_tricks' YAMLs).
 The presets start from base configs generated from the code's signatures (``base/...``, see
 :mod:`lit_tricks.config_bases`), which a config source of this package serves (``lit-tricks-bases://``) from a
 ConfigStore of their own, so that Hydra's copies of its config repository (one per composition, two per group that
