@@ -1,7 +1,9 @@
 """Hydra plugin: puts lit_tricks' config groups (pkg://lit_tricks.conf) on every Hydra app's search path.
 
 After ``pip install lit_tricks`` any ``@hydra.main`` app can say ``defaults: [optimizer: adamw, scheduler: cosine]``
-or ``python my_app.py +callbacks=ema`` and get lit_tricks' YAMLs; the app's own configs still win on name clashes.
+or ``python my_app.py +callbacks=ema`` and get lit_tricks' YAMLs; the app's own configs still win on name clashes
+(a YAML of its config directory; a config it stores in Hydra's ConfigStore under a base config's name, but not
+yet one under a preset's name: Hydra reads its ConfigStore after lit_tricks' YAMLs).
 The presets start from base configs generated from the code's signatures (``base/...``, see
 :mod:`lit_tricks.config_bases`), which a config source of this package serves (``lit-tricks-bases://``) from a
 ConfigStore of their own, so that Hydra's copies of its config repository (one per composition, two per group that
@@ -61,7 +63,12 @@ class LitTricksBasesSource(ConfigSource):
         return self.store.get_type(config_path.rstrip("/")) == ObjectType.GROUP
 
     def is_config(self, config_path: str) -> bool:
-        return self.store.get_type(self._normalize_file_name(config_path.rstrip("/"))) == ObjectType.CONFIG
+        """A base of ours, unless the app stored a config of that name in Hydra's global ConfigStore: the app's own
+        config wins (Hydra's ``structured://``, last on the search path, serves it), and it is not merged under ours
+        as a schema ("validated against ConfigStore schema with the same name"), which fails for a typed node."""
+        name = self._normalize_file_name(config_path.rstrip("/"))
+        return (self.store.get_type(name) == ObjectType.CONFIG
+                and ConfigStore.instance().get_type(name) != ObjectType.CONFIG)
 
     def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
         found: list[str] = []
