@@ -54,6 +54,7 @@ class _StepLog:
         self.callbacks: Any = None
         self.count = -1
         self.readers: dict[tuple[str, ...], _Readers] = {}
+        self.validates: bool | None = None  # trainer.enable_validation in this fit (constant within it; is_overridden)
 
 
 def logs_this_step(trainer: pl.Trainer) -> bool:
@@ -98,7 +99,7 @@ def log_step_value(module: pl.LightningModule, read: bool, name: str, value: Ten
     metrics = trainer._logger_connector._callback_metrics
     if state.metrics is not metrics:  # Lightning reset its metrics (a new fit): what is held belongs to none
         state.held.clear()
-        state.metrics = metrics
+        state.metrics, state.validates = metrics, None
     key = (module._current_fx_name, name)
     if read:
         if state.held:
@@ -143,7 +144,9 @@ def _log_held(trainer: pl.Trainer, state: _StepLog) -> None:
     if state.metrics is not trainer._logger_connector._callback_metrics:  # held in an earlier fit
         state.held.clear()
         return
-    if not (trainer.should_stop or validation_follows(trainer)):
+    if state.validates is None:
+        state.validates = bool(trainer.enable_validation)
+    if not (trainer.should_stop or (state.validates and validation_follows(trainer))):
         return
     held = list(state.held.items())
     state.held.clear()
