@@ -24,7 +24,6 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 from hydra.core.singleton import Singleton
-from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 from lit_tricks.config_bases import bases_store, register_bases
@@ -127,12 +126,6 @@ def test_bases_also_in_hydras_global_store_compose_as_alone(app_store: ConfigSto
     assert compose_app(app, "preset") == alone
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ConfigCompositionException,
-    reason="not this change's: since the plugin's first version, lit_tricks' packaged YAMLs (pkg://lit_tricks.conf) "
-    "come before Hydra's ConfigStore on the search path, so an app's stored optimizer/adamw (a hydra-zen app's) "
-    "loses to ours and is merged under it as a schema, which fails; fix: a source for the YAMLs that defers to the "
-    "global store, as the bases' source does")
 def test_an_apps_stored_config_named_like_a_preset_wins(app_store: ConfigStore, tmp_path: Path) -> None:
     @dataclass
     class AppAdamW:
