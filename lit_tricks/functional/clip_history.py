@@ -37,6 +37,15 @@ class ClipHistory:
         self.current = 0
         self._stashed: dict[int, tuple[Tensor, int, int, Tensor]] = {}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled with tensors of its own: a copy torch.multiprocessing unpickles (a ``ddp_spawn`` rank's callback)
+        would otherwise map the sender's shared memory, and every rank's in-place updates would land in one ring and
+        one counter (2 ranks, 3 steps: a clipped fraction of 2)."""
+        self.__dict__.update(state)
+        self.norm_history, self.clipped_steps = self.norm_history.clone(), self.clipped_steps.clone()
+        self._stashed = {i: (ring.clone(), pushed, steps, clipped.clone())
+                         for i, (ring, pushed, steps, clipped) in self._stashed.items()}
+
     def select(self, optimizer_idx: int) -> None:
         """Make ``norm_history``, ``steps`` and ``clipped_steps`` those of optimizer ``optimizer_idx``."""
         if optimizer_idx == self.current:

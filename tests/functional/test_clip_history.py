@@ -61,3 +61,31 @@ def test_a_resized_ring_keeps_the_newest_norms_and_invents_none(pushed: int, new
         kept = [*kept, 100.0 + k][-new_history:]
         assert resized.filled().tolist() == kept
     assert resized.steps == pushed + 3 and float(resized.clipped_steps) == 3.0
+
+
+@pytest.mark.parametrize("selected", [0, 1])
+def test_a_copy_unpickled_by_torch_multiprocessing_updates_its_own_tensors(selected: int) -> None:
+    """ddp_spawn pickles the callbacks to each rank with torch.multiprocessing, which puts CPU tensors in shared
+    memory: without private copies, both ranks counted into one counter (a clipped fraction of 2 after 3 steps)."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # registers torch's tensor reductions with ForkingPickler
+
+    history = ClipHistory(4)
+    history.select(1 - selected)
+    history.push(torch.tensor(3.0))
+    history.count(torch.tensor(True))
+    history.select(selected)
+    history.push(torch.tensor(5.0))
+    history.count(torch.tensor(True))
+    twin = pickle.loads(ForkingPickler.dumps(history))
+    for idx in (0, 1):
+        twin.select(idx)
+        twin.push(torch.tensor(9.0))
+        twin.count(torch.tensor(True))
+    for idx, first in ((1 - selected, 3.0), (selected, 5.0)):
+        history.select(idx)
+        assert history.clipped_steps.item() == 1 and history.norm_history.tolist() == [first, 0.0, 0.0, 0.0]
+        twin.select(idx)
+        assert twin.clipped_steps.item() == 2 and twin.norm_history.tolist() == [first, 9.0, 0.0, 0.0]
