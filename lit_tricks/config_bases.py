@@ -36,7 +36,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig
 
 __all__ = ["BASES", "EXCLUDE", "base_name", "bases_store", "cache_dir", "cached_bases", "load_preset",
-           "register_bases"]
+           "process_bases", "register_bases"]
 
 #: Public paths of the targets the presets start from.
 BASES: tuple[str, ...] = (
@@ -121,8 +121,10 @@ def build_base(path: str) -> Any:
     """The hydra-zen dataclass of ``path``'s full signature (less :data:`EXCLUDE`)."""
     target = get_object(path)
     _PUBLIC_PATHS[target] = path
-    return _builds()(target, populate_full_signature=True, zen_exclude=EXCLUDE.get(path, ()),
+    node = _builds()(target, populate_full_signature=True, zen_exclude=EXCLUDE.get(path, ()),
                      zen_partial=True if path.startswith(PARTIAL) else None)
+    node.__module__ = __name__  # pickled by reference, found again by this module's __getattr__
+    return node
 
 
 _REGISTERED = False
@@ -183,7 +185,7 @@ def _rebuild(spec: dict[str, Any]) -> Any:
                else dataclasses.field(default=_decode(default[0]), init=init))
               for name, default, init in spec["fields"]]
     node = dataclasses.make_dataclass(spec["name"], fields, eq=True, unsafe_hash=True)
-    node.__module__ = "types"
+    node.__module__ = __name__  # as build_base sets it
     return node
 
 
@@ -229,7 +231,7 @@ def register_bases(store: ConfigStore | None = None) -> None:
     if _REGISTERED and store is None:
         return
     target = store or ConfigStore.instance()
-    for path, node in cached_bases().items():
+    for path, node in process_bases().items():
         group, _, name = base_name(path).rpartition("/")
         target.store(group=group, name=name, node=node, provider="lit_tricks")
     if store is None:
@@ -237,6 +239,26 @@ def register_bases(store: ConfigStore | None = None) -> None:
 
 
 _BASES_STORE: ConfigStore | None = None
+_PROCESS_BASES: dict[str, Any] | None = None
+
+
+def process_bases() -> dict[str, Any]:
+    """:func:`cached_bases` once per process: every store, composed config and unpickled one uses these classes."""
+    global _PROCESS_BASES
+    if _PROCESS_BASES is None:
+        _PROCESS_BASES = cached_bases()
+    return _PROCESS_BASES
+
+
+def __getattr__(name: str) -> Any:
+    """A base dataclass by its class name (``Builds_SGD``): their ``__module__`` is this module, so a composed config
+    typed by one pickles by reference (Hydra's ``.hydra/config.pickle``, ``--experimental-rerun``, a spawned worker)
+    and unpickles in any process of the same environment."""
+    if name.startswith(("Builds_", "PartialBuilds_")):
+        for node in process_bases().values():
+            if node.__name__ == name:
+                return node
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def bases_store() -> ConfigStore:

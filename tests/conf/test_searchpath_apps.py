@@ -26,6 +26,7 @@ from hydra.core.plugins import Plugins
 from hydra.core.singleton import Singleton
 from omegaconf import DictConfig, OmegaConf
 
+from lit_tricks import config_bases
 from lit_tricks.config_bases import bases_store, register_bases
 
 
@@ -38,6 +39,7 @@ def _tree(repo: dict[str, Any]) -> dict[str, Any]:
 def app_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[ConfigStore]:
     """Hydra's global ConfigStore for this test only: what the test's app stores is gone after it."""
     Plugins.instance()  # Hydra's plugins store their configs when first scanned: in the real store, not this one
+    import hydra_zen.wrapper._implementations  # noqa: F401  its ZenStore checks the store current at its import
     store = ConfigStore.__new__(ConfigStore)
     store.repo = _tree(ConfigStore.instance().repo)
     monkeypatch.setitem(Singleton._instances, ConfigStore, store)
@@ -138,14 +140,14 @@ def test_an_apps_stored_config_named_like_a_preset_wins(app_store: ConfigStore, 
     assert cfg == {"optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.25}} and warned == []
 
 
-@pytest.mark.xfail(
-    strict=True, raises=pickle.PicklingError,
-    reason="not this change's: the base dataclasses (hydra-zen's and the cache's) live in module 'types', so a "
-    "composed config typed by one cannot be pickled: Hydra's PickleJobInfoCallback writes an empty "
-    ".hydra/config.pickle and --experimental-rerun of it fails (EOFError)")
-def test_a_composed_config_pickles_as_experimental_rerun_needs(tmp_path: Path) -> None:
+def test_a_composed_config_pickles_as_experimental_rerun_needs(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _composed(write_app(tmp_path, app="defaults:\n  - optimizer: sgd\n  - _self_\n"), "app")
-    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    blob = pickle.dumps(cfg)
+    assert pickle.loads(blob) == cfg
+    monkeypatch.setattr(config_bases, "_PROCESS_BASES", None)  # as in another process: the classes made anew
+    again = pickle.loads(blob)
+    assert again == cfg and OmegaConf.get_type(again.optimizer) is config_bases.process_bases()["torch.optim.SGD"]
 
 
 @pytest.mark.slow
