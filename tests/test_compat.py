@@ -342,7 +342,9 @@ def test_step_values_held_back_are_logged_when_the_fit_stops_or_a_validation_fol
 
         def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
             seen["follows"].append(compat.validation_follows(trainer))
-            seen["at_batch_end"].append(float(trainer.callback_metrics.get("probe", -1.0)))
+            # the dict as the last batch end left it: reading trainer.callback_metrics would log the held value
+            # (tests/test_step_logging_without_logger.py::test_a_reader_without_monitor_sees_every_steps_values)
+            seen["at_batch_end"].append(float(trainer._logger_connector._callback_metrics.get("probe", -1.0)))
             trainer.should_stop = trainer.global_step == 5
 
     recorder = _Recorder()
@@ -351,8 +353,10 @@ def test_step_values_held_back_are_logged_when_the_fit_stops_or_a_validation_fol
                            num_sanity_val_steps=0, logger=recorder, log_every_n_steps=50, callbacks=[named, Hold()])
     trainer.fit(TinyClassifier(), datamodule=BlobsDataModule())
     assert trainer.global_step == 5 and seen["follows"] == [False, True, False, True, False]
-    # logged after the hooks of batches 2 and 4 (a validation follows; seen in the next batch's) and 5 (the stop)
-    assert seen["at_batch_end"] == [-1.0, -1.0, 2.0, 2.0, 4.0] and float(trainer.callback_metrics["probe"]) == 5.0
+    # logged after the hooks of batches 2 and 4 (a validation follows; seen in the next batch's) and 5 (the stop),
+    # and at batch 3 when the checkpoint read callback_metrics to name its file (Hold ignores step_value_read)
+    assert seen["at_batch_end"] == [-1.0, -1.0, 2.0, 3.0, 4.0] and float(trainer.callback_metrics["probe"]) == 5.0
+    assert (tmp_path / "probe=3.0.ckpt").exists()
     assert recorder.probes == [5.0]  # the stop's row (Lightning writes one at a stop) holds the stop batch's value
     assert seen["read"] == [False, False, True, False, False]  # the checkpoint saves (and names its file) at step 3
     timed = ModelCheckpoint(tmp_path / "timed", "{probe}", train_time_interval=timedelta(hours=1))

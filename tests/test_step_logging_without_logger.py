@@ -302,6 +302,61 @@ def test_a_checkpoint_named_after_step_metrics_holds_that_steps_values(tmp_path:
     assert len(ref) >= 4 and ours == ref
 
 
+class Reads(Callback):
+    """Reads a metrics dict of the Trainer inside every batch, without a ``monitor`` attribute (a user's logging or
+    divergence callback): in ``on_before_optimizer_step`` (after the training step's log) and ``on_train_batch_end``
+    (after GradientClipping's)."""
+
+    NAMES = ("train/loss", "train/loss_step", "grad/grad_norm", "grad/clipped_fraction")
+
+    def __init__(self, what: str = "callback_metrics", rank: int | None = None) -> None:
+        self.what, self.rank = what, rank
+        self.seen: list[tuple[str, int, dict[str, float]]] = []
+
+    def _read(self, trainer: pl.Trainer, hook: str) -> None:
+        if self.rank is None or trainer.global_rank == self.rank:
+            metrics = getattr(trainer, self.what)
+            self.seen.append((hook, batch_number(trainer), {k: float(metrics[k]) for k in self.NAMES if k in metrics}))
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._read(trainer, "on_before_optimizer_step")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._read(trainer, "on_train_batch_end")
+
+
+@pytest.mark.parametrize("before", [False, True], ids=["after-clipping", "before-clipping"])
+@pytest.mark.parametrize("what", ["callback_metrics", "logged_metrics", "progress_bar_metrics"])
+def test_a_reader_without_monitor_sees_every_steps_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          what: str, before: bool) -> None:
+    """Each read inside a batch (log_every_n_steps=3: most steps unread) returns what the every-step log gives:
+    reading a metrics dict logs the held values it holds first."""
+    def run(oracle: bool, root: Path) -> tuple[pl.Trainer, list[tuple[str, int, dict[str, float]]]]:
+        reader = Reads(what)
+        trainer = fit(oracle, root, monkeypatch, **({"before": [reader]} if before else {"extra": [reader]}))
+        return trainer, reader.seen
+
+    (ours, seen), (ref, expected) = run(False, tmp_path / "ours"), run(True, tmp_path / "ref")
+    assert len(expected) == 2 * 14 and any(values for _, _, values in expected)
+    assert [(h, b, sorted(v)) for h, b, v in seen] == [(h, b, sorted(v)) for h, b, v in expected]
+    assert all(close(v[k], w[k]) for (_, _, v), (_, _, w) in zip(seen, expected) for k in w), (seen, expected)
+    assert_same_end(ours, ref)
+
+
+def test_progress_bar_reads_log_no_held_value_it_does_not_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A progress bar reads ``progress_bar_metrics`` every batch: the norms (no ``prog_bar``) stay unlogged on
+    unread steps; the loss (``prog_bar=True``) is logged at every read, as it is shown."""
+    def counting(oracle: bool) -> pl.LightningModule:
+        module = CountingLogs(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
+                              optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
+        module.logged = {}
+        return module
+
+    trainer = fit(False, tmp_path, monkeypatch, [Reads("progress_bar_metrics")], module=counting)
+    logged: dict[str, list[int]] = trainer.lightning_module.logged  # type: ignore[assignment]
+    assert logged == {"train/loss_step": [1, 2, 3, 4], "grad/grad_norm": [3, 4], "grad/clipped_fraction": [3, 4]}
+
+
 class SaveEnd(Callback):
     """Saves, on each rank at fit end, the metrics the fit ends with."""
 
@@ -319,14 +374,16 @@ class SaveEnd(Callback):
 @pytest.mark.timeout(240)
 def test_a_stop_under_ddp_logs_the_held_values_on_every_rank(tmp_path: Path) -> None:
     """Two ranks (gloo, 60 s timeout): the held loss (``sync_dist``: a collective) and norm of the stop step are
-    logged on both ranks, and each ends as a run that reads every step (``log_every_n_steps=1``)."""
+    logged on both ranks, and each ends as a run that reads every step (``log_every_n_steps=1``). Rank 0 alone
+    reads ``callback_metrics`` at every batch: that logs no held ``sync_dist`` value (a collective on one rank)."""
     from lit_tricks.trainers.strategies import ddp_strategy
 
     def run(out: Path, every: int) -> list[dict[str, Any]]:
         out.mkdir()
         trainer = tiny_trainer(out, devices=2, strategy=ddp_strategy(start_method="spawn", timeout_s=60.0),
                                max_epochs=2, log_every_n_steps=every, limit_val_batches=0, enable_checkpointing=False,
-                               callbacks=[GradientClipping(max_norm=0.5), StopAt(3), SaveEnd(out)])
+                               callbacks=[GradientClipping(max_norm=0.5), StopAt(3), SaveEnd(out),
+                                          Reads(rank=0)])  # rank 0 alone reads: nothing may wait for rank 1
         pl.seed_everything(0)
         trainer.fit(trick_module(False), datamodule=DigitsDataModule(batch_size=200, val_fraction=0.0))
         return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]

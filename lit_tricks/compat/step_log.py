@@ -13,11 +13,15 @@ stopping at its end reads the training values). So a fit ends, and every reader 
 ``self.log`` leaves. A value stays held until a newer one of its name replaces it or is logged: an optimizer step's
 norm is logged when a later batch of the next accumulation window stops the fit.
 
+A reader of ``trainer.callback_metrics``, ``logged_metrics`` or ``progress_bar_metrics`` inside the fit's training
+(any callback, monitor or not) gets the held values logged first, so it sees the step's values too.
+
 Not covered: a batch followed by one whose ``on_train_batch_start`` returns -1 (the epoch ends there; no hook after
-the batch may log a step value), so that epoch (or fit) ends with an earlier read step's values; a callback reading
-``callback_metrics`` inside the batch without a ``monitor`` attribute (read by the monitored names only). Under DDP
-the held values are logged (``sync_dist``: a collective) where ``should_stop`` is set: set it on every rank, as
-Lightning's loop itself needs. With time-based validation every held value is logged (the time check comes later).
+the batch may log a step value), so that epoch (or fit) ends with an earlier read step's values. Under DDP a held
+``sync_dist`` value is logged (a collective) where ``should_stop`` is set: set it on every rank, as Lightning's loop
+itself needs; a metrics read does not log it (one rank may read alone), so such a reader without a ``monitor``
+attribute sees the last read step's value. With time-based validation every held value is logged (the time check
+comes later).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
 from torch import Tensor
 
 __all__ = ["log_step_value", "logs_this_step", "step_value_read", "validation_follows"]
@@ -119,8 +124,29 @@ def validation_follows(trainer: pl.Trainer) -> bool:
     return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))  # type: ignore[arg-type]
 
 
+class _ReadFlushingConnector(_LoggerConnector):
+    """Lightning's logger connector whose metrics dicts, read inside the fit's training, log the held values first
+    (:func:`_state` gives a Trainer's connector this class)."""
+
+    @property
+    def callback_metrics(self) -> Any:
+        _flush_on_read(self, None)
+        return super().callback_metrics
+
+    @property
+    def logged_metrics(self) -> Any:
+        _flush_on_read(self, ("logger", True))
+        return super().logged_metrics
+
+    @property
+    def progress_bar_metrics(self) -> Any:  # (a progress bar reads it every batch: its values are never held)
+        _flush_on_read(self, ("prog_bar", False))
+        return super().progress_bar_metrics
+
+
 def _state(trainer: pl.Trainer) -> _StepLog:
-    """This Trainer's :class:`_StepLog`; made at first use, when the connector's ``on_batch_end`` is wrapped."""
+    """This Trainer's :class:`_StepLog`; made at first use, when the connector's ``on_batch_end`` is wrapped and its
+    metrics dicts log the held values when read (Lightning's own connector class only: a subclass keeps its own)."""
     connector = trainer._logger_connector
     state: _StepLog | None = connector.__dict__.get(_STATE)
     if state is None:
@@ -134,7 +160,28 @@ def _state(trainer: pl.Trainer) -> _StepLog:
             original()
 
         setattr(connector, "on_batch_end", on_batch_end)  # noqa: B010 - an instance's method, replaced
+        if type(connector) is _LoggerConnector:
+            connector.__class__ = _ReadFlushingConnector
     return state
+
+
+def _flush_on_read(connector: _LoggerConnector, flag: tuple[str, bool] | None) -> None:
+    """Log the held values the metrics dict being read holds (with ``flag``: the ``self.log`` argument that puts a
+    value there, and its default), but not a ``sync_dist`` one under several processes (its ``self.log`` is a
+    collective; one rank may read alone)."""
+    state: _StepLog | None = connector.__dict__.get(_STATE)
+    if state is None or not state.held:
+        return
+    trainer = connector.trainer
+    if not trainer.training or state.metrics is not connector._callback_metrics:
+        return
+    several = trainer.world_size > 1
+
+    def which(kwargs: dict[str, Any]) -> bool:
+        shown = flag is None or bool(flag[1] if kwargs.get(flag[0]) is None else kwargs[flag[0]])  # None: default
+        return shown and not (several and kwargs.get("sync_dist", False))
+
+    _log(trainer, state, which)
 
 
 def _log_held(trainer: pl.Trainer, state: _StepLog) -> None:
@@ -148,8 +195,18 @@ def _log_held(trainer: pl.Trainer, state: _StepLog) -> None:
         state.validates = bool(trainer.enable_validation)
     if not (trainer.should_stop or (state.validates and validation_follows(trainer))):
         return
-    held = list(state.held.items())
-    state.held.clear()
+    _log(trainer, state)
+
+
+def _log(trainer: pl.Trainer, state: _StepLog, which: Callable[[dict[str, Any]], bool] | None = None) -> None:
+    """Log the held values (those whose ``self.log`` keyword arguments ``which`` accepts) and forget them."""
+    if which is None:
+        held = list(state.held.items())
+        state.held.clear()
+    else:
+        held = [(key, entry) for key, entry in state.held.items() if which(entry[2])]
+        for key, _ in held:
+            del state.held[key]
     connector: Any = trainer._logger_connector
     for (fx, name), (module, value, kwargs) in held:
         current, logged_last = module._current_fx_name, connector._current_fx
