@@ -63,6 +63,7 @@ class Recipe:
     steps: int = 3000
     batch_size: int = 100
     norm: bool = True  # BatchNorm inserted before each ReLU
+    norm_layers: str = "012"  # with norm: the convs (0, 1, 2) followed by one (module.norm={kind: batch, layers: ...})
     optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum)
     lr: float = 0.03
     beta1: float = 0.9  # AdamW beta1, or SGD momentum
@@ -98,7 +99,7 @@ class Recipe:
 
     def group(self) -> tuple[Any, ...]:
         """Slots train together only when these agree (they shape the loop)."""
-        return (self.steps, self.batch_size, self.norm, self.optimizer, self.cycles)
+        return (self.steps, self.batch_size, self.norm, self.norm_layers, self.optimizer, self.cycles)
 
 
 def recipe(**changes: Any) -> Recipe:
@@ -145,7 +146,7 @@ def split(data: dict[str, Tensor], fold: int, split_seed: int = 0) -> tuple[Tens
 
 
 # --------------------------------------------------------------------------------------------------------- model
-def init_params(seeds: list[int], norm: bool) -> dict[str, Tensor]:
+def init_params(seeds: list[int], norm: str) -> dict[str, Tensor]:
     """Per-slot tensors ``(K, ...)``; torch's default Conv1d/Linear init (uniform +-1/sqrt(fan_in))."""
     shapes = [(C, 1, KERNELS[0]), (C, C, KERNELS[1]), (C, C, KERNELS[2])]
     params: dict[str, list[Tensor]] = defaultdict(list)
@@ -155,7 +156,7 @@ def init_params(seeds: list[int], norm: bool) -> dict[str, Tensor]:
             bound = 1 / math.sqrt(shape[1] * shape[2])
             params[f"conv{i}.w"].append((torch.rand(shape, generator=g) * 2 - 1) * bound)
             params[f"conv{i}.b"].append((torch.rand(C, generator=g) * 2 - 1) * bound)
-            if norm:
+            if str(i) in norm:
                 params[f"bn{i}.w"].append(torch.ones(C))
                 params[f"bn{i}.b"].append(torch.zeros(C))
         bound = 1 / math.sqrt(C * 5)
@@ -183,10 +184,10 @@ def forward(p: dict[str, Tensor], bufs: dict[str, Tensor] | None, x: Tensor, tra
     return torch.einsum("bki,koi->bko", h.reshape(B, K, C * 5), p["head.w"]) + p["head.b"]
 
 
-def init_buffers(k: int, norm: bool) -> dict[str, Tensor]:
-    if not norm:
-        return {}
-    return {f"bn{i}.{n}": (torch.zeros if n == "mean" else torch.ones)(k, C) for i in range(3) for n in ("mean", "var")}
+def init_buffers(k: int, norm: str) -> dict[str, Tensor]:
+    """BatchNorm running statistics of the convs in ``norm`` (their indices as digits)."""
+    return {f"bn{i}.{n}": (torch.zeros if n == "mean" else torch.ones)(k, C) for i in range(3) if str(i) in norm
+            for n in ("mean", "var")}
 
 
 # ------------------------------------------------------------------------------------------------------ training
@@ -240,7 +241,7 @@ def augment(x: Tensor, rs: list[Recipe], gens: list[torch.Generator]) -> Tensor:
 def train_group(slots: list[Slot], data: dict[str, Tensor]) -> None:
     rs = [s.recipe for s in slots]
     r0, K = rs[0], len(slots)
-    B, norm = r0.batch_size, r0.norm
+    B, norm = r0.batch_size, r0.norm_layers if r0.norm else ""
     splits = [split(data, s.fold) for s in slots]
     gens = [torch.Generator().manual_seed(10_000 + s.seed) for s in slots]
     # each slot's stream of sample indices: fresh permutations of its training set, one after another

@@ -14,7 +14,7 @@ Contenders, each timed in this process (1 torch thread, the same ``nice`` level 
 - ``plain_tricks``: the tricks recipe's step in plain torch (BatchNorm, AdamW, OneCycleLR, batch
   augmentation, label smoothing, clipping, EMA): what the tricks cost without any framework;
 - ``tricks_no_bn``, ``plain_tricks_no_bn`` (only when named in ``--only``): both without the inserted BatchNorm, what
-  it costs.
+  it costs; ``tricks_bn_first`` (likewise): the tricks recipe with one BatchNorm, after the first conv.
 
 Per-step cost = CPU s between the end of optimizer step ``short`` and the end of step ``long`` of one ``long``-step
 run, / (long - short) (a global ``torch.optim`` step post-hook reads ``time.process_time``; every contender steps one
@@ -203,6 +203,8 @@ CONTENDERS = {
     # the two below only when named in --only: what the inserted BatchNorm costs (docs/mnist1d.md, per-step cost)
     "tricks_no_bn": "lit_tricks `experiment=mnist1d_tricks module.norm=keep` (no BatchNorm)",
     "plain_tricks_no_bn": "plain torch loop of the tricks recipe's step without BatchNorm",
+    # only when named in --only: the recipe with one BatchNorm, after the first conv (tried; docs/mnist1d.md)
+    "tricks_bn_first": "lit_tricks `experiment=mnist1d_tricks module.norm={kind:batch,layers:[features.0]}`",
 }
 #: what a run without ``--only`` times (and ``benchmarks/run_all.py``'s section)
 DEFAULT_CONTENDERS = ("plain", "lightning", "lightning_convbase", "baseline", "tricks", "plain_tricks")
@@ -322,6 +324,7 @@ def _step_lines(costs: dict[str, list[float]], short: int, long: int, repeats: i
     ratio("tricks_no_bn", "baseline", None, "tricks recipe without BatchNorm / paper recipe (both lit_tricks)")
     ratio("plain_tricks_no_bn", "plain", None, "the same two steps in plain torch, the tricks without BatchNorm")
     ratio("plain_tricks", "plain_tricks_no_bn", None, "plain tricks loop with / without BatchNorm")
+    ratio("tricks_bn_first", "baseline", None, "tricks recipe, BatchNorm after the first conv only / paper recipe")
     return lines
 
 
@@ -383,6 +386,8 @@ def bench_step_cost(short: int, long: int, repeats: int, only: list[str] | None 
                 "plain_tricks": lambda: _plain_tricks(data),
                 "tricks_no_bn": lambda: _recipe("mnist1d_tricks", data_dir, out, ("module.norm=keep",)),
                 "plain_tricks_no_bn": lambda: _plain_tricks(data, norm=False),
+                "tricks_bn_first": lambda: _recipe("mnist1d_tricks", data_dir, out,
+                                                   ("module.norm={kind:batch,layers:[features.0]}",)),
             }
             runners = {name: makers[name]() for name in (only or DEFAULT_CONTENDERS)}
             lines += _step_lines(per_step_costs(runners, short, long, repeats), short, long, repeats)

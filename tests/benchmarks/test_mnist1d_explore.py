@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -29,7 +30,11 @@ def test_cycles_repeat_the_one_cycle_of_a_cycle_long_run() -> None:
     r = ex.TRICKS
     assert ex.lr_factor(r, 0) == r.start_factor and ex.lr_factor(r, 1800) == 1.0
     assert ex.lr_factor(r, 3900) == pytest.approx(r.end_factor + (1 - r.end_factor) / 2, rel=1e-12)
-    assert ex.TRICKS.key() == "steps=6000,dropout=0.0,shear=3.5,ema=0.999"  # recorded keys unchanged
+    # recorded keys unchanged: a BatchNorm after every conv (the default norm_layers) adds nothing to a key
+    assert ex.TRICKS.key() == "steps=6000,dropout=0.0,shear=3.5,ema=0.999"
+    first = dataclasses.replace(ex.TRICKS, norm_layers="0")
+    assert first.key() == "steps=6000,norm_layers=0,dropout=0.0,shear=3.5,ema=0.999"
+    assert first.group() != ex.TRICKS.group()  # other BatchNorm layers: another group
     assert three.group() != ex.recipe(steps=6000).group()
 
 
@@ -77,30 +82,36 @@ def test_ensemble_metrics_are_the_mean_softmax_of_the_snapshots() -> None:
     assert single.result["cyc_ens_tta2"] == single.result["ema_tta2"]
     # oracle for the mean softmax: two random models as torch modules, probabilities averaged by hand
     torch.manual_seed(0)
-    params = [ex.init_params([seed], True) for seed in (1, 2)]
-    bufs = [{k: v + 0.1 * torch.rand_like(v) for k, v in ex.init_buffers(1, True).items()} for _ in range(2)]
-    x, y = data["x"][None, :30], data["y"][None, :30]
-    probs = torch.zeros(30, 10, dtype=torch.float64)
-    for p, b in zip(params, bufs):
-        net = _module(p, b)
-        for shift in range(-2, 3):
-            probs += net(torch.roll(x[0], shift, -1)[:, None]).double().softmax(-1) / 10
-    acc, nll = ex.ensemble_accuracy_and_nll(list(zip(params, bufs)), x, y, 2)
-    eps = torch.finfo(torch.float32).eps
-    assert float(acc[0]) == pytest.approx(float((probs.argmax(-1) == y[0]).double().mean()), rel=eps)
-    assert float(nll[0]) == pytest.approx(float(-probs[torch.arange(30), y[0]].log().mean()), rel=100 * eps)
+    for norm in ("012", "0"):  # a BatchNorm after every conv; after the first only (norm_layers="0")
+        params = [ex.init_params([seed], norm) for seed in (1, 2)]
+        bufs = [{k: v + 0.1 * torch.rand_like(v) for k, v in ex.init_buffers(1, norm).items()} for _ in range(2)]
+        assert sorted(k for k in params[0] if k.startswith("bn")) == sorted(f"bn{i}.{n}" for i in norm for n in "wb")
+        x, y = data["x"][None, :30], data["y"][None, :30]
+        probs = torch.zeros(30, 10, dtype=torch.float64)
+        for p, b in zip(params, bufs):
+            net = _module(p, b)
+            for shift in range(-2, 3):
+                probs += net(torch.roll(x[0], shift, -1)[:, None]).double().softmax(-1) / 10
+        acc, nll = ex.ensemble_accuracy_and_nll(list(zip(params, bufs)), x, y, 2)
+        eps = torch.finfo(torch.float32).eps
+        assert float(acc[0]) == pytest.approx(float((probs.argmax(-1) == y[0]).double().mean()), rel=eps)
+        assert float(nll[0]) == pytest.approx(float(-probs[torch.arange(30), y[0]].log().mean()), rel=100 * eps)
 
 
 def _module(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """Slot 0 of ``p`` as the paper's ConvBase with BatchNorm (torch modules, eval mode)."""
+    """Slot 0 of ``p`` as the paper's ConvBase with BatchNorm where ``p`` has one (torch modules, eval mode)."""
     layers: list[torch.nn.Module] = []
     for i, k in enumerate(ex.KERNELS):
         conv = torch.nn.Conv1d(1 if i == 0 else ex.C, ex.C, k, stride=2, padding=1)
-        bn = torch.nn.BatchNorm1d(ex.C)
         conv.load_state_dict({"weight": p[f"conv{i}.w"][0], "bias": p[f"conv{i}.b"][0]})
-        bn.load_state_dict({"weight": p[f"bn{i}.w"][0], "bias": p[f"bn{i}.b"][0], "running_mean": b[f"bn{i}.mean"][0],
-                            "running_var": b[f"bn{i}.var"][0], "num_batches_tracked": torch.tensor(0)})
-        layers += [conv, bn, torch.nn.ReLU()]
+        layers.append(conv)
+        if f"bn{i}.w" in p:
+            bn = torch.nn.BatchNorm1d(ex.C)
+            bn.load_state_dict({"weight": p[f"bn{i}.w"][0], "bias": p[f"bn{i}.b"][0],
+                                "running_mean": b[f"bn{i}.mean"][0], "running_var": b[f"bn{i}.var"][0],
+                                "num_batches_tracked": torch.tensor(0)})
+            layers.append(bn)
+        layers.append(torch.nn.ReLU())
     head = torch.nn.Linear(ex.C * 5, 10)
     head.load_state_dict({"weight": p["head.w"][0], "bias": p["head.b"][0]})
     return torch.nn.Sequential(*layers, torch.nn.Flatten(), head).eval()

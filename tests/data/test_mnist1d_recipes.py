@@ -55,9 +55,13 @@ def _explored(experiment: str) -> dict[str, object]:
     ema = cfg.callbacks.ema
     assert ema.warmup and ema.buffers == "copy" and ema.update_every_n_steps == 1 and ema.start_step == 0
     n_train = 4000  # all training samples: val_size 0
+    norm = cfg.module.norm  # "batch" (after every conv) or {kind: batch, layers: [...]} (ConvNet1d's convs)
+    layers = "012" if isinstance(norm, str) else "".join(str(["features.0", "features.2", "features.4"].index(p))
+                                                           for p in norm.layers)
     return {
         "steps": cfg.trainer.max_epochs * -(-n_train // cfg.data.batch_size), "batch_size": cfg.data.batch_size,
-        "norm": cfg.module.norm == "batch", "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1].lower(),
+        "norm": (norm if isinstance(norm, str) else norm.kind) == "batch", "norm_layers": layers,
+        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1].lower(),
         "lr": cfg.optimizer.lr, "beta1": cfg.optimizer.betas[0], "beta2": cfg.optimizer.betas[1],
         "weight_decay": cfg.module.weight_decay, "warmup": cfg.scheduler.warmup_fraction,
         "start_factor": cfg.scheduler.start_factor, "end_factor": cfg.scheduler.body.end_factor,
