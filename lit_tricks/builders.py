@@ -39,7 +39,7 @@ def _build(key: str, node: Any, **kwargs: Any) -> Any:
     from hydra.errors import InstantiationException
 
     from lit_tricks.hydra_utils import hydra_config
-    from lit_tricks.validation import ArgumentError
+    from lit_tricks.validation import ArgumentError, arg_key
 
     try:
         return instantiate(node, **kwargs)
@@ -48,7 +48,7 @@ def _build(key: str, node: Any, **kwargs: Any) -> Any:
         while root.__cause__ is not None:
             root = root.__cause__
         if isinstance(root, ArgumentError):
-            raise ArgumentError(f"{key}.{root.arg}", root.value, root.problem) from err
+            raise ArgumentError(arg_key(key, root, node), root.value, root.problem) from err
         if not isinstance(root, ValueError | TypeError):
             raise
         hc = hydra_config()

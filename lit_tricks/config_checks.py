@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_tricks.hydra_utils import hydra_config
 from lit_tricks.migrate import old_target_problems
-from lit_tricks.validation import DIRECTIONS, ArgumentError, ArgumentErrors, is_number, number_problem
+from lit_tricks.validation import DIRECTIONS, ArgumentError, ArgumentErrors, arg_key, is_number, number_problem
 
 __all__ = ["ConfigError", "SweepConfigError", "check_config", "check_norm_groups"]
 
@@ -69,13 +69,15 @@ def _root(err: BaseException) -> BaseException:
     return err
 
 
-def _lines(key: str, err: BaseException) -> list[str]:
-    """``err`` of the component at ``key`` as config lines (empty when it is not about the arguments)."""
+def _lines(key: str, err: BaseException, node: Any = None) -> list[str]:
+    """``err`` of the component at ``key`` (config ``node``) as config lines (empty when it is not about the
+    arguments). An argument of a nested mapping (the error's ``owner`` is a mapping key of ``node``: ``norm`` of
+    ``module.norm={kind: batch, layers: [...]}``) is named under it."""
     err = _root(err)
     if isinstance(err, ArgumentErrors):
-        return [line for e in err.errors for line in _lines(key, e)]
+        return [line for e in err.errors for line in _lines(key, e, node)]
     if isinstance(err, ArgumentError):
-        return [f"{key}.{err.arg}={err.value!r}: {err.problem}"]
+        return [f"{arg_key(key, err, node)}={err.value!r}: {err.problem}"]
     if isinstance(err, ValueError | TypeError | ImportError):
         return [f"{key}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"]
     return []  # e.g. a missing optional package: the run reports it when it builds the part
@@ -137,7 +139,7 @@ def _component_problems(cfg: DictConfig, skip: set[str]) -> list[str]:
                 warnings.simplefilter("ignore")  # e.g. init of the stand-in's empty layer
                 build()
         except Exception as err:  # each component's own message, with its config key
-            problems += _lines(key, err)
+            problems += _lines(key, err, OmegaConf.select(cfg, key))
     return problems
 
 

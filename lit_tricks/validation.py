@@ -12,14 +12,14 @@ allowed (``"must be a number in [0, 1)"``) or None. A component that checks all 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 __all__ = [
-    "DIRECTIONS", "ArgumentError", "ArgumentErrors", "CheckAll", "check_choice", "check_number", "is_int", "is_number",
-    "number_problem", "raise_all",
+    "DIRECTIONS", "ArgumentError", "ArgumentErrors", "CheckAll", "arg_key", "check_choice", "check_number", "is_int",
+    "is_number", "number_problem", "raise_all",
 ]
 
 #: ``monitor_mode`` (and lit_optuna's ``direction`` aliases) -> Optuna's study direction; the one map, used by the
@@ -38,6 +38,14 @@ class ArgumentError(ValueError):
         self.arg, self.value, self.problem, self.owner = arg, value, problem, owner
         text = f"{arg} {problem}, got {value!r}"
         super().__init__(f"{owner}: {text}" if owner else text)
+
+
+def arg_key(key: str, err: ArgumentError, node: Any = None) -> str:
+    """The config key of ``err``'s argument in the component configured at ``key`` by ``node``: ``<key>.<arg>``, or
+    ``<key>.<owner>.<arg>`` when the owner names a mapping of ``node`` (``module.norm.layers`` of
+    ``module.norm={kind: batch, layers: [...]}``; a class name as owner is no key)."""
+    nested = isinstance(node, Mapping) and isinstance(node.get(err.owner or ""), Mapping)
+    return f"{key}.{err.owner}.{err.arg}" if nested else f"{key}.{err.arg}"
 
 
 class ArgumentErrors(ValueError):

@@ -90,3 +90,24 @@ def test_a_preset_that_cannot_be_built_is_named_in_one_line(tmp_path: Path, monk
     line = next(ln for ln in err.splitlines() if "cannot be built" in ln)
     assert "module='module=trick'" in line and "norm=batch" in line, err
     assert not any(p.suffix in (".ckpt", ".json") for p in tmp_path.rglob("*"))
+
+
+def test_an_argument_of_a_nested_mapping_is_named_by_its_whole_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    """``module.norm={kind: batch, layers: [...]}`` with a pattern matching no layer: the line names
+    ``module.norm.layers`` (the norm's own argument; ``module.layers`` is no key), and the run exits non-zero writing
+    nothing. A class name as the error's owner adds nothing to the key."""
+    from lit_tricks.validation import ArgumentError, arg_key
+    from tests.helpers.cli import run_train_cli
+
+    out = tmp_path / "run"
+    code = run_train_cli(monkeypatch, "experiment=mnist1d_baseline", "module.norm={kind:batch,layers:[head]}",
+                         "logger=none", f"hydra.run.dir={out}", f"paths.data_dir={tmp_path / 'data'}")
+    err = capfd.readouterr().err
+    assert code not in (None, 0)
+    assert "module.norm.layers=['head']: pattern 'head' matches none of the model's" in err, err
+    assert not any(p.suffix in (".ckpt", ".json") for p in tmp_path.rglob("*"))
+    node = OmegaConf.create({"norm": {"kind": "batch"}, "ema": 0.9})
+    assert arg_key("module", ArgumentError("layers", [], "", owner="norm"), node) == "module.norm.layers"
+    assert arg_key("callbacks.ema", ArgumentError("decay", 2, "", owner="EMAWeights"), node) == "callbacks.ema.decay"
+    assert arg_key("module", ArgumentError("layers", [], "", owner="norm")) == "module.layers"  # no node known
