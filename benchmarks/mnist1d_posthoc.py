@@ -12,7 +12,8 @@ relative length of about 0.19). The first row names the EMAWeights decay the run
     nice -n 10 python benchmarks/mnist1d_posthoc.py --seeds 10 --jobs 2 --table docs/results/posthoc_mnist1d.md
 
 Trains ``--jobs`` seeds at a time, each with one torch thread; finished seeds (``<out>/seed<s>/metrics.json`` and
-``soup/soup.json``) are reused. ``--quick``: 2 epochs, to check the pipeline.
+``soup/soup.json``) are reused while the run's saved config is what the command composes to now (a changed preset or
+``--quick`` retrains the seed and re-soups it). ``--quick``: 2 epochs, to check the pipeline.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,16 +41,26 @@ if str(ROOT) not in sys.path:
 SIGMA_RELS = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.25)
 
 
+def seed_overrides(seed: int, quick: bool) -> list[str]:
+    """The Hydra overrides of seed ``seed``'s run."""
+    return ["experiment=mnist1d_tricks", f"seed={seed}", "data.val_size=500",
+            "callbacks=[mnist1d,posthoc_ema,checkpoint_ensemble]", "callbacks.checkpoint_ensemble.every_n_epochs=5",
+            f"+posthoc_ema.sigma_rels=[{','.join(map(str, SIGMA_RELS))}]", "logger=none",
+            *(["trainer.max_epochs=2", "callbacks.checkpoint_ensemble.every_n_epochs=1"] if quick else [])]
+
+
 def train_seed(seed: int, out: Path, quick: bool) -> None:
-    """Train seed ``seed`` into ``<out>/seed<seed>`` unless a finished run is there."""
-    run = out / f"seed{seed}"
+    """Train seed ``seed`` into ``<out>/seed<seed>`` unless a finished run of the same config is there (a run of
+    another config is retrained, and its soups, derived from its members, are dropped)."""
+    from lit_tricks.sweeps.ablation import saved_config_matches
+
+    run, overrides = out / f"seed{seed}", seed_overrides(seed, quick)
     if (run / "metrics.json").is_file() and json.loads((run / "metrics.json").read_text())["status"] == "ok":
-        return
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=mnist1d_tricks", f"seed={seed}",
-           "data.val_size=500", "callbacks=[mnist1d,posthoc_ema,checkpoint_ensemble]",
-           "callbacks.checkpoint_ensemble.every_n_epochs=5",
-           f"+posthoc_ema.sigma_rels=[{','.join(map(str, SIGMA_RELS))}]", "logger=none", f"hydra.run.dir={run}",
-           *(["trainer.max_epochs=2", "callbacks.checkpoint_ensemble.every_n_epochs=1"] if quick else [])]
+        if saved_config_matches(run, ROOT / "conf", overrides):
+            return
+        print(f"seed {seed}: {run} trained another config; retraining it", flush=True)
+    shutil.rmtree(run / "soup", ignore_errors=True)
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides, f"hydra.run.dir={run}"]
     started = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, stdout=subprocess.DEVNULL)
     print(f"seed {seed}: trained in {time.perf_counter() - started:.0f} s", flush=True)

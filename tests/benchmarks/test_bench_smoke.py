@@ -77,11 +77,17 @@ def test_posthoc_study_quick_trains_seeds_side_by_side_and_scores_every_length(t
     assert "| recipe EMA (decay 0.999) |" in text and "--jobs 2" in text  # the decay the runs saved
 
 
-def _posthoc_run(out: Path, seed: int, ema: dict[str, object] | None) -> None:
-    """A finished run of the post-hoc study as far as its reader goes: metrics.json and config_resolved.yaml."""
+def _posthoc_run(out: Path, seed: int, ema: dict[str, object] | None, quick: bool = False) -> None:
+    """A finished run of the post-hoc study as far as its reader goes: metrics.json, config_resolved.yaml, and the
+    config the study composes for it (``quick``: the 2-epoch one) as the run's saved ``.hydra/config.yaml``."""
+    from benchmarks.mnist1d_posthoc import ROOT, seed_overrides
+    from lit_tricks.sweeps.ablation import compose_train
+
     run = out / f"seed{seed}"
-    run.mkdir(parents=True)
+    (run / ".hydra").mkdir(parents=True)
     (run / "metrics.json").write_text('{"status": "ok", "metrics": {}}')
+    composed = compose_train(ROOT / "conf", seed_overrides(seed, quick))
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(composed))
     callbacks = {"clipping": {"_target_": "lit_tricks.callbacks.GradientClipping", "max_norm": 1.0}}
     if ema is not None:
         callbacks["ema"] = {"_target_": "lit_tricks.callbacks.EMAWeights", "half_life_steps": None, **ema}
@@ -108,6 +114,25 @@ def test_posthoc_study_labels_the_recipe_ema_with_the_decay_its_runs_saved(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "mnist1d_posthoc: the runs disagree on the recipe EMA" in err
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "seed0" / "soup").exists()
+
+
+def test_posthoc_study_retrains_a_seed_whose_run_trained_another_config(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished seed is reused only while its saved config is what the study composes now: a run of another config
+    (here the 2-epoch ``--quick`` one) is retrained, and its soups (derived from its members) are dropped first."""
+    import subprocess
+
+    from benchmarks import mnist1d_posthoc
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kwargs: calls.append(cmd))
+    _posthoc_run(tmp_path, 0, {"decay": 0.999})
+    _posthoc_run(tmp_path, 1, {"decay": 0.999}, quick=True)
+    (tmp_path / "seed1" / "soup").mkdir()
+    for seed in (0, 1):
+        mnist1d_posthoc.train_seed(seed, tmp_path, quick=False)
+    assert len(calls) == 1 and "seed=1" in calls[0] and f"hydra.run.dir={tmp_path / 'seed1'}" in calls[0]
+    assert "trainer.max_epochs=2" not in calls[0] and not (tmp_path / "seed1" / "soup").exists()
 
 
 def _stepper(setup_s: float, step_s: float, optimizers: int = 1) -> Callable[[int], None]:
