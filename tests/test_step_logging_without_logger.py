@@ -6,6 +6,8 @@ Lightning's every-step ``self.log`` (the oracle: TrickModule logging on every st
 
 from __future__ import annotations
 
+import copy
+import pickle
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -171,6 +173,25 @@ def test_a_second_fit_ends_with_its_own_values(tmp_path: Path, monkeypatch: pyte
             trainer.fit_loop.epoch_loop.max_steps = 9
             trainer.fit(trainer.lightning_module, datamodule=trainer.datamodule)
     assert_same_end(ours, ref)
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_copied_trainer_fits_on_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A Trainer after a fit pickles and deep-copies, as Lightning's own does, and the copy's next fit updates its
+    own metrics (a closure wrapping the connector's ``on_batch_end`` did neither: the copy's batch end ran the
+    original connector's)."""
+    copies = []
+    for oracle in (False, True):
+        trainer = fit(oracle, tmp_path / str(oracle), monkeypatch, max_steps=3)
+        twin = pickle.loads(pickle.dumps(trainer)) if how == "pickle" else copy.deepcopy(trainer)
+        with monkeypatch.context() as patch:
+            if oracle:
+                patch.setattr("lit_tricks.callbacks.clipping.step_value_read", lambda *a, **k: True)
+            twin.fit_loop.epoch_loop.max_steps = 8
+            twin.fit(twin.lightning_module, datamodule=twin.datamodule)
+        assert trainer.global_step == 3 and twin.global_step == 8
+        copies.append(twin)
+    assert_same_end(*copies)
 
 
 _VAL = {"val_fraction": 0.1, "limit_val_batches": 1, "val_check_interval": 2}  # a validation after batches 2, 4, 6

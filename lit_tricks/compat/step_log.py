@@ -152,17 +152,28 @@ def _state(trainer: pl.Trainer) -> _StepLog:
     if state is None:
         state = _StepLog()
         setattr(connector, _STATE, state)
-        original = connector.on_batch_end
-
-        def on_batch_end() -> None:
-            if state.held:
-                _log_held(trainer, state)
-            original()
-
-        setattr(connector, "on_batch_end", on_batch_end)  # noqa: B010 - an instance's method, replaced
+        setattr(connector, "on_batch_end", _BatchEnd(connector))  # noqa: B010 - an instance's method, replaced
         if type(connector) is _LoggerConnector:
             connector.__class__ = _ReadFlushingConnector
     return state
+
+
+class _BatchEnd:
+    """A connector's ``on_batch_end`` that first logs the held values if the batch is read after its hooks (an object,
+    not a closure: a Trainer pickles and deep-copies, and the copy's connector calls its own)."""
+
+    def __init__(self, connector: _LoggerConnector) -> None:
+        self.connector, self.inner = connector, connector.__dict__.get("on_batch_end")  # another's wrapper, if any
+
+    def __call__(self) -> None:
+        connector = self.connector
+        state: _StepLog = connector.__dict__[_STATE]
+        if state.held:
+            _log_held(connector.trainer, state)
+        if self.inner is not None:
+            self.inner()
+        else:
+            type(connector).on_batch_end(connector)
 
 
 def _flush_on_read(connector: _LoggerConnector, flag: tuple[str, bool] | None) -> None:
