@@ -6,6 +6,9 @@ Lightning's every-step ``self.log`` (the oracle: TrickModule logging on every st
 
 from __future__ import annotations
 
+import copy
+import functools
+import pickle
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -14,11 +17,12 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
 from torch import nn
 
 from lit_tricks import callbacks as ours_callbacks
-from lit_tricks.callbacks import GradientClipping
+from lit_tricks.callbacks import GradientClipping, RNGState
 from lit_tricks.data.digits import DigitsDataModule
 from lit_tricks.modules import TrickModule
 from tests.helpers.tiny import tiny_trainer
@@ -124,7 +128,7 @@ def trick_module(oracle: bool, mixin: type[pl.LightningModule] | None = None) ->
 
 def fit(oracle: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[Callback] | None = None, *,
         before: list[Callback] | None = None, module: Callable[[bool], pl.LightningModule] = trick_module,
-        val_fraction: float = 0.0, **trainer_kwargs: Any) -> pl.Trainer:
+        val_fraction: float = 0.0, ckpt_path: str | None = None, **trainer_kwargs: Any) -> pl.Trainer:
     """A fit on digits (7 batches an epoch, the last of 58; 6 with ``val_fraction=0.1``), GradientClipping between
     the callbacks ``before`` and ``extra``."""
     with monkeypatch.context() as patch:
@@ -137,7 +141,7 @@ def fit(oracle: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: li
                                   **trainer_kwargs}
         callbacks = [*(before or []), GradientClipping(max_norm=0.5), *(extra or [])]
         trainer = tiny_trainer(tmp_path, callbacks=callbacks, **kwargs)
-        trainer.fit(module(oracle), datamodule=dm)
+        trainer.fit(module(oracle), datamodule=dm, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -171,6 +175,25 @@ def test_a_second_fit_ends_with_its_own_values(tmp_path: Path, monkeypatch: pyte
             trainer.fit_loop.epoch_loop.max_steps = 9
             trainer.fit(trainer.lightning_module, datamodule=trainer.datamodule)
     assert_same_end(ours, ref)
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_copied_trainer_fits_on_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A Trainer after a fit pickles and deep-copies, as Lightning's own does, and the copy's next fit updates its
+    own metrics (a closure wrapping the connector's ``on_batch_end`` did neither: the copy's batch end ran the
+    original connector's)."""
+    copies = []
+    for oracle in (False, True):
+        trainer = fit(oracle, tmp_path / str(oracle), monkeypatch, max_steps=3)
+        twin = pickle.loads(pickle.dumps(trainer)) if how == "pickle" else copy.deepcopy(trainer)
+        with monkeypatch.context() as patch:
+            if oracle:
+                patch.setattr("lit_tricks.callbacks.clipping.step_value_read", lambda *a, **k: True)
+            twin.fit_loop.epoch_loop.max_steps = 8
+            twin.fit(twin.lightning_module, datamodule=twin.datamodule)
+        assert trainer.global_step == 3 and twin.global_step == 8
+        copies.append(twin)
+    assert_same_end(*copies)
 
 
 _VAL = {"val_fraction": 0.1, "limit_val_batches": 1, "val_check_interval": 2}  # a validation after batches 2, 4, 6
@@ -343,18 +366,169 @@ def test_a_reader_without_monitor_sees_every_steps_values(tmp_path: Path, monkey
     assert_same_end(ours, ref)
 
 
-def test_progress_bar_reads_log_no_held_value_it_does_not_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A progress bar reads ``progress_bar_metrics`` every batch: the norms (no ``prog_bar``) stay unlogged on
-    unread steps; the loss (``prog_bar=True``) is logged at every read, as it is shown."""
+@pytest.mark.parametrize("bar", ["reader", "tqdm"])
+def test_progress_bar_reads_log_no_held_value_it_does_not_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              bar: str) -> None:
+    """A progress bar reads ``progress_bar_metrics`` every batch (a reader of it; Lightning's TQDM bar): the norms
+    (no ``prog_bar``) stay unlogged on unread steps; the loss (``prog_bar=True``) is logged at every read (shown)."""
     def counting(oracle: bool) -> pl.LightningModule:
         module = CountingLogs(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
                               optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
         module.logged = {}
         return module
 
-    trainer = fit(False, tmp_path, monkeypatch, [Reads("progress_bar_metrics")], module=counting)
+    reader = Reads("progress_bar_metrics") if bar == "reader" else TQDMProgressBar()
+    trainer = fit(False, tmp_path, monkeypatch, [reader], module=counting, enable_progress_bar=bar == "tqdm")
     logged: dict[str, list[int]] = trainer.lightning_module.logged  # type: ignore[assignment]
     assert logged == {"train/loss_step": [1, 2, 3, 4], "grad/grad_norm": [3, 4], "grad/clipped_fraction": [3, 4]}
+
+
+class ReadsInEveryHook(Callback):
+    """Reads ``callback_metrics`` in every hook of a training batch and of a validation inside the fit."""
+
+    HOOKS = ("on_train_batch_start", "on_before_zero_grad", "on_before_backward", "on_after_backward",
+             "on_before_optimizer_step", "on_train_batch_end", "on_validation_batch_end", "on_validation_end")
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, dict[str, float]]] = []
+        for hook in self.HOOKS:
+            setattr(self, hook, functools.partial(self._read, hook))
+
+    def _read(self, hook: str, trainer: pl.Trainer, *args: Any) -> None:
+        metrics = trainer.callback_metrics
+        self.seen.append((hook, batch_number(trainer), {k: float(metrics[k]) for k in Reads.NAMES if k in metrics}))
+
+
+class Manual(pl.LightningModule):
+    """A plain LightningModule in manual optimization (one ``optimizer.step()`` in each ``training_step``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+        self.log("train/loss", loss)
+        optimizer: Any = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"accumulate_grad_batches": 3},  # reads inside a window: the norm is the previous window's
+    _VAL,  # reads inside the validations that follow batches 2, 4, 6 (nothing is logged there)
+    {"module": lambda oracle: Manual()},
+], ids=["accumulate", "mid-epoch-validation", "manual-optimization"])
+def test_a_reader_in_any_hook_of_a_batch_sees_every_steps_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 kwargs: dict[str, Any]) -> None:
+    def run(oracle: bool, root: Path) -> tuple[pl.Trainer, list[tuple[str, int, dict[str, float]]]]:
+        reader = ReadsInEveryHook()
+        return fit(oracle, root, monkeypatch, [reader], **kwargs), reader.seen
+
+    (ours, seen), (ref, expected) = run(False, tmp_path / "ours"), run(True, tmp_path / "ref")
+    assert len(expected) > 4 * 14 and "grad/grad_norm" in expected[-1][2]
+    assert [(h, b, sorted(v)) for h, b, v in seen] == [(h, b, sorted(v)) for h, b, v in expected]
+    assert all(close(v[k], w[k]) for (_, _, v), (_, _, w) in zip(seen, expected) for k in w), (seen, expected)
+    assert_same_end(ours, ref)
+
+
+class StepPlateau(pl.LightningModule):
+    """A ReduceLROnPlateau stepped every batch on ``train/loss`` (Lightning reads ``callback_metrics`` after the
+    batch end; no callback monitors it); records the learning rate of every batch."""
+
+    lrs: list[float]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0, threshold=0.0)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": plateau, "interval": "step", "monitor": "train/loss"}}
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("ranks", [1, 2], ids=["one-process", "two-ranks-emulated"])
+def test_a_step_plateau_schedule_on_the_training_loss_sees_every_steps_loss(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ranks: int) -> None:
+    """Lightning steps the schedule on ``callback_metrics["train/loss"]`` after every batch end. Under two ranks
+    (``world_size`` 2 in one process, where a ``sync_dist`` log stays local) a read logs no held ``sync_dist``
+    value: the schedule's monitor makes the loss read at every step (it was missing at step 1 and failed the fit)."""
+    if ranks > 1:
+        monkeypatch.setattr(pl.Trainer, "world_size", property(lambda self: ranks))
+
+    def module(oracle: bool) -> pl.LightningModule:
+        plateau = trick_module(oracle, StepPlateau)
+        plateau.lrs = []  # type: ignore[attr-defined]
+        return plateau
+
+    ours, ref = fit(False, tmp_path / "ours", monkeypatch, module=module), fit(True, tmp_path / "ref", monkeypatch,
+                                                                                 module=module)
+    lrs: list[float] = ref.lightning_module.lrs  # type: ignore[assignment]
+    assert ours.lightning_module.lrs == lrs  # on the same steps (one process: the schedule decays 7 times)
+    assert len(set(lrs)) > 2 or ranks > 1  # (two ranks: each sees half the batches, a falling loss: no decay)
+    assert_same_end(ours, ref)
+
+
+def test_a_checkpoint_at_an_unread_step_keeps_and_resumes_to_every_steps_values(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RNGState keeps the metrics callbacks read (``callback_metrics``, ``logged_metrics``) in each checkpoint; one
+    saved every 2 steps (not named after a metric: steps 2, 4 read by no one else) holds the every-step log's, and
+    a fit resumed from step 4 ends as the uninterrupted one."""
+    def run(oracle: bool, root: Path, ckpt_path: str | None = None) -> tuple[pl.Trainer, dict[int, Any]]:
+        saver = ModelCheckpoint(root / "ckpt", "{step}", every_n_train_steps=2, save_top_k=-1)
+        trainer = fit(oracle, root, monkeypatch, [RNGState(), saver], enable_checkpointing=True, max_steps=6,
+                      ckpt_path=ckpt_path)
+        kept = {step: torch.load(root / "ckpt" / f"step={step}.ckpt", weights_only=True)["callbacks"]
+                for step in (2, 4)} if ckpt_path is None else {}
+        return trainer, {step: next(v for k, v in states.items() if k.startswith("RNGState"))["per_rank"][0]
+                         ["loop_values"]["metrics"] for step, states in kept.items()}
+
+    (ours, saved), (ref, expected) = run(False, tmp_path / "ours"), run(True, tmp_path / "ref")
+    for step in (2, 4):
+        for kind in ("callback", "logged"):
+            mine, theirs = saved[step][kind], expected[step][kind]
+            assert sorted(mine) == sorted(theirs) and "grad/grad_norm" in theirs, (step, kind)
+            assert all(close(mine[k], theirs[k]) for k in theirs), (step, kind, mine, theirs)
+    resumed, _ = run(False, tmp_path / "resumed", str(tmp_path / "ours" / "ckpt" / "step=4.ckpt"))
+    assert_same_end(resumed, ours)
+    assert_same_end(ours, ref)
+
+
+class OwnConnector(_LoggerConnector):
+    """A user's logger connector: Lightning's, subclassed (counts its ``callback_metrics`` reads)."""
+
+    reads = 0
+
+    @property
+    def callback_metrics(self) -> Any:
+        self.reads += 1
+        return super().callback_metrics
+
+
+class InstallsOwnConnector(Callback):
+    def setup(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        connector = OwnConnector(trainer)
+        connector.__dict__.update(trainer._logger_connector.__dict__)
+        trainer._logger_connector = connector
+
+
+def test_a_logger_connector_subclass_keeps_its_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's subclass of the logger connector is not replaced (its reads stay its own); a stop at the unread
+    batch 4 still ends with that step's values."""
+    def run(oracle: bool) -> pl.Trainer:
+        return fit(oracle, tmp_path / str(oracle), monkeypatch, [StopAt(4), Reads()], before=[InstallsOwnConnector()])
+
+    ours, ref = run(False), run(True)
+    connector: Any = ours._logger_connector
+    assert type(connector) is OwnConnector and connector.reads >= 2 * 4
+    assert_same_end(ours, ref)
 
 
 class SaveEnd(Callback):

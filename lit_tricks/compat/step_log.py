@@ -3,15 +3,16 @@
 ``self.log(name, value, on_step=True)`` at every training batch costs a ``self.log`` per step, and without a reader
 the value is overwritten at the next one. :func:`step_value_read` says, inside the batch, whether its value is read:
 Lightning writes step metrics now, the progress bar shows it, a fast_dev_run, the epoch's or the fit's last batch, a
-callback monitors it, a ModelCheckpoint that saves at this step (every k steps, or on a timer: any step) formats it
-in its file name. :func:`log_step_value` logs the value then, and otherwise holds it back (a reference, nothing
-computed) until the end of its batch, after every hook of the batch (the callbacks' and then the LightningModule's
-``on_train_batch_end``), right before Lightning collects the batch's step metrics (``_logger_connector.on_batch_end``,
-which this module wraps): it logs it there when the batch turned out to be read after all, because the fit stops
-there (``trainer.should_stop``, set in any hook of the batch) or a validation follows it (a checkpoint, an early
-stopping at its end reads the training values). So a fit ends, and every reader sees, what Lightning's every-step
-``self.log`` leaves. A value stays held until a newer one of its name replaces it or is logged: an optimizer step's
-norm is logged when a later batch of the next accumulation window stops the fit.
+callback or a step-interval ReduceLROnPlateau monitors it, a ModelCheckpoint that saves at this step (every k steps,
+or on a timer: any step) formats it in its file name. :func:`log_step_value` logs the value then, and otherwise
+holds it back (a reference, nothing computed) until the end of its batch, after every hook of the batch (the
+callbacks' and then the LightningModule's ``on_train_batch_end``), right before Lightning collects the batch's step
+metrics (``_logger_connector.on_batch_end``, which this module wraps): it logs it there when the batch turned out to
+be read after all, because the fit stops there (``trainer.should_stop``, set in any hook of the batch) or a
+validation follows it (a checkpoint, an early stopping at its end reads the training values). So a fit ends, and
+every reader sees, what Lightning's every-step ``self.log`` leaves. A value stays held until a newer one of its name
+replaces it or is logged: an optimizer step's norm is logged when a later batch of the next accumulation window
+stops the fit.
 
 A reader of ``trainer.callback_metrics``, ``logged_metrics`` or ``progress_bar_metrics`` inside the fit's training
 (any callback, monitor or not) gets the held values logged first, so it sees the step's values too.
@@ -44,19 +45,20 @@ _FIELD = re.compile(r"(\{.*?)[:\}]")  # a field of a checkpoint file name (Model
 class _Readers(NamedTuple):
     """Who among the callbacks reads a set of step metric names."""
 
-    always: bool  # a callback monitors one, or a timed checkpoint (any step) formats one in its file name
+    always: bool  # a callback or a step plateau schedule monitors one, or a timed checkpoint formats one in its name
     every: tuple[int, ...]  # every_n_train_steps of the step checkpoints formatting one in their file names
 
 
 class _StepLog:
     """What this module keeps of one Trainer, on its logger connector: the held values, their metrics dicts, and the
-    readers of each set of names found in the callbacks list (recomputed when the list or its length changes)."""
+    readers of each set of names found in the callbacks list and the LR schedules (recomputed when either changes)."""
 
     def __init__(self) -> None:
         self.held: dict[tuple[str | None, str], tuple[pl.LightningModule, Tensor | Callable[[], Tensor],
                                                       dict[str, Any]]] = {}
         self.metrics: Any = None  # the connector's callback_metrics dict held values belong to (a fit replaces it)
         self.callbacks: Any = None
+        self.schedules: Any = None  # trainer.lr_scheduler_configs (a fit sets a new list)
         self.count = -1
         self.readers: dict[tuple[str, ...], _Readers] = {}
         self.validates: bool | None = None  # trainer.enable_validation in this fit (constant within it; is_overridden)
@@ -76,9 +78,10 @@ def logs_this_step(trainer: pl.Trainer) -> bool:
 def step_value_read(trainer: pl.Trainer, names: tuple[str, ...], prog_bar: bool = False) -> bool:
     """Whether a value logged with ``on_step=True`` at this batch (as ``names``) is read inside the batch: Lightning
     writes step metrics now (:func:`logs_this_step`), the progress bar shows it (``prog_bar``), a fast_dev_run, the
-    epoch's or the fit's last batch (the values a run ends with), a callback monitors one of ``names``, or a
-    ModelCheckpoint formats one in its file name and saves at this step (``every_n_train_steps``) or may
-    (``train_time_interval``). What is found in the callbacks is computed once per callbacks list and length.
+    epoch's or the fit's last batch (the values a run ends with), a callback monitors one of ``names`` (or a
+    ReduceLROnPlateau stepped every batch: Lightning reads its monitor after the batch end), or a ModelCheckpoint
+    formats one in its file name and saves at this step (``every_n_train_steps``) or may (``train_time_interval``).
+    What is found in the callbacks and schedules is computed once per callbacks list and length, and schedules list.
     Reads after the batch's hooks (a stop, a validation) are :func:`log_step_value`'s."""
     if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or 0 <= trainer.max_steps <= trainer.global_step + 1:
         return True
@@ -152,17 +155,28 @@ def _state(trainer: pl.Trainer) -> _StepLog:
     if state is None:
         state = _StepLog()
         setattr(connector, _STATE, state)
-        original = connector.on_batch_end
-
-        def on_batch_end() -> None:
-            if state.held:
-                _log_held(trainer, state)
-            original()
-
-        setattr(connector, "on_batch_end", on_batch_end)  # noqa: B010 - an instance's method, replaced
+        setattr(connector, "on_batch_end", _BatchEnd(connector))  # noqa: B010 - an instance's method, replaced
         if type(connector) is _LoggerConnector:
             connector.__class__ = _ReadFlushingConnector
     return state
+
+
+class _BatchEnd:
+    """A connector's ``on_batch_end`` that first logs the held values if the batch is read after its hooks (an object,
+    not a closure: a Trainer pickles and deep-copies, and the copy's connector calls its own)."""
+
+    def __init__(self, connector: _LoggerConnector) -> None:
+        self.connector, self.inner = connector, connector.__dict__.get("on_batch_end")  # another's wrapper, if any
+
+    def __call__(self) -> None:
+        connector = self.connector
+        state: _StepLog = connector.__dict__[_STATE]
+        if state.held:
+            _log_held(connector.trainer, state)
+        if self.inner is not None:
+            self.inner()
+        else:
+            type(connector).on_batch_end(connector)
 
 
 def _flush_on_read(connector: _LoggerConnector, flag: tuple[str, bool] | None) -> None:
@@ -221,17 +235,20 @@ def _log(trainer: pl.Trainer, state: _StepLog, which: Callable[[dict[str, Any]],
 
 def _readers(trainer: pl.Trainer, names: tuple[str, ...]) -> _Readers:
     state = _state(trainer)
-    callbacks = trainer.callbacks  # type: ignore[attr-defined]
-    if state.callbacks is not callbacks or state.count != len(callbacks):
-        state.callbacks, state.count, state.readers = callbacks, len(callbacks), {}
+    callbacks, schedules = trainer.callbacks, trainer.lr_scheduler_configs  # type: ignore[attr-defined]
+    if state.callbacks is not callbacks or state.count != len(callbacks) or state.schedules is not schedules:
+        state.callbacks, state.count, state.schedules, state.readers = callbacks, len(callbacks), schedules, {}
     readers = state.readers.get(names)
     if readers is None:
-        readers = state.readers[names] = _find_readers(callbacks, names)
+        readers = state.readers[names] = _find_readers(callbacks, schedules, names)
     return readers
 
 
-def _find_readers(callbacks: list[pl.Callback], names: tuple[str, ...]) -> _Readers:
-    always, every = False, set()
+def _find_readers(callbacks: list[pl.Callback], schedules: list[Any], names: tuple[str, ...]) -> _Readers:
+    # Lightning steps a plateau schedule of interval "step" after each batch end on callback_metrics[monitor]: under
+    # DDP a read does not log a held sync_dist value, and its absence fails the fit
+    always = any(c.reduce_on_plateau and c.interval == "step" and c.monitor in names for c in schedules)
+    every = set()
     for callback in callbacks:
         always = always or getattr(callback, "monitor", None) in names
         if isinstance(callback, ModelCheckpoint) and _formats(callback, names):
