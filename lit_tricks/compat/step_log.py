@@ -15,14 +15,13 @@ replaces it or is logged: an optimizer step's norm is logged when a later batch 
 stops the fit.
 
 A reader of ``trainer.callback_metrics``, ``logged_metrics`` or ``progress_bar_metrics`` inside the fit's training
-(any callback, monitor or not) gets the held values logged first, so it sees the step's values too.
+(any callback, monitor or not) gets the held values logged first, so it sees the step's values too. A batch followed
+by one whose ``on_train_batch_start`` returns -1 (the epoch ends; no later hook may log a step value) has its held
+values logged when the epoch's end is reached (``epoch_end_reached``, wrapped too).
 
-Not covered: a batch followed by one whose ``on_train_batch_start`` returns -1 (the epoch ends there; no hook after
-the batch may log a step value), so that epoch (or fit) ends with an earlier read step's values. Under DDP a held
-``sync_dist`` value is logged (a collective) where ``should_stop`` is set: set it on every rank, as Lightning's loop
-itself needs; a metrics read does not log it (one rank may read alone), so such a reader without a ``monitor``
-attribute sees the last read step's value. With time-based validation every held value is logged (the time check
-comes later).
+Under DDP a held ``sync_dist`` value is logged (a collective) where ``should_stop`` is set: set it on every rank, as
+Lightning's loop itself needs; a metrics read does not log it (one rank may read alone), so such a reader without a
+``monitor`` sees the last read step's value. With time-based validation every held value is logged.
 """
 
 from __future__ import annotations
@@ -148,35 +147,71 @@ class _ReadFlushingConnector(_LoggerConnector):
 
 
 def _state(trainer: pl.Trainer) -> _StepLog:
-    """This Trainer's :class:`_StepLog`; made at first use, when the connector's ``on_batch_end`` is wrapped and its
-    metrics dicts log the held values when read (Lightning's own connector class only: a subclass keeps its own)."""
+    """This Trainer's :class:`_StepLog`; made at first use, when the connector's ``on_batch_end`` and
+    ``epoch_end_reached`` are wrapped and its metrics dicts log the held values when read (Lightning's own connector
+    class only: a subclass keeps its own)."""
     connector = trainer._logger_connector
     state: _StepLog | None = connector.__dict__.get(_STATE)
     if state is None:
-        state = _StepLog()
-        setattr(connector, _STATE, state)
-        setattr(connector, "on_batch_end", _BatchEnd(connector))  # noqa: B010 - an instance's method, replaced
+        setattr(connector, _STATE, state := _StepLog())
+        for wrapped in (_BatchEnd, _EpochEndReached):  # instance methods, replaced
+            setattr(connector, wrapped.name, wrapped(connector))
         if type(connector) is _LoggerConnector:
             connector.__class__ = _ReadFlushingConnector
     return state
 
 
-class _BatchEnd:
-    """A connector's ``on_batch_end`` that first logs the held values if the batch is read after its hooks (an object,
-    not a closure: a Trainer pickles and deep-copies, and the copy's connector calls its own)."""
+class _Wrapped:
+    """A connector method, replaced on the instance by an object (not a closure: a Trainer pickles and deep-copies,
+    and the copy's connector calls its own) that runs :meth:`before` and then the method (or another's wrapper)."""
+
+    name = ""
 
     def __init__(self, connector: _LoggerConnector) -> None:
-        self.connector, self.inner = connector, connector.__dict__.get("on_batch_end")  # another's wrapper, if any
+        self.connector, self.inner = connector, connector.__dict__.get(self.name)  # another's wrapper, if any
+
+    def before(self, state: _StepLog) -> None:  # pragma: no cover - each subclass's
+        """What runs first, when values are held."""
 
     def __call__(self) -> None:
-        connector = self.connector
-        state: _StepLog = connector.__dict__[_STATE]
+        state: _StepLog = self.connector.__dict__[_STATE]
         if state.held:
-            _log_held(connector.trainer, state)
+            self.before(state)
         if self.inner is not None:
             self.inner()
         else:
-            type(connector).on_batch_end(connector)
+            getattr(type(self.connector), self.name)(self.connector)
+
+
+class _BatchEnd(_Wrapped):
+    """``on_batch_end``: first logs the held values if the batch is read after its hooks (a stop, a validation)."""
+
+    name = "on_batch_end"
+
+    def before(self, state: _StepLog) -> None:
+        _log_held(self.connector.trainer, state)
+
+
+class _EpochEndReached(_Wrapped):
+    """``epoch_end_reached`` in training: values still held are the last batch's, unread as the next batch's
+    ``on_train_batch_start`` returned -1 (no later hook may log a step value). Logged now, and put in the metrics
+    dicts as that batch's end did with the rest (its step metrics, while ``_first_loop_iter`` is still set)."""
+
+    name = "epoch_end_reached"
+
+    def before(self, state: _StepLog) -> None:
+        connector: Any = self.connector
+        if not connector.trainer.training or connector._first_loop_iter is None:
+            return
+        if state.metrics is not connector._callback_metrics:  # held in an earlier fit
+            state.held.clear()
+            return
+        names = {name for _, name in state.held}
+        _log(connector.trainer, state)
+        metrics = connector.metrics
+        for kind, attr in (("pbar", "_progress_bar_metrics"), ("callback", "_callback_metrics"),
+                           ("log", "_logged_metrics")):
+            getattr(connector, attr).update({k: v for k, v in metrics[kind].items() if k in names})
 
 
 def _flush_on_read(connector: _LoggerConnector, flag: tuple[str, bool] | None) -> None:
