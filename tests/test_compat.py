@@ -116,9 +116,10 @@ def test_the_installed_lightning_is_the_tested_one() -> None:
 
 
 def test_compat_imports_only_lightning_torch_and_the_standard_library() -> None:
-    for module in ("lit_tricks.compat", "lit_tricks.compat.loops", "lit_tricks.compat.step_log"):
+    parts = {"lit_tricks.compat.loops", "lit_tricks.compat.step_log", "lit_tricks.compat.step_log_connector"}
+    for module in ("lit_tricks.compat", *sorted(parts)):
         ours, others = imports_of(module)
-        assert ours <= {"lit_tricks.compat.loops", "lit_tricks.compat.step_log"}, module
+        assert ours <= parts, module
         assert not others - set(sys.stdlib_module_names) - {"lightning", "torch"}, module
 
 

@@ -244,14 +244,14 @@ class EndsFirstEpochEarly(EndsLastEpochEarly):
 
 
 class EpochEndReads(Callback):
-    """Reads the step metrics at each epoch end, before the LightningModule's hook (no monitor)."""
+    """Reads ``names`` at each epoch end, before the LightningModule's hook (no monitor)."""
 
-    def __init__(self) -> None:
-        self.seen: list[dict[str, float]] = []
+    def __init__(self, names: tuple[str, ...] = ("train/loss_step", "grad/grad_norm")) -> None:
+        self.names, self.seen = names, []  # type: list[dict[str, float]]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        self.seen.append({k: float(metrics[k]) for k in ("train/loss_step", "grad/grad_norm") if k in metrics})
+        self.seen.append({k: float(metrics[k]) for k in self.names if k in metrics})
 
 
 @pytest.mark.parametrize("mixin", [EndsLastEpochEarly, EndsFirstEpochEarly], ids=["last-epoch", "first-epoch"])
@@ -267,6 +267,24 @@ def test_an_epoch_ended_by_on_train_batch_start_ends_with_the_last_run_steps_val
     (ours, seen), (ref, expected) = run(False, tmp_path / "ours"), run(True, tmp_path / "ref")
     assert ref.global_step == 11  # 7 + 4 batches
     assert len(expected) == 2 and all(sorted(v) == sorted(w) for v, w in zip(seen, expected))
+    assert all(close(v[k], w[k]) for v, w in zip(seen, expected) for k in w), (seen, expected)
+    assert_same_end(ours, ref)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"accumulate_grad_batches": 3}], ids=["plain", "accumulate"])
+def test_a_callback_reading_at_the_epoch_end_sees_the_epoch_means(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  kwargs: dict[str, Any]) -> None:
+    """Lightning calls the callbacks' ``on_train_epoch_end`` before the LightningModule's: a callback reading
+    ``train/loss`` there sees the epoch mean (and ``train/loss_epoch``), as with Lightning's ``on_epoch=True`` log:
+    TrickModule logs its means when the epoch's end is reached."""
+    def run(oracle: bool, root: Path) -> tuple[pl.Trainer, list[dict[str, float]]]:
+        reader = EpochEndReads(("train/loss", "train/loss_epoch", "train/loss_step"))
+        return fit(oracle, root, monkeypatch, [reader], **kwargs), reader.seen
+
+    (ours, seen), (ref, expected) = run(False, tmp_path / "ours"), run(True, tmp_path / "ref")
+    assert len(expected) == 2 and all(sorted(w) == ["train/loss", "train/loss_epoch", "train/loss_step"]
+                                      for w in expected)
+    assert [sorted(v) for v in seen] == [sorted(w) for w in expected]
     assert all(close(v[k], w[k]) for v, w in zip(seen, expected) for k in w), (seen, expected)
     assert_same_end(ours, ref)
 

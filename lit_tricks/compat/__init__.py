@@ -5,7 +5,8 @@ tested against (:data:`TESTED_LIGHTNING`, the floor in ``pyproject.toml``), and 
 every function here against the installed Lightning, so an upgrade that moves one of these internals fails there,
 by name, instead of somewhere inside a fit. The package imports only Lightning and torch; the fit loop's restart
 and logging state that exact resume needs lives in :mod:`lit_tricks.compat.loops`, the step values logged only when
-read in :mod:`lit_tricks.compat.step_log` (both re-exported here).
+read in :mod:`lit_tricks.compat.step_log` (both re-exported here; the held values on the Trainer's logger connector
+in :mod:`lit_tricks.compat.step_log_connector`).
 
 Not gathered here, on purpose:
 

@@ -52,6 +52,7 @@ class TaskSteps(pl.LightningModule):
 
     _epoch_means: dict[str, list[Any]] | None = None  # name -> [sum of value * batch size (a tensor), batch sizes]
     _means_epoch = -1  # the epoch they sum over
+    _means_logged = -1  # the epoch whose means are logged
 
     def log_train_loss(self, loss: Tensor, batch_size: int) -> None:
         """Log the training loss as ``self.log("train/loss", on_step=True, on_epoch=True, prog_bar=True,
@@ -84,13 +85,25 @@ class TaskSteps(pl.LightningModule):
     def on_fit_start(self) -> None:
         drop_futile_nvml_check()  # on a CPU-only host, one failed dlopen less per Adam/AdamW step (on every rank)
 
-    def on_train_epoch_end(self) -> None:
+    def _lit_tricks_log_epoch_end(self) -> None:
+        """Log the epoch means (``train/loss_epoch``, ``train/loss`` for callbacks, a penalty's), once an epoch.
+        lit_tricks.compat calls it when the epoch's end is reached, before the callbacks' ``on_train_epoch_end`` (a
+        callback reading there sees them, as Lightning's ``on_epoch=True`` values); else ``on_train_epoch_end``."""
+        if self._means_logged == self.current_epoch:
+            return
+        self._means_logged = self.current_epoch
         for name, (total, count) in (self._epoch_means or {}).items():
             if count and self._means_epoch == self.current_epoch:
                 mean, loss = total / count, name == f"{TRAIN_LOSS}_epoch"
                 self.log(name, mean, on_step=False, on_epoch=True, prog_bar=loss, batch_size=count, sync_dist=True)
                 if loss:
                     self.log(TRAIN_LOSS, mean, on_epoch=True, logger=False, batch_size=count, sync_dist=True)
+
+    def on_train_epoch_end(self) -> None:
+        self._lit_tricks_log_epoch_end()
+
+    def on_train_epoch_start(self) -> None:
+        self._means_logged = -1  # an epoch run again (a second fit, a resume) logs its means again
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The epoch means in progress (a mid-epoch resume goes on summing them)."""
