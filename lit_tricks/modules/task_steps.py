@@ -103,7 +103,9 @@ class TaskSteps(pl.LightningModule):
         self._lit_tricks_log_epoch_end()
 
     def on_train_epoch_start(self) -> None:
-        self._means_logged = -1  # an epoch run again (a second fit, a resume) logs its means again
+        """An epoch starts its means afresh, even under a number already summed (a tuner's trials, a second fit from
+        epoch 0); a fit resumed mid-epoch does not call this hook and goes on with the sums of its checkpoint."""
+        self._epoch_means, self._means_epoch, self._means_logged = None, self.current_epoch, -1
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The epoch means in progress (a mid-epoch resume goes on summing them)."""
