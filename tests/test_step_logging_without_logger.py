@@ -271,15 +271,24 @@ def test_an_epoch_ended_by_on_train_batch_start_ends_with_the_last_run_steps_val
     assert_same_end(ours, ref)
 
 
+class LogsAtEpochEnd(Callback):
+    """Logs a value of its own in ``on_train_epoch_end`` (Lightning resets a hook's values at its first log of an
+    epoch end: the means logged before must stay)."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.log("other/epoch", float(trainer.current_epoch))
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"accumulate_grad_batches": 3}], ids=["plain", "accumulate"])
 def test_a_callback_reading_at_the_epoch_end_sees_the_epoch_means(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   kwargs: dict[str, Any]) -> None:
     """Lightning calls the callbacks' ``on_train_epoch_end`` before the LightningModule's: a callback reading
     ``train/loss`` there sees the epoch mean (and ``train/loss_epoch``), as with Lightning's ``on_epoch=True`` log:
-    TrickModule logs its means when the epoch's end is reached."""
+    TrickModule logs its means when the epoch's end is reached, and a callback logging there after the reader keeps
+    them (the fit ends with them)."""
     def run(oracle: bool, root: Path) -> tuple[pl.Trainer, list[dict[str, float]]]:
         reader = EpochEndReads(("train/loss", "train/loss_epoch", "train/loss_step"))
-        return fit(oracle, root, monkeypatch, [reader], **kwargs), reader.seen
+        return fit(oracle, root, monkeypatch, [reader, LogsAtEpochEnd()], **kwargs), reader.seen
 
     (ours, seen), (ref, expected) = run(False, tmp_path / "ours"), run(True, tmp_path / "ref")
     assert len(expected) == 2 and all(sorted(w) == ["train/loss", "train/loss_epoch", "train/loss_step"]

@@ -95,7 +95,7 @@ class _Wrapped:
         self.connector, self.inner = connector, connector.__dict__.get(self.name)  # another's wrapper, if any
 
     def before(self, state: _StepLog) -> None:  # pragma: no cover - each subclass's
-        """What runs first, when values are held."""
+        """What runs first."""
 
     def __call__(self) -> None:
         self.before(self.connector.__dict__[_STATE])
@@ -138,7 +138,7 @@ class _EpochEndReached(_Wrapped):
                 getattr(connector, attr).update({k: v for k, v in metrics[kind].items() if k in names})
         module = trainer.lightning_module
         if callable(log_epoch_end := getattr(module, "_lit_tricks_log_epoch_end", None)):
-            with _in_hook(module, connector, "on_train_epoch_end"):
+            with _in_hook(module, connector, "on_train_epoch_end", last=True):
                 log_epoch_end()
 
 
@@ -190,12 +190,15 @@ def log_held(trainer: pl.Trainer, state: _StepLog, which: Callable[[dict[str, An
 
 
 @contextlib.contextmanager
-def _in_hook(module: pl.LightningModule, connector: Any, fx: str | None) -> Iterator[None]:
+def _in_hook(module: pl.LightningModule, connector: Any, fx: str | None, last: bool = False) -> Iterator[None]:
     """``module.log`` as from hook ``fx`` (the same key in Lightning's results), as the hook logging last: in an
-    epoch's first batch Lightning would else reset that hook's values of this batch (``should_reset_tensors``)."""
+    epoch's first batch Lightning would else reset that hook's values of this batch (``should_reset_tensors``).
+    ``last``: it stays the hook logging last (the next hook's first log at an epoch end would reset ``fx``'s)."""
     current, logged_last = module._current_fx_name, connector._current_fx
     module._current_fx_name = connector._current_fx = fx
     try:
         yield
     finally:
-        module._current_fx_name, connector._current_fx = current, logged_last
+        module._current_fx_name = current
+        if not last:
+            connector._current_fx = logged_last
