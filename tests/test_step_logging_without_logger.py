@@ -26,7 +26,7 @@ from lit_tricks.callbacks import GradientClipping, RNGState
 from lit_tricks.data.digits import DigitsDataModule
 from lit_tricks.modules import TrickModule
 from tests.helpers.tiny import tiny_trainer
-from tests.modules.test_train_loss_logging import EveryStep, close
+from tests.modules.test_train_loss_logging import EPS, EveryStep, close
 
 
 def batch_number(trainer: pl.Trainer) -> int:
@@ -296,6 +296,49 @@ def test_a_callback_reading_at_the_epoch_end_sees_the_epoch_means(tmp_path: Path
     assert [sorted(v) for v in seen] == [sorted(w) for w in expected]
     assert all(close(v[k], w[k]) for v, w in zip(seen, expected) for k in w), (seen, expected)
     assert_same_end(ours, ref)
+
+
+class OwnEpochStart(pl.LightningModule):
+    """A user's ``on_train_epoch_start`` without ``super()`` (Lightning's own hook is empty)."""
+
+    def on_train_epoch_start(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mixin", [None, OwnEpochStart], ids=["plain", "own-epoch-start-without-super"])
+def test_a_second_fit_of_the_same_module_from_epoch_0_means_its_own_epochs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mixin: type[pl.LightningModule] | None) -> None:
+    """A new Trainer fits the module again from epoch 0 (its epoch 0's means were logged by the first fit): a
+    reader at each epoch end and the fit's end see the every-step log's means (``train/loss_epoch`` was missing at
+    epoch 0 under an ``on_train_epoch_start`` without ``super()``)."""
+    def run(oracle: bool, root: Path) -> tuple[pl.Trainer, list[dict[str, float]]]:
+        pl.seed_everything(0)
+        module = trick_module(oracle, mixin)
+        fit(oracle, root / "first", monkeypatch, module=lambda o: module, max_epochs=1)
+        reader = EpochEndReads(("train/loss", "train/loss_epoch", "train/loss_step"))
+        return fit(oracle, root / "second", monkeypatch, [reader], module=lambda o: module), reader.seen
+
+    (ours, seen), (ref, expected) = run(False, tmp_path / "ours"), run(True, tmp_path / "ref")
+    assert len(expected) == 2 and all("train/loss_epoch" in w for w in expected)
+    assert [sorted(v) for v in seen] == [sorted(w) for w in expected]
+    assert all(close(v[k], w[k]) for v, w in zip(seen, expected) for k in w), (seen, expected)
+    assert_same_end(ours, ref)
+
+
+def test_a_module_resumed_mid_epoch_after_it_logged_that_epoch_goes_on_with_the_checkpoints_sums(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same module object, after a fit that logged epoch 1's means, resumed from step 9 (epoch 1, mid-epoch):
+    it ends with the uninterrupted run's ``train/loss_epoch`` (its means were not logged at all before)."""
+    def run(root: Path, module: pl.LightningModule, ckpt_path: str | None = None) -> pl.Trainer:
+        saver = ModelCheckpoint(root / "ckpt", "{step}", every_n_train_steps=9, save_top_k=-1)
+        return fit(False, root, monkeypatch, [saver], module=lambda o: module, enable_checkpointing=True,
+                   ckpt_path=ckpt_path)
+
+    module = trick_module(False)
+    full = run(tmp_path / "full", module)
+    expected = {k: float(v) for k, v in full.callback_metrics.items()}
+    resumed = run(tmp_path / "resumed", module, str(tmp_path / "full" / "ckpt" / "step=9.ckpt"))
+    assert {k: float(v) for k, v in resumed.callback_metrics.items()} == pytest.approx(expected, rel=8 * EPS)
 
 
 def test_gradient_clipping_under_any_lightning_module_ends_with_the_stop_steps_values(

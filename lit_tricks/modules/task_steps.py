@@ -74,8 +74,9 @@ class TaskSteps(pl.LightningModule):
     def accumulate_epoch_mean(self, name: str, value: Tensor, batch_size: int) -> None:
         """Add ``value`` (a scalar tensor, mean over ``batch_size`` samples) to the epoch mean logged as ``name``
         at the epoch end (weighted by batch size and reduced over ranks, as Lightning's ``on_epoch=True``)."""
-        if self._epoch_means is None or self._means_epoch != self.current_epoch:
-            self._epoch_means, self._means_epoch = {}, self.current_epoch
+        epoch = self.current_epoch  # a new epoch, or one whose means are logged run again (a subclass's
+        if self._epoch_means is None or self._means_epoch != epoch or self._means_logged == epoch:  # hook w/o super)
+            self._epoch_means, self._means_epoch, self._means_logged = {}, epoch, -1
         total = self._epoch_means.get(name)
         if total is None:  # not setdefault: its default would allocate a tensor at every step
             total = self._epoch_means[name] = [torch.zeros((), dtype=value.dtype, device=value.device), 0]
@@ -114,7 +115,7 @@ class TaskSteps(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(_MEANS_KEY) or {}
-        self._means_epoch = int(state.get("epoch", -1))
+        self._means_epoch, self._means_logged = int(state.get("epoch", -1)), -1  # (this module logged them before)
         self._epoch_means = {name: [total.to(self.device), int(count)]
                              for name, (total, count) in state.get("means", {}).items()}
 
