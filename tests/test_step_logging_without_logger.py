@@ -341,6 +341,107 @@ def test_a_module_resumed_mid_epoch_after_it_logged_that_epoch_goes_on_with_the_
     assert {k: float(v) for k, v in resumed.callback_metrics.items()} == pytest.approx(expected, rel=8 * EPS)
 
 
+class OwnEpochEnd(pl.LightningModule):
+    """A user's ``on_train_epoch_end`` logging a value of its own, without ``super()``."""
+
+    def on_train_epoch_end(self) -> None:
+        self.log("other/epoch", float(self.current_epoch))
+
+
+class OwnEpochEndThenSuper(pl.LightningModule):
+    """A user's ``on_train_epoch_end`` logging a value of its own, then calling ``super()``."""
+
+    def on_train_epoch_end(self) -> None:
+        self.log("other/epoch", float(self.current_epoch))
+        super().on_train_epoch_end()  # type: ignore[misc]
+
+
+def _penalty_module(oracle: bool) -> pl.LightningModule:
+    from tests.modules.test_train_loss_logging import EveryStepPenalty
+
+    return (EveryStepPenalty if oracle else TrickModule)(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), l1=1e-3,
+                                                          optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
+
+
+_EPOCH_ENDS: dict[str, Callable[[], dict[str, Any]]] = {
+    "validation-at-epoch-end": lambda: {"val_fraction": 0.1, "limit_val_batches": 1},
+    "validation-every-2nd-epoch": lambda: {"val_fraction": 0.1, "limit_val_batches": 1, "max_epochs": 3,
+                                           "check_val_every_n_epoch": 2},
+    "mid-epoch-validation": lambda: dict(_VAL),
+    "one-batch-epochs": lambda: {"limit_train_batches": 1, "max_epochs": 3},
+    "limited-epochs-accumulating": lambda: {"limit_train_batches": 4, "accumulate_grad_batches": 3},
+    "max-steps-mid-epoch": lambda: {"max_steps": 10},
+    "callback-logging-before-the-reader": lambda: {"before": [LogsAtEpochEnd()]},
+    "module-epoch-end-without-super": lambda: {"module": lambda oracle: trick_module(oracle, OwnEpochEnd)},
+    "module-epoch-end-with-super": lambda: {"module": lambda oracle: trick_module(oracle, OwnEpochEndThenSuper)},
+    "module-epoch-start-without-super": lambda: {"module": lambda oracle: trick_module(oracle, OwnEpochStart)},
+    "l1-penalty-mean": lambda: {"module": _penalty_module},
+}
+
+
+@pytest.mark.parametrize("where", list(_EPOCH_ENDS))
+def test_a_reader_at_each_epoch_end_sees_the_every_step_logs_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     where: str) -> None:
+    """A callback without a monitor reading at each epoch's end (before the LightningModule's hook) sees what the
+    every-step log gives: with validations at or inside the epoch, one-batch or shortened epochs, a fit ended by
+    max_steps, another callback logging there first, a subclass's own epoch hooks, the L1 penalty's mean."""
+    names = ("train/loss", "train/loss_epoch", "train/loss_step", "train/penalty", "grad/grad_norm", "other/epoch")
+
+    def run(oracle: bool, root: Path) -> tuple[pl.Trainer, list[dict[str, float]]]:
+        reader = EpochEndReads(names)
+        kwargs = _EPOCH_ENDS[where]()
+        return fit(oracle, root, monkeypatch, [*kwargs.pop("extra", []), reader], **kwargs), reader.seen
+
+    (ours, seen), (ref, expected) = run(False, tmp_path / "ours"), run(True, tmp_path / "ref")
+    assert len(expected) >= 2 and all("train/loss_epoch" in w for w in expected)
+    assert [sorted(v) for v in seen] == [sorted(w) for w in expected]
+    assert all(close(v[k], w[k]) for v, w in zip(seen, expected) for k in w), (seen, expected)
+    assert_same_end(ours, ref)
+
+
+@pytest.mark.parametrize("monitor", ["train/loss_epoch", "train/loss"])
+def test_checkpoints_and_early_stopping_at_the_train_epoch_end_see_the_every_step_logs_means(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, monitor: str) -> None:
+    """ModelCheckpoint and EarlyStopping monitoring the training loss at the train epoch's end (and a checkpoint
+    named after ``train/loss_epoch`` saved there or at the validation's end) equal the every-step log's."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    def run(oracle: bool, root: Path) -> tuple[pl.Trainer, list[str], float]:
+        named = "{epoch}-{train/loss_epoch:.6f}-{train/loss:.6f}"
+        stopper = EarlyStopping(monitor, min_delta=-1e9, mode="max", check_on_train_epoch_end=True)
+        checkpoints = [ModelCheckpoint(root / "monitor", "{epoch}-{train/loss_epoch:.6f}", monitor=monitor,
+                                       save_top_k=-1, save_on_train_epoch_end=True),
+                       ModelCheckpoint(root / "epoch-end", named, save_top_k=-1, save_on_train_epoch_end=True),
+                       ModelCheckpoint(root / "validation-end", named, monitor="val/loss", save_top_k=-1)]
+        trainer = fit(oracle, root, monkeypatch, [stopper, *checkpoints], enable_checkpointing=True, max_epochs=3,
+                      val_fraction=0.1, limit_val_batches=1)
+        return trainer, sorted(str(p.relative_to(root)) for p in root.rglob("*.ckpt")), float(stopper.best_score)
+
+    (ours, names, best), (ref, expected, expected_best) = run(False, tmp_path / "ours"), run(True, tmp_path / "ref")
+    assert len(expected) == 9 and names == expected and close(best, expected_best)
+    assert_same_end(ours, ref)
+
+
+def test_a_fit_resumed_from_an_epochs_last_batch_end_ends_as_the_uninterrupted_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint at the end of epoch 0's last batch (step 7, before the epoch's end): the resumed fit's epoch ends
+    and its end equal the uninterrupted run's (itself equal to the every-step log's)."""
+    names = ("train/loss", "train/loss_epoch", "train/loss_step", "grad/grad_norm")
+
+    def run(oracle: bool, root: Path, ckpt_path: str | None = None) -> tuple[pl.Trainer, list[dict[str, float]]]:
+        saver = ModelCheckpoint(root / "ckpt", "{step}", every_n_train_steps=7, save_top_k=-1)
+        reader = EpochEndReads(names)
+        return fit(oracle, root, monkeypatch, [saver, reader], enable_checkpointing=True, max_epochs=3,
+                   ckpt_path=ckpt_path), reader.seen
+
+    (full, seen), (ref, _) = run(False, tmp_path / "full"), run(True, tmp_path / "ref")
+    assert_same_end(full, ref)
+    resumed, seen_resumed = run(False, tmp_path / "resumed", str(tmp_path / "full" / "ckpt" / "step=7.ckpt"))
+    assert len(seen_resumed) == 2 and [sorted(v) for v in seen_resumed] == [sorted(w) for w in seen[1:]]
+    assert all(close(v[k], w[k]) for v, w in zip(seen_resumed, seen[1:]) for k in w), (seen_resumed, seen)
+    assert_same_end(resumed, full)
+
+
 def test_gradient_clipping_under_any_lightning_module_ends_with_the_stop_steps_values(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A plain LightningModule that stops in its own ``on_train_batch_end`` (after every callback's hook)."""
