@@ -74,8 +74,9 @@ class TaskSteps(pl.LightningModule):
     def accumulate_epoch_mean(self, name: str, value: Tensor, batch_size: int) -> None:
         """Add ``value`` (a scalar tensor, mean over ``batch_size`` samples) to the epoch mean logged as ``name``
         at the epoch end (weighted by batch size and reduced over ranks, as Lightning's ``on_epoch=True``)."""
-        epoch = self.current_epoch  # a new epoch, or one whose means are logged run again (a subclass's
-        if self._epoch_means is None or self._means_epoch != epoch or self._means_logged == epoch:  # hook w/o super)
+        epoch = self.current_epoch
+        # a new epoch, or one whose means are logged run again (a subclass's on_train_epoch_start without super)
+        if self._epoch_means is None or self._means_epoch != epoch or self._means_logged == epoch:
             self._epoch_means, self._means_epoch, self._means_logged = {}, epoch, -1
         total = self._epoch_means.get(name)
         if total is None:  # not setdefault: its default would allocate a tensor at every step
