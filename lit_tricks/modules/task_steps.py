@@ -116,7 +116,8 @@ class TaskSteps(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(_MEANS_KEY) or {}
-        self._means_epoch, self._means_logged = int(state.get("epoch", -1)), -1  # (this module logged them before)
+        # a resumed epoch logs its means at its end, even if this module object logged that epoch's before
+        self._means_epoch, self._means_logged = int(state.get("epoch", -1)), -1
         self._epoch_means = {name: [total.to(self.device), int(count)]
                              for name, (total, count) in state.get("means", {}).items()}
 
