@@ -111,8 +111,7 @@ class _BatchEnd(_Wrapped):
     name = "on_batch_end"
 
     def before(self, state: _StepLog) -> None:
-        if state.held:
-            _log_held(self.connector.trainer, state)
+        _log_held(self.connector.trainer, state)
 
 
 class _EpochEndReached(_Wrapped):
@@ -127,9 +126,7 @@ class _EpochEndReached(_Wrapped):
         trainer = connector.trainer
         if not trainer.training or connector._first_loop_iter is None:
             return
-        if state.metrics is not connector._callback_metrics:  # held in an earlier fit
-            state.held.clear()
-        if state.held:
+        if _held_in_training(trainer, state):
             names = {name for _, name in state.held}
             log_held(trainer, state)
             metrics = connector.metrics
@@ -147,10 +144,8 @@ def _flush_on_read(connector: _LoggerConnector, flag: tuple[str, bool] | None) -
     value there, and its default), but not a ``sync_dist`` one under several processes (its ``self.log`` is a
     collective; one rank may read alone)."""
     state: _StepLog | None = connector.__dict__.get(_STATE)
-    if state is None or not state.held:
-        return
     trainer = connector.trainer
-    if not trainer.training or state.metrics is not connector._callback_metrics:
+    if state is None or not _held_in_training(trainer, state):
         return
     several = trainer.world_size > 1
 
@@ -163,16 +158,21 @@ def _flush_on_read(connector: _LoggerConnector, flag: tuple[str, bool] | None) -
 
 def _log_held(trainer: pl.Trainer, state: _StepLog) -> None:
     """Log the held values if the batch ending now is read after its hooks (a stop, a validation follows)."""
-    if not trainer.training:
-        return
-    if state.metrics is not trainer._logger_connector._callback_metrics:  # held in an earlier fit
-        state.held.clear()
+    if not _held_in_training(trainer, state):
         return
     if state.validates is None:
         state.validates = bool(trainer.enable_validation)
     if not (trainer.should_stop or (state.validates and validation_follows(trainer))):
         return
     log_held(trainer, state)
+
+
+def _held_in_training(trainer: pl.Trainer, state: _StepLog) -> bool:
+    """Whether values are held and the fit is training now; values held in an earlier fit (Lightning replaced its
+    metrics dicts since) are dropped."""
+    if state.held and state.metrics is not trainer._logger_connector._callback_metrics:
+        state.held.clear()
+    return bool(state.held) and bool(trainer.training)
 
 
 def log_held(trainer: pl.Trainer, state: _StepLog, which: Callable[[dict[str, Any]], bool] | None = None) -> None:
